@@ -1,0 +1,1 @@
+"""Quickstart placeholder replaced as features land."""

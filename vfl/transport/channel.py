@@ -1,0 +1,105 @@
+"""The ``Channel`` interface every protocol speaks, and the message accounting behind the ledger.
+
+A protocol only ever calls ``send(to, tag, table)`` and ``recv(frm, tag, timeout)``. Tags are
+deterministic per job step (``"psi/guest-points"``, ``"lr/e3/b7/d"``), so a resent message
+replaces nothing and a resumed party can ask again for what it missed. Payloads are Arrow
+tables; on the wire they are Arrow IPC streams.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from vfl.errors import IntegrityError
+
+DEFAULT_TIMEOUT = 600.0
+
+
+def encode_table(table: pa.Table) -> bytes:
+    """Serialize a table to Arrow IPC stream bytes (what crosses the wire)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def decode_table(payload: bytes, *, sender: str = "?", tag: str = "?") -> pa.Table:
+    """Parse Arrow IPC stream bytes; a truncated or corrupted payload is an ``IntegrityError``."""
+    try:
+        with pa.ipc.open_stream(pa.BufferReader(payload)) as reader:
+            return reader.read_all()
+    except (pa.ArrowInvalid, pa.ArrowIOError, OSError, ValueError) as exc:
+        raise IntegrityError(
+            f"message '{tag}' from '{sender}' is not a valid Arrow payload ({exc}); it was truncated or altered in transit"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    """One message as seen by one party: which way, with whom, under which tag, how big."""
+
+    direction: str  # "sent" or "received"
+    peer: str
+    tag: str
+    nbytes: int
+    rows: int
+    columns: tuple[str, ...]
+
+
+@dataclass
+class MessageLog:
+    """Every message a party sent or received, for the leakage ledger (DESIGN.md §9)."""
+
+    records: list[MessageRecord] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, record: MessageRecord) -> None:
+        with self._lock:
+            self.records.append(record)
+
+    def summary(self) -> dict[str, dict[str, dict[str, int]]]:
+        """``{peer: {"sent"|"received": {"messages": n, "bytes": b}}}``."""
+        out: dict[str, dict[str, dict[str, int]]] = {}
+        with self._lock:
+            for r in self.records:
+                slot = out.setdefault(r.peer, {}).setdefault(r.direction, {"messages": 0, "bytes": 0})
+                slot["messages"] += 1
+                slot["bytes"] += r.nbytes
+        return out
+
+
+class Channel(abc.ABC):
+    """A party's connection to the other parties of one job."""
+
+    def __init__(self, party: str) -> None:
+        self.party = party
+        self.log = MessageLog()
+
+    @abc.abstractmethod
+    def _send_bytes(self, to: str, tag: str, payload: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def _recv_bytes(self, frm: str, tag: str, timeout: float) -> bytes: ...
+
+    def send(self, to: str, tag: str, table: pa.Table) -> None:
+        """Send ``table`` to party ``to`` under ``tag``."""
+        payload = encode_table(table)
+        self._send_bytes(to, tag, payload)
+        self.log.add(MessageRecord("sent", to, tag, len(payload), table.num_rows, tuple(table.column_names)))
+
+    def recv(self, frm: str, tag: str, timeout: float | None = None) -> pa.Table:
+        """Wait for the message ``tag`` from party ``frm``; raise ``PeerTimeoutError`` after ``timeout`` s."""
+        payload = self._recv_bytes(frm, tag, DEFAULT_TIMEOUT if timeout is None else timeout)
+        table = decode_table(payload, sender=frm, tag=tag)
+        self.log.add(
+            MessageRecord("received", frm, tag, len(payload), table.num_rows, tuple(table.column_names))
+        )
+        return table
+
+    def close(self) -> None:
+        """Release network resources (nothing to do for in-process channels)."""
+        return None
