@@ -1,0 +1,315 @@
+"""``party.toml``, ``federation.toml`` and ``job.toml`` (DESIGN.md §11): loaded, validated, explained.
+
+Every error names the file, the key and what is wrong. Relative paths in ``party.toml`` are relative
+to the workspace directory that holds it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vfl.errors import ConfigError
+from vfl.io import atomic_write_text
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+ROLES = ("guest", "host", "arbiter")
+JOB_KINDS = ("psi", "train", "predict")
+
+
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """Parse a TOML file, with errors that name the file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{what} {path} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"{what} {path} is a directory, not a file") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text") from exc
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise ConfigError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dump_toml(
+    tables: dict[str, dict[str, Any]], arrays: dict[str, list[dict[str, Any]]] | None = None
+) -> str:
+    """TOML text for flat tables and arrays of tables (all our files need); values must not be None."""
+    lines: list[str] = []
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None)
+        lines.append("")
+    for name, items in (arrays or {}).items():
+        for item in items:
+            lines.append(f"[[{name}]]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in item.items() if v is not None)
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _get(
+    table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, default: Any = ...
+) -> Any:
+    if key not in table:
+        if default is ...:
+            raise ConfigError(f"{where}: missing key '{key}'")
+        return default
+    value = table[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ConfigError(f"{where}: '{key}' must be a {names}, got {value!r}")
+    return value
+
+
+def parse_address(text: str, where: str) -> tuple[str, int]:
+    """``host:port`` -> (host, port), with a clear error for anything else."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{where}: address {text!r} must look like HOST:PORT, e.g. 127.0.0.1:7470")
+    return host.strip("[]"), int(port)
+
+
+@dataclass
+class PartyConfig:
+    """A party's own settings (``party.toml`` in its workspace)."""
+
+    workspace: Path
+    id: str
+    role: str
+    listen: str
+    key: Path
+    certificate: Path
+    output_dir: Path
+    data: Path | None = None
+    id_column: str = "id"
+    label_column: str | None = None
+    columns: list[str] | None = None  # offered feature columns; None = every column but id and label
+
+    @classmethod
+    def load(cls, workspace: str | Path) -> PartyConfig:
+        workspace = Path(workspace)
+        if not workspace.is_dir():
+            raise ConfigError(f"party workspace {workspace} does not exist; create it with 'vfl init'")
+        path = workspace / "party.toml"
+        raw = read_toml(path, "party file")
+        where = str(path)
+        party = _get(raw, "party", dict, where)
+        role = _get(party, "role", str, f"{where} [party]")
+        if role not in ROLES:
+            raise ConfigError(f"{where} [party]: role must be one of {', '.join(ROLES)}, got {role!r}")
+        party_id = _get(party, "id", str, f"{where} [party]")
+        if not party_id or any(c in party_id for c in "/\\ :"):
+            raise ConfigError(
+                f"{where} [party]: id {party_id!r} must be non-empty without spaces, slashes or colons"
+            )
+        network = _get(raw, "network", dict, where, {})
+        listen = _get(network, "listen", str, f"{where} [network]")
+        parse_address(listen, f"{where} [network]")
+        tls = _get(raw, "tls", dict, where, {})
+        output = _get(raw, "output", dict, where, {})
+        data = _get(raw, "data", dict, where, {})
+
+        def resolve(p: str) -> Path:
+            q = Path(p).expanduser()
+            return q if q.is_absolute() else workspace / q
+
+        cfg = cls(
+            workspace=workspace,
+            id=party_id,
+            role=role,
+            listen=listen,
+            key=resolve(_get(tls, "key", str, f"{where} [tls]", "tls/key.pem")),
+            certificate=resolve(_get(tls, "certificate", str, f"{where} [tls]", "tls/cert.pem")),
+            output_dir=resolve(_get(output, "dir", str, f"{where} [output]", "out")),
+        )
+        if role != "arbiter":
+            cfg.data = resolve(_get(data, "path", str, f"{where} [data]"))
+            cfg.id_column = _get(data, "id_column", str, f"{where} [data]", "id")
+            cfg.columns = _get(data, "columns", list, f"{where} [data]", None)
+            if role == "guest":
+                cfg.label_column = _get(data, "label_column", str, f"{where} [data]")
+        return cfg
+
+    def to_toml(self) -> str:
+        def rel(p: Path) -> str:
+            try:
+                return str(p.relative_to(self.workspace))
+            except ValueError:
+                return str(p)
+
+        tables: dict[str, dict[str, Any]] = {
+            "party": {"id": self.id, "role": self.role},
+            "network": {"listen": self.listen},
+            "tls": {"key": rel(self.key), "certificate": rel(self.certificate)},
+            "output": {"dir": rel(self.output_dir)},
+        }
+        if self.data is not None:
+            tables["data"] = {
+                "path": str(self.data),
+                "id_column": self.id_column,
+                "label_column": self.label_column,
+                "columns": self.columns,
+            }
+        return dump_toml(tables)
+
+    def save(self) -> Path:
+        return atomic_write_text(self.workspace / "party.toml", self.to_toml())
+
+
+@dataclass(frozen=True)
+class PeerCard:
+    """What a party shares with its partners: id, role, address and pinned certificate."""
+
+    id: str
+    role: str
+    address: str
+    fingerprint: str
+    certificate: str  # PEM text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "role": self.role,
+            "address": self.address,
+            "fingerprint": self.fingerprint,
+            "certificate": self.certificate,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], where: str) -> PeerCard:
+        card = cls(
+            id=_get(raw, "id", str, where),
+            role=_get(raw, "role", str, where),
+            address=_get(raw, "address", str, where),
+            fingerprint=_get(raw, "fingerprint", str, where),
+            certificate=_get(raw, "certificate", str, where),
+        )
+        if card.role not in ROLES:
+            raise ConfigError(
+                f"{where}: role of '{card.id}' must be one of {', '.join(ROLES)}, got {card.role!r}"
+            )
+        parse_address(card.address, f"{where} (party '{card.id}')")
+        if "BEGIN CERTIFICATE" not in card.certificate:
+            raise ConfigError(f"{where}: the certificate of '{card.id}' is not a PEM certificate")
+        return card
+
+    @classmethod
+    def load(cls, path: str | Path) -> PeerCard:
+        raw = read_toml(path, "party card")
+        return cls.from_dict(_get(raw, "card", dict, str(path)), str(path))
+
+    def to_toml(self) -> str:
+        return dump_toml({"card": self.to_dict()})
+
+
+@dataclass
+class Federation:
+    """Every party of a federation (``federation.toml``), identical at every party."""
+
+    parties: list[PeerCard] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Federation:
+        raw = read_toml(path, "federation file")
+        items = _get(raw, "party", list, str(path), [])
+        fed = cls([PeerCard.from_dict(item, f"{path} [[party]] #{i + 1}") for i, item in enumerate(items)])
+        fed.validate(str(path))
+        return fed
+
+    def validate(self, where: str = "federation") -> None:
+        ids = [p.id for p in self.parties]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ConfigError(f"{where}: party id(s) {', '.join(dupes)} appear more than once")
+        roles = [p.role for p in self.parties]
+        if roles.count("guest") > 1:
+            raise ConfigError(f"{where}: a federation has exactly one guest, found {roles.count('guest')}")
+        if roles.count("arbiter") > 1:
+            raise ConfigError(
+                f"{where}: a federation has at most one arbiter, found {roles.count('arbiter')}"
+            )
+
+    def add(self, card: PeerCard) -> None:
+        """Add or replace (same id) a party's card."""
+        self.parties = [p for p in self.parties if p.id != card.id] + [card]
+        self.validate()
+
+    def get(self, party_id: str) -> PeerCard:
+        for p in self.parties:
+            if p.id == party_id:
+                return p
+        raise ConfigError(
+            f"party '{party_id}' is not in the federation (known: {', '.join(p.id for p in self.parties)})"
+        )
+
+    def with_role(self, role: str) -> list[PeerCard]:
+        return [p for p in self.parties if p.role == role]
+
+    def to_toml(self) -> str:
+        return dump_toml({}, {"party": [p.to_dict() for p in self.parties]})
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_text(path, self.to_toml())
+
+
+@dataclass
+class JobConfig:
+    """What to run (``job.toml``): the kind of job, its id, PSI settings and training options."""
+
+    id: str
+    kind: str
+    psi: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    predict: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path) -> JobConfig:
+        raw = read_toml(path, "job file")
+        where = str(path)
+        job = _get(raw, "job", dict, where)
+        kind = _get(job, "kind", str, f"{where} [job]")
+        if kind not in JOB_KINDS:
+            raise ConfigError(f"{where} [job]: kind must be one of {', '.join(JOB_KINDS)}, got {kind!r}")
+        unknown = sorted(set(raw) - {"job", "psi", "train", "predict"})
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown section(s) {', '.join(unknown)}; expected job, psi, train, predict"
+            )
+        return cls(
+            id=_get(job, "id", str, f"{where} [job]"),
+            kind=kind,
+            psi=_get(raw, "psi", dict, where, {}),
+            train=_get(raw, "train", dict, where, {}),
+            predict=_get(raw, "predict", dict, where, {}),
+        )
+
+    def to_toml(self) -> str:
+        tables: dict[str, dict[str, Any]] = {"job": {"id": self.id, "kind": self.kind}}
+        for name in ("psi", "train", "predict"):
+            if getattr(self, name):
+                tables[name] = getattr(self, name)
+        return dump_toml(tables)

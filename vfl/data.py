@@ -1,0 +1,225 @@
+"""Loading a party's table and preparing its columns locally (impute, encode, standardize, clip).
+
+Nothing here crosses the wire: each party fits its own ``Preprocessor`` on its own aligned
+training rows and keeps it with its weight shard, so scoring applies the very same transform.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vfl.errors import DataError
+
+log = logging.getLogger(__name__)
+
+MAX_CATEGORIES = 20
+
+
+def load_table(source: pd.DataFrame | str | Path) -> pd.DataFrame:
+    """A party's data as a DataFrame, from a DataFrame or a CSV / Parquet file."""
+    if isinstance(source, pd.DataFrame):
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise DataError(
+            f"data file {path} does not exist; check the path in party.toml or on the command line"
+        )
+    if path.is_dir():
+        raise DataError(f"data path {path} is a directory; give a CSV or Parquet file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        elif suffix in (".csv", ".txt", ".tsv"):
+            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        else:
+            raise DataError(f"data file {path} has an unknown type '{suffix}'; use .csv or .parquet")
+    except pd.errors.EmptyDataError as exc:
+        raise DataError(
+            f"data file {path} is empty; it needs a header row and at least one data row"
+        ) from exc
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
+        raise DataError(f"data file {path} could not be read: {str(exc).splitlines()[0]}") from exc
+    if frame.empty:
+        raise DataError(f"data file {path} has no data rows")
+    return frame
+
+
+def require_columns(frame: pd.DataFrame, columns: list[str], *, what: str = "data") -> None:
+    """Raise a ``DataError`` naming every missing column and the ones that are there."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        available = ", ".join(map(str, frame.columns[:30]))
+        raise DataError(
+            f"{what} has no column {', '.join(repr(c) for c in missing)}; columns present: {available}"
+        )
+
+
+def binary_labels(values: pd.Series, *, column: str) -> np.ndarray:
+    """Labels as 0/1 floats; anything but two classes (0/1, True/False, or two distinct values) is an error."""
+    if values.isna().any():
+        raise DataError(
+            f"label column '{column}' has {int(values.isna().sum())} missing values; every aligned row needs a label"
+        )
+    uniques = pd.unique(values)
+    if len(uniques) != 2:
+        raise DataError(
+            f"label column '{column}' must be binary (two distinct values), found {len(uniques)}: "
+            f"{', '.join(map(str, uniques[:5]))}{' ...' if len(uniques) > 5 else ''}"
+        )
+    numeric = pd.to_numeric(values, errors="coerce")
+    if set(numeric.dropna().unique()) == {0, 1}:
+        return numeric.to_numpy(dtype=float)
+    if values.dtype == bool:
+        return values.to_numpy(dtype=float)
+    # Two other values (e.g. "no"/"yes"): the larger in sort order is the positive class.
+    positive = sorted(map(str, uniques))[1]
+    log.info("label column '%s': treating %r as the positive class", column, positive)
+    return (values.astype(str) == positive).to_numpy(dtype=float)
+
+
+@dataclass
+class ColumnSpec:
+    """How one input column becomes model columns: numeric (impute, scale, clip) or one-hot."""
+
+    name: str
+    kind: str  # "numeric" or "onehot"
+    median: float = 0.0
+    categories: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Preprocessor:
+    """A party's local transform, fitted on its own training rows and saved with its shard."""
+
+    columns: list[ColumnSpec] = field(default_factory=list)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    clip_sigma: float = 5.0
+    imputed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def output_names(self) -> list[str]:
+        names: list[str] = []
+        for spec in self.columns:
+            if spec.kind == "numeric":
+                names.append(spec.name)
+            else:
+                names.extend(f"{spec.name}={c}" for c in spec.categories)
+        return names
+
+    @classmethod
+    def fit(
+        cls, frame: pd.DataFrame, *, clip_sigma: float = 5.0, max_categories: int = MAX_CATEGORIES
+    ) -> Preprocessor:
+        """Decide each column's treatment from ``frame`` and fit medians, means and deviations."""
+        specs: list[ColumnSpec] = []
+        too_many: list[str] = []
+        for name in frame.columns:
+            col = frame[name]
+            if col.isna().all():
+                raise DataError(
+                    f"column '{name}' has no values in the aligned rows; drop it from the offered columns"
+                )
+            numeric = _as_numeric(col)
+            if numeric is not None:
+                specs.append(ColumnSpec(str(name), "numeric", median=float(np.nanmedian(numeric))))
+                continue
+            cats = sorted(map(str, col.dropna().unique()))
+            if len(cats) > max_categories:
+                too_many.append(f"'{name}' ({len(cats)} values)")
+            else:
+                specs.append(ColumnSpec(str(name), "onehot", categories=cats))
+        if too_many:
+            raise DataError(
+                f"text column(s) {', '.join(too_many)} have more than {max_categories} distinct values and cannot be "
+                "one-hot encoded; drop them or map them to fewer categories"
+            )
+        pre = cls(columns=specs, clip_sigma=clip_sigma)
+        raw = pre._encode(frame, record_imputed=True)
+        mean = raw.mean(axis=0) if len(raw) else np.zeros(raw.shape[1])
+        std = raw.std(axis=0) if len(raw) else np.ones(raw.shape[1])
+        constant = [n for n, s in zip(pre.output_names, std, strict=True) if not s > 1e-12]
+        if constant:
+            raise DataError(
+                f"column(s) {', '.join(map(repr, constant))} are constant over the aligned rows and carry no "
+                "information; drop them from the offered columns"
+            )
+        pre.mean, pre.std = mean.tolist(), std.tolist()
+        return pre
+
+    def _encode(self, frame: pd.DataFrame, *, record_imputed: bool = False) -> np.ndarray:
+        parts: list[np.ndarray] = []
+        for spec in self.columns:
+            if spec.name not in frame.columns:
+                raise DataError(f"column '{spec.name}' the model was trained on is missing from the data")
+            col = frame[spec.name]
+            if spec.kind == "numeric":
+                values = _as_numeric(col)
+                if values is None:
+                    raise DataError(
+                        f"column '{spec.name}' must be numeric but holds text, e.g. {col.dropna().iloc[0]!r}"
+                    )
+                missing = np.isnan(values)
+                if missing.any():
+                    if record_imputed:
+                        self.imputed[spec.name] = int(missing.sum())
+                    values = np.where(missing, spec.median, values)
+                parts.append(values[:, None])
+            else:
+                text = col.astype(str).where(col.notna(), None)
+                parts.append(np.stack([(text == c).to_numpy(dtype=float) for c in spec.categories], axis=1))
+        if not parts:
+            return np.zeros((len(frame), 0))
+        return np.hstack(parts)
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        """Model matrix for ``frame``: imputed, encoded, standardized and clipped."""
+        raw = self._encode(frame)
+        scaled = (raw - np.asarray(self.mean)) / np.asarray(self.std)
+        if self.clip_sigma > 0:
+            scaled = np.clip(scaled, -self.clip_sigma, self.clip_sigma)
+        return scaled
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "columns": [vars(s) for s in self.columns],
+            "mean": self.mean,
+            "std": self.std,
+            "clip_sigma": self.clip_sigma,
+            "imputed": self.imputed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessor:
+        return cls(
+            columns=[ColumnSpec(**c) for c in data["columns"]],
+            mean=list(data["mean"]),
+            std=list(data["std"]),
+            clip_sigma=float(data["clip_sigma"]),
+            imputed=dict(data.get("imputed", {})),
+        )
+
+
+def _as_numeric(col: pd.Series) -> np.ndarray | None:
+    """The column as float64 (NaN for missing), or None when it holds text that is not a number."""
+    if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
+        values = col.to_numpy(dtype=float, na_value=np.nan)
+    else:
+        converted = pd.to_numeric(col, errors="coerce")
+        if (converted.isna() & col.notna()).any():
+            return None
+        values = converted.to_numpy(dtype=float, na_value=np.nan)
+    if np.isinf(values).any():
+        raise DataError(
+            f"column '{col.name}' has {int(np.isinf(values).sum())} infinite values; replace them or drop the column"
+        )
+    return values

@@ -1,0 +1,128 @@
+"""Optimizers, learning-rate schedules and penalties that each party applies to its own weight shard.
+
+Every rule here is coordinate-wise, so applying it shard by shard at each party gives exactly the
+update a centralized optimizer would make on the concatenated weight vector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vfl.options import TrainOptions
+
+
+def learning_rate(options: TrainOptions, epoch: int) -> float:
+    """The step size for ``epoch`` (0-based) under the job's schedule."""
+    lr = options.learning_rate
+    if options.schedule == "step":
+        return lr * options.decay ** (epoch // options.decay_epochs)
+    if options.schedule == "inverse-time":
+        return lr / (1.0 + options.decay * epoch)
+    return lr
+
+
+def epoch_batches(n_rows: int, options: TrainOptions, epoch: int) -> list[np.ndarray]:
+    """Row positions of each mini-batch of ``epoch``, reshuffled every epoch from the job seed.
+
+    Every party computes the same batches from the shared seed, so batch membership never has to
+    be sent; the last batch is folded into the previous one when it would be smaller than half a batch.
+    """
+    if options.batch_size is None or options.batch_size >= n_rows:
+        return [np.arange(n_rows)]
+    order = np.random.default_rng([options.seed, 1, epoch]).permutation(n_rows)
+    size = options.batch_size
+    starts = list(range(0, n_rows, size))
+    if len(starts) > 1 and n_rows - starts[-1] < size // 2:
+        starts.pop()
+    ends = starts[1:] + [n_rows]
+    return [np.sort(order[a:b]) for a, b in zip(starts, ends, strict=True)]
+
+
+def initial_weights(n_columns: int, options: TrainOptions, party: str) -> np.ndarray:
+    """Zeros, or small seeded random weights (seeded by job seed and party id, so runs repeat)."""
+    if options.init == "zeros":
+        return np.zeros(n_columns)
+    salt = int.from_bytes(party.encode()[:8].ljust(8, b"\0"), "little")
+    return np.random.default_rng([options.seed, 2, salt]).normal(0.0, 0.01, n_columns)
+
+
+@dataclass
+class ShardOptimizer:
+    """The optimizer state of one party's weights: momentum or Adam moments and the step count."""
+
+    options: TrainOptions
+    n_columns: int
+    intercept_index: int | None = None  # the intercept is not penalized
+    step: int = 0
+    m: np.ndarray = field(default=None)  # type: ignore[assignment]
+    v: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.m is None:
+            self.m = np.zeros(self.n_columns)
+        if self.v is None:
+            self.v = np.zeros(self.n_columns)
+
+    def _penalty_mask(self) -> np.ndarray:
+        mask = np.ones(self.n_columns)
+        if self.intercept_index is not None:
+            mask[self.intercept_index] = 0.0
+        return mask
+
+    def update(self, weights: np.ndarray, gradient: np.ndarray, epoch: int) -> np.ndarray:
+        """New weights after one step on ``gradient`` (the mean Taylor-loss gradient of a batch)."""
+        o = self.options
+        lr = learning_rate(o, epoch)
+        mask = self._penalty_mask()
+        g = gradient + (o.alpha * weights * mask if o.penalty == "l2" else 0.0)
+        self.step += 1
+        if o.optimizer == "sgd":
+            delta = lr * g
+        elif o.optimizer == "momentum":
+            self.m = o.momentum * self.m + g
+            delta = lr * self.m
+        else:  # adam
+            self.m = o.beta1 * self.m + (1 - o.beta1) * g
+            self.v = o.beta2 * self.v + (1 - o.beta2) * g * g
+            m_hat = self.m / (1 - o.beta1**self.step)
+            v_hat = self.v / (1 - o.beta2**self.step)
+            delta = lr * m_hat / (np.sqrt(v_hat) + 1e-8)
+        new = weights - delta
+        if o.penalty == "l1":
+            # Proximal step: soft-threshold by lr * alpha (the intercept is left alone).
+            threshold = lr * o.alpha * mask
+            new = np.sign(new) * np.maximum(np.abs(new) - threshold, 0.0)
+        return new
+
+    def state(self) -> dict[str, object]:
+        """Everything needed to resume: the step count and the moments."""
+        return {"step": self.step, "m": self.m.tolist(), "v": self.v.tolist()}
+
+    def load_state(self, state: dict[str, object]) -> None:
+        self.step = int(state["step"])  # type: ignore[arg-type]
+        self.m = np.asarray(state["m"], dtype=float)
+        self.v = np.asarray(state["v"], dtype=float)
+
+
+@dataclass
+class EarlyStopping:
+    """The arbiter's stopping rule: the loss (and optionally the weight change) stopped moving."""
+
+    options: TrainOptions
+    history: list[float] = field(default_factory=list)
+    _quiet_epochs: int = 0
+
+    def should_stop(self, loss: float, weight_change: float | None = None) -> bool:
+        o = self.options
+        stop = False
+        if self.history:
+            prev = self.history[-1]
+            rel = abs(prev - loss) / max(abs(prev), 1e-12)
+            self._quiet_epochs = self._quiet_epochs + 1 if rel < o.tol else 0
+            stop = self._quiet_epochs >= o.patience
+        if weight_change is not None and o.weight_tol > 0 and weight_change < o.weight_tol:
+            stop = True
+        self.history.append(loss)
+        return stop
