@@ -17,6 +17,16 @@ import pyarrow as pa
 from vfl.errors import IntegrityError
 
 DEFAULT_TIMEOUT = 600.0
+ABORT_TAG = "vfl/abort"  # reserved: a peer that cannot go on says why, and every recv at the receiver fails fast
+
+
+def abort_reason(sender: str, payload: bytes) -> str:
+    """The human-readable reason carried by an abort message."""
+    try:
+        reason = decode_table(payload, sender=sender, tag=ABORT_TAG)["reason"][0].as_py()
+    except Exception:  # noqa: BLE001 - an unreadable abort is still an abort
+        reason = "no reason given"
+    return f"party '{sender}' stopped the job: {reason}"
 
 
 def encode_table(table: pa.Table) -> bytes:
@@ -99,6 +109,17 @@ class Channel(abc.ABC):
             MessageRecord("received", frm, tag, len(payload), table.num_rows, tuple(table.column_names))
         )
         return table
+
+    def notify_abort(self, peers: list[str], reason: str) -> None:
+        """Tell ``peers`` that this party cannot go on, so they stop waiting (best effort, never raises)."""
+        table = pa.table({"reason": [reason]})
+        for peer in peers:
+            if peer == self.party:
+                continue
+            try:
+                self._send_bytes(peer, ABORT_TAG, encode_table(table))
+            except Exception:  # noqa: BLE001 - the peer may be the one that is down
+                continue
 
     def close(self) -> None:
         """Release network resources (nothing to do for in-process channels)."""

@@ -56,7 +56,7 @@ from vfl.errors import (
     ProtocolError,
     TransportError,
 )
-from vfl.transport.channel import Channel
+from vfl.transport.channel import ABORT_TAG, Channel, abort_reason
 from vfl.transport.tls import (
     PartyIdentity,
     certificate_party_id,
@@ -269,6 +269,9 @@ class _Mailbox:
     def put(self, sender: str, tag: str, payload: bytes) -> bool:
         """Store a message; False if a copy was already stored or delivered (the resend is dropped)."""
         key = (sender, tag)
+        if tag == ABORT_TAG:
+            self.abort(abort_reason(sender, payload))
+            return True
         with self._cond:
             if key in self._boxes or key in self._delivered:
                 return False

@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass
 
 from vfl.errors import ConfigError, PeerTimeoutError, ProtocolError
-from vfl.transport.channel import Channel
+from vfl.transport.channel import ABORT_TAG, Channel, abort_reason
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,10 @@ class LocalNetwork:
         key = (sender, receiver, tag)
         with self._cond:
             self.transcript.append(CapturedMessage(sender, receiver, tag, payload))
+        if tag == ABORT_TAG:
+            self.abort(abort_reason(sender, payload))
+            return
+        with self._cond:
             # Deterministic tags make resends idempotent: the first copy wins.
             if key in self._boxes or key in self._delivered:
                 return
