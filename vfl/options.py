@@ -2,8 +2,10 @@
 
 Every party applies the same options (optimizer, schedule, penalty, batch order, stopping rule) to
 its own weights, so that the joint model equals centralized training on the Taylor loss. The
-defaults are chosen to need no tuning on standardized, clipped data: Adam at 0.05, mini-batches of
-up to 1024 rows, L2 of 1e-4 and early stopping on the loss.
+defaults are chosen to need no tuning on standardized, clipped data (measured on every FATE example
+dataset and on synthetic heavy-tailed data): Adam at 0.2 with inverse-time decay (lr / (1 + 0.5 epoch)),
+mini-batches of 512 rows, L2 of 1e-4, and early stopping once the loss moves less than 0.1 % for two
+epochs in a row.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ KEY_BITS = (1024, 2048, 3072)
 class TrainOptions:
     """Hyper-parameters of a coordinated logistic regression job (DESIGN.md §6)."""
 
-    max_epochs: int = 30
-    batch_size: int | None = 1024  # None = full batch
+    max_epochs: int = 50
+    batch_size: int | None = 512  # None = full batch
     optimizer: str = "adam"
-    learning_rate: float = 0.05
-    schedule: str = "constant"
+    learning_rate: float = 0.2
+    schedule: str = "inverse-time"
     decay: float = 0.5  # step: multiply by decay every decay_epochs; inverse-time: lr / (1 + decay * epoch)
     decay_epochs: int = 10
     momentum: float = 0.9
@@ -40,7 +42,7 @@ class TrainOptions:
     penalty: str = "l2"
     alpha: float = 1e-4
     init: str = "zeros"
-    tol: float = 1e-4  # stop when the epoch loss changes by less than tol (relative)
+    tol: float = 1e-3  # stop when the epoch loss changes by less than tol (relative)
     weight_tol: float = 0.0  # stop when the weight change norm falls below this (0 = off)
     patience: int = 2  # epochs in a row the loss must stay within tol before stopping
     seed: int = 42

@@ -147,8 +147,8 @@ def main(
     _configure_logging(debug)
 
 
-# Each module has register(app); add "vfl.cli.jobs" here when it exists.
-_COMMAND_MODULES = ("vfl.cli.workspace", "vfl.cli.federation")
+# Each module has register(app).
+_COMMAND_MODULES = ("vfl.cli.workspace", "vfl.cli.federation", "vfl.cli.jobs", "vfl.cli.demo")
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name).register(app)

@@ -60,34 +60,34 @@ def fixed_base_powers(
 ) -> list[mpz]:
     """``count`` values ``base^a`` with fresh uniform ``a in [0, 2^exponent_bits)`` from ``secrets``.
 
-    Cost per value: one modmul per non-zero window digit, i.e. ``ceil(exponent_bits/window) - 1``
-    (127 for a 1024-bit exponent and 8-bit windows).
+    Cost per value: ``ceil(exponent_bits/window) - 1`` modmuls (41 for a 512-bit exponent and 12-bit
+    windows, 102 for a 1024-bit exponent and 10-bit windows), no squarings.
+
+    The window digits of a uniform exponent are independent and uniform, so they are drawn directly:
+    ``count * windows`` uniform 16-bit words from ``secrets`` masked to ``window`` bits (the top digit
+    to the bits left), one vectorized numpy step instead of a shift and mask per digit. A zero digit
+    picks ``rows[i][0] = 1``, a multiplication that costs almost nothing; skipping the test keeps the
+    loop at one modmul per iteration.
     """
     n_windows = len(rows)
+    if count <= 0:
+        return []
+    if not 1 <= window <= 16 or n_windows * window < exponent_bits:
+        raise ValueError(f"a {n_windows}-row table of {window}-bit windows cannot cover {exponent_bits} bits")
+    top_bits = exponent_bits - window * (n_windows - 1)
+    words = np.frombuffer(secrets.token_bytes(2 * n_windows * count), dtype=np.uint16).reshape(
+        count, n_windows
+    )
+    digits = words & np.uint16((1 << window) - 1)
+    digits[:, -1] &= np.uint16((1 << top_bits) - 1)
+    first, rest = rows[0], rows[1:]
     out: list[mpz] = []
-    if window == 8:
-        # Fast path: the digits of a uniform exponent are just uniform random bytes.
-        top_mask = (1 << (exponent_bits - 8 * (n_windows - 1))) - 1
-        raw = secrets.token_bytes(n_windows * count)
-        for k in range(count):
-            digits = raw[k * n_windows : (k + 1) * n_windows]
-            acc = None
-            for i, d in enumerate(digits):
-                if i == n_windows - 1:
-                    d &= top_mask
-                if d:
-                    acc = rows[i][d] if acc is None else acc * rows[i][d] % modulus  # 1 modmul
-            out.append(ONE if acc is None else acc)
-        return out
-    mask = (1 << window) - 1
-    for _ in range(count):
-        a = secrets.randbits(exponent_bits)
-        acc = None
-        for i in range(n_windows):
-            d = (a >> (window * i)) & mask
-            if d:
-                acc = rows[i][d] if acc is None else acc * rows[i][d] % modulus  # 1 modmul
-        out.append(ONE if acc is None else acc)
+    append = out.append
+    for ds in digits.tolist():
+        acc = first[ds[0]]
+        for row, d in zip(rest, ds[1:], strict=True):  # ONE modmul per window after the first
+            acc = acc * row[d] % modulus
+        append(acc)
     return out
 
 

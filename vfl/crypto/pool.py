@@ -95,9 +95,9 @@ class WorkerPool:
         if self.workers <= 1:
             return
         from vfl.crypto import _kernels
-        from vfl.crypto.keys import DJN_WINDOW
 
-        args = (public_key.h_s, public_key.n_square, public_key.djn_exponent_bits, DJN_WINDOW, 0.2)
+        pk = public_key
+        args = (pk.h_s, pk.n_square, pk.djn_exponent_bits, pk.djn_window, 0.2)
         futures = [self.submit(_kernels.warm_table, *args) for _ in range(self.workers)]
         pids = {fut.result() for fut in futures}
         log.debug("warmed %d of %d workers", len(pids), self.workers)

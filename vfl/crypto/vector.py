@@ -50,7 +50,7 @@ from vfl.crypto.encoding import (
     encode_array,
     encode_scalar,
 )
-from vfl.crypto.keys import DJN_WINDOW, PublicKey, short_fingerprint
+from vfl.crypto.keys import PublicKey, short_fingerprint
 from vfl.errors import CryptoError, EncodingOverflowError, IntegrityError
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def _randomizers(
             )
         return randomness.take(count)
     if workers is not None and workers.should_split(count):
-        args = (public_key.h_s, public_key.n_square, public_key.djn_exponent_bits, DJN_WINDOW)
+        args = (public_key.h_s, public_key.n_square, public_key.djn_exponent_bits, public_key.djn_window)
         per = [count * i // workers.workers for i in range(workers.workers + 1)]
         futures = [
             workers.submit(_kernels.worker_randomness, *args, per[i + 1] - per[i])
@@ -104,7 +104,7 @@ def encrypt_vector(
     ints, peak = encode_array(np.asarray(values), exponent, int(n))  # raises before any encryption
     plains = [mpz(v) % n for v in ints]
     if randomness is None and workers is not None and workers.should_split(len(plains)):
-        args = (n, public_key.h_s, public_key.djn_exponent_bits, DJN_WINDOW)
+        args = (n, public_key.h_s, public_key.djn_exponent_bits, public_key.djn_window)
         cts = workers.map_chunks(_kernels.worker_encrypt, plains, args)
     else:
         rands = _randomizers(public_key, len(plains), randomness, None)
@@ -357,7 +357,7 @@ class EncryptedVector:
             return self
         if randomness is None and workers is not None and workers.should_split(len(self)):
             pk = self.public_key
-            args = (pk.n, pk.h_s, pk.djn_exponent_bits, DJN_WINDOW)
+            args = (pk.n, pk.h_s, pk.djn_exponent_bits, pk.djn_window)
             out = workers.map_chunks(_kernels.worker_rerandomize, list(self.ciphertexts), args)
         else:
             rands = _randomizers(self.public_key, len(self), randomness, None)

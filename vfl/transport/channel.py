@@ -17,7 +17,9 @@ import pyarrow as pa
 from vfl.errors import IntegrityError
 
 DEFAULT_TIMEOUT = 600.0
-ABORT_TAG = "vfl/abort"  # reserved: a peer that cannot go on says why, and every recv at the receiver fails fast
+ABORT_TAG = (
+    "vfl/abort"  # reserved: a peer that cannot go on says why, and every recv at the receiver fails fast
+)
 
 
 def abort_reason(sender: str, payload: bytes) -> str:

@@ -1,0 +1,200 @@
+"""The guest (active party): holds the label, runs PSI with every host, trains, scores and evaluates."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+
+from parties.common import (
+    Job,
+    ProgressFn,
+    exchange_digests,
+    fail_fast,
+    feature_columns,
+    prepare_features,
+    require_intersection,
+    send_positions,
+    write_outputs,
+)
+from protocols import lr, predict, psi
+from vfl.crypto import WorkerPool
+from vfl.data import binary_labels, require_columns
+from vfl.errors import DataError
+from vfl.io import atomic_write_json, atomic_write_text
+from vfl.ledger import Ledger
+from vfl.metrics import Evaluation, evaluate
+from vfl.model import ModelShard
+from vfl.report import write_report
+from vfl.transport import Channel
+
+log = logging.getLogger(__name__)
+
+HELD_OUT_TAG = "split/held-out"
+
+
+@dataclass
+class GuestOutcome:
+    """Everything the guest ends a training job with."""
+
+    shard: ModelShard
+    evaluation: Evaluation
+    scores: pd.DataFrame  # id column, score, held_out
+    losses: list[float]
+    epochs: int
+    intersection_size: int
+    ledger: Ledger
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        return self.evaluation.metrics
+
+
+def split_rows(labels: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified train / held-out positions of the aligned rows (sorted, so they keep the shared order)."""
+    positions = np.arange(len(labels))
+    counts = np.bincount(labels.astype(int), minlength=2)
+    if counts.min() < 2 or len(labels) * test_size < 2:
+        raise DataError(
+            f"the aligned rows have {counts[1]} positive and {counts[0]} negative labels; a held-out split needs at "
+            "least two of each class (align more rows or change test_size)"
+        )
+    train, held = train_test_split(positions, test_size=test_size, stratify=labels, random_state=seed)
+    return np.sort(train), np.sort(held)
+
+
+def train(
+    channel: Channel,
+    job: Job,
+    data: pd.DataFrame,
+    *,
+    id_column: str,
+    label: str,
+    columns: list[str] | None = None,
+    output_dir: Path | None = None,
+    workers: WorkerPool | None = None,
+    progress: ProgressFn | None = None,
+) -> GuestOutcome:
+    """Run the guest's side of a whole training job: align, split, prepare, train, score, evaluate, save."""
+    o = job.options
+    plan = job.lr_plan
+
+    def check_inputs() -> list[str]:
+        require_columns(data, [id_column, label], what="the guest's data")
+        return feature_columns(data, id_column, label, columns)
+
+    features = fail_fast(channel, job, check_inputs)
+    result = fail_fast(
+        channel,
+        job,
+        lambda: psi.run_guest(channel, data[id_column], list(job.hosts), job.training_psi, column=id_column),
+    )
+    if progress:
+        progress("psi", 1, 1, f"{result.size} shared rows")
+
+    def prepare() -> tuple:
+        require_intersection(result)
+        aligned = result.align(data)
+        labels = binary_labels(aligned[label], column=label)
+        train_rows, held_rows = split_rows(labels, o.test_size, o.seed)
+        scaler, matrix, names = prepare_features(aligned, features, train_rows, o, intercept=True)
+        return aligned, labels, train_rows, held_rows, scaler, matrix, names
+
+    aligned, labels, train_rows, held_rows, scaler, matrix, names = fail_fast(channel, job, prepare)
+    for host in job.hosts:
+        send_positions(channel, host, HELD_OUT_TAG, held_rows)
+
+    def on_epoch(epoch: int, batch: int, loss: float | None) -> None:
+        if progress and loss is not None:
+            progress("train", epoch + 1, o.max_epochs, f"loss {loss:.5f}")
+
+    trained = lr.run_guest(
+        channel, plan, matrix[train_rows], labels[train_rows], workers=workers, progress=on_epoch
+    )
+    scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, tag="train/score")
+    scores = predict.guest_scores(channel, scoring, matrix @ trained.weights)
+    evaluation = evaluate(labels[held_rows], scores[held_rows])
+    shard = ModelShard(
+        job_id=job.id,
+        party=channel.party,
+        role="guest",
+        columns=names,
+        weights=trained.weights.tolist(),
+        preprocessor=scaler.to_dict(),
+        options=o.to_dict(),
+    )
+    shard.peer_digests = exchange_digests(channel, job, shard)
+    held_out = np.zeros(len(aligned), dtype=bool)
+    held_out[held_rows] = True
+    table = pd.DataFrame({id_column: aligned[id_column].to_numpy(), "score": scores, "held_out": held_out})
+    notes = [f"intersection size {result.size}; set sizes {dict(result.set_sizes)}"]
+    if job.scoring_reveal == "partial" or len(job.hosts) == 1:
+        notes.append(
+            "with a single host, the guest can derive the host's partial scores from the final scores"
+        )
+    ledger = Ledger.from_log(job_id=job.id, party=channel.party, role="guest", log=channel.log, notes=notes)
+    outcome = GuestOutcome(shard, evaluation, table, trained.losses, trained.epochs, result.size, ledger)
+    if output_dir is not None:
+        outcome.outputs = write_guest_outputs(output_dir, outcome, job)
+    return outcome
+
+
+def write_guest_outputs(directory: Path, outcome: GuestOutcome, job: Job) -> dict[str, Path]:
+    """Model shard, ledger, scores, metrics and the HTML report, each written atomically."""
+    written = write_outputs(directory, outcome.shard, outcome.ledger)
+    written["scores"] = atomic_write_text(directory / "scores.csv", outcome.scores.to_csv(index=False))
+    written["metrics"] = atomic_write_json(
+        directory / "metrics.json",
+        {
+            "metrics": outcome.metrics,
+            "losses": outcome.losses,
+            "epochs": outcome.epochs,
+            "intersection_size": outcome.intersection_size,
+            "lift": outcome.evaluation.lift.to_dict(orient="records"),
+            "roc": outcome.evaluation.roc.to_dict(orient="list"),
+        },
+    )
+    written["report"] = write_report(
+        directory / "report.html",
+        title=f"vfl job {job.id}: held-out evaluation at the guest",
+        metrics=outcome.metrics,
+        roc=outcome.evaluation.roc,
+        lift=outcome.evaluation.lift,
+        losses=outcome.losses,
+        ledger=outcome.ledger.__dict__,
+        details={
+            "job": job.id,
+            "hosts": ", ".join(job.hosts),
+            "arbiter": job.arbiter,
+            "intersection size": outcome.intersection_size,
+            "epochs": outcome.epochs,
+            **{k: v for k, v in job.options.to_dict().items()},
+        },
+    )
+    return written
+
+
+def score(
+    channel: Channel,
+    job: Job,
+    data: pd.DataFrame,
+    shard: ModelShard,
+    *,
+    id_column: str,
+) -> pd.DataFrame:
+    """Score new ids with a trained model: PSI on the new ids, then joint scoring. Returns id and score."""
+    require_columns(data, [id_column], what="the guest's data")
+    result = psi.run_guest(channel, data[id_column], list(job.hosts), job.psi, column=id_column)
+    result.require_nonempty()
+    aligned = result.align(data)
+    matrix = shard.scaler().transform(aligned)
+    if shard.has_intercept:
+        matrix = np.hstack([np.ones((len(matrix), 1)), matrix])
+    plan = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, tag="predict/score")
+    scores = predict.guest_scores(channel, plan, matrix @ shard.weight_vector)
+    return pd.DataFrame({id_column: aligned[id_column].to_numpy(), "score": scores})

@@ -1,0 +1,112 @@
+"""A host (passive party): holds feature columns about the guest's customers, never the label."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from parties.common import (
+    Job,
+    ProgressFn,
+    exchange_digests,
+    fail_fast,
+    feature_columns,
+    prepare_features,
+    recv_positions,
+    require_intersection,
+    write_outputs,
+)
+from parties.guest import HELD_OUT_TAG
+from protocols import lr, predict, psi
+from vfl.crypto import WorkerPool
+from vfl.data import require_columns
+from vfl.ledger import Ledger
+from vfl.model import ModelShard
+from vfl.transport import Channel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HostOutcome:
+    """What a host ends a training job with: its own shard and its ledger, nothing about labels or scores."""
+
+    shard: ModelShard
+    epochs: int
+    intersection_size: int
+    ledger: Ledger
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+
+def train(
+    channel: Channel,
+    job: Job,
+    data: pd.DataFrame,
+    *,
+    id_column: str,
+    columns: list[str] | None = None,
+    output_dir: Path | None = None,
+    workers: WorkerPool | None = None,
+    progress: ProgressFn | None = None,
+) -> HostOutcome:
+    """Run a host's side of a training job: align, prepare its columns, train its weights, score, save."""
+    o = job.options
+
+    def check_inputs() -> list[str]:
+        require_columns(data, [id_column], what=f"host '{channel.party}' data")
+        return feature_columns(data, id_column, None, columns)
+
+    features = fail_fast(channel, job, check_inputs)
+    result = fail_fast(
+        channel, job, lambda: psi.run_host(channel, data[id_column], job.guest, job.psi, column=id_column)
+    )
+    if progress:
+        progress("psi", 1, 1, f"{result.size} shared rows")
+    fail_fast(channel, job, lambda: require_intersection(result))
+    aligned = result.align(data)
+    held_rows = recv_positions(channel, job.guest, HELD_OUT_TAG, len(aligned))
+    train_rows = np.setdiff1d(np.arange(len(aligned)), held_rows)
+
+    def prepare() -> tuple:
+        return prepare_features(aligned, features, train_rows, o, intercept=False)
+
+    scaler, matrix, names = fail_fast(channel, job, prepare)
+
+    def on_epoch(epoch: int, batch: int, loss: float | None) -> None:
+        if progress:
+            progress("train", epoch + 1, o.max_epochs, f"batch {batch}")
+
+    trained = lr.run_host(channel, job.lr_plan, matrix[train_rows], workers=workers, progress=on_epoch)
+    scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, tag="train/score")
+    predict.send_partial_scores(channel, scoring, matrix @ trained.weights)
+    shard = ModelShard(
+        job_id=job.id,
+        party=channel.party,
+        role="host",
+        columns=names,
+        weights=trained.weights.tolist(),
+        preprocessor=scaler.to_dict(),
+        options=o.to_dict(),
+    )
+    shard.peer_digests = exchange_digests(channel, job, shard)
+    notes = [f"intersection size {result.size}; set sizes {dict(result.set_sizes)}"]
+    ledger = Ledger.from_log(job_id=job.id, party=channel.party, role="host", log=channel.log, notes=notes)
+    outcome = HostOutcome(shard, trained.epochs, result.size, ledger)
+    outcome.outputs = write_outputs(output_dir, shard, ledger)
+    return outcome
+
+
+def score(channel: Channel, job: Job, data: pd.DataFrame, shard: ModelShard, *, id_column: str) -> int:
+    """A host's side of scoring new ids: PSI, then its partial scores. Returns the number of rows scored."""
+    require_columns(data, [id_column], what=f"host '{channel.party}' data")
+    result = psi.run_host(channel, data[id_column], job.guest, job.psi, column=id_column)
+    result.require_nonempty()
+    aligned = result.align(data)
+    matrix = shard.scaler().transform(aligned)
+    plan = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, tag="predict/score")
+    predict.send_partial_scores(channel, plan, matrix @ shard.weight_vector)
+    return len(aligned)

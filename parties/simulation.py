@@ -1,0 +1,209 @@
+"""In-process federations for tests and notebooks: every party in its own thread over a ``LocalNetwork``.
+
+The messages still go through Arrow IPC, exactly as between machines, so a simulation exercises
+the real protocol code; only the transport differs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from parties import arbiter as arbiter_party
+from parties import guest as guest_party
+from parties import host as host_party
+from parties.common import Job
+from protocols.psi import run_guest, run_host
+from vfl.crypto import PrivateKey, PublicKey, WorkerPool
+from vfl.errors import DataError, ProtocolError, TransportError
+from vfl.ledger import Ledger
+from vfl.metrics import Evaluation
+from vfl.model import ModelShard
+from vfl.options import TrainOptions
+from vfl.psi.options import PsiOptions, PsiResult
+from vfl.transport.local import LocalNetwork
+
+log = logging.getLogger(__name__)
+
+
+def _id_column(frame: pd.DataFrame, id: str, party: str) -> pd.Series:
+    if not isinstance(frame, pd.DataFrame):
+        raise DataError(f"the {party}'s data must be a pandas DataFrame, got {type(frame).__name__}")
+    if id not in frame.columns:
+        available = ", ".join(map(str, frame.columns[:30])) or "(none)"
+        raise DataError(f"the {party}'s table has no id column '{id}'; columns available: {available}")
+    return frame[id]
+
+
+def run_parties(network: LocalNetwork, roles: dict[str, Callable[[], Any]]) -> dict[str, Any]:
+    """Run each party's role in its own thread; return ``{party: result}``.
+
+    When a role fails, the network is aborted so the other parties stop waiting, and the original
+    error is re-raised here: the first one that is not a protocol or transport error (those are
+    what the other parties see of a failure), else the first error.
+    """
+    results: dict[str, Any] = {}
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def body(party: str, role: Callable[[], Any]) -> None:
+        try:
+            value = role()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            with lock:
+                errors.append(exc)
+            network.abort(f"party '{party}' failed: {exc}")
+            return
+        with lock:
+            results[party] = value
+
+    threads = [
+        threading.Thread(target=body, args=(p, r), name=f"vfl-{p}", daemon=True) for p, r in roles.items()
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        # A party's own failure (bad data, bad option) is the cause; the others' protocol or
+        # transport errors ("aborted", "refused to start") are its consequences.
+        own = [e for e in errors if not isinstance(e, (ProtocolError, TransportError))]
+        raise (own or errors)[0]
+    return results
+
+
+def simulate_psi(
+    guest: pd.DataFrame, hosts: list[pd.DataFrame], *, id: str, **options: Any
+) -> list[pd.DataFrame]:
+    """Align a guest's and hosts' tables with the real PSI protocol, all in this process.
+
+    Returns each party's rows of the intersection (guest first, then the hosts in order), all in
+    the same shared order, with a fresh 0..n-1 index. ``options`` are ``PsiOptions`` fields
+    (``strip``, ``casefold``, ``nfkc``, ``dedupe``, ``reveal``, ``salt``, ...). Integer ids are
+    matched by their decimal string, so ``7`` in one table matches ``"7"`` in another. Under
+    ``reveal="guest-only"`` the hosts' frames are empty (hosts learn only the size).
+    """
+    results = simulate_psi_results(guest, hosts, id=id, **options)
+    frames = [guest, *hosts]
+    return [result.align(frame) for result, frame in zip(results, frames, strict=True)]
+
+
+def simulate_psi_results(
+    guest: pd.DataFrame, hosts: list[pd.DataFrame], *, id: str, **options: Any
+) -> list[PsiResult]:
+    """Like ``simulate_psi`` but returns every party's ``PsiResult`` (guest first)."""
+    psi_options = PsiOptions.from_mapping(options)
+    if isinstance(hosts, pd.DataFrame):
+        hosts = [hosts]
+    if not hosts:
+        raise DataError("simulate_psi needs at least one host table")
+    guest_ids = _id_column(guest, id, "guest")
+    host_names = [f"host{i + 1}" for i in range(len(hosts))]
+    host_ids = [
+        _id_column(frame, id, f"host '{name}'") for name, frame in zip(host_names, hosts, strict=True)
+    ]
+    network = LocalNetwork(["guest", *host_names])
+    roles: dict[str, Callable[[], PsiResult]] = {
+        "guest": lambda: run_guest(network.channel("guest"), guest_ids, host_names, psi_options, column=id)
+    }
+    for name, ids in zip(host_names, host_ids, strict=True):
+        roles[name] = lambda name=name, ids=ids: run_host(
+            network.channel(name), ids, "guest", psi_options, column=id
+        )
+    results = run_parties(network, roles)
+    return [results["guest"], *(results[name] for name in host_names)]
+
+
+@dataclass
+class SimulationResult:
+    """A whole training federation run in this process: the guest's view plus every party's shard and ledger."""
+
+    metrics: dict[str, float]
+    scores: pd.DataFrame  # id column, score, held_out
+    shards: dict[str, ModelShard]
+    losses: list[float]
+    epochs: int
+    evaluation: Evaluation
+    ledgers: dict[str, Ledger]
+    network: LocalNetwork = field(repr=False)
+
+    @property
+    def lift(self) -> pd.DataFrame:
+        return self.evaluation.lift
+
+
+def simulate(
+    guest: pd.DataFrame,
+    hosts: list[pd.DataFrame] | pd.DataFrame,
+    *,
+    id: str,
+    label: str,
+    psi: dict[str, Any] | None = None,
+    reveal: str | None = None,
+    workers: int | None = None,
+    keypair: tuple[PublicKey, PrivateKey] | None = None,
+    output_dir: str | Path | None = None,
+    **job_options: Any,
+) -> SimulationResult:
+    """Train, score and evaluate a federation of a guest, hosts and an arbiter, all in this process.
+
+    ``job_options`` are ``TrainOptions`` fields (``max_epochs``, ``batch_size``, ``optimizer``,
+    ``learning_rate``, ``penalty``, ``key_bits``, ``seed``, ...); ``psi`` holds PSI options
+    (``strip``, ``casefold``, ``dedupe``, ...). Every party runs in its own thread and every message
+    goes through Arrow IPC; ``result.network.transcript`` holds them all. With ``output_dir``, each
+    party writes its outputs to ``output_dir/<party>``.
+    """
+    options = TrainOptions.from_dict(job_options)
+    if isinstance(hosts, pd.DataFrame):
+        hosts = [hosts]
+    if not hosts:
+        raise DataError("simulate needs at least one host table")
+    _id_column(guest, id, "guest")
+    host_names = tuple(f"host{i + 1}" for i in range(len(hosts)))
+    for name, frame in zip(host_names, hosts, strict=True):
+        _id_column(frame, id, f"host '{name}'")
+    job = Job(
+        id=f"simulation-{options.digest()[:8]}",
+        guest="guest",
+        hosts=host_names,
+        arbiter="arbiter",
+        options=options,
+        psi=PsiOptions.from_mapping(psi or {}),
+        reveal=reveal,
+    )
+    network = LocalNetwork(list(job.parties))
+    out = Path(output_dir) if output_dir is not None else None
+
+    def where(party: str) -> Path | None:
+        return out / party if out is not None else None
+
+    with WorkerPool(workers) as pool:
+        roles: dict[str, Callable[[], Any]] = {
+            "guest": lambda: guest_party.train(
+                network.channel("guest"),
+                job,
+                guest,
+                id_column=id,
+                label=label,
+                output_dir=where("guest"),
+                workers=pool,
+            ),
+            "arbiter": lambda: arbiter_party.train(
+                network.channel("arbiter"), job, keypair=keypair, output_dir=where("arbiter"), workers=pool
+            ),
+        }
+        for name, frame in zip(host_names, hosts, strict=True):
+            roles[name] = lambda name=name, frame=frame: host_party.train(
+                network.channel(name), job, frame, id_column=id, output_dir=where(name), workers=pool
+            )
+        results = run_parties(network, roles)
+    g = results["guest"]
+    shards = {"guest": g.shard, **{h: results[h].shard for h in host_names}}
+    ledgers = {p: results[p].ledger for p in job.parties}
+    return SimulationResult(g.metrics, g.scores, shards, g.losses, g.epochs, g.evaluation, ledgers, network)
