@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from parties.common import Job, write_outputs
+from parties.common import Job, open_store, write_outputs
 from protocols import lr
 from vfl.crypto import PrivateKey, PublicKey, WorkerPool
 from vfl.ledger import Ledger
@@ -26,9 +26,24 @@ def train(
     keypair: tuple[PublicKey, PrivateKey] | None = None,
     output_dir: Path | None = None,
     workers: WorkerPool | None = None,
+    resumable: bool = False,
 ) -> ArbiterOutcome:
     """Coordinate a training job: check agreement, hand out the public key, decrypt masked gradients and the loss."""
-    summary = lr.run_arbiter(channel, job.lr_plan, keypair=keypair, workers=workers)
+    store = open_store(output_dir, job, None) if resumable else None
+    saved = [lr.ArbiterState.from_dict(c) for c in store.checkpoints()] if store is not None else []
+    summary = lr.run_arbiter(
+        channel,
+        job.lr_plan,
+        keypair=keypair,
+        workers=workers,
+        resume=saved or None,
+        on_epoch=(lambda state: store.save_checkpoint(state.to_dict())) if store is not None else None,
+    )
     notes = [f"loss per epoch: {', '.join(f'{x:.6f}' for x in summary.losses)}"]
+    if summary.generations > 1:
+        notes.append(f"training was resynchronized {summary.generations - 1} time(s) after a party restarted")
     ledger = Ledger.from_log(job_id=job.id, party=channel.party, role="arbiter", log=channel.log, notes=notes)
-    return ArbiterOutcome(summary, ledger, write_outputs(output_dir, None, ledger))
+    outcome = ArbiterOutcome(summary, ledger, write_outputs(output_dir, None, ledger))
+    if store is not None:
+        store.clear()
+    return outcome

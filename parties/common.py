@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from parties.state import StateStore, job_fingerprint
 from protocols.lr import LrPlan
 from vfl.data import Preprocessor, require_columns
 from vfl.errors import ConfigError, DataError, ProtocolError, VflError
@@ -136,6 +137,13 @@ def exchange_digests(channel: Channel, job: Job, shard: ModelShard) -> dict[str,
         if p != me:
             channel.send(p, "model/digest", table)
     return {p: channel.recv(p, "model/digest")["digest"][0].as_py() for p in parties if p != me}
+
+
+def open_store(output_dir: Path | None, job: Job, ids: pd.Series | None) -> StateStore | None:
+    """This party's resumable state for the job (None when nothing is written to disk)."""
+    if output_dir is None:
+        return None
+    return StateStore(output_dir / "state", job_fingerprint(job.id, job.options.digest(), ids))
 
 
 def write_outputs(directory: Path | None, shard: ModelShard | None, ledger: Ledger) -> dict[str, Path]:

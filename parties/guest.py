@@ -16,11 +16,13 @@ from parties.common import (
     exchange_digests,
     fail_fast,
     feature_columns,
+    open_store,
     prepare_features,
     require_intersection,
     send_positions,
     write_outputs,
 )
+from parties.state import Alignment
 from protocols import lr, predict, psi
 from vfl.crypto import WorkerPool
 from vfl.data import binary_labels, require_columns
@@ -79,8 +81,13 @@ def train(
     output_dir: Path | None = None,
     workers: WorkerPool | None = None,
     progress: ProgressFn | None = None,
+    resumable: bool = False,
 ) -> GuestOutcome:
-    """Run the guest's side of a whole training job: align, split, prepare, train, score, evaluate, save."""
+    """Run the guest's side of a whole training job: align, split, prepare, train, score, evaluate, save.
+
+    With ``resumable`` (and an ``output_dir``) the alignment and every epoch's state are saved, and a
+    restarted run of the same job rejoins training where the federation is.
+    """
     o = job.options
     plan = job.lr_plan
 
@@ -89,32 +96,51 @@ def train(
         return feature_columns(data, id_column, label, columns)
 
     features = fail_fast(channel, job, check_inputs)
-    result = fail_fast(
-        channel,
-        job,
-        lambda: psi.run_guest(channel, data[id_column], list(job.hosts), job.training_psi, column=id_column),
-    )
+    store = open_store(output_dir, job, data[id_column]) if resumable else None
+    saved = store.load_alignment() if store is not None else None
+    if saved is None:
+        result = fail_fast(
+            channel,
+            job,
+            lambda: psi.run_guest(
+                channel, data[id_column], list(job.hosts), job.training_psi, column=id_column
+            ),
+        )
+        fail_fast(channel, job, lambda: require_intersection(result))
+        rows, info = result.rows, {"size": result.size, "set_sizes": dict(result.set_sizes)}
+    else:
+        rows, info = saved.rows, saved.info
+        log.info("resuming job %s: alignment of %d rows loaded from %s", job.id, len(rows), store.directory)
     if progress:
-        progress("psi", 1, 1, f"{result.size} shared rows")
+        progress("psi", 1, 1, f"{info['size']} shared rows")
 
     def prepare() -> tuple:
-        require_intersection(result)
-        aligned = result.align(data)
+        aligned = data.iloc[rows].reset_index(drop=True)
         labels = binary_labels(aligned[label], column=label)
         train_rows, held_rows = split_rows(labels, o.test_size, o.seed)
         scaler, matrix, names = prepare_features(aligned, features, train_rows, o, intercept=True)
         return aligned, labels, train_rows, held_rows, scaler, matrix, names
 
     aligned, labels, train_rows, held_rows, scaler, matrix, names = fail_fast(channel, job, prepare)
-    for host in job.hosts:
-        send_positions(channel, host, HELD_OUT_TAG, held_rows)
+    if saved is None:
+        for host in job.hosts:
+            send_positions(channel, host, HELD_OUT_TAG, held_rows)
+        if store is not None:
+            store.save_alignment(Alignment(rows, None, info))
 
     def on_epoch(epoch: int, batch: int, loss: float | None) -> None:
         if progress and loss is not None:
             progress("train", epoch + 1, o.max_epochs, f"loss {loss:.5f}")
 
     trained = lr.run_guest(
-        channel, plan, matrix[train_rows], labels[train_rows], workers=workers, progress=on_epoch
+        channel,
+        plan,
+        matrix[train_rows],
+        labels[train_rows],
+        workers=workers,
+        progress=on_epoch,
+        resume=[lr.PartyState.from_dict(c) for c in store.checkpoints()] if saved is not None else None,
+        on_epoch=(lambda state: store.save_checkpoint(state.to_dict())) if store is not None else None,
     )
     scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, tag="train/score")
     scores = predict.guest_scores(channel, scoring, matrix @ trained.weights)
@@ -132,15 +158,19 @@ def train(
     held_out = np.zeros(len(aligned), dtype=bool)
     held_out[held_rows] = True
     table = pd.DataFrame({id_column: aligned[id_column].to_numpy(), "score": scores, "held_out": held_out})
-    notes = [f"intersection size {result.size}; set sizes {dict(result.set_sizes)}"]
+    notes = [f"intersection size {info['size']}; set sizes {info['set_sizes']}"]
+    if trained.generations > 1:
+        notes.append(f"training was resynchronized {trained.generations - 1} time(s) after a party restarted")
     if job.scoring_reveal == "partial" or len(job.hosts) == 1:
         notes.append(
             "with a single host, the guest can derive the host's partial scores from the final scores"
         )
     ledger = Ledger.from_log(job_id=job.id, party=channel.party, role="guest", log=channel.log, notes=notes)
-    outcome = GuestOutcome(shard, evaluation, table, trained.losses, trained.epochs, result.size, ledger)
+    outcome = GuestOutcome(shard, evaluation, table, trained.losses, trained.epochs, info["size"], ledger)
     if output_dir is not None:
         outcome.outputs = write_guest_outputs(output_dir, outcome, job)
+    if store is not None:
+        store.clear()
     return outcome
 
 

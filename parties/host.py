@@ -15,12 +15,14 @@ from parties.common import (
     exchange_digests,
     fail_fast,
     feature_columns,
+    open_store,
     prepare_features,
     recv_positions,
     require_intersection,
     write_outputs,
 )
 from parties.guest import HELD_OUT_TAG
+from parties.state import Alignment
 from protocols import lr, predict, psi
 from vfl.crypto import WorkerPool
 from vfl.data import require_columns
@@ -52,6 +54,7 @@ def train(
     output_dir: Path | None = None,
     workers: WorkerPool | None = None,
     progress: ProgressFn | None = None,
+    resumable: bool = False,
 ) -> HostOutcome:
     """Run a host's side of a training job: align, prepare its columns, train its weights, score, save."""
     o = job.options
@@ -61,14 +64,24 @@ def train(
         return feature_columns(data, id_column, None, columns)
 
     features = fail_fast(channel, job, check_inputs)
-    result = fail_fast(
-        channel, job, lambda: psi.run_host(channel, data[id_column], job.guest, job.psi, column=id_column)
-    )
+    store = open_store(output_dir, job, data[id_column]) if resumable else None
+    saved = store.load_alignment() if store is not None else None
+    if saved is None or saved.held_out is None:
+        result = fail_fast(
+            channel, job, lambda: psi.run_host(channel, data[id_column], job.guest, job.psi, column=id_column)
+        )
+        fail_fast(channel, job, lambda: require_intersection(result))
+        rows, info = result.rows, {"size": result.size, "set_sizes": dict(result.set_sizes)}
+        held_rows = recv_positions(channel, job.guest, HELD_OUT_TAG, len(rows))
+        if store is not None:
+            store.save_alignment(Alignment(rows, held_rows, info))
+        saved = None
+    else:
+        rows, info, held_rows = saved.rows, saved.info, saved.held_out
+        log.info("resuming job %s: alignment of %d rows loaded from %s", job.id, len(rows), store.directory)
     if progress:
-        progress("psi", 1, 1, f"{result.size} shared rows")
-    fail_fast(channel, job, lambda: require_intersection(result))
-    aligned = result.align(data)
-    held_rows = recv_positions(channel, job.guest, HELD_OUT_TAG, len(aligned))
+        progress("psi", 1, 1, f"{info['size']} shared rows")
+    aligned = data.iloc[rows].reset_index(drop=True)
     train_rows = np.setdiff1d(np.arange(len(aligned)), held_rows)
 
     def prepare() -> tuple:
@@ -80,7 +93,15 @@ def train(
         if progress:
             progress("train", epoch + 1, o.max_epochs, f"batch {batch}")
 
-    trained = lr.run_host(channel, job.lr_plan, matrix[train_rows], workers=workers, progress=on_epoch)
+    trained = lr.run_host(
+        channel,
+        job.lr_plan,
+        matrix[train_rows],
+        workers=workers,
+        progress=on_epoch,
+        resume=[lr.PartyState.from_dict(c) for c in store.checkpoints()] if saved is not None else None,
+        on_epoch=(lambda state: store.save_checkpoint(state.to_dict())) if store is not None else None,
+    )
     scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, tag="train/score")
     predict.send_partial_scores(channel, scoring, matrix @ trained.weights)
     shard = ModelShard(
@@ -93,10 +114,14 @@ def train(
         options=o.to_dict(),
     )
     shard.peer_digests = exchange_digests(channel, job, shard)
-    notes = [f"intersection size {result.size}; set sizes {dict(result.set_sizes)}"]
+    notes = [f"intersection size {info['size']}; set sizes {info['set_sizes']}"]
+    if trained.generations > 1:
+        notes.append(f"training was resynchronized {trained.generations - 1} time(s) after a party restarted")
     ledger = Ledger.from_log(job_id=job.id, party=channel.party, role="host", log=channel.log, notes=notes)
-    outcome = HostOutcome(shard, trained.epochs, result.size, ledger)
+    outcome = HostOutcome(shard, trained.epochs, info["size"], ledger)
     outcome.outputs = write_outputs(output_dir, shard, ledger)
+    if store is not None:
+        store.clear()
     return outcome
 
 

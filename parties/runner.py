@@ -126,17 +126,17 @@ def _train(channel, job, party, frame, out, pool, progress, outcome) -> None:  #
     if party.role == "guest":
         result = guest_party.train(
             channel, job, frame, id_column=party.id_column, label=party.label_column,
-            columns=party.columns, output_dir=out, workers=pool, progress=progress,
+            columns=party.columns, output_dir=out, workers=pool, progress=progress, resumable=True,
         )  # fmt: skip
         outcome.summary.update(result.metrics, epochs=result.epochs, intersection=result.intersection_size)
     elif party.role == "host":
         result = host_party.train(
             channel, job, frame, id_column=party.id_column, columns=party.columns,
-            output_dir=out, workers=pool, progress=progress,
+            output_dir=out, workers=pool, progress=progress, resumable=True,
         )  # fmt: skip
         outcome.summary.update(epochs=result.epochs, intersection=result.intersection_size)
     else:
-        result = arbiter_party.train(channel, job, output_dir=out, workers=pool)
+        result = arbiter_party.train(channel, job, output_dir=out, workers=pool, resumable=True)
         outcome.summary.update(epochs=result.summary.epochs, final_loss=result.summary.losses[-1])
     outcome.outputs = result.outputs
 

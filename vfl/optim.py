@@ -114,6 +114,12 @@ class EarlyStopping:
     history: list[float] = field(default_factory=list)
     _quiet_epochs: int = 0
 
+    @classmethod
+    def replay(cls, options: TrainOptions, losses: list[float]) -> bool:
+        """The decision after the last of ``losses`` (the rule is a pure function of the loss history)."""
+        rule = cls(options)
+        return any([rule.should_stop(loss) for loss in losses][-1:])
+
     def should_stop(self, loss: float, weight_change: float | None = None) -> bool:
         o = self.options
         stop = False

@@ -186,9 +186,9 @@ def test_transcript_carries_no_feature_label_weight_or_id(breast, keypair):
                 assert not np.array_equal(column.to_numpy(), labels), f"labels crossed in {message.tag}"
 
     to_arbiter = {re.sub(r"\d+", "N", m.tag) for m, _ in messages if m.receiver == "arbiter"}
-    assert to_arbiter == {"lr/hello", "lr/eN/bN/g/masked", "lr/eN/loss"}
+    assert to_arbiter == {"lr/hello", "lr/gN/eN/bN/g/masked", "lr/gN/eN/loss", "lr/gN/done"}
     for message, table in messages:
-        if message.receiver == "arbiter" and message.tag != "lr/hello":
+        if message.receiver == "arbiter" and message.tag.endswith(("/masked", "/loss")):
             assert all(str(t).startswith("fixed_size_binary") for t in table.schema.types), message.tag
         if message.receiver == "arbiter" and message.tag == "lr/hello":
             assert set(table.column_names) == {"options", "digest", "job_id", "n_rows", "problem"}
@@ -202,15 +202,15 @@ def test_transcript_carries_no_feature_label_weight_or_id(breast, keypair):
         "split/held-out",
         "lr/status",
         "lr/public-key",
-        "lr/eN/bN/d",
-        "lr/eN/bN/g/unmasked",
-        "lr/eN/control",
+        "lr/gN/eN/bN/d",
+        "lr/gN/eN/bN/g/unmasked",
+        "lr/gN/eN/control",
         "model/digest",
     } | {t for t in to_host if t.startswith("psi/")}
     for message, table in messages:
-        if message.receiver == "host1" and re.fullmatch(r"lr/e\d+/control", message.tag):
+        if message.receiver == "host1" and re.fullmatch(r"lr/g\d+/e\d+/control", message.tag):
             assert table.column_names == ["stop"], "a host must not learn the loss"
-        if message.receiver == "host1" and re.fullmatch(r"lr/e\d+/b\d+/d", message.tag):
+        if message.receiver == "host1" and re.fullmatch(r"lr/g\d+/e\d+/b\d+/d", message.tag):
             assert all(str(t).startswith("fixed_size_binary") for t in table.schema.types)
 
 

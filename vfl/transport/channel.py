@@ -9,17 +9,46 @@ tables; on the wire they are Arrow IPC streams.
 from __future__ import annotations
 
 import abc
+import secrets
 import threading
 from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from vfl.errors import IntegrityError
+from vfl.errors import IntegrityError, ProtocolError
 
 DEFAULT_TIMEOUT = 600.0
-ABORT_TAG = (
-    "vfl/abort"  # reserved: a peer that cannot go on says why, and every recv at the receiver fails fast
-)
+# Reserved: a peer that cannot go on says why, and every recv at the receiver fails fast.
+ABORT_TAG = "vfl/abort"
+# Reserved: out-of-band notices (a peer restarted) that interrupt a waiting recv.
+NOTICE_PREFIX = "vfl/notice/"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """An out-of-band message that interrupts whatever the receiver is waiting for (e.g. "resync")."""
+
+    sender: str
+    kind: str
+    data: dict[str, str]
+
+
+class Interrupted(ProtocolError):
+    """A ``recv`` was interrupted by a notice from a peer; protocols that can recover catch it."""
+
+    def __init__(self, notice: Notice) -> None:
+        super().__init__(
+            f"party '{notice.sender}' sent a '{notice.kind}' notice while we were waiting for it"
+        )
+        self.notice = notice
+
+
+def parse_notice(sender: str, tag: str, payload: bytes) -> Notice:
+    """The notice carried under a reserved ``vfl/notice/<kind>/<nonce>`` tag."""
+    kind = tag[len(NOTICE_PREFIX) :].split("/", 1)[0]
+    table = decode_table(payload, sender=sender, tag=tag)
+    data = {name: str(table[name][0].as_py()) for name in table.column_names}
+    return Notice(sender, kind, data)
 
 
 def abort_reason(sender: str, payload: bytes) -> str:
@@ -111,6 +140,11 @@ class Channel(abc.ABC):
             MessageRecord("received", frm, tag, len(payload), table.num_rows, tuple(table.column_names))
         )
         return table
+
+    def notify(self, peer: str, kind: str, data: dict[str, str]) -> None:
+        """Send a notice that interrupts ``peer``'s current ``recv`` with ``Interrupted``."""
+        table = pa.table({k: [v] for k, v in data.items()} or {"_": [""]})
+        self._send_bytes(peer, f"{NOTICE_PREFIX}{kind}/{secrets.token_hex(8)}", encode_table(table))
 
     def notify_abort(self, peers: list[str], reason: str) -> None:
         """Tell ``peers`` that this party cannot go on, so they stop waiting (best effort, never raises)."""

@@ -56,7 +56,15 @@ from vfl.errors import (
     ProtocolError,
     TransportError,
 )
-from vfl.transport.channel import ABORT_TAG, Channel, abort_reason
+from vfl.transport.channel import (
+    ABORT_TAG,
+    NOTICE_PREFIX,
+    Channel,
+    Interrupted,
+    Notice,
+    abort_reason,
+    parse_notice,
+)
 from vfl.transport.tls import (
     PartyIdentity,
     certificate_party_id,
@@ -265,12 +273,18 @@ class _Mailbox:
         self._rejections: list[Rejection] = []
         self._cond = threading.Condition()
         self._failure: str | None = None
+        self._notices: list[Notice] = []
 
     def put(self, sender: str, tag: str, payload: bytes) -> bool:
         """Store a message; False if a copy was already stored or delivered (the resend is dropped)."""
         key = (sender, tag)
         if tag == ABORT_TAG:
             self.abort(abort_reason(sender, payload))
+            return True
+        if tag.startswith(NOTICE_PREFIX):
+            with self._cond:
+                self._notices.append(parse_notice(sender, tag, payload))
+                self._cond.notify_all()
             return True
         with self._cond:
             if key in self._boxes or key in self._delivered:
@@ -298,7 +312,12 @@ class _Mailbox:
         """The payload, or None after ``timeout`` s; ``ProtocolError`` if the channel was aborted."""
         key = (sender, tag)
         with self._cond:
-            self._cond.wait_for(lambda: key in self._boxes or self._failure is not None, timeout=timeout)
+            self._cond.wait_for(
+                lambda: key in self._boxes or self._failure is not None or bool(self._notices),
+                timeout=timeout,
+            )
+            if self._notices:
+                raise Interrupted(self._notices.pop(0))
             if key in self._boxes:
                 self._delivered.add(key)
                 return self._boxes.pop(key)
@@ -372,6 +391,7 @@ class FlightChannel(Channel):
 
         host, port = parse_address(listen)
         self._listen_host = host
+        _check_port_free(self.party, host, port)
         root = b"".join(self._pems.values())
         try:
             self._server = _InboxServer(
@@ -662,6 +682,16 @@ class FlightChannel(Channel):
         where = f"peer '{party_id}' at {peer.address}"
         try:
             seen, accepted = _tls_probe(ctx, host, port, self.settings.probe_timeout)
+        except ssl.SSLEOFError as exc:
+            # Closed without a TLS alert: something in front of the peer (a proxy, a restarting
+            # server) accepted and hung up. Nothing to fix in the certificates; worth retrying.
+            return PeerStatus(
+                party_id,
+                peer.address,
+                reachable=False,
+                problem=f"{where} closed the connection during the TLS handshake ({exc.reason or exc}); "
+                "check that it is running and listening on that address",
+            )
         except ssl.SSLError as exc:
             return PeerStatus(
                 party_id,
@@ -745,6 +775,27 @@ def _tls_probe(ctx: ssl.SSLContext, host: str, port: int, timeout: float) -> tup
         except TimeoutError:
             accepted = True  # no refusal within the probe time
         return "sha256:" + hashlib.sha256(der).hexdigest(), accepted
+
+
+def _check_port_free(party: str, host: str, port: int) -> None:
+    """``TransportError`` naming the address when ``host:port`` cannot be bound.
+
+    Checked before gRPC tries, because gRPC reports a taken port only as "Server did not start
+    properly" (plus a line of its own logging on stderr).
+    """
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise TransportError(
+            f"party '{party}' cannot listen on {_format_address(host, port)} ({reason}); "
+            "the port is in use or the address is not on this machine — choose another listen address"
+        ) from exc
 
 
 def _first_line(exc: BaseException) -> str:

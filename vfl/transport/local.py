@@ -10,7 +10,15 @@ import threading
 from dataclasses import dataclass
 
 from vfl.errors import ConfigError, PeerTimeoutError, ProtocolError
-from vfl.transport.channel import ABORT_TAG, Channel, abort_reason
+from vfl.transport.channel import (
+    ABORT_TAG,
+    NOTICE_PREFIX,
+    Channel,
+    Interrupted,
+    Notice,
+    abort_reason,
+    parse_notice,
+)
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,7 @@ class LocalNetwork:
         self._delivered: set[tuple[str, str, str]] = set()
         self._cond = threading.Condition()
         self._failure: str | None = None
+        self._notices: dict[str, list[Notice]] = {}
 
     def channel(self, party: str) -> LocalChannel:
         if party not in self.parties:
@@ -57,6 +66,11 @@ class LocalNetwork:
         if tag == ABORT_TAG:
             self.abort(abort_reason(sender, payload))
             return
+        if tag.startswith(NOTICE_PREFIX):
+            with self._cond:
+                self._notices.setdefault(receiver, []).append(parse_notice(sender, tag, payload))
+                self._cond.notify_all()
+            return
         with self._cond:
             # Deterministic tags make resends idempotent: the first copy wins.
             if key in self._boxes or key in self._delivered:
@@ -67,7 +81,12 @@ class LocalNetwork:
     def _take(self, sender: str, receiver: str, tag: str, timeout: float) -> bytes:
         key = (sender, receiver, tag)
         with self._cond:
-            ok = self._cond.wait_for(lambda: key in self._boxes or self._failure is not None, timeout=timeout)
+            notices = self._notices.setdefault(receiver, [])
+            ok = self._cond.wait_for(
+                lambda: key in self._boxes or self._failure is not None or bool(notices), timeout=timeout
+            )
+            if notices:
+                raise Interrupted(notices.pop(0))
             if key in self._boxes:
                 self._delivered.add(key)
                 return self._boxes.pop(key)

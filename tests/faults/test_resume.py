@@ -1,0 +1,73 @@
+"""Kill each role mid-training (SIGKILL), restart it, and get the same model as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import vfl
+from vfl import datasets
+from vfl.cli.demo import setup_demo
+from vfl.config import JobConfig
+from vfl.model import ModelShard
+
+ROOT = Path(__file__).resolve().parents[2]
+OPTIONS = {"key_bits": 1024, "max_epochs": 6, "batch_size": 128, "tol": 0.0}
+JOB = "resume-test"
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, np.ndarray]:
+    guest = pd.read_csv(datasets.path("breast_hetero_guest.csv"))
+    host = pd.read_csv(datasets.path("breast_hetero_host.csv"))
+    result = vfl.simulate(guest, [host], id="id", label="y", **OPTIONS)
+    return {"guest": result.shards["guest"].weight_vector, "host": result.shards["host1"].weight_vector}
+
+
+def _start(workspace: Path, job: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRPC_VERBOSITY": "ERROR"}
+    command = [sys.executable, "-m", "vfl.cli", "run", str(job), "--party", str(workspace), "--quiet"]
+    with log.open("a") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+
+def _saved_epoch(workspace: Path) -> int:
+    try:
+        meta = json.loads((workspace / "out" / JOB / "state" / "state.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return -1
+    return max((c["epoch"] for c in meta["checkpoints"]), default=-1)
+
+
+@pytest.mark.parametrize("victim", ["host", "guest", "arbiter"])
+def test_killed_party_resumes_to_the_same_model(tmp_path, reference, victim):
+    workspaces, _ = setup_demo(tmp_path, key_bits=1024, max_epochs=None)
+    job = tmp_path / "job.toml"
+    job.write_text(JobConfig(id=JOB, kind="train", train=OPTIONS).to_toml())
+    procs = {p: _start(ws, job, tmp_path / f"{p}.log") for p, ws in workspaces.items()}
+    deadline = time.monotonic() + 120
+    while _saved_epoch(workspaces[victim]) < 2:
+        assert time.monotonic() < deadline, "training did not reach epoch 2"
+        assert procs[victim].poll() is None, (tmp_path / f"{victim}.log").read_text()
+        time.sleep(0.05)
+    procs[victim].send_signal(signal.SIGKILL)
+    procs[victim].wait()
+    assert not (workspaces[victim] / "out" / JOB / "model.json").exists()
+    procs[victim] = _start(workspaces[victim], job, tmp_path / f"{victim}.log")
+    for party, proc in procs.items():
+        assert proc.wait(timeout=240) == 0, (tmp_path / f"{party}.log").read_text()
+    for party in ("guest", "host"):
+        shard = ModelShard.load(workspaces[party] / "out" / JOB / "model.json")
+        np.testing.assert_allclose(shard.weight_vector, reference[party], rtol=1e-9, atol=1e-12)
+    ledger = json.loads((workspaces[victim] / "out" / JOB / "ledger.json").read_text())
+    assert any("resynchronized" in note for note in ledger["notes"])
+    assert not (workspaces[victim] / "out" / JOB / "state").exists(), "state is removed once the job completes"
