@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from parties.common import Job, open_store, write_outputs
+from parties.common import Job, agree_on_job, open_store, write_outputs
 from protocols import lr
 from vfl.crypto import PrivateKey, PublicKey, WorkerPool
 from vfl.ledger import Ledger
@@ -31,6 +31,8 @@ def train(
     """Coordinate a training job: check agreement, hand out the public key, decrypt masked gradients and the loss."""
     store = open_store(output_dir, job, None) if resumable else None
     saved = [lr.ArbiterState.from_dict(c) for c in store.checkpoints()] if store is not None else []
+    if not saved:
+        agree_on_job(channel, job)
     summary = lr.run_arbiter(
         channel,
         job.lr_plan,

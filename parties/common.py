@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -118,6 +119,31 @@ def fail_fast(channel: Channel, job: Job, action: Callable[[], Any]) -> Any:
     except VflError as exc:
         channel.notify_abort(list(job.parties), str(exc))
         raise
+
+
+def agree_on_job(channel: Channel, job: Job) -> None:
+    """Compare the shared part of the job with every other party before any work; name what differs."""
+    mine = {"job_id": job.id, **{f"train.{k}": v for k, v in job.options.to_dict().items()}}
+    mine.update({f"psi.{k}": v for k, v in job.psi.settings().items()})
+    payload = pa.table({"settings": [json.dumps(mine, sort_keys=True, default=str)]})
+    others = [p for p in job.parties if p != channel.party]
+    for peer in others:
+        channel.send(peer, "job/settings", payload)
+    problems = []
+    for peer in others:
+        theirs = json.loads(channel.recv(peer, "job/settings")["settings"][0].as_py())
+        differ = sorted(
+            k
+            for k in set(mine) | set(theirs)
+            if json.dumps(mine.get(k), default=str) != json.dumps(theirs.get(k), default=str)
+        )
+        if differ:
+            problems.append(f"party '{peer}' differs in {', '.join(differ)}")
+    if problems:
+        raise ConfigError(
+            f"the parties run different versions of job '{job.id}': {'; '.join(problems)}; "
+            "every party must run the same job.toml"
+        )
 
 
 def require_intersection(result: PsiResult) -> None:

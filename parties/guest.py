@@ -13,6 +13,7 @@ from sklearn.model_selection import train_test_split
 from parties.common import (
     Job,
     ProgressFn,
+    agree_on_job,
     exchange_digests,
     fail_fast,
     feature_columns,
@@ -99,6 +100,7 @@ def train(
     store = open_store(output_dir, job, data[id_column]) if resumable else None
     saved = store.load_alignment() if store is not None else None
     if saved is None:
+        fail_fast(channel, job, lambda: agree_on_job(channel, job))
         result = fail_fast(
             channel,
             job,

@@ -12,6 +12,7 @@ import pandas as pd
 from parties.common import (
     Job,
     ProgressFn,
+    agree_on_job,
     exchange_digests,
     fail_fast,
     feature_columns,
@@ -67,6 +68,7 @@ def train(
     store = open_store(output_dir, job, data[id_column]) if resumable else None
     saved = store.load_alignment() if store is not None else None
     if saved is None or saved.held_out is None:
+        fail_fast(channel, job, lambda: agree_on_job(channel, job))
         result = fail_fast(
             channel, job, lambda: psi.run_host(channel, data[id_column], job.guest, job.psi, column=id_column)
         )

@@ -234,6 +234,10 @@ class Federation:
 
     @classmethod
     def load(cls, path: str | Path) -> Federation:
+        if not Path(path).exists():
+            raise ConfigError(
+                f"federation file {path} does not exist; create it with 'vfl federation add CARD...'"
+            )
         raw = read_toml(path, "federation file")
         items = _get(raw, "party", list, str(path), [])
         fed = cls([PeerCard.from_dict(item, f"{path} [[party]] #{i + 1}") for i, item in enumerate(items)])
@@ -263,7 +267,8 @@ class Federation:
             if p.id == party_id:
                 return p
         raise ConfigError(
-            f"party '{party_id}' is not in the federation (known: {', '.join(p.id for p in self.parties)})"
+            f"party '{party_id}' is not in the federation (known: {', '.join(p.id for p in self.parties)}); "
+            "add its card with 'vfl federation add CARD'"
         )
 
     def with_role(self, role: str) -> list[PeerCard]:
@@ -274,6 +279,29 @@ class Federation:
 
     def save(self, path: str | Path) -> Path:
         return atomic_write_text(path, self.to_toml())
+
+
+def _check_option_types(values: dict[str, Any], options_class: type, where: str) -> None:
+    """Each known option must have the kind of value its default has (a float option takes an int too)."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(options_class)}
+    for key, value in values.items():
+        default = defaults.get(key, dataclasses.MISSING)
+        if default is dataclasses.MISSING or default is None:
+            continue
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok, kind = isinstance(value, int | float) and not isinstance(value, bool), "a number"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a string"
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"{where}: option '{key}' must be {kind}, got {value!r}")
 
 
 @dataclass
@@ -299,13 +327,40 @@ class JobConfig:
             raise ConfigError(
                 f"{where}: unknown section(s) {', '.join(unknown)}; expected job, psi, train, predict"
             )
-        return cls(
-            id=_get(job, "id", str, f"{where} [job]"),
+        job_id = _get(job, "id", str, f"{where} [job]")
+        if (
+            not job_id
+            or job_id in (".", "..")
+            or any(c in job_id for c in "/\\:")
+            or job_id != job_id.strip()
+        ):
+            raise ConfigError(
+                f"{where} [job]: id {job_id!r} names the job's output folder; use letters, digits, "
+                "dots, dashes or underscores (no slashes, colons or surrounding spaces)"
+            )
+        config = cls(
+            id=job_id,
             kind=kind,
             psi=_get(raw, "psi", dict, where, {}),
             train=_get(raw, "train", dict, where, {}),
             predict=_get(raw, "predict", dict, where, {}),
         )
+        config.check(where)
+        return config
+
+    def check(self, where: str = "job.toml") -> None:
+        """Validate the [train] and [psi] options now, naming the file (every party does the same)."""
+        from vfl.options import TrainOptions
+        from vfl.psi.options import PsiOptions
+
+        _check_option_types(self.train, TrainOptions, f"{where} [train]")
+        for section, build in (("train", TrainOptions.from_dict), ("psi", PsiOptions.from_mapping)):
+            try:
+                build(getattr(self, section))
+            except ConfigError as exc:
+                raise ConfigError(f"{where} [{section}]: {exc}") from exc
+            except (TypeError, ValueError) as exc:  # a value of the wrong kind the option class did not catch
+                raise ConfigError(f"{where} [{section}]: invalid option value ({exc})") from exc
 
     def to_toml(self) -> str:
         tables: dict[str, dict[str, Any]] = {"job": {"id": self.id, "kind": self.kind}}

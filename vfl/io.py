@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -44,14 +45,33 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
 
 
 def check_writable(directory: str | Path) -> Path:
-    """Fail early (before any long job) when an output directory cannot be created or written."""
+    """Fail early (before any long job) when an output directory cannot be created or written.
+
+    Leaves no trace: directories it had to create for the check are removed again (writes create
+    them when there is something to write), so a job that fails later leaves no empty folder.
+    """
     directory = Path(directory)
+    created: list[Path] = []
+    missing = directory
+    while not missing.exists() and missing.parent != missing:
+        created.append(missing)
+        missing = missing.parent
     try:
+        if missing.exists() and not missing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(missing))
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".vfl-write-check."):
             pass
     except OSError as exc:
-        raise OutputError(f"output directory {directory} is not writable: {exc.strerror}") from exc
+        blocker = f" ({missing} is a file)" if missing.is_file() else ""
+        raise OutputError(
+            f"output directory {directory} is not writable: {exc.strerror}{blocker}; "
+            "choose another [output] dir in party.toml or fix its permissions"
+        ) from exc
+    finally:
+        for path in created:  # deepest first
+            with contextlib.suppress(OSError):
+                path.rmdir()
     return directory
 
 

@@ -61,7 +61,7 @@ def test_demo_trains_three_processes_and_writes_every_output(demo_dir):
 def test_networked_model_equals_in_process_simulation(demo_dir, fate):
     guest = pd.read_csv(fate / "breast_hetero_guest.csv")
     host = pd.read_csv(fate / "breast_hetero_host.csv")
-    sim = vfl.simulate(guest, [host], id="id", label="y", key_bits=1024, max_epochs=EPOCHS)
+    sim = vfl.simulate(guest, [host], id="id", label="y", key_bits=1024, max_epochs=EPOCHS, batch_size=128)
     for party, name in (("guest", "guest"), ("host", "host1")):
         shard = ModelShard.load(demo_dir / party / "out" / "demo-breast" / "model.json")
         np.testing.assert_allclose(shard.weight_vector, sim.shards[name].weight_vector, rtol=1e-6, atol=1e-9)

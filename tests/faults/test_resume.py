@@ -70,4 +70,6 @@ def test_killed_party_resumes_to_the_same_model(tmp_path, reference, victim):
         np.testing.assert_allclose(shard.weight_vector, reference[party], rtol=1e-9, atol=1e-12)
     ledger = json.loads((workspaces[victim] / "out" / JOB / "ledger.json").read_text())
     assert any("resynchronized" in note for note in ledger["notes"])
-    assert not (workspaces[victim] / "out" / JOB / "state").exists(), "state is removed once the job completes"
+    assert not (workspaces[victim] / "out" / JOB / "state").exists(), (
+        "state is removed once the job completes"
+    )

@@ -186,7 +186,7 @@ def test_transcript_carries_no_feature_label_weight_or_id(breast, keypair):
                 assert not np.array_equal(column.to_numpy(), labels), f"labels crossed in {message.tag}"
 
     to_arbiter = {re.sub(r"\d+", "N", m.tag) for m, _ in messages if m.receiver == "arbiter"}
-    assert to_arbiter == {"lr/hello", "lr/gN/eN/bN/g/masked", "lr/gN/eN/loss", "lr/gN/done"}
+    assert to_arbiter == {"job/settings", "lr/hello", "lr/gN/eN/bN/g/masked", "lr/gN/eN/loss", "lr/gN/done"}
     for message, table in messages:
         if message.receiver == "arbiter" and message.tag.endswith(("/masked", "/loss")):
             assert all(str(t).startswith("fixed_size_binary") for t in table.schema.types), message.tag
@@ -199,6 +199,7 @@ def test_transcript_carries_no_feature_label_weight_or_id(breast, keypair):
         "psi/host1/guest-points",
         "psi/host1/matches",
         "psi/host1/result",
+        "job/settings",
         "split/held-out",
         "lr/status",
         "lr/public-key",
@@ -250,7 +251,9 @@ def test_bad_inputs_are_clear_errors(breast, keypair):
         vfl.simulate(guest, [host.assign(x3=np.nan)], label="y", **run)
     with pytest.raises(DataError, match="'x5' are constant"):
         vfl.simulate(guest, [host.assign(x5=7.0)], label="y", **run)
-    with pytest.raises(ProtocolError, match="batch size 60 is too small for party .host1. with 20 columns.*above 80"):
+    with pytest.raises(
+        ProtocolError, match="batch size 60 is too small for party .host1. with 20 columns.*above 80"
+    ):
         vfl.simulate(guest, [host], label="y", batch_size=60, **run)
     disjoint = host.assign(id=host["id"] + 10_000_000)
     with pytest.raises(DataError, match="the parties share no ids"):
