@@ -144,6 +144,8 @@ def train(
         resume=[lr.PartyState.from_dict(c) for c in store.checkpoints()] if saved is not None else None,
         on_epoch=(lambda state: store.save_checkpoint(state.to_dict())) if store is not None else None,
     )
+    if progress:
+        progress("train", trained.epochs, trained.epochs, f"done, loss {trained.losses[-1]:.5f}")
     scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, tag="train/score")
     scores = predict.guest_scores(channel, scoring, matrix @ trained.weights)
     evaluation = evaluate(labels[held_rows], scores[held_rows])

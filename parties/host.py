@@ -104,6 +104,8 @@ def train(
         resume=[lr.PartyState.from_dict(c) for c in store.checkpoints()] if saved is not None else None,
         on_epoch=(lambda state: store.save_checkpoint(state.to_dict())) if store is not None else None,
     )
+    if progress:
+        progress("train", trained.epochs, trained.epochs, "done")
     scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, tag="train/score")
     predict.send_partial_scores(channel, scoring, matrix @ trained.weights)
     shard = ModelShard(

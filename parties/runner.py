@@ -28,6 +28,7 @@ from vfl.io import atomic_write_text, check_writable
 from vfl.ledger import Ledger
 from vfl.model import ModelShard
 from vfl.options import TrainOptions
+from vfl.psi.ids import prepare_ids
 from vfl.psi.options import PsiOptions
 from vfl.transport.flight import FlightSettings
 
@@ -67,7 +68,8 @@ def build_job(config: JobConfig, federation: Federation) -> Job:
     )
 
 
-def _load_data(party: PartyConfig, data: Path | None, *, with_label: bool) -> pd.DataFrame:
+def _load_data(party: PartyConfig, job: Job, data: Path | None, *, with_label: bool) -> pd.DataFrame:
+    """Load and check this party's data before any peer is contacted: columns and ids."""
     source = data or party.data
     if source is None:
         raise ConfigError(
@@ -76,6 +78,14 @@ def _load_data(party: PartyConfig, data: Path | None, *, with_label: bool) -> pd
     frame = load_table(source)
     needed = [party.id_column] + ([party.label_column] if party.label_column and with_label else [])
     require_columns(frame, needed, what=f"data file {source}")
+    if party.columns:
+        require_columns(frame, party.columns, what=f"data file {source} (see [data] columns in party.toml)")
+    prepare_ids(
+        frame[party.id_column],
+        normalization=job.psi.normalization,
+        dedupe=job.psi.dedupe,
+        column=party.id_column,
+    )
     return frame
 
 
@@ -94,6 +104,11 @@ def run_party(
     federation = Federation.load(federation_file or party.workspace / "federation.toml")
     config = JobConfig.load(job_file)
     job = build_job(config, federation)
+    if config.kind == "train" and job.psi.reveal != "all":
+        raise ConfigError(
+            f'{job_file} [psi]: a training job needs reveal = "all" (with "guest-only" the hosts '
+            "would not know their rows); use a psi job for overlap analysis"
+        )
     role = federation.get(party.id).role
     if role != party.role:
         raise ConfigError(
@@ -106,7 +121,7 @@ def run_party(
         return outcome
     frame = None
     if party.role != "arbiter":
-        frame = _load_data(party, Path(data) if data else None, with_label=config.kind == "train")
+        frame = _load_data(party, job, Path(data) if data else None, with_label=config.kind == "train")
     model = _load_model(party, config) if config.kind == "predict" else None
 
     with (

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from parties import host as host_party
 from parties.common import Job
 from protocols.psi import run_guest, run_host
 from vfl.crypto import PrivateKey, PublicKey, WorkerPool
-from vfl.errors import DataError, ProtocolError, TransportError
+from vfl.errors import DataError, ProtocolError, TransportError, VflError
 from vfl.ledger import Ledger
 from vfl.metrics import Evaluation
 from vfl.model import ModelShard
@@ -74,7 +75,13 @@ def run_parties(network: LocalNetwork, roles: dict[str, Callable[[], Any]]) -> d
         # A party's own failure (bad data, bad option) is the cause; the others' protocol or
         # transport errors ("aborted", "refused to start") are its consequences.
         own = [e for e in errors if not isinstance(e, (ProtocolError, TransportError))]
-        raise (own or errors)[0]
+        first = (own or errors)[0]
+        if isinstance(first, BrokenProcessPool):
+            raise VflError(
+                "the crypto worker processes could not start; a script that calls vfl.simulate must do so "
+                "under 'if __name__ == \"__main__\":' (workers re-import the main module), or pass workers=1"
+            ) from first
+        raise first
     return results
 
 

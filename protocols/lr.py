@@ -231,6 +231,8 @@ class _DataParty:
             return self._wait_for_resync()
         problem = _check_batch_size(self.plan.options, self.n, self.k, self.channel.party)
         self.channel.send(self.plan.arbiter, "lr/hello", _hello_table(self.plan, self.n, problem))
+        if problem:
+            raise ConfigError(problem)  # our own option is wrong; the arbiter tells the others
         status = self.channel.recv(self.plan.arbiter, "lr/status")
         if not status["ok"][0].as_py():
             raise ProtocolError(status["reason"][0].as_py())

@@ -56,7 +56,7 @@ def evaluate(labels: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> 
     predicted = (scores >= threshold).astype(float)
     both_classes = len(np.unique(labels)) == 2
     result = {
-        "rows": float(len(labels)),
+        "held_out_rows": len(labels),
         "positive_rate": float(labels.mean()) if len(labels) else float("nan"),
         "auc": float(skm.roc_auc_score(labels, scores)) if both_classes else float("nan"),
         "ks": ks_statistic(labels, scores) if both_classes else float("nan"),

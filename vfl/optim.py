@@ -120,7 +120,7 @@ class EarlyStopping:
         rule = cls(options)
         return any([rule.should_stop(loss) for loss in losses][-1:])
 
-    def should_stop(self, loss: float, weight_change: float | None = None) -> bool:
+    def should_stop(self, loss: float) -> bool:
         o = self.options
         stop = False
         if self.history:
@@ -128,7 +128,5 @@ class EarlyStopping:
             rel = abs(prev - loss) / max(abs(prev), 1e-12)
             self._quiet_epochs = self._quiet_epochs + 1 if rel < o.tol else 0
             stop = self._quiet_epochs >= o.patience
-        if weight_change is not None and o.weight_tol > 0 and weight_change < o.weight_tol:
-            stop = True
         self.history.append(loss)
         return stop

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -30,7 +31,7 @@ class TrainOptions:
     """Hyper-parameters of a coordinated logistic regression job (DESIGN.md §6)."""
 
     max_epochs: int = 50
-    batch_size: int | None = 512  # None = full batch
+    batch_size: int | None = 512  # None or 0 = full batch
     optimizer: str = "adam"
     learning_rate: float = 0.2
     schedule: str = "inverse-time"
@@ -43,7 +44,6 @@ class TrainOptions:
     alpha: float = 1e-4
     init: str = "zeros"
     tol: float = 1e-3  # stop when the epoch loss changes by less than tol (relative)
-    weight_tol: float = 0.0  # stop when the weight change norm falls below this (0 = off)
     patience: int = 2  # epochs in a row the loss must stay within tol before stopping
     seed: int = 42
     key_bits: int = 2048
@@ -56,13 +56,33 @@ class TrainOptions:
             if not ok:
                 raise ConfigError(f"job option {message}")
 
+        # Types first, so a wrong type is a clear error rather than a failed comparison.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "batch_size" and value is None:
+                continue
+            if f.type in ("int", "int | None"):
+                need(
+                    isinstance(value, int) and not isinstance(value, bool),
+                    f"{f.name} must be an integer, got {value!r}",
+                )
+            elif f.type == "float":
+                need(
+                    isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value),
+                    f"{f.name} must be a number, got {value!r}",
+                )
+            elif f.type == "str":
+                need(isinstance(value, str), f"{f.name} must be a string, got {value!r}")
+        if self.batch_size == 0:
+            object.__setattr__(self, "batch_size", None)  # 0 means full batch (TOML has no null)
+
         need(
             isinstance(self.max_epochs, int) and self.max_epochs >= 1,
             f"max_epochs must be >= 1, got {self.max_epochs!r}",
         )
         need(
             self.batch_size is None or (isinstance(self.batch_size, int) and self.batch_size >= 1),
-            f"batch_size must be a positive integer or omitted for full batch, got {self.batch_size!r}",
+            f"batch_size must be a positive integer, or 0 for full batch, got {self.batch_size!r}",
         )
         need(
             self.optimizer in OPTIMIZERS,
@@ -81,7 +101,7 @@ class TrainOptions:
         need(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha!r}")
         need(0 < self.test_size < 1, f"test_size must be between 0 and 1, got {self.test_size!r}")
         need(self.clip_sigma >= 0, f"clip_sigma must be >= 0 (0 turns clipping off), got {self.clip_sigma!r}")
-        need(self.tol >= 0 and self.weight_tol >= 0, "tol and weight_tol must be >= 0")
+        need(self.tol >= 0, f"tol must be >= 0, got {self.tol!r}")
         need(self.patience >= 1, f"patience must be >= 1, got {self.patience!r}")
         need(self.decay_epochs >= 1, f"decay_epochs must be >= 1, got {self.decay_epochs!r}")
 

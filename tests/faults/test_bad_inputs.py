@@ -51,7 +51,6 @@ from vfl.errors import (
     DataError,
     KeyFileError,
     OutputError,
-    ProtocolError,
     TransportError,
     VflError,
 )
@@ -357,7 +356,7 @@ SIMULATED = [
     ("label not binary", _with(G, y=np.arange(len(G)) % 3), H, {}, DataError, r"label column 'y' must be binary .* found 3"),
     ("no feature columns", G[["id", "y"]], H, {}, DataError, r"no feature columns besides the id and the label"),
     ("empty intersection", G, _with(H, id=[f"z{i}" for i in range(len(H))]), {}, DataError, r"the parties share no ids: the private set intersection is empty"),
-    ("batch size too small", G, H, {"batch_size": 8}, ProtocolError, r"batch size 8 is too small for party 'guest' with 3 columns.* above 12"),
+    ("batch size too small", G, H, {"batch_size": 8}, ConfigError, r"batch size 8 is too small for party 'guest' with 3 columns.* above 12"),
 ]  # fmt: skip
 
 
@@ -374,11 +373,6 @@ def test_simulated_mistake(tmp_path, guest, host, options, error, match):
     assert not out.exists(), "a failed job wrote outputs"
 
 
-@pytest.mark.xfail(
-    reason="vfl/options.py TrainOptions.__post_init__ compares before checking types: TypeError, not ConfigError",
-    raises=TypeError,
-    strict=False,
-)
 def test_simulate_option_of_the_wrong_type(tmp_path):
     with pytest.raises(ConfigError, match="learning_rate"):
         vfl.simulate(G, H, id="id", label="y", key_bits=1024, learning_rate="fast", output_dir=tmp_path / "o")
@@ -526,8 +520,4 @@ def test_parties_with_different_job_options_refuse_to_start(fed):
     results = [k for k in new_or_changed if not after[k][0] and "/state/" not in k]
     assert results == [], "a job that refused to start wrote results"
     assert all(k in after for k in before), "a job that refused to start removed files"
-    if new_or_changed:  # only resumable state (parties/state.py) is left, see the report of issue 6
-        pytest.xfail(
-            "the alignment checkpoint (out/<job>/state) is written after PSI, before the parties compare "
-            f"job options, so a job that refuses to start leaves: {', '.join(new_or_changed)}"
-        )
+    assert new_or_changed == [], "a job that refused to start left files behind"

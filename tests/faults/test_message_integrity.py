@@ -224,11 +224,6 @@ def test_signed_but_unreadable_arrow_payload_fails_recv_cleanly(ids, federation)
     assert not any(r.tag == "lr/e1/b0/d" for r in guest.log.records)
 
 
-@pytest.mark.xfail(
-    reason="vfl/transport/flight.py _Mailbox.put files every vfl/notice/* copy without the (sender, tag) "
-    "first-copy-wins check, so a replayed notice interrupts the receiver again",
-    strict=False,
-)
 def test_replayed_notice_interrupts_only_once(ids, federation):  # noqa: F811
     host, guest = federation["host"], federation["guest"]
     tag = "vfl/notice/resync/0123456789abcdef"

@@ -155,7 +155,7 @@ def demo(
     )
     started = time.monotonic()
     metrics = run_demo(base, key_bits=key_bits, max_epochs=max_epochs, timeout=timeout)
-    table = Table(title=f"held-out metrics at the guest ({metrics['intersection_size']} aligned rows)")
+    table = Table(title="held-out metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("auc", "ks", "accuracy", "precision", "recall", "f1", "log_loss"):
@@ -163,7 +163,9 @@ def demo(
     out.print(table)
     report = base / "guest" / "out" / "demo-breast" / "report.html"
     out.print(
-        f"trained in {metrics['epochs']} epochs, {time.monotonic() - started:.1f} s in all", soft_wrap=True
+        f"{metrics['intersection_size']} aligned rows, trained in {metrics['epochs']} epochs, "
+        f"{time.monotonic() - started:.1f} s in all",
+        soft_wrap=True,
     )
     out.print(f"report: [bold]{report}[/]", soft_wrap=True)
     out.print(f"ledgers: {base}/*/out/demo-breast/ledger.json (inspect with 'vfl inspect')", soft_wrap=True)

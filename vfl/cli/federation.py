@@ -58,14 +58,32 @@ def add(
         typer.Argument(metavar="CARD", help="Card files (card.toml) made by 'vfl init'.", show_default=False),
     ],
     file: Annotated[
-        Path, typer.Option("--file", "-f", metavar="FILE", help="Federation file to create or update.")
-    ] = DEFAULT_FILE,
+        Path | None,
+        typer.Option(
+            "--file",
+            "-f",
+            metavar="FILE",
+            help="Federation file to create or update (default: ./federation.toml).",
+        ),
+    ] = None,
+    party: Annotated[
+        Path | None,
+        typer.Option(
+            "--party",
+            "-p",
+            metavar="DIR",
+            help="Update DIR/federation.toml, the file 'vfl run --party DIR' reads.",
+        ),
+    ] = None,
 ) -> None:
     """Add partners' cards to the federation file (a card with the same id replaces the old one)."""
     from parties.network import check_card
     from vfl.cli import stdout
     from vfl.config import PeerCard
 
+    if file is not None and party is not None:
+        raise ConfigError("give either --file or --party, not both")
+    file = file or (party / "federation.toml" if party is not None else DEFAULT_FILE)
     federation = load_federation(file) if file.exists() else Federation()
     for path in cards:
         card = check_card(PeerCard.load(path), f"card {path}")

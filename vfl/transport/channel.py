@@ -153,9 +153,13 @@ class Channel(abc.ABC):
             if peer == self.party:
                 continue
             try:
-                self._send_bytes(peer, ABORT_TAG, encode_table(table))
+                self._send_best_effort(peer, ABORT_TAG, encode_table(table))
             except Exception:  # noqa: BLE001 - the peer may be the one that is down
                 continue
+
+    def _send_best_effort(self, to: str, tag: str, payload: bytes) -> None:
+        """Send without long retries (transports with retries override this)."""
+        self._send_bytes(to, tag, payload)
 
     def close(self) -> None:
         """Release network resources (nothing to do for in-process channels)."""

@@ -166,6 +166,7 @@ class FlightSettings:
     max_message_bytes: int = 512 * MiB
     chunk_bytes: int = 4 * MiB
     probe_timeout: float = 3.0
+    linger_on_error: float = 2.0
 
     def __post_init__(self) -> None:
         for name in ("connect_deadline", "initial_backoff", "max_backoff", "call_timeout", "probe_timeout"):
@@ -283,6 +284,9 @@ class _Mailbox:
             return True
         if tag.startswith(NOTICE_PREFIX):
             with self._cond:
+                if key in self._delivered:
+                    return False  # a replayed notice interrupts nobody twice
+                self._delivered.add(key)
                 self._notices.append(parse_notice(sender, tag, payload))
                 self._cond.notify_all()
             return True
@@ -445,7 +449,11 @@ class FlightChannel(Channel):
     def __enter__(self) -> FlightChannel:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None and self.settings.linger_on_error > 0:
+            # Peers may still be sending us what they sent before they learned we stopped; keep the
+            # inbox open a moment so they get our abort notice or see the real error, not a dead port.
+            time.sleep(self.settings.linger_on_error)
         self.close()
 
     # ---- receiving
@@ -605,13 +613,21 @@ class FlightChannel(Channel):
         command = seal(self.identity, self.job_id, to, tag, payload)
         self._deliver(to, tag, command, payload)
 
-    def _deliver(self, to: str, tag: str, command: bytes, payload: bytes) -> None:
+    def _send_best_effort(self, to: str, tag: str, payload: bytes) -> None:
+        """An abort notice: a peer that is already gone must not hold us for the whole connect deadline."""
+        command = seal(self.identity, self.job_id, to, tag, payload)
+        self._deliver(to, tag, command, payload, deadline=min(2.0, self.settings.connect_deadline))
+
+    def _deliver(
+        self, to: str, tag: str, command: bytes, payload: bytes, deadline: float | None = None
+    ) -> None:
         """Send a sealed message, retrying transient failures with back-off until ``connect_deadline``.
 
         Separate from ``_send_bytes`` so fault tests can deliver forged or altered messages.
         """
         peer = self._peer(to)
         s = self.settings
+        limit = s.connect_deadline if deadline is None else deadline
         start = time.monotonic()
         delay = s.initial_backoff
         attempts = 0
@@ -645,12 +661,12 @@ class FlightChannel(Channel):
                     f"sending '{tag}' to peer '{peer.party_id}' at {peer.address} failed: {_first_line(exc)}"
                 ) from exc
             elapsed = time.monotonic() - start
-            if elapsed >= s.connect_deadline:
+            if elapsed >= limit:
                 raise TransportError(
-                    f"peer '{peer.party_id}' at {peer.address} did not answer within {s.connect_deadline:g} s "
+                    f"peer '{peer.party_id}' at {peer.address} did not answer within {limit:g} s "
                     f"(tried {attempts} times): check that it is running and listening on that address"
                 )
-            time.sleep(min(delay, s.connect_deadline - elapsed))
+            time.sleep(min(delay, limit - elapsed))
             delay = min(delay * 2, s.max_backoff)
 
     # ---- diagnosing TLS failures

@@ -68,8 +68,10 @@ class LocalNetwork:
             return
         if tag.startswith(NOTICE_PREFIX):
             with self._cond:
-                self._notices.setdefault(receiver, []).append(parse_notice(sender, tag, payload))
-                self._cond.notify_all()
+                if key not in self._delivered:
+                    self._delivered.add(key)
+                    self._notices.setdefault(receiver, []).append(parse_notice(sender, tag, payload))
+                    self._cond.notify_all()
             return
         with self._cond:
             # Deterministic tags make resends idempotent: the first copy wins.
