@@ -43,6 +43,7 @@ LEARNS: dict[str, dict[str, list[str]]] = {
         "learns": [
             "masked gradient values (uniformly masked, 40+ bits of statistical hiding)",
             "the loss per epoch",
+            "the number of aligned training rows",
         ],
         "never": ["anything per row", "any weight", "any gradient", "any label or feature"],
     },
