@@ -371,7 +371,8 @@ def print_table(results: list[dict], args) -> None:
         )
     caption = (
         f"Epoch time = (T[{args.epochs} epochs] - T[1 epoch]) / {args.epochs - 1} of two real vfl.simulate runs (tol=0, "
-        f"default options: Adam, batch 1024, 80/20 split), same for CPU over the process tree; workers="
+        f"default options: Adam, batch {TrainOptions().batch_size}, 80/20 split; the AUC is after these "
+        "epochs, not at convergence), same for CPU over the process tree; workers="
         f"{args.workers or os.cpu_count()} on a {os.cpu_count()}-core machine shared with other users. Naive phe = "
         "the same protocol with phe.EncryptedNumber one by one (encrypt, obfuscate, float *, +, mask, decrypt each "
         "element), on a subsample, scaled linearly to the training rows and batches. Floor = unavoidable modmuls "

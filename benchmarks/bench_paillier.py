@@ -111,7 +111,7 @@ def main() -> None:
     nwin = len(table.rows)
     print(
         f"vfl Paillier engine benchmark ({'quick' if quick else 'full'}): {args.bits}-bit key (generated in "
-        f"{fmt_t(t_key)}), fixed-base table {nwin} x 255 entries built in {fmt_t(t_table)}, "
+        f"{fmt_t(t_key)}), fixed-base table {nwin} x {len(table.rows[0]) - 1} entries built in {fmt_t(t_table)}, "
         f"one {2 * args.bits}-bit modmul = {t_mm * 1e6:.2f} us, workers = {args.workers}"
     )
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores (timings are noisy)")
