@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from parties.state import StateStore, job_fingerprint
-from protocols.lr import LrPlan
+from protocols.lr import LrPlan, PartyState
 from vfl.data import Preprocessor, require_columns
 from vfl.errors import ConfigError, DataError, ProtocolError, VflError
 from vfl.io import check_writable
@@ -170,6 +170,41 @@ def open_store(output_dir: Path | None, job: Job, ids: pd.Series | None) -> Stat
     if output_dir is None:
         return None
     return StateStore(output_dir / "state", job_fingerprint(job.id, job.options.digest(), ids))
+
+
+def checkpointing(store: StateStore | None, resuming: bool) -> dict[str, Any]:
+    """The ``resume`` / ``on_epoch`` arguments of a data party's training role for this store."""
+    return {
+        "resume": [PartyState.from_dict(c) for c in store.checkpoints()]
+        if store is not None and resuming
+        else None,
+        "on_epoch": (lambda state: store.save_checkpoint(state.to_dict())) if store is not None else None,
+    }
+
+
+def make_shard(
+    channel: Channel, job: Job, role: str, names: list[str], weights: np.ndarray, scaler: Preprocessor
+) -> ModelShard:
+    """This party's model shard, tied to the other data parties' shards by their digests."""
+    shard = ModelShard(
+        job_id=job.id,
+        party=channel.party,
+        role=role,
+        columns=names,
+        weights=weights.tolist(),
+        preprocessor=scaler.to_dict(),
+        options=job.options.to_dict(),
+    )
+    shard.peer_digests = exchange_digests(channel, job, shard)
+    return shard
+
+
+def training_notes(info: dict[str, Any], generations: int) -> list[str]:
+    """Ledger notes every data party writes about a training job."""
+    notes = [f"intersection size {info['size']}; set sizes {info['set_sizes']}"]
+    if generations > 1:
+        notes.append(f"training was resynchronized {generations - 1} time(s) after a party restarted")
+    return notes
 
 
 def write_outputs(directory: Path | None, shard: ModelShard | None, ledger: Ledger) -> dict[str, Path]:

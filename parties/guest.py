@@ -14,13 +14,15 @@ from parties.common import (
     Job,
     ProgressFn,
     agree_on_job,
-    exchange_digests,
+    checkpointing,
     fail_fast,
     feature_columns,
+    make_shard,
     open_store,
     prepare_features,
     require_intersection,
     send_positions,
+    training_notes,
     write_outputs,
 )
 from parties.state import Alignment
@@ -141,30 +143,18 @@ def train(
         labels[train_rows],
         workers=workers,
         progress=on_epoch,
-        resume=[lr.PartyState.from_dict(c) for c in store.checkpoints()] if saved is not None else None,
-        on_epoch=(lambda state: store.save_checkpoint(state.to_dict())) if store is not None else None,
+        **checkpointing(store, resuming=saved is not None),
     )
     if progress:
         progress("train", trained.epochs, trained.epochs, f"done, loss {trained.losses[-1]:.5f}")
     scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, tag="train/score")
     scores = predict.guest_scores(channel, scoring, matrix @ trained.weights)
     evaluation = evaluate(labels[held_rows], scores[held_rows])
-    shard = ModelShard(
-        job_id=job.id,
-        party=channel.party,
-        role="guest",
-        columns=names,
-        weights=trained.weights.tolist(),
-        preprocessor=scaler.to_dict(),
-        options=o.to_dict(),
-    )
-    shard.peer_digests = exchange_digests(channel, job, shard)
+    shard = make_shard(channel, job, "guest", names, trained.weights, scaler)
     held_out = np.zeros(len(aligned), dtype=bool)
     held_out[held_rows] = True
     table = pd.DataFrame({id_column: aligned[id_column].to_numpy(), "score": scores, "held_out": held_out})
-    notes = [f"intersection size {info['size']}; set sizes {info['set_sizes']}"]
-    if trained.generations > 1:
-        notes.append(f"training was resynchronized {trained.generations - 1} time(s) after a party restarted")
+    notes = training_notes(info, trained.generations)
     if job.scoring_reveal == "partial" or len(job.hosts) == 1:
         notes.append(
             "with a single host, the guest can derive the host's partial scores from the final scores"

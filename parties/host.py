@@ -13,13 +13,15 @@ from parties.common import (
     Job,
     ProgressFn,
     agree_on_job,
-    exchange_digests,
+    checkpointing,
     fail_fast,
     feature_columns,
+    make_shard,
     open_store,
     prepare_features,
     recv_positions,
     require_intersection,
+    training_notes,
     write_outputs,
 )
 from parties.guest import HELD_OUT_TAG
@@ -101,26 +103,14 @@ def train(
         matrix[train_rows],
         workers=workers,
         progress=on_epoch,
-        resume=[lr.PartyState.from_dict(c) for c in store.checkpoints()] if saved is not None else None,
-        on_epoch=(lambda state: store.save_checkpoint(state.to_dict())) if store is not None else None,
+        **checkpointing(store, resuming=saved is not None),
     )
     if progress:
         progress("train", trained.epochs, trained.epochs, "done")
     scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, tag="train/score")
     predict.send_partial_scores(channel, scoring, matrix @ trained.weights)
-    shard = ModelShard(
-        job_id=job.id,
-        party=channel.party,
-        role="host",
-        columns=names,
-        weights=trained.weights.tolist(),
-        preprocessor=scaler.to_dict(),
-        options=o.to_dict(),
-    )
-    shard.peer_digests = exchange_digests(channel, job, shard)
-    notes = [f"intersection size {info['size']}; set sizes {info['set_sizes']}"]
-    if trained.generations > 1:
-        notes.append(f"training was resynchronized {trained.generations - 1} time(s) after a party restarted")
+    shard = make_shard(channel, job, "host", names, trained.weights, scaler)
+    notes = training_notes(info, trained.generations)
     ledger = Ledger.from_log(job_id=job.id, party=channel.party, role="host", log=channel.log, notes=notes)
     outcome = HostOutcome(shard, trained.epochs, info["size"], ledger)
     outcome.outputs = write_outputs(output_dir, shard, ledger)
