@@ -46,9 +46,19 @@ def make_peers(ids: dict[str, PartyIdentity], addrs: dict[str, str]) -> list[Pee
 @pytest.fixture
 def federation(ids):
     """guest, host, arbiter: each with its own inbox, all pinning each other."""
-    addrs = {p: f"127.0.0.1:{free_port()}" for p in ("guest", "host", "arbiter")}
-    peers = make_peers(ids, addrs)
-    chans = {p: FlightChannel(ids[p], peers, job_id="job-1", listen=addrs[p], settings=FAST) for p in addrs}
+    for attempt in range(5):  # a port seen free can be taken by an outgoing connection before we bind it
+        addrs = {p: f"127.0.0.1:{free_port()}" for p in ("guest", "host", "arbiter")}
+        peers = make_peers(ids, addrs)
+        chans: dict[str, FlightChannel] = {}
+        try:
+            for p in addrs:
+                chans[p] = FlightChannel(ids[p], peers, job_id="job-1", listen=addrs[p], settings=FAST)
+            break
+        except TransportError:
+            for ch in chans.values():
+                ch.close()
+            if attempt == 4:
+                raise
     yield chans
     for ch in chans.values():
         ch.close()
