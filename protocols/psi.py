@@ -216,6 +216,13 @@ def _prepare(ids: Any, options: PsiOptions, column: str) -> tuple[PreparedIds, A
     ), series
 
 
+def _own_multiplier(options: PsiOptions) -> ScalarMultiplier:
+    """A worker pool for this run alone, when the caller did not share one."""
+    return ScalarMultiplier(
+        workers=options.workers, chunk_size=options.chunk_size, parallel_threshold=options.parallel_threshold
+    )
+
+
 def _rng() -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(int.from_bytes(os.urandom(16), "big")))
 
@@ -281,14 +288,7 @@ def run_guest(
     rng = _rng()
     scalar = SecretScalar.generate()
     with contextlib.ExitStack() as stack:
-        if multiplier is None:
-            multiplier = stack.enter_context(
-                ScalarMultiplier(
-                    workers=options.workers,
-                    chunk_size=options.chunk_size,
-                    parallel_threshold=options.parallel_threshold,
-                )
-            )
+        multiplier = multiplier or stack.enter_context(_own_multiplier(options))
         log.debug("PSI guest: settings agreed, blinding %d ids", n_g)
         blinded = multiplier.hash_and_multiply(scalar, salt, prepared.normalized)  # a·H(g), in item order
         log.debug("PSI guest: sending a·H(g)")
@@ -420,14 +420,7 @@ def run_host(
     rng = _rng()
     scalar = SecretScalar.generate()
     with contextlib.ExitStack() as stack:
-        if multiplier is None:
-            multiplier = stack.enter_context(
-                ScalarMultiplier(
-                    workers=options.workers,
-                    chunk_size=options.chunk_size,
-                    parallel_threshold=options.parallel_threshold,
-                )
-            )
+        multiplier = multiplier or stack.enter_context(_own_multiplier(options))
         order = rng.permutation(n_h)
         shuffled = prepared.normalized.take(pa.array(order))
         blinded = multiplier.hash_and_multiply(scalar, salt, shuffled)  # b·H(h), shuffled

@@ -13,8 +13,12 @@ from typing import Any
 from vfl.errors import OutputError
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename it into place."""
+def atomic_write_bytes(path: str | Path, data: bytes, *, mode: int | None = None) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, flush it to disk, then rename it into place.
+
+    The temporary file is created private (0600); ``mode`` sets other permissions before anything is
+    written, so a key is never readable by others, not even briefly.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -24,6 +28,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             f"cannot write to {path.parent}: {exc.strerror}; check that it exists and is writable"
         ) from exc
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -30,7 +30,6 @@ import json
 import os
 import secrets
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +43,7 @@ from gmpy2 import mpz
 from vfl.crypto import _kernels
 from vfl.crypto.encoding import DEFAULT_EXPONENT
 from vfl.errors import CryptoError, IntegrityError, KeyFileError
+from vfl.io import atomic_write_bytes
 
 if TYPE_CHECKING:
     from vfl.crypto.packing import PackedCiphertexts
@@ -386,18 +386,8 @@ class PrivateKey:
 
 
 def _write_key_file(path: Path, fields: dict[str, Any], private: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        if private:
-            os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(fields, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(fields, indent=1) + "\n"
+    atomic_write_bytes(path, text.encode("utf-8"), mode=0o600 if private else 0o644)
 
 
 def _read_key_file(path: Path) -> dict[str, Any]:

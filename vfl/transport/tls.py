@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vfl.errors import ConfigError, KeyFileError
+from vfl.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -168,22 +169,6 @@ def _san_entries(hosts: Iterable[str], party_id: str) -> list[x509.GeneralName]:
     return names
 
 
-def _write_private(path: Path, data: bytes, mode: int) -> None:
-    """Write ``data`` atomically with permission ``mode`` from the start (never briefly world-readable)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def create_identity(
     party_id: str,
     key_path: str | os.PathLike[str],
@@ -249,8 +234,8 @@ def create_identity(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-    _write_private(key_path, key_pem, 0o600)
-    _write_private(cert_path, cert_pem, 0o644)
+    atomic_write_bytes(key_path, key_pem, mode=0o600)
+    atomic_write_bytes(cert_path, cert_pem, mode=0o644)
     log.info("created identity for '%s' (%s) in %s", party_id, fingerprint(cert), cert_path)
     return PartyIdentity(party_id, cert_pem, key_pem, cert, key)
 
