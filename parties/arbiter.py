@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from parties.common import Job, agree_on_job, open_store, write_outputs
-from protocols import lr
+from vfl.parties.common import Job, agree_on_job, open_store, write_outputs
+from vfl.protocols import lr
+
 from vfl.crypto import PrivateKey, PublicKey, WorkerPool
 from vfl.ledger import Ledger
 from vfl.transport import Channel

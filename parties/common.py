@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from vfl.parties.state import StateStore, job_fingerprint
+from vfl.protocols.lr import LrPlan, PartyState
 
-from parties.state import StateStore, job_fingerprint
-from protocols.lr import LrPlan, PartyState
 from vfl.data import Preprocessor, require_columns
 from vfl.errors import ConfigError, DataError, ProtocolError, VflError
 from vfl.io import check_writable

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
-
-from parties.common import (
+from vfl.parties.common import (
     Job,
     ProgressFn,
     agree_on_job,
@@ -25,8 +24,9 @@ from parties.common import (
     training_notes,
     write_outputs,
 )
-from parties.state import Alignment
-from protocols import lr, predict, psi
+from vfl.parties.state import Alignment
+from vfl.protocols import lr, predict, psi
+
 from vfl.crypto import WorkerPool
 from vfl.data import binary_labels, require_columns
 from vfl.errors import DataError

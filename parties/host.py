@@ -8,8 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from parties.common import (
+from vfl.parties.common import (
     Job,
     ProgressFn,
     agree_on_job,
@@ -24,9 +23,10 @@ from parties.common import (
     training_notes,
     write_outputs,
 )
-from parties.guest import HELD_OUT_TAG
-from parties.state import Alignment
-from protocols import lr, predict, psi
+from vfl.parties.guest import HELD_OUT_TAG
+from vfl.parties.state import Alignment
+from vfl.protocols import lr, predict, psi
+
 from vfl.crypto import WorkerPool
 from vfl.data import require_columns
 from vfl.ledger import Ledger

@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from vfl.parties import arbiter as arbiter_party
+from vfl.parties import guest as guest_party
+from vfl.parties import host as host_party
+from vfl.parties.common import Job, ProgressFn, write_outputs
+from vfl.parties.network import open_channel
+from vfl.protocols import psi
 
-from parties import arbiter as arbiter_party
-from parties import guest as guest_party
-from parties import host as host_party
-from parties.common import Job, ProgressFn, write_outputs
-from parties.network import open_channel
-from protocols import psi
 from vfl.config import Federation, JobConfig, PartyConfig
 from vfl.crypto import WorkerPool
 from vfl.data import load_table, require_columns

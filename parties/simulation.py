@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from vfl.parties import arbiter as arbiter_party
+from vfl.parties import guest as guest_party
+from vfl.parties import host as host_party
+from vfl.parties.common import Job
+from vfl.protocols.psi import run_guest, run_host
 
-from parties import arbiter as arbiter_party
-from parties import guest as guest_party
-from parties import host as host_party
-from parties.common import Job
-from protocols.psi import run_guest, run_host
 from vfl.crypto import PrivateKey, PublicKey, WorkerPool
 from vfl.errors import DataError, ProtocolError, TransportError, VflError
 from vfl.ledger import Ledger

@@ -29,9 +29,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
+from vfl.parties.runner import run_party
 
 import vfl
-from parties.runner import run_party
 from tests.faults.helpers import (
     FAST,
     Fed,

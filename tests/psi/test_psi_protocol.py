@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from vfl.parties.simulation import run_parties, simulate_psi_results
+from vfl.protocols.psi import run_guest, run_host
 
-from parties.simulation import run_parties, simulate_psi_results
-from protocols.psi import run_guest, run_host
 from vfl import simulate_psi
 from vfl.errors import ConfigError, DataError, ProtocolError, VflError
 from vfl.psi import Normalization, PsiOptions

@@ -8,9 +8,9 @@ import threading
 
 import numpy as np
 import pytest
+from vfl.parties.simulation import run_parties
+from vfl.protocols.psi import run_guest, run_host
 
-from parties.simulation import run_parties
-from protocols.psi import run_guest, run_host
 from vfl.psi import PsiOptions, ScalarMultiplier, SecretScalar, hash_id, hash_ids
 from vfl.transport import LocalNetwork, decode_table
 

@@ -77,9 +77,9 @@ def add(
     ] = None,
 ) -> None:
     """Add partners' cards to the federation file (a card with the same id replaces the old one)."""
-    from parties.network import check_card
     from vfl.cli import stdout
     from vfl.config import PeerCard
+    from vfl.parties.network import check_card
 
     if file is not None and party is not None:
         raise ConfigError("give either --file or --party, not both")
@@ -152,9 +152,9 @@ def check(
     ] = 3.0,
 ) -> None:
     """Connect to every other party and report who is reachable and whose certificate matches."""
-    from parties.network import load_party_identity, open_channel, verify_membership
     from vfl.cli import stdout
     from vfl.config import PartyConfig
+    from vfl.parties.network import load_party_identity, open_channel, verify_membership
     from vfl.transport.flight import FlightSettings
     from vfl.transport.tls import normalize_fingerprint
 

@@ -84,8 +84,8 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Run this party's role of a job (psi, train or predict) and write its outputs."""
-    from parties.runner import run_party
     from vfl.cli import stdout
+    from vfl.parties.runner import run_party
 
     with ProgressDisplay(quiet) as display:
         outcome = run_party(party, job, federation_file=federation, data=data, progress=display)
@@ -109,9 +109,9 @@ def predict(
     """Score new ids with a trained model (every party runs the same command with its own data)."""
     import tempfile
 
-    from parties.runner import run_party
     from vfl.cli import stdout
     from vfl.config import JobConfig
+    from vfl.parties.runner import run_party
 
     config = JobConfig(id=job_id or f"predict-{model}", kind="predict", predict={"model": model})
     with tempfile.TemporaryDirectory(prefix="vfl-predict-") as tmp:
