@@ -6,12 +6,15 @@ to the workspace directory that holds it.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vfl.constraints import ConstraintList, FolderName, Options, check_table
 from vfl.errors import ConfigError
 from vfl.io import atomic_write_text
 
@@ -21,7 +24,32 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 ROLES = ("guest", "host", "arbiter")
-JOB_KINDS = ("psi", "train", "predict")
+
+_PSI = "vfl.psi.options:PsiOptions"
+#: The sections of ``job.toml`` each kind of job has (besides ``[job]``), and the options class that
+#: checks each section (a class, or "module:Class" so that loading this module stays cheap). A new
+#: kind of job is one entry here plus its options class (an ``OptionsTable`` dataclass with
+#: ``from_dict``, see vfl/options.py).
+JOB_SECTIONS: dict[str, dict[str, type | str]] = {
+    "psi": {"psi": _PSI},
+    "train": {"psi": _PSI, "train": "vfl.options:TrainOptions"},
+    "predict": {"psi": _PSI, "predict": "vfl.options:PredictOptions"},
+}
+JOB_KINDS = tuple(JOB_SECTIONS)
+#: The ``[job]`` section: what to run and where its outputs go.
+JOB_TABLE: dict[str, ConstraintList] = {
+    "id": [FolderName(note="it names the job's output folder")],
+    "kind": [Options(str, JOB_KINDS)],
+}
+
+
+def options_class(kind: str, section: str) -> Any:
+    """The options class that checks ``[section]`` of a ``kind`` job (imported on first use)."""
+    ref = JOB_SECTIONS[kind][section]
+    if isinstance(ref, str):
+        module, _, name = ref.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return ref
 
 
 def read_toml(path: str | Path, what: str) -> dict[str, Any]:
@@ -281,90 +309,109 @@ class Federation:
         return atomic_write_text(path, self.to_toml())
 
 
-def _check_option_types(values: dict[str, Any], options_class: type, where: str) -> None:
-    """Each known option must have the kind of value its default has (a float option takes an int too)."""
-    import dataclasses
-
-    defaults = {f.name: f.default for f in dataclasses.fields(options_class)}
-    for key, value in values.items():
-        default = defaults.get(key, dataclasses.MISSING)
-        if default is dataclasses.MISSING or default is None:
-            continue
-        if isinstance(default, bool):
-            ok, kind = isinstance(value, bool), "true or false"
-        elif isinstance(default, int):
-            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
-        elif isinstance(default, float):
-            ok, kind = isinstance(value, int | float) and not isinstance(value, bool), "a number"
-        elif isinstance(default, str):
-            ok, kind = isinstance(value, str), "a string"
-        else:
-            continue
-        if not ok:
-            raise ConfigError(f"{where}: option '{key}' must be {kind}, got {value!r}")
-
-
 @dataclass
 class JobConfig:
-    """What to run (``job.toml``): the kind of job, its id, PSI settings and training options."""
+    """What to run (``job.toml``): the kind of job, its id, and one section of options per step.
+
+    ``psi``, ``train`` and ``predict`` hold those sections as written; ``sections`` holds the
+    sections of other kinds of job (``JOB_SECTIONS``). ``options(name)`` gives a section's checked
+    options object.
+    """
 
     id: str
     kind: str
     psi: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
     predict: dict[str, Any] = field(default_factory=dict)
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    _NAMED = ("psi", "train", "predict")
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The raw values of ``[name]`` (empty when the file has no such section)."""
+        if name in self._NAMED:
+            return getattr(self, name)
+        return self.sections.get(name, {})
 
     @classmethod
     def load(cls, path: str | Path) -> JobConfig:
         raw = read_toml(path, "job file")
         where = str(path)
         job = _get(raw, "job", dict, where)
-        kind = _get(job, "kind", str, f"{where} [job]")
-        if kind not in JOB_KINDS:
-            raise ConfigError(f"{where} [job]: kind must be one of {', '.join(JOB_KINDS)}, got {kind!r}")
-        unknown = sorted(set(raw) - {"job", "psi", "train", "predict"})
+        _check_job_table(job, where)
+        kind = job["kind"]
+        allowed = JOB_SECTIONS[kind]
+        unknown = sorted(set(raw) - {"job"} - {s for sections in JOB_SECTIONS.values() for s in sections})
         if unknown:
             raise ConfigError(
-                f"{where}: unknown section(s) {', '.join(unknown)}; expected job, psi, train, predict"
+                f"{where}: unknown section(s) {', '.join(unknown)}; expected {', '.join(['job', *allowed])}"
             )
-        job_id = _get(job, "id", str, f"{where} [job]")
-        if (
-            not job_id
-            or job_id in (".", "..")
-            or any(c in job_id for c in "/\\:")
-            or job_id != job_id.strip()
-        ):
+        unused = sorted(set(raw) - {"job"} - set(allowed))
+        if unused:
             raise ConfigError(
-                f"{where} [job]: id {job_id!r} names the job's output folder; use letters, digits, "
-                "dots, dashes or underscores (no slashes, colons or surrounding spaces)"
+                f"{where}: a {kind} job has no section(s) {', '.join(unused)}; "
+                f"its sections are {', '.join(['job', *allowed])}"
             )
-        config = cls(
-            id=job_id,
-            kind=kind,
-            psi=_get(raw, "psi", dict, where, {}),
-            train=_get(raw, "train", dict, where, {}),
-            predict=_get(raw, "predict", dict, where, {}),
-        )
+        config = cls(id=job["id"], kind=kind)
+        for name in allowed:
+            table = _get(raw, name, dict, where, {})
+            if name in cls._NAMED:
+                setattr(config, name, table)
+            elif table:
+                config.sections[name] = table
         config.check(where)
         return config
 
     def check(self, where: str = "job.toml") -> None:
-        """Validate the [train] and [psi] options now, naming the file (every party does the same)."""
-        from vfl.options import TrainOptions
-        from vfl.psi.options import PsiOptions
+        """Validate every section against its options table now, naming the file (every party does the same)."""
+        _check_job_table({"id": self.id, "kind": self.kind}, where)
+        allowed = JOB_SECTIONS[self.kind]
+        given = [n for n in self._NAMED if getattr(self, n)] + [n for n, t in self.sections.items() if t]
+        unused = sorted(set(given) - set(allowed))
+        if unused:
+            raise ConfigError(
+                f"{where}: a {self.kind} job has no section(s) {', '.join(unused)}; "
+                f"its sections are {', '.join(['job', *allowed])}"
+            )
+        built = {name: self._build(name, where) for name in allowed}
+        _cross_section_rules(self.kind, built, where)
 
-        _check_option_types(self.train, TrainOptions, f"{where} [train]")
-        for section, build in (("train", TrainOptions.from_dict), ("psi", PsiOptions.from_mapping)):
-            try:
-                build(getattr(self, section))
-            except ConfigError as exc:
-                raise ConfigError(f"{where} [{section}]: {exc}") from exc
-            except (TypeError, ValueError) as exc:  # a value of the wrong kind the option class did not catch
-                raise ConfigError(f"{where} [{section}]: invalid option value ({exc})") from exc
+    def _build(self, name: str, where: str) -> Any:
+        values = self.section(name)
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{where}: [{name}] must be a table of options, got {values!r}")
+        try:
+            return options_class(self.kind, name).from_dict(values)
+        except ConfigError as exc:
+            raise ConfigError(f"{where} [{name}]: {exc}") from exc
+
+    def options(self, name: str, where: str = "job.toml") -> Any:
+        """The checked options object of section ``name`` (``TrainOptions``, ``PsiOptions``, ...)."""
+        if name not in JOB_SECTIONS[self.kind]:
+            raise ConfigError(f"{where}: a {self.kind} job has no [{name}] section")
+        return self._build(name, where)
 
     def to_toml(self) -> str:
         tables: dict[str, dict[str, Any]] = {"job": {"id": self.id, "kind": self.kind}}
-        for name in ("psi", "train", "predict"):
-            if getattr(self, name):
-                tables[name] = getattr(self, name)
+        for name in (*self._NAMED, *self.sections):
+            if self.section(name):
+                tables[name] = self.section(name)
         return dump_toml(tables)
+
+
+def _check_job_table(job: Mapping[str, Any], where: str) -> None:
+    try:
+        check_table(job, JOB_TABLE, "key", required=JOB_TABLE)
+    except ConfigError as exc:
+        raise ConfigError(f"{where} [job]: {exc}") from exc
+
+
+# --- rules between sections: the only hand-written checks of job.toml -----------------------------
+
+
+def _cross_section_rules(kind: str, options: dict[str, Any], where: str) -> None:
+    if kind == "train" and options["psi"].reveal != "all":
+        raise ConfigError(
+            f'{where} [psi]: a training job needs reveal = "all" (with "guest-only" the hosts '
+            "would not know their rows); use a psi job for overlap analysis"
+        )

@@ -10,24 +10,33 @@ epochs in a row.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
-from vfl.errors import ConfigError
+from vfl.constraints import (
+    ConstraintList,
+    FolderName,
+    Interval,
+    Options,
+    OptionsTable,
+    Sentinel,
+)
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "step", "inverse-time")
 PENALTIES = ("none", "l2", "l1")
 INITS = ("zeros", "random")
 KEY_BITS = (1024, 2048, 3072)
+PREDICT_REVEALS = ("sum", "partial")
+
+_POSITIVE_INT = Interval(int, 1, None, closed="left")
+_FRACTION = Interval(float, 0, 1, closed="left")  # a decay rate of a moving average: 1 would never forget
 
 
 @dataclass(frozen=True)
-class TrainOptions:
+class TrainOptions(OptionsTable):
     """Hyper-parameters of a coordinated logistic regression job (DESIGN.md §6)."""
 
     max_epochs: int = 50
@@ -51,73 +60,35 @@ class TrainOptions:
     clip_sigma: float = 5.0  # clip standardized columns at +- this many standard deviations (0 = off)
     min_rows_per_column: int = 4  # batch size must exceed this multiple of every party's column count
 
-    def __post_init__(self) -> None:
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ConfigError(f"job option {message}")
-
-        # Types first, so a wrong type is a clear error rather than a failed comparison.
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "batch_size" and value is None:
-                continue
-            if f.type in ("int", "int | None"):
-                need(
-                    isinstance(value, int) and not isinstance(value, bool),
-                    f"{f.name} must be an integer, got {value!r}",
-                )
-            elif f.type == "float":
-                need(
-                    isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value),
-                    f"{f.name} must be a number, got {value!r}",
-                )
-            elif f.type == "str":
-                need(isinstance(value, str), f"{f.name} must be a string, got {value!r}")
-        if self.batch_size == 0:
-            object.__setattr__(self, "batch_size", None)  # 0 means full batch (TOML has no null)
-
-        need(
-            isinstance(self.max_epochs, int) and self.max_epochs >= 1,
-            f"max_epochs must be >= 1, got {self.max_epochs!r}",
-        )
-        need(
-            self.batch_size is None or (isinstance(self.batch_size, int) and self.batch_size >= 1),
-            f"batch_size must be a positive integer, or 0 for full batch, got {self.batch_size!r}",
-        )
-        need(
-            self.optimizer in OPTIMIZERS,
-            f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}",
-        )
-        need(
-            self.schedule in SCHEDULES,
-            f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}",
-        )
-        need(
-            self.penalty in PENALTIES, f"penalty must be one of {', '.join(PENALTIES)}, got {self.penalty!r}"
-        )
-        need(self.init in INITS, f"init must be one of {', '.join(INITS)}, got {self.init!r}")
-        need(self.key_bits in KEY_BITS, f"key_bits must be one of {KEY_BITS}, got {self.key_bits!r}")
-        need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate!r}")
-        need(self.alpha >= 0, f"alpha must be >= 0, got {self.alpha!r}")
-        need(0 < self.test_size < 1, f"test_size must be between 0 and 1, got {self.test_size!r}")
-        need(self.clip_sigma >= 0, f"clip_sigma must be >= 0 (0 turns clipping off), got {self.clip_sigma!r}")
-        need(self.tol >= 0, f"tol must be >= 0, got {self.tol!r}")
-        need(self.patience >= 1, f"patience must be >= 1, got {self.patience!r}")
-        need(self.decay_epochs >= 1, f"decay_epochs must be >= 1, got {self.decay_epochs!r}")
+    _option_label: ClassVar[str] = "job option"
+    #: Every option's allowed values: types, ranges and choices (vfl/constraints.py).
+    _parameter_constraints: ClassVar[dict[str, ConstraintList]] = {
+        "max_epochs": [_POSITIVE_INT],
+        "batch_size": [_POSITIVE_INT, Sentinel(0, None, "full batch"), None],
+        "optimizer": [Options(str, OPTIMIZERS)],
+        "learning_rate": [Interval(float, 0, None, closed="neither")],
+        "schedule": [Options(str, SCHEDULES)],
+        "decay": [Interval(float, 0, None, closed="left")],
+        "decay_epochs": [_POSITIVE_INT],
+        "momentum": [_FRACTION],
+        "beta1": [_FRACTION],
+        "beta2": [_FRACTION],
+        "penalty": [Options(str, PENALTIES)],
+        "alpha": [Interval(float, 0, None, closed="left")],
+        "init": [Options(str, INITS)],
+        "tol": [Interval(float, 0, None, closed="left")],
+        "patience": [_POSITIVE_INT],
+        "seed": [Interval(int, 0, None, closed="left")],
+        "key_bits": [Options(int, KEY_BITS)],
+        "test_size": [Interval(float, 0, 1, closed="neither")],
+        "clip_sigma": [Interval(float, 0, None, closed="left", note="0 turns clipping off")],
+        "min_rows_per_column": [Interval(int, 0, None, closed="left")],
+    }
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainOptions:
         """Build options from a mapping (job.toml, keyword arguments); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown job option(s) {', '.join(unknown)}; known options: {', '.join(sorted(known))}"
-            )
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return super().from_dict(values)
 
     def digest(self) -> str:
         """A hash of every option: parties compare it before training and refuse to start if it differs."""
@@ -128,3 +99,26 @@ class TrainOptions:
         """Names of the options whose values differ from ``other`` (a peer's ``to_dict()``)."""
         mine = self.to_dict()
         return sorted(k for k in set(mine) | set(other) if mine.get(k) != other.get(k))
+
+
+@dataclass(frozen=True)
+class PredictOptions(OptionsTable):
+    """The ``[predict]`` section of a scoring job (DESIGN.md §7).
+
+    ``model`` is the id of the training job whose shards score the new ids (required). ``reveal``:
+    ``"sum"`` (the guest learns only the sum of the hosts' partial scores; default with two or more
+    hosts), ``"partial"`` (each host's partial score; default with one host), or None for the default.
+    """
+
+    model: str
+    reveal: str | None = None
+
+    _option_label: ClassVar[str] = "predict option"
+    _parameter_constraints: ClassVar[dict[str, ConstraintList]] = {
+        "model": [FolderName(note="the id of the training job")],
+        "reveal": [Options(str, PREDICT_REVEALS), None],
+    }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> PredictOptions:
+        return super().from_dict(values)

@@ -5,21 +5,35 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 
-from vfl.errors import ConfigError, DataError
+from vfl.constraints import (
+    Boolean,
+    Bytes,
+    ConstraintList,
+    InstanceOf,
+    Interval,
+    Options,
+    OptionsTable,
+    String,
+    check_keys,
+    check_table,
+)
+from vfl.errors import DataError
 from vfl.psi.ecdh import DEFAULT_CHUNK_SIZE, DEFAULT_PARALLEL_THRESHOLD
 from vfl.psi.ids import DEDUPE_MODES, Normalization
 
 REVEAL_MODES = ("all", "guest-only")
 _NORMALIZATION_KEYS = ("strip", "casefold", "nfkc")
+#: The normalization flags, given flat in ``[psi]`` or in a ``normalization`` table.
+NORMALIZATION_CONSTRAINTS: dict[str, ConstraintList] = {name: [Boolean()] for name in _NORMALIZATION_KEYS}
 
 
 @dataclass(frozen=True)
-class PsiOptions:
+class PsiOptions(OptionsTable):
     """Options of one PSI run.
 
     Must agree between parties (checked before any point is sent): ``normalization``, ``reveal``,
@@ -49,35 +63,21 @@ class PsiOptions:
     timeout: float | None = None
     order_key: bytes | None = None
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.normalization, Normalization):
-            raise ConfigError(
-                "PSI option normalization must be a Normalization (or strip/casefold/nfkc flags)"
-            )
-        if self.dedupe not in DEDUPE_MODES:
-            raise ConfigError(
-                f"PSI option dedupe must be one of {', '.join(DEDUPE_MODES)}, got {self.dedupe!r}"
-            )
-        if self.reveal not in REVEAL_MODES:
-            raise ConfigError(
-                f"PSI option reveal must be one of {', '.join(REVEAL_MODES)}, got {self.reveal!r}"
-            )
-        if self.salt is not None and (not isinstance(self.salt, bytes) or len(self.salt) < 16):
-            raise ConfigError(
-                "PSI option salt must be at least 16 bytes (or a hex string of at least 32 digits)"
-            )
-        if not self.tag or not isinstance(self.tag, str):
-            raise ConfigError(f"PSI option tag must be a non-empty string, got {self.tag!r}")
-        for name in ("chunk_size", "message_rows"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"PSI option {name} must be a positive integer, got {value!r}")
-        if not isinstance(self.parallel_threshold, int) or self.parallel_threshold < 0:
-            raise ConfigError(f"PSI option parallel_threshold must be >= 0, got {self.parallel_threshold!r}")
-        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
-            raise ConfigError(f"PSI option workers must be a positive integer, got {self.workers!r}")
-        if self.timeout is not None and not self.timeout > 0:
-            raise ConfigError(f"PSI option timeout must be > 0 seconds, got {self.timeout!r}")
+    _option_label: ClassVar[str] = "PSI option"
+    #: Every option's allowed values: types, ranges and choices (vfl/constraints.py).
+    _parameter_constraints: ClassVar[dict[str, ConstraintList]] = {
+        "normalization": [InstanceOf(Normalization, "a Normalization (or strip/casefold/nfkc flags)")],
+        "dedupe": [Options(str, DEDUPE_MODES)],
+        "reveal": [Options(str, REVEAL_MODES)],
+        "salt": [Bytes(16, hex=True), None],
+        "tag": [String(1)],
+        "workers": [Interval(int, 1, None, closed="left"), None],
+        "chunk_size": [Interval(int, 1, None, closed="left")],
+        "parallel_threshold": [Interval(int, 0, None, closed="left")],
+        "message_rows": [Interval(int, 1, None, closed="left")],
+        "timeout": [Interval(float, 0, None, closed="neither", note="seconds"), None],
+        "order_key": [Bytes(16, hex=True), None],
+    }
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> PsiOptions:
@@ -87,33 +87,27 @@ class PsiOptions:
         flags ``strip``, ``casefold``, ``nfkc``; ``salt`` may be bytes or a hex string. An unknown
         key is a ``ConfigError`` listing the known ones.
         """
-        known = {f.name for f in dataclasses.fields(cls)} | set(_NORMALIZATION_KEYS)
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown PSI option(s) {', '.join(unknown)}; known options: {', '.join(sorted(known))}"
-            )
+        check_keys(options, [*cls.option_names(), *_NORMALIZATION_KEYS], cls._option_label)
         values = {k: v for k, v in options.items() if k not in _NORMALIZATION_KEYS}
-        flags = {k: options[k] for k in _NORMALIZATION_KEYS if k in options}
+        flags = check_table(
+            {k: options[k] for k in _NORMALIZATION_KEYS if k in options},
+            NORMALIZATION_CONSTRAINTS,
+            cls._option_label,
+        )
         normalization = values.pop("normalization", None)
         if isinstance(normalization, Mapping):
-            bad = sorted(set(normalization) - set(_NORMALIZATION_KEYS))
-            if bad:
-                raise ConfigError(
-                    f"unknown normalization setting(s) {', '.join(bad)}; known: {', '.join(_NORMALIZATION_KEYS)}"
-                )
-            normalization = Normalization(**{**normalization, **flags})
+            nested = check_table(normalization, NORMALIZATION_CONSTRAINTS, "normalization setting")
+            normalization = Normalization(**{**nested, **flags})
         elif normalization is None:
             normalization = Normalization(**flags)
-        elif flags:
+        elif flags and isinstance(normalization, Normalization):
             normalization = dataclasses.replace(normalization, **flags)
-        salt = values.get("salt")
-        if isinstance(salt, str):
-            try:
-                values["salt"] = bytes.fromhex(salt)
-            except ValueError as exc:
-                raise ConfigError("PSI option salt must be bytes or a hex string") from exc
         return cls(normalization=normalization, **values)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PsiOptions:
+        """The same as ``from_mapping`` (every options class of a job section has ``from_dict``)."""
+        return cls.from_mapping(values)
 
     def settings(self) -> dict[str, str]:
         """The settings every party must share, as strings (compared before the PSI starts)."""
