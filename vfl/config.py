@@ -36,11 +36,14 @@ JOB_SECTIONS: dict[str, dict[str, type | str]] = {
     "predict": {"psi": _PSI, "predict": "vfl.options:PredictOptions"},
 }
 JOB_KINDS = tuple(JOB_SECTIONS)
-#: The ``[job]`` section: what to run and where its outputs go.
-JOB_TABLE: dict[str, ConstraintList] = {
-    "id": [FolderName(note="it names the job's output folder")],
-    "kind": [Options(str, JOB_KINDS)],
-}
+
+
+def job_table() -> dict[str, ConstraintList]:
+    """The ``[job]`` section: what to run (a kind of ``JOB_SECTIONS``) and where its outputs go."""
+    return {
+        "id": [FolderName(note="it names the job's output folder")],
+        "kind": [Options(str, tuple(JOB_SECTIONS))],
+    }
 
 
 def options_class(kind: str, section: str) -> Any:
@@ -349,7 +352,7 @@ class JobConfig:
         unused = sorted(set(raw) - {"job"} - set(allowed))
         if unused:
             raise ConfigError(
-                f"{where}: a {kind} job has no section(s) {', '.join(unused)}; "
+                f"{where}: a job of kind {kind} has no section(s) {', '.join(unused)}; "
                 f"its sections are {', '.join(['job', *allowed])}"
             )
         config = cls(id=job["id"], kind=kind)
@@ -370,7 +373,7 @@ class JobConfig:
         unused = sorted(set(given) - set(allowed))
         if unused:
             raise ConfigError(
-                f"{where}: a {self.kind} job has no section(s) {', '.join(unused)}; "
+                f"{where}: a job of kind {self.kind} has no section(s) {', '.join(unused)}; "
                 f"its sections are {', '.join(['job', *allowed])}"
             )
         built = {name: self._build(name, where) for name in allowed}
@@ -388,7 +391,7 @@ class JobConfig:
     def options(self, name: str, where: str = "job.toml") -> Any:
         """The checked options object of section ``name`` (``TrainOptions``, ``PsiOptions``, ...)."""
         if name not in JOB_SECTIONS[self.kind]:
-            raise ConfigError(f"{where}: a {self.kind} job has no [{name}] section")
+            raise ConfigError(f"{where}: a job of kind {self.kind} has no [{name}] section")
         return self._build(name, where)
 
     def to_toml(self) -> str:
@@ -401,7 +404,8 @@ class JobConfig:
 
 def _check_job_table(job: Mapping[str, Any], where: str) -> None:
     try:
-        check_table(job, JOB_TABLE, "key", required=JOB_TABLE)
+        table = job_table()
+        check_table(job, table, "key", required=table)
     except ConfigError as exc:
         raise ConfigError(f"{where} [job]: {exc}") from exc
 
