@@ -29,9 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vfl.protocols.psi import run_guest, run_host  # noqa: E402
-
 from vfl.errors import PeerTimeoutError, TransportError  # noqa: E402
+from vfl.protocols.psi import run_guest, run_host  # noqa: E402
 from vfl.psi import PsiOptions, ScalarMultiplier  # noqa: E402
 from vfl.transport.channel import Channel  # noqa: E402
 

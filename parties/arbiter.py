@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vfl.parties.common import Job, agree_on_job, open_store, write_outputs
-from vfl.protocols import lr
-
 from vfl.crypto import PrivateKey, PublicKey, WorkerPool
 from vfl.ledger import Ledger
-from vfl.transport import Channel
+from vfl.parties.common import Job, ledger_for, open_store, write_outputs
+from vfl.protocols import lr
+from vfl.protocols.session import Session
 
 
 @dataclass
@@ -21,7 +20,7 @@ class ArbiterOutcome:
 
 
 def train(
-    channel: Channel,
+    session: Session,
     job: Job,
     *,
     keypair: tuple[PublicKey, PrivateKey] | None = None,
@@ -29,24 +28,36 @@ def train(
     workers: WorkerPool | None = None,
     resumable: bool = False,
 ) -> ArbiterOutcome:
-    """Coordinate a training job: check agreement, hand out the public key, decrypt masked gradients and the loss."""
+    """Coordinate a training job: agree, hand out the public key, decrypt masked gradients and the loss.
+
+    With saved checkpoints the arbiter skips the agreement and resynchronizes at once: the data
+    parties may still be training and waiting for it (DESIGN.md §12).
+    """
     store = open_store(output_dir, job, None) if resumable else None
     saved = [lr.ArbiterState.from_dict(c) for c in store.checkpoints()] if store is not None else []
     if not saved:
-        agree_on_job(channel, job)
-    summary = lr.run_arbiter(
-        channel,
-        job.lr_plan,
-        keypair=keypair,
-        workers=workers,
-        resume=saved or None,
-        on_epoch=(lambda state: store.save_checkpoint(state.to_dict())) if store is not None else None,
+        session.guard(lambda: session.agree(job.settings()))
+    summary = session.guard(
+        lambda: lr.run_arbiter(
+            session,
+            job.lr_plan,
+            keypair=keypair,
+            workers=workers,
+            resume=saved or None,
+            on_epoch=(lambda state: store.save_checkpoint(state.to_dict())) if store is not None else None,
+        )
     )
+    if output_dir is not None:
+        session.guard(lambda: output_dir.mkdir(parents=True, exist_ok=True))
+    session.barrier("train")
     notes = [f"loss per epoch: {', '.join(f'{x:.6f}' for x in summary.losses)}"]
     if summary.generations > 1:
         notes.append(f"training was resynchronized {summary.generations - 1} time(s) after a party restarted")
-    ledger = Ledger.from_log(job_id=job.id, party=channel.party, role="arbiter", log=channel.log, notes=notes)
+    ledger = ledger_for(session, notes)
     outcome = ArbiterOutcome(summary, ledger, write_outputs(output_dir, None, ledger))
     if store is not None:
         store.clear()
     return outcome
+
+
+__all__ = ["ArbiterOutcome", "train"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,18 +12,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-from vfl.parties.state import StateStore, job_fingerprint
-from vfl.protocols.lr import LrPlan, PartyState
 
 from vfl.data import Preprocessor, require_columns
-from vfl.errors import ConfigError, DataError, ProtocolError, VflError
+from vfl.errors import ConfigError, DataError
 from vfl.io import check_writable
 from vfl.ledger import Ledger
 from vfl.model import INTERCEPT, ModelShard
-from vfl.options import TrainOptions
+from vfl.options import MIN_INTERSECTION_FLOOR, TrainOptions
+from vfl.parties.state import Alignment, StateStore, job_fingerprint
+from vfl.protocols.lr import LrPlan, PartyState
+from vfl.protocols.messages import find, learned_by
+from vfl.protocols.session import Generations, Members, Session
+from vfl.protocols.shards import exchange_digests
 from vfl.psi.options import PsiOptions, PsiResult
-from vfl.transport import Channel
+from vfl.transport.channel import Interrupted
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ class Job:
     options: TrainOptions = field(default_factory=TrainOptions)
     psi: PsiOptions = field(default_factory=PsiOptions)
     reveal: str | None = None  # joint scoring: "sum" (default with 2+ hosts) or "partial"
+    kind: str = "train"
+    model: str | None = None  # predict: the training job whose model scores
+    federation_digest: str = ""  # hash of the federation file, agreed before any work
 
     def __post_init__(self) -> None:
         if not self.hosts:
@@ -53,7 +57,32 @@ class Job:
 
     @property
     def parties(self) -> tuple[str, ...]:
-        return (self.guest, *self.hosts, *((self.arbiter,) if self.arbiter else ()))
+        return self.members.parties
+
+    @property
+    def members(self) -> Members:
+        """The parties that take part (the arbiter only in training)."""
+        arbiter = self.arbiter if self.kind == "train" else None
+        return Members(self.guest, self.hosts, arbiter)
+
+    def settings(self) -> dict[str, Any]:
+        """Everything every party must share, compared once before any work (``Session.agree``)."""
+        shared: dict[str, Any] = {
+            "kind": self.kind,
+            "federation": self.federation_digest,
+            "parties": list(self.parties),
+            **{f"psi.{k}": v for k, v in self.psi.settings().items()},
+        }
+        if self.kind == "train":
+            shared.update({f"train.{k}": v for k, v in self.options.to_dict().items()})
+        if self.kind in ("train", "predict"):
+            shared["predict.reveal"] = self.scoring_reveal
+        if self.kind == "predict":
+            shared["predict.model"] = self.model
+        return shared
+
+    def session(self, channel: Any) -> Session:
+        return Session(channel, self.members, job_id=self.id)
 
     @property
     def lr_plan(self) -> LrPlan:
@@ -112,37 +141,52 @@ def prepare_features(
     return scaler, matrix, names
 
 
-def fail_fast(channel: Channel, job: Job, action: Callable[[], Any]) -> Any:
-    """Run a step; if it fails, tell every other party why before raising, so nobody waits for us in vain."""
+@dataclass
+class Start:
+    """How this party enters a training job: afresh, from its saved alignment, or into a resync."""
+
+    saved: Alignment | None
+    interrupted: Interrupted | None = None
+
+
+def begin(session: Session, job: Job, store: StateStore | None, *, coordinator: str) -> Start:
+    """Agree on the job with every party; decide whether this party resumes from its saved state.
+
+    A party with saved state also asks the coordinator to resynchronize: if the others are still
+    training, the coordinator answers with a ``resync`` notice, which interrupts the agreement and
+    is handed to the protocol. If they are all starting, the agreement decides: all resume or all
+    start afresh (``decide_resume``), and a party whose state is not used drops it.
+    """
+    saved = store.load_alignment() if store is not None else None
+    summary = {"aligned": len(saved.rows), "checkpoints": len(store.checkpoints())} if saved else None
     try:
-        return action()
-    except VflError as exc:
-        channel.notify_abort(list(job.parties), str(exc))
-        raise
-
-
-def agree_on_job(channel: Channel, job: Job) -> None:
-    """Compare the shared part of the job with every other party before any work; name what differs."""
-    mine = {"job_id": job.id, **{f"train.{k}": v for k, v in job.options.to_dict().items()}}
-    mine.update({f"psi.{k}": v for k, v in job.psi.settings().items()})
-    payload = pa.table({"settings": [json.dumps(mine, sort_keys=True, default=str)]})
-    others = [p for p in job.parties if p != channel.party]
-    for peer in others:
-        channel.send(peer, "job/settings", payload)
-    problems = []
-    for peer in others:
-        theirs = json.loads(channel.recv(peer, "job/settings")["settings"][0].as_py())
-        differ = sorted(
-            k
-            for k in set(mine) | set(theirs)
-            if json.dumps(mine.get(k), default=str) != json.dumps(theirs.get(k), default=str)
+        agreement = session.guard(
+            lambda: session.agree(job.settings(), state=summary, rejoin_to=coordinator if saved else None)
         )
-        if differ:
-            problems.append(f"party '{peer}' differs in {', '.join(differ)}")
-    if problems:
-        raise ConfigError(
-            f"the parties run different versions of job '{job.id}': {'; '.join(problems)}; "
-            "every party must run the same job.toml"
+    except Interrupted as exc:
+        if exc.notice.kind != "resync":
+            raise
+        if saved is None:
+            # The others resume from saved state and this party has none: say so, so that the
+            # coordinator refuses the resumption for everyone with one clear message.
+            Generations(
+                session, coordinator, digest=job.options.digest(), n_rows=0, on_resume=lambda g: None
+            ).answer(exc, [])
+        return Start(saved, exc)
+    if saved is not None and not agreement.resume:
+        assert store is not None
+        store.clear()
+        saved = None
+    return Start(saved)
+
+
+def require_min_intersection(size: int, options: TrainOptions) -> None:
+    """Refuse to compute anything from labels or features on fewer aligned rows than the job allows."""
+    if size < options.min_intersection:
+        raise DataError(
+            f"the parties share {size} ids, fewer than the job's minimum of {options.min_intersection} "
+            f"(min_intersection in [train]; at least {MIN_INTERSECTION_FLOOR}): on so few customers every "
+            "aggregate is close to a single customer's value"
         )
 
 
@@ -152,17 +196,6 @@ def require_intersection(result: PsiResult) -> None:
         raise ConfigError(
             "training needs PSI reveal='all': with 'guest-only' the hosts do not know their rows"
         )
-
-
-def exchange_digests(channel: Channel, job: Job, shard: ModelShard) -> dict[str, str]:
-    """Send this shard's digest to the other data parties and collect theirs (ties the shards of one model)."""
-    me = channel.party
-    parties = [job.guest, *job.hosts]
-    table = pa.table({"digest": [shard.digest()]})
-    for p in parties:
-        if p != me:
-            channel.send(p, "model/digest", table)
-    return {p: channel.recv(p, "model/digest")["digest"][0].as_py() for p in parties if p != me}
 
 
 def open_store(output_dir: Path | None, job: Job, ids: pd.Series | None) -> StateStore | None:
@@ -183,19 +216,26 @@ def checkpointing(store: StateStore | None, resuming: bool) -> dict[str, Any]:
 
 
 def make_shard(
-    channel: Channel, job: Job, role: str, names: list[str], weights: np.ndarray, scaler: Preprocessor
+    session: Session,
+    job: Job,
+    role: str,
+    names: list[str],
+    weights: np.ndarray,
+    scaler: Preprocessor,
+    extras: dict[str, Any] | None = None,
 ) -> ModelShard:
     """This party's model shard, tied to the other data parties' shards by their digests."""
     shard = ModelShard(
         job_id=job.id,
-        party=channel.party,
+        party=session.party,
         role=role,
         columns=names,
         weights=weights.tolist(),
         preprocessor=scaler.to_dict(),
         options=job.options.to_dict(),
+        extras=dict(extras or {}),
     )
-    shard.peer_digests = exchange_digests(channel, job, shard)
+    shard.peer_digests = exchange_digests(session, shard.digest())
     return shard
 
 
@@ -219,12 +259,23 @@ def write_outputs(directory: Path | None, shard: ModelShard | None, ledger: Ledg
     return written
 
 
-def send_positions(channel: Channel, to: str, tag: str, positions: np.ndarray) -> None:
-    channel.send(to, tag, pa.table({"row": pa.array(np.asarray(positions, dtype=np.int64))}))
+def ledger_for(session: Session, notes: list[str] | None = None, status: str = "completed") -> Ledger:
+    """This party's leakage ledger, derived from the protocols the job ran and every message it exchanged."""
+    learns, never = learned_by(session.protocols, session.role)
 
+    def name(tag: str) -> str:
+        found = find(session.protocols, tag)
+        return found[1].name if found else "transport"
 
-def recv_positions(channel: Channel, frm: str, tag: str, n_rows: int) -> np.ndarray:
-    rows = channel.recv(frm, tag)["row"].to_numpy()
-    if len(rows) and (rows.min() < 0 or rows.max() >= n_rows or len(np.unique(rows)) != len(rows)):
-        raise ProtocolError(f"party '{frm}' sent invalid row positions for '{tag}'")
-    return rows
+    return Ledger.from_log(
+        job_id=session.job_id,
+        party=session.party,
+        role=session.role,
+        log=session.channel.log,
+        learns=learns,
+        never=never,
+        notes=notes,
+        protocols=[p.name for p in session.protocols],
+        name=name,
+        status=status,
+    )

@@ -9,37 +9,36 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
-from vfl.parties.common import (
-    Job,
-    ProgressFn,
-    agree_on_job,
-    checkpointing,
-    fail_fast,
-    feature_columns,
-    make_shard,
-    open_store,
-    prepare_features,
-    require_intersection,
-    send_positions,
-    training_notes,
-    write_outputs,
-)
-from vfl.parties.state import Alignment
-from vfl.protocols import lr, predict, psi
 
 from vfl.crypto import WorkerPool
-from vfl.data import binary_labels, require_columns
+from vfl.data import binary_labels, check_columns, positive_class, require_columns
 from vfl.errors import DataError
 from vfl.io import atomic_write_json, atomic_write_text
 from vfl.ledger import Ledger
 from vfl.metrics import Evaluation, evaluate
 from vfl.model import ModelShard
+from vfl.parties.common import (
+    Job,
+    ProgressFn,
+    begin,
+    checkpointing,
+    feature_columns,
+    ledger_for,
+    make_shard,
+    open_store,
+    prepare_features,
+    require_intersection,
+    require_min_intersection,
+    training_notes,
+    write_outputs,
+)
+from vfl.parties.state import Alignment
+from vfl.protocols import lr, predict, psi
+from vfl.protocols.session import Session
+from vfl.protocols.split import send_held_out
 from vfl.report import write_report
-from vfl.transport import Channel
 
 log = logging.getLogger(__name__)
-
-HELD_OUT_TAG = "split/held-out"
 
 
 @dataclass
@@ -53,6 +52,7 @@ class GuestOutcome:
     epochs: int
     intersection_size: int
     ledger: Ledger
+    positive: str = "1"
     outputs: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -66,21 +66,33 @@ def split_rows(labels: np.ndarray, test_size: float, seed: int) -> tuple[np.ndar
     counts = np.bincount(labels.astype(int), minlength=2)
     if counts.min() < 2 or len(labels) * test_size < 2:
         raise DataError(
-            f"the aligned rows have {counts[1]} positive and {counts[0]} negative labels; a held-out split needs at "
-            "least two of each class (align more rows or change test_size)"
+            "the aligned rows do not have at least two labels of each class for a held-out split; "
+            "align more rows or change test_size"
         )
     train, held = train_test_split(positions, test_size=test_size, stratify=labels, random_state=seed)
     return np.sort(train), np.sort(held)
 
 
+def check_guest_data(
+    data: pd.DataFrame, id_column: str, label: str, columns: list[str] | None, positive: str | None
+) -> list[str]:
+    """Everything about the guest's data that can be checked before any peer is contacted."""
+    require_columns(data, [id_column, label], what="the guest's data")
+    features = feature_columns(data, id_column, label, columns)
+    binary_labels(data[label], column=label, positive=positive)
+    check_columns(data[features], what="the guest's data")
+    return features
+
+
 def train(
-    channel: Channel,
+    session: Session,
     job: Job,
     data: pd.DataFrame,
     *,
     id_column: str,
     label: str,
     columns: list[str] | None = None,
+    positive: str | None = None,
     output_dir: Path | None = None,
     workers: WorkerPool | None = None,
     progress: ProgressFn | None = None,
@@ -93,42 +105,32 @@ def train(
     """
     o = job.options
     plan = job.lr_plan
-
-    def check_inputs() -> list[str]:
-        require_columns(data, [id_column, label], what="the guest's data")
-        return feature_columns(data, id_column, label, columns)
-
-    features = fail_fast(channel, job, check_inputs)
+    features = session.guard(lambda: check_guest_data(data, id_column, label, columns, positive))
+    positive_label = positive_class(data[label], column=label, positive=positive)
     store = open_store(output_dir, job, data[id_column]) if resumable else None
-    saved = store.load_alignment() if store is not None else None
+    start = begin(session, job, store, coordinator=plan.arbiter)
+    saved = start.saved
     if saved is None:
-        fail_fast(channel, job, lambda: agree_on_job(channel, job))
-        result = fail_fast(
-            channel,
-            job,
-            lambda: psi.run_guest(
-                channel, data[id_column], list(job.hosts), job.training_psi, column=id_column
-            ),
-        )
-        fail_fast(channel, job, lambda: require_intersection(result))
+        result = psi.run_guest(session, data[id_column], list(job.hosts), job.training_psi, column=id_column)
+        session.guard(lambda: require_intersection(result))
         rows, info = result.rows, {"size": result.size, "set_sizes": dict(result.set_sizes)}
     else:
         rows, info = saved.rows, saved.info
         log.info("resuming job %s: alignment of %d rows loaded from %s", job.id, len(rows), store.directory)
+    session.guard(lambda: require_min_intersection(info["size"], o))
     if progress:
         progress("psi", 1, 1, f"{info['size']} shared rows")
 
     def prepare() -> tuple:
         aligned = data.iloc[rows].reset_index(drop=True)
-        labels = binary_labels(aligned[label], column=label)
+        labels = binary_labels(aligned[label], column=label, positive=positive_label)
         train_rows, held_rows = split_rows(labels, o.test_size, o.seed)
         scaler, matrix, names = prepare_features(aligned, features, train_rows, o, intercept=True)
         return aligned, labels, train_rows, held_rows, scaler, matrix, names
 
-    aligned, labels, train_rows, held_rows, scaler, matrix, names = fail_fast(channel, job, prepare)
-    if saved is None:
-        for host in job.hosts:
-            send_positions(channel, host, HELD_OUT_TAG, held_rows)
+    aligned, labels, train_rows, held_rows, scaler, matrix, names = session.guard(prepare)
+    if saved is None and start.interrupted is None:
+        send_held_out(session, job.hosts, held_rows)
         if store is not None:
             store.save_alignment(Alignment(rows, None, info))
 
@@ -136,31 +138,40 @@ def train(
         if progress and loss is not None:
             progress("train", epoch + 1, o.max_epochs, f"loss {loss:.5f}")
 
-    trained = lr.run_guest(
-        channel,
-        plan,
-        matrix[train_rows],
-        labels[train_rows],
-        workers=workers,
-        progress=on_epoch,
-        **checkpointing(store, resuming=saved is not None),
+    trained = session.guard(
+        lambda: lr.run_guest(
+            session,
+            plan,
+            matrix[train_rows],
+            labels[train_rows],
+            workers=workers,
+            progress=on_epoch,
+            interrupted=start.interrupted,
+            **checkpointing(store, resuming=saved is not None or start.interrupted is not None),
+        )
     )
     if progress:
         progress("train", trained.epochs, trained.epochs, f"done, loss {trained.losses[-1]:.5f}")
-    scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, tag="train/score")
-    scores = predict.guest_scores(channel, scoring, matrix @ trained.weights)
+    scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="train-score")
+    scores = session.guard(lambda: predict.guest_scores(session, scoring, matrix @ trained.weights))
     evaluation = evaluate(labels[held_rows], scores[held_rows])
-    shard = make_shard(channel, job, "guest", names, trained.weights, scaler)
+    shard = session.guard(lambda: make_shard(session, job, "guest", names, trained.weights, scaler))
     held_out = np.zeros(len(aligned), dtype=bool)
     held_out[held_rows] = True
     table = pd.DataFrame({id_column: aligned[id_column].to_numpy(), "score": scores, "held_out": held_out})
     notes = training_notes(info, trained.generations)
+    notes.append(f"positive class: {positive_label!r} (label column '{label}')")
     if job.scoring_reveal == "partial" or len(job.hosts) == 1:
         notes.append(
             "with a single host, the guest can derive the host's partial scores from the final scores"
         )
-    ledger = Ledger.from_log(job_id=job.id, party=channel.party, role="guest", log=channel.log, notes=notes)
-    outcome = GuestOutcome(shard, evaluation, table, trained.losses, trained.epochs, info["size"], ledger)
+    if output_dir is not None:
+        session.guard(lambda: output_dir.mkdir(parents=True, exist_ok=True))
+    session.barrier("train")
+    ledger = ledger_for(session, notes)
+    outcome = GuestOutcome(
+        shard, evaluation, table, trained.losses, trained.epochs, info["size"], ledger, positive_label
+    )
     if output_dir is not None:
         outcome.outputs = write_guest_outputs(output_dir, outcome, job)
     if store is not None:
@@ -176,6 +187,7 @@ def write_guest_outputs(directory: Path, outcome: GuestOutcome, job: Job) -> dic
         directory / "metrics.json",
         {
             "metrics": outcome.metrics,
+            "positive_class": outcome.positive,
             "losses": outcome.losses,
             "epochs": outcome.epochs,
             "intersection_size": outcome.intersection_size,
@@ -195,6 +207,7 @@ def write_guest_outputs(directory: Path, outcome: GuestOutcome, job: Job) -> dic
             "job": job.id,
             "hosts": ", ".join(job.hosts),
             "arbiter": job.arbiter,
+            "positive class": outcome.positive,
             "intersection size": outcome.intersection_size,
             "epochs": outcome.epochs,
             **{k: v for k, v in job.options.to_dict().items()},
@@ -204,7 +217,7 @@ def write_guest_outputs(directory: Path, outcome: GuestOutcome, job: Job) -> dic
 
 
 def score(
-    channel: Channel,
+    session: Session,
     job: Job,
     data: pd.DataFrame,
     shard: ModelShard,
@@ -212,13 +225,22 @@ def score(
     id_column: str,
 ) -> pd.DataFrame:
     """Score new ids with a trained model: PSI on the new ids, then joint scoring. Returns id and score."""
-    require_columns(data, [id_column], what="the guest's data")
-    result = psi.run_guest(channel, data[id_column], list(job.hosts), job.psi, column=id_column)
-    result.require_nonempty()
+    session.guard(
+        lambda: require_columns(data, [id_column, *shard.scaler().input_names], what="the guest's data")
+    )
+    session.guard(lambda: session.agree(job.settings()))
+    result = psi.run_guest(session, data[id_column], list(job.hosts), job.psi, column=id_column)
+    session.guard(result.require_nonempty)
     aligned = result.align(data)
-    matrix = shard.scaler().transform(aligned)
-    if shard.has_intercept:
-        matrix = np.hstack([np.ones((len(matrix), 1)), matrix])
-    plan = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, tag="predict/score")
-    scores = predict.guest_scores(channel, plan, matrix @ shard.weight_vector)
+
+    def partial() -> np.ndarray:
+        matrix = shard.scaler().transform(aligned)
+        if shard.has_intercept:
+            matrix = np.hstack([np.ones((len(matrix), 1)), matrix])
+        return matrix @ shard.weight_vector
+
+    own = session.guard(partial)
+    plan = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="predict")
+    scores = session.guard(lambda: predict.guest_scores(session, plan, own))
+    session.barrier("predict")
     return pd.DataFrame({id_column: aligned[id_column].to_numpy(), "score": scores})

@@ -8,30 +8,30 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from vfl.crypto import WorkerPool
+from vfl.data import check_columns, require_columns
+from vfl.ledger import Ledger
+from vfl.model import ModelShard
 from vfl.parties.common import (
     Job,
     ProgressFn,
-    agree_on_job,
+    begin,
     checkpointing,
-    fail_fast,
     feature_columns,
+    ledger_for,
     make_shard,
     open_store,
     prepare_features,
-    recv_positions,
     require_intersection,
+    require_min_intersection,
     training_notes,
     write_outputs,
 )
-from vfl.parties.guest import HELD_OUT_TAG
 from vfl.parties.state import Alignment
 from vfl.protocols import lr, predict, psi
-
-from vfl.crypto import WorkerPool
-from vfl.data import require_columns
-from vfl.ledger import Ledger
-from vfl.model import ModelShard
-from vfl.transport import Channel
+from vfl.protocols.session import Session
+from vfl.protocols.split import receive_held_out
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,23 @@ class HostOutcome:
     outputs: dict[str, Path] = field(default_factory=dict)
 
 
+def check_host_data(data: pd.DataFrame, party: str, id_column: str, columns: list[str] | None) -> list[str]:
+    """Everything about a host's data that can be checked before any peer is contacted."""
+    require_columns(data, [id_column], what=f"host '{party}' data")
+    features = feature_columns(data, id_column, None, columns)
+    check_columns(data[features], what=f"host '{party}' data")
+    return features
+
+
+def revealed_notes(job: Job) -> list[str]:
+    """What a host's own messages reveal, in its ledger (DESIGN.md §7)."""
+    if len(job.hosts) == 1 or job.scoring_reveal == "partial":
+        return ["its partial scores of the aligned rows were sent to the guest in plaintext (fixed point)"]
+    return ["its partial scores were sent to the guest under masks that cancel only in the sum over hosts"]
+
+
 def train(
-    channel: Channel,
+    session: Session,
     job: Job,
     data: pd.DataFrame,
     *,
@@ -61,25 +76,18 @@ def train(
 ) -> HostOutcome:
     """Run a host's side of a training job: align, prepare its columns, train its weights, score, save."""
     o = job.options
-
-    def check_inputs() -> list[str]:
-        require_columns(data, [id_column], what=f"host '{channel.party}' data")
-        return feature_columns(data, id_column, None, columns)
-
-    features = fail_fast(channel, job, check_inputs)
+    features = session.guard(lambda: check_host_data(data, session.party, id_column, columns))
     store = open_store(output_dir, job, data[id_column]) if resumable else None
-    saved = store.load_alignment() if store is not None else None
-    if saved is None or saved.held_out is None:
-        fail_fast(channel, job, lambda: agree_on_job(channel, job))
-        result = fail_fast(
-            channel, job, lambda: psi.run_host(channel, data[id_column], job.guest, job.psi, column=id_column)
-        )
-        fail_fast(channel, job, lambda: require_intersection(result))
+    start = begin(session, job, store, coordinator=job.lr_plan.arbiter)
+    saved = start.saved if start.saved is not None and start.saved.held_out is not None else None
+    if saved is None:
+        result = psi.run_host(session, data[id_column], job.guest, job.training_psi, column=id_column)
+        session.guard(lambda: require_intersection(result))
         rows, info = result.rows, {"size": result.size, "set_sizes": dict(result.set_sizes)}
-        held_rows = recv_positions(channel, job.guest, HELD_OUT_TAG, len(rows))
+        session.guard(lambda: require_min_intersection(info["size"], o))
+        held_rows = receive_held_out(session, job.guest, len(rows))
         if store is not None:
             store.save_alignment(Alignment(rows, held_rows, info))
-        saved = None
     else:
         rows, info, held_rows = saved.rows, saved.info, saved.held_out
         log.info("resuming job %s: alignment of %d rows loaded from %s", job.id, len(rows), store.directory)
@@ -87,31 +95,35 @@ def train(
         progress("psi", 1, 1, f"{info['size']} shared rows")
     aligned = data.iloc[rows].reset_index(drop=True)
     train_rows = np.setdiff1d(np.arange(len(aligned)), held_rows)
-
-    def prepare() -> tuple:
-        return prepare_features(aligned, features, train_rows, o, intercept=False)
-
-    scaler, matrix, names = fail_fast(channel, job, prepare)
+    scaler, matrix, names = session.guard(
+        lambda: prepare_features(aligned, features, train_rows, o, intercept=False)
+    )
 
     def on_epoch(epoch: int, batch: int, loss: float | None) -> None:
         if progress:
             progress("train", epoch + 1, o.max_epochs, f"batch {batch}")
 
-    trained = lr.run_host(
-        channel,
-        job.lr_plan,
-        matrix[train_rows],
-        workers=workers,
-        progress=on_epoch,
-        **checkpointing(store, resuming=saved is not None),
+    trained = session.guard(
+        lambda: lr.run_host(
+            session,
+            job.lr_plan,
+            matrix[train_rows],
+            workers=workers,
+            progress=on_epoch,
+            interrupted=start.interrupted,
+            **checkpointing(store, resuming=saved is not None or start.interrupted is not None),
+        )
     )
     if progress:
         progress("train", trained.epochs, trained.epochs, "done")
-    scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, tag="train/score")
-    predict.send_partial_scores(channel, scoring, matrix @ trained.weights)
-    shard = make_shard(channel, job, "host", names, trained.weights, scaler)
-    notes = training_notes(info, trained.generations)
-    ledger = Ledger.from_log(job_id=job.id, party=channel.party, role="host", log=channel.log, notes=notes)
+    scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="train-score")
+    session.guard(lambda: predict.send_partial_scores(session, scoring, matrix @ trained.weights))
+    shard = session.guard(lambda: make_shard(session, job, "host", names, trained.weights, scaler))
+    if output_dir is not None:
+        session.guard(lambda: output_dir.mkdir(parents=True, exist_ok=True))
+    session.barrier("train")
+    notes = training_notes(info, trained.generations) + revealed_notes(job)
+    ledger = ledger_for(session, notes)
     outcome = HostOutcome(shard, trained.epochs, info["size"], ledger)
     outcome.outputs = write_outputs(output_dir, shard, ledger)
     if store is not None:
@@ -119,13 +131,16 @@ def train(
     return outcome
 
 
-def score(channel: Channel, job: Job, data: pd.DataFrame, shard: ModelShard, *, id_column: str) -> int:
+def score(session: Session, job: Job, data: pd.DataFrame, shard: ModelShard, *, id_column: str) -> int:
     """A host's side of scoring new ids: PSI, then its partial scores. Returns the number of rows scored."""
-    require_columns(data, [id_column], what=f"host '{channel.party}' data")
-    result = psi.run_host(channel, data[id_column], job.guest, job.psi, column=id_column)
-    result.require_nonempty()
+    needed = [id_column, *shard.scaler().input_names]
+    session.guard(lambda: require_columns(data, needed, what=f"host '{session.party}' data"))
+    session.guard(lambda: session.agree(job.settings()))
+    result = psi.run_host(session, data[id_column], job.guest, job.psi, column=id_column)
+    session.guard(result.require_nonempty)
     aligned = result.align(data)
-    matrix = shard.scaler().transform(aligned)
-    plan = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, tag="predict/score")
-    predict.send_partial_scores(channel, plan, matrix @ shard.weight_vector)
+    partial = session.guard(lambda: shard.scaler().transform(aligned) @ shard.weight_vector)
+    plan = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="predict")
+    session.guard(lambda: predict.send_partial_scores(session, plan, partial))
+    session.barrier("predict")
     return len(aligned)

@@ -1,33 +1,35 @@
 """Run this party's role of a job from its workspace: the code behind ``vfl run`` and ``vfl predict``.
 
 Loads ``party.toml``, ``federation.toml`` and ``job.toml``, checks everything that can be checked
-before any peer is contacted (data, columns, output directory), opens the Flight channel, runs the
-role, and writes the outputs atomically to ``<output dir>/<job id>/``.
+before any peer is contacted (data, columns, labels, the model, the output directory), opens the
+Flight channel, runs the role through the job registry (``jobs.py``), and writes the outputs
+atomically to ``<output dir>/<job id>/``. A job that fails still leaves its ledger there.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from vfl.parties import arbiter as arbiter_party
-from vfl.parties import guest as guest_party
-from vfl.parties import host as host_party
-from vfl.parties.common import Job, ProgressFn, write_outputs
-from vfl.parties.network import open_channel
-from vfl.protocols import psi
 
 from vfl.config import Federation, JobConfig, PartyConfig
 from vfl.crypto import WorkerPool
 from vfl.data import load_table, require_columns
-from vfl.errors import ConfigError
-from vfl.io import atomic_write_text, check_writable
-from vfl.ledger import Ledger
+from vfl.errors import ConfigError, OutputError
+from vfl.io import check_writable
 from vfl.model import ModelShard
-from vfl.options import TrainOptions
+from vfl.options import PredictOptions, TrainOptions
+from vfl.parties.common import Job, ProgressFn, ledger_for, write_outputs
+from vfl.parties.guest import check_guest_data
+from vfl.parties.host import check_host_data
+from vfl.parties.jobs import RoleContext, job_kind, run_role
+from vfl.parties.network import open_channel
 from vfl.psi.ids import prepare_ids
 from vfl.psi.options import PsiOptions
 from vfl.transport.flight import FlightSettings
@@ -48,6 +50,11 @@ class RunOutcome:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
+def federation_digest(federation: Federation) -> str:
+    """A hash of the federation (parties, roles, order, certificates): agreed before any work."""
+    return hashlib.sha256(federation.to_toml().encode()).hexdigest()
+
+
 def build_job(config: JobConfig, federation: Federation) -> Job:
     """The job every party runs, from the shared job file and the federation (identical everywhere)."""
     guests = federation.with_role("guest")
@@ -57,6 +64,7 @@ def build_job(config: JobConfig, federation: Federation) -> Job:
         raise ConfigError(f"the federation needs exactly one guest, it has {len(guests)}")
     if not hosts:
         raise ConfigError("the federation has no host; add one with 'vfl federation add'")
+    predict = PredictOptions.from_dict(config.predict) if config.kind == "predict" else None
     return Job(
         id=config.id,
         guest=guests[0].id,
@@ -64,20 +72,22 @@ def build_job(config: JobConfig, federation: Federation) -> Job:
         arbiter=arbiters[0].id if arbiters else None,
         options=TrainOptions.from_dict(config.train),
         psi=PsiOptions.from_mapping(config.psi),
-        reveal=config.predict.get("reveal"),
+        reveal=predict.reveal if predict else config.predict.get("reveal"),
+        kind=config.kind,
+        model=predict.model if predict else None,
+        federation_digest=federation_digest(federation),
     )
 
 
 def _load_data(party: PartyConfig, job: Job, data: Path | None, *, with_label: bool) -> pd.DataFrame:
-    """Load and check this party's data before any peer is contacted: columns and ids."""
+    """Load and check this party's data before any peer is contacted: columns, ids, labels."""
     source = data or party.data
     if source is None:
         raise ConfigError(
             f"party '{party.id}' has no data; set [data] path in {party.workspace / 'party.toml'}"
         )
     frame = load_table(source)
-    needed = [party.id_column] + ([party.label_column] if party.label_column and with_label else [])
-    require_columns(frame, needed, what=f"data file {source}")
+    require_columns(frame, [party.id_column], what=f"data file {source}")
     if party.columns:
         require_columns(frame, party.columns, what=f"data file {source} (see [data] columns in party.toml)")
     prepare_ids(
@@ -86,7 +96,32 @@ def _load_data(party: PartyConfig, job: Job, data: Path | None, *, with_label: b
         dedupe=job.psi.dedupe,
         column=party.id_column,
     )
+    if with_label and party.role == "guest":
+        assert party.label_column is not None
+        check_guest_data(frame, party.id_column, party.label_column, party.columns, party.positive)
+    elif with_label:
+        check_host_data(frame, party.id, party.id_column, party.columns)
     return frame
+
+
+def _prepare_output(out: Path, *, force: bool, restart: bool) -> Path:
+    """The job's output folder, refusing to overwrite a finished run unless ``force``."""
+    if restart:
+        shutil.rmtree(out / "state", ignore_errors=True)
+    if _finished(out) and not force:
+        raise OutputError(
+            f"job folder {out} already holds the outputs of a finished run; give the job another id, "
+            "or pass --force to overwrite them"
+        )
+    return check_writable(out)
+
+
+def _finished(out: Path) -> bool:
+    """Whether ``out`` holds a completed run (its ledger says so; a failed run may be run again)."""
+    try:
+        return json.loads((out / "ledger.json").read_text()).get("status", "completed") == "completed"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def run_party(
@@ -98,95 +133,64 @@ def run_party(
     progress: ProgressFn | None = None,
     settings: FlightSettings | None = None,
     workers: int | None = None,
+    force: bool = False,
+    restart: bool = False,
 ) -> RunOutcome:
     """Run this party's role of the job in ``job_file``; return what it wrote."""
     party = PartyConfig.load(workspace)
     federation = Federation.load(federation_file or party.workspace / "federation.toml")
     config = JobConfig.load(job_file)
     job = build_job(config, federation)
-    if config.kind == "train" and job.psi.reveal != "all":
-        raise ConfigError(
-            f'{job_file} [psi]: a training job needs reveal = "all" (with "guest-only" the hosts '
-            "would not know their rows); use a psi job for overlap analysis"
-        )
+    kind = job_kind(config.kind)
     role = federation.get(party.id).role
     if role != party.role:
         raise ConfigError(
             f"party '{party.id}' is a {party.role} in party.toml but a {role} in the federation file"
         )
-    out = check_writable(party.output_dir / config.id)
+    if kind.uses_arbiter and job.arbiter is None:
+        raise ConfigError("training needs an arbiter (it holds the Paillier key); add one to the federation")
+    out = party.output_dir / config.id
     outcome = RunOutcome(party.id, party.role, config.id, config.kind, out)
-    if party.role == "arbiter" and config.kind != "train":
-        outcome.summary["note"] = f"the arbiter takes no part in {config.kind} jobs"
+    if party.role not in kind.roles:
+        outcome.summary["note"] = f"the {party.role} takes no part in {config.kind} jobs"
         return outcome
+    out = _prepare_output(out, force=force, restart=restart)
     frame = None
     if party.role != "arbiter":
-        frame = _load_data(party, job, Path(data) if data else None, with_label=config.kind == "train")
-    model = _load_model(party, config) if config.kind == "predict" else None
+        frame = _load_data(party, job, Path(data) if data else None, with_label=kind.needs_label)
+    model = _load_model(party, job, frame) if kind.needs_model else None
 
     with (
         open_channel(party, federation, job_id=config.id, settings=settings) as channel,
         WorkerPool(workers) as pool,
     ):
-        if config.kind == "train":
-            _train(channel, job, party, frame, out, pool, progress, outcome)
-        elif config.kind == "psi":
-            _psi(channel, job, party, frame, out, progress, outcome)
-        else:
-            _predict(channel, job, party, frame, model, out, outcome)
+        session = job.session(channel)
+        ctx = RoleContext(
+            session, job, frame, id_column=party.id_column, label=party.label_column, columns=party.columns,
+            positive=party.positive, output_dir=out, workers=pool, progress=progress, resumable=True, model=model,
+        )  # fmt: skip
+        try:
+            result = run_role(config.kind, ctx)
+        except BaseException:
+            _write_failure_ledger(session, out)
+            raise
+    outcome.outputs, outcome.summary = result.outputs, result.summary
     return outcome
 
 
-def _train(channel, job, party, frame, out, pool, progress, outcome) -> None:  # noqa: ANN001
-    if party.role == "guest":
-        result = guest_party.train(
-            channel, job, frame, id_column=party.id_column, label=party.label_column,
-            columns=party.columns, output_dir=out, workers=pool, progress=progress, resumable=True,
-        )  # fmt: skip
-        outcome.summary.update(result.metrics, epochs=result.epochs, intersection=result.intersection_size)
-    elif party.role == "host":
-        result = host_party.train(
-            channel, job, frame, id_column=party.id_column, columns=party.columns,
-            output_dir=out, workers=pool, progress=progress, resumable=True,
-        )  # fmt: skip
-        outcome.summary.update(epochs=result.epochs, intersection=result.intersection_size)
-    else:
-        result = arbiter_party.train(channel, job, output_dir=out, workers=pool, resumable=True)
-        outcome.summary.update(epochs=result.summary.epochs, final_loss=result.summary.losses[-1])
-    outcome.outputs = result.outputs
-
-
-def _psi(channel, job, party, frame, out, progress, outcome) -> None:  # noqa: ANN001
-    ids = frame[party.id_column]
-    if party.role == "guest":
-        result = psi.run_guest(channel, ids, list(job.hosts), job.psi, column=party.id_column)
-    else:
-        result = psi.run_host(channel, ids, job.guest, job.psi, column=party.id_column)
-    if progress:
-        progress("psi", 1, 1, f"{result.size} shared rows")
-    ledger = Ledger.from_log(job_id=job.id, party=party.id, role=party.role, log=channel.log)
-    outcome.outputs = write_outputs(out, None, ledger)
-    if result.rows_revealed:
-        aligned = pd.DataFrame({"position": range(result.size), party.id_column: result.ids.to_numpy()})
-        outcome.outputs["aligned"] = atomic_write_text(out / "aligned_ids.csv", aligned.to_csv(index=False))
-    outcome.summary.update(intersection=result.size, set_sizes=dict(result.set_sizes))
-
-
-def _load_model(party: PartyConfig, config: JobConfig) -> ModelShard:
-    model_job = config.predict.get("model")
-    if not isinstance(model_job, str) or not model_job:
-        raise ConfigError('a predict job needs [predict] model = "<id of the training job>" in job.toml')
-    return ModelShard.load(party.output_dir / model_job / "model.json")
-
-
-def _predict(channel, job, party, frame, model, out, outcome) -> None:  # noqa: ANN001
-    if party.role == "guest":
-        scores = guest_party.score(channel, job, frame, model, id_column=party.id_column)
-        outcome.outputs["scores"] = atomic_write_text(out / "scores.csv", scores.to_csv(index=False))
-        outcome.summary.update(
-            rows=len(scores), mean_score=float(scores["score"].mean()) if len(scores) else 0.0
+def _write_failure_ledger(session: Any, out: Path) -> None:
+    """Even a failed job leaves its ledger: what crossed before it stopped (best effort)."""
+    try:
+        write_outputs(
+            out, None, ledger_for(session, ["the job stopped before it completed"], status="failed")
         )
-    else:
-        outcome.summary.update(rows=host_party.score(channel, job, frame, model, id_column=party.id_column))
-    ledger = Ledger.from_log(job_id=job.id, party=party.id, role=party.role, log=channel.log)
-    outcome.outputs.update(write_outputs(out, None, ledger))
+    except Exception as exc:  # noqa: BLE001 - never hide the job's own error behind this one
+        log.warning("could not write the ledger of the failed job: %s", exc)
+
+
+def _load_model(party: PartyConfig, job: Job, frame: pd.DataFrame | None) -> ModelShard:
+    assert job.model is not None
+    shard = ModelShard.load(party.output_dir / job.model / "model.json")
+    if frame is not None:
+        require_columns(frame, shard.scaler().input_names, what=f"the data scored with model '{job.model}'")
+    return shard

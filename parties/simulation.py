@@ -15,18 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from vfl.parties import arbiter as arbiter_party
-from vfl.parties import guest as guest_party
-from vfl.parties import host as host_party
-from vfl.parties.common import Job
-from vfl.protocols.psi import run_guest, run_host
 
 from vfl.crypto import PrivateKey, PublicKey, WorkerPool
-from vfl.errors import DataError, ProtocolError, TransportError, VflError
+from vfl.errors import DataError, ProtocolError, TransportError, VflError, abort_code, describe_abort
 from vfl.ledger import Ledger
 from vfl.metrics import Evaluation
 from vfl.model import ModelShard
 from vfl.options import TrainOptions
+from vfl.parties.common import Job
+from vfl.parties.jobs import RoleContext, run_role
+from vfl.protocols.psi import run_guest, run_host
 from vfl.psi.options import PsiOptions, PsiResult
 from vfl.transport.local import LocalNetwork
 
@@ -50,7 +48,7 @@ def run_parties(network: LocalNetwork, roles: dict[str, Callable[[], Any]]) -> d
     what the other parties see of a failure), else the first error.
     """
     results: dict[str, Any] = {}
-    errors: list[BaseException] = []
+    errors: dict[str, BaseException] = {}
     lock = threading.Lock()
 
     def body(party: str, role: Callable[[], Any]) -> None:
@@ -58,8 +56,8 @@ def run_parties(network: LocalNetwork, roles: dict[str, Callable[[], Any]]) -> d
             value = role()
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
             with lock:
-                errors.append(exc)
-            network.abort(f"party '{party}' failed: {exc}")
+                errors[party] = exc
+            network.abort(describe_abort(party, abort_code(exc)))
             return
         with lock:
             results[party] = value
@@ -74,8 +72,10 @@ def run_parties(network: LocalNetwork, roles: dict[str, Callable[[], Any]]) -> d
     if errors:
         # A party's own failure (bad data, bad option) is the cause; the others' protocol or
         # transport errors ("aborted", "refused to start") are its consequences.
-        own = [e for e in errors if not isinstance(e, (ProtocolError, TransportError))]
-        first = (own or errors)[0]
+        # In the parties' order, so that the same mistake always reports the same party's error.
+        ordered = [errors[p] for p in roles if p in errors]
+        own = [e for e in ordered if not isinstance(e, (ProtocolError, TransportError))]
+        first = (own or ordered)[0]
         if isinstance(first, BrokenProcessPool):
             raise VflError(
                 "the crypto worker processes could not start; a script that calls vfl.simulate must do so "
@@ -156,6 +156,7 @@ def simulate(
     workers: int | None = None,
     keypair: tuple[PublicKey, PrivateKey] | None = None,
     output_dir: str | Path | None = None,
+    positive: str | None = None,
     **job_options: Any,
 ) -> SimulationResult:
     """Train, score and evaluate a federation of a guest, hosts and an arbiter, all in this process.
@@ -191,24 +192,18 @@ def simulate(
         return out / party if out is not None else None
 
     with WorkerPool(workers) as pool:
+
+        def context(party: str, frame: pd.DataFrame | None = None) -> RoleContext:
+            return RoleContext(
+                job.session(network.channel(party)), job, frame, id_column=id, label=label if party == "guest" else None,
+                positive=positive, output_dir=where(party), workers=pool, keypair=keypair,
+            )  # fmt: skip
+
+        contexts = {"guest": context("guest", guest), "arbiter": context("arbiter")}
+        contexts.update({name: context(name, frame) for name, frame in zip(host_names, hosts, strict=True)})
         roles: dict[str, Callable[[], Any]] = {
-            "guest": lambda: guest_party.train(
-                network.channel("guest"),
-                job,
-                guest,
-                id_column=id,
-                label=label,
-                output_dir=where("guest"),
-                workers=pool,
-            ),
-            "arbiter": lambda: arbiter_party.train(
-                network.channel("arbiter"), job, keypair=keypair, output_dir=where("arbiter"), workers=pool
-            ),
+            party: (lambda ctx=ctx: run_role("train", ctx).result) for party, ctx in contexts.items()
         }
-        for name, frame in zip(host_names, hosts, strict=True):
-            roles[name] = lambda name=name, frame=frame: host_party.train(
-                network.channel(name), job, frame, id_column=id, output_dir=where(name), workers=pool
-            )
         results = run_parties(network, roles)
     g = results["guest"]
     shards = {"guest": g.shard, **{h: results[h].shard for h in host_names}}

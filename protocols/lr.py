@@ -18,18 +18,31 @@ encrypted gradient, and the guest computes, from ``[[u_k]]`` alone, ``[[u_k . u_
 guest adds ``[[Q]]`` over the epoch; the arbiter decrypts that one number, decides whether to stop
 and tells everyone. The arbiter never sees a gradient, weight, per-row value or label.
 
+Message table (``LR``; ``g`` generation, ``e`` epoch, ``b`` batch; the public key travels as the
+session's ``session.public-key``):
+
+| message | from -> to | carries | the receiver learns |
+|---|---|---|---|
+| ``lr.setup`` | data party -> arbiter | its number of training rows | the number of aligned training rows |
+| ``lr.u`` | host -> guest | ``[[u_k]]`` for the batch | nothing (encrypted) |
+| ``lr.d`` | guest -> host | ``[[4d]]``, re-randomized | nothing (encrypted) |
+| ``lr.wg`` | host -> guest | ``[[w_k . g_k]]`` | nothing (encrypted) |
+| ``lr.masked`` | data party -> arbiter | ``[[g_p + r_p]]``, packed | masked values only |
+| ``lr.unmasked`` | arbiter -> data party | ``g_p + r_p`` | its own gradient (after removing its mask) |
+| ``lr.loss`` | guest -> arbiter | ``[[Q]]`` for the epoch | the loss per epoch |
+| ``lr.control`` | arbiter -> guest | stop, loss | the loss per epoch, when training stops |
+| ``lr.stop`` | arbiter -> host | stop | when training stops |
+
 Faults: every party keeps its state at the last epoch boundaries (``PartyState`` / ``ArbiterState``;
-the party runtime also saves them to disk). A restarted party sends a ``rejoin`` notice to the
-arbiter; the arbiter starts a new *generation*: it interrupts every data party with a ``resync``
-notice, collects the epoch each one last completed, hands out a fresh public key, and everyone
-continues from the last epoch all parties completed, with the generation in every message tag so
-nothing from before the fault is taken for something after it. Training is deterministic given
-that state, so the resumed model equals the uninterrupted one.
+the party runtime also saves them to disk). The session's ``Generations`` (protocols/session.py)
+does the rest: a restarted party asks the arbiter (the coordinator) to resynchronize, everyone
+continues from the last epoch all parties completed with a fresh public key, and the generation is
+in every message tag so nothing from before the fault is taken for something after it. Training is
+deterministic given that state, so the resumed model equals the uninterrupted one.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable
@@ -55,7 +68,8 @@ from vfl.crypto import (
 from vfl.errors import ConfigError, PeerTimeoutError, ProtocolError, TransportError
 from vfl.optim import EarlyStopping, ShardOptimizer, epoch_batches, initial_weights
 from vfl.options import TrainOptions
-from vfl.transport import Channel
+from vfl.protocols.messages import BOOL, DATA_ROLES, FIXED, FLOAT, INT, Protocol, message, one
+from vfl.protocols.session import Generations, Session
 from vfl.transport.channel import Interrupted
 
 log = logging.getLogger(__name__)
@@ -66,7 +80,37 @@ log = logging.getLogger(__name__)
 LOGIT_BOUND = 2.0**16
 MASK_BITS = 40
 KEEP_STATES = 3  # epoch boundaries a party keeps, so it can roll back to where the slowest party is
-REJOIN_WAIT = 300.0  # seconds a party waits for a lost peer to come back before giving up
+
+BATCH = "lr/g{gen}/e{epoch}/b{batch}"
+LR = Protocol(
+    "lr",
+    (
+        message("lr.setup", "lr/setup", DATA_ROLES, "arbiter", "the number of aligned training rows",
+                rows=1, n_rows=INT),
+        message("lr.u", BATCH + "/u", "host", "guest", "nothing: the host's partial scores of the batch, encrypted",
+                ciphertext=FIXED),
+        message("lr.d", BATCH + "/d", "guest", "host", "nothing: the batch residuals, encrypted and re-randomized",
+                ciphertext=FIXED),
+        message("lr.wg", BATCH + "/wg", "host", "guest", "nothing: a loss term of the host, encrypted",
+                ciphertext=FIXED),
+        message("lr.masked", BATCH + "/g/masked", DATA_ROLES, "arbiter",
+                "masked gradient values (uniformly masked, 40+ bits of statistical hiding)", ciphertext=FIXED),
+        message("lr.unmasked", BATCH + "/g/unmasked", "arbiter", DATA_ROLES,
+                "its own gradient (it removes its own mask)", value=FIXED),
+        message("lr.loss", "lr/g{gen}/e{epoch}/loss", "guest", "arbiter", "the training loss per epoch",
+                ciphertext=FIXED),
+        message("lr.control", "lr/g{gen}/e{epoch}/control", "arbiter", "guest",
+                "the training loss per epoch and when training stops", rows=1, stop=BOOL, loss=FLOAT),
+        message("lr.stop", "lr/g{gen}/e{epoch}/stop", "arbiter", "host", "when training stops",
+                rows=1, stop=BOOL),
+    ),
+    never={
+        "guest": ("any host column", "any host weight", "any host gradient"),
+        "host": ("labels", "guest columns", "guest weights", "scores", "the loss"),
+        "arbiter": ("anything per row", "any weight", "any gradient", "any label or feature"),
+    },
+)  # fmt: skip
+SETUP, U, D, WG, MASKED, UNMASKED, LOSS, CONTROL, STOP = LR.messages
 
 Progress = Callable[[int, int, float | None], None]  # (epoch, batches done in epoch, loss or None)
 
@@ -169,31 +213,26 @@ class ArbiterSummary:
     generations: int = 1
 
 
-def _tag(gen: int, epoch: int, batch: int, what: str) -> str:
-    return f"lr/g{gen}/e{epoch}/b{batch}/{what}"
+def batch_size_problem(options: TrainOptions, n_rows: int, n_columns: int, party: str) -> str | None:
+    """Why this party cannot train on batches of the job's size, or None (checked locally, never sent).
 
-
-def _check_batch_size(options: TrainOptions, n_rows: int, n_columns: int, party: str) -> str | None:
-    batch = min(options.batch_size or n_rows, n_rows)
+    A party that sees its gradient ``X_B^T d`` on a batch of not many more rows than it has columns
+    could solve for the residuals ``d`` and so for the labels.
+    """
     need = options.min_rows_per_column * n_columns
+    if n_rows <= need:
+        return (
+            f"party '{party}' offers {n_columns} columns but only {n_rows} rows are aligned for training; a batch "
+            f"must exceed {need} rows ({options.min_rows_per_column} per column): align more rows or offer fewer columns"
+        )
+    batch = min(options.batch_size or n_rows, n_rows)
     if batch <= need:
         return (
-            f"batch size {batch} is too small for party '{party}' with {n_columns} columns: a party that sees its "
-            f"gradient on so few rows could solve for the residuals; use a batch size above {need}"
+            f"batch_size {options.batch_size} is too small for party '{party}' with {n_columns} columns: a party "
+            f"that sees its gradient on so few rows could solve for the residuals; use a batch size above {need} "
+            f"(or 0 for full batches of {n_rows} rows)"
         )
     return None
-
-
-def _hello_table(plan: LrPlan, n_rows: int, problem: str | None) -> pa.Table:
-    return pa.table(
-        {
-            "options": [json.dumps(plan.options.to_dict(), sort_keys=True)],
-            "digest": [plan.options.digest()],
-            "job_id": [plan.job_id],
-            "n_rows": [n_rows],
-            "problem": [problem or ""],
-        }
-    )
 
 
 # --- data parties ----------------------------------------------------------------------------------
@@ -204,7 +243,7 @@ class _DataParty:
 
     def __init__(
         self,
-        channel: Channel,
+        session: Session,
         plan: LrPlan,
         features: np.ndarray,
         *,
@@ -212,42 +251,48 @@ class _DataParty:
         workers: WorkerPool | None,
         resume: list[PartyState] | None,
         on_epoch: Callable[[PartyState], None] | None,
+        interrupted: Interrupted | None,
     ) -> None:
-        self.channel, self.plan, self.workers, self.on_epoch = channel, plan, workers, on_epoch
+        self.session, self.plan, self.workers, self.on_epoch = session, plan, workers, on_epoch
+        session.uses(LR)
         self.n, self.k = features.shape
         self.matrix = prepare_matrix(features, workers=workers)
         self.xq = self.matrix.dequantized  # the matrix the encrypted products really use
         self.intercept = intercept
         self.states: dict[int, PartyState] = {s.epoch: s for s in resume or []}
-        self.generation = 0
+        self.interrupted = interrupted
         self.public_key: PublicKey | None = None
         self.randomness: RandomnessPool | None = None
+        self.generations = Generations(
+            session, plan.arbiter, digest=plan.options.digest(), n_rows=self.n, on_resume=self._receive_key
+        )
 
-    # setup and resynchronization
+    @property
+    def generation(self) -> int:
+        return self.generations.generation
+
     def start(self) -> PartyState:
-        """Fresh start: the hello handshake. Restart: ask the arbiter to resynchronize everyone."""
+        """Fresh start: tell the arbiter our row count, get its key. Restart: resynchronize."""
+        if self.interrupted is not None:  # the arbiter resynchronizes while we start
+            return self.states[self.generations.answer(self.interrupted, self.states)]
         if self.states:
-            self.channel.notify(self.plan.arbiter, "rejoin", {"party": self.channel.party})
-            return self._wait_for_resync()
-        problem = _check_batch_size(self.plan.options, self.n, self.k, self.channel.party)
-        self.channel.send(self.plan.arbiter, "lr/hello", _hello_table(self.plan, self.n, problem))
+            return self.states[self.generations.rejoin(self.states)]
+        problem = batch_size_problem(self.plan.options, self.n, self.k, self.session.party)
         if problem:
-            raise ConfigError(problem)  # our own option is wrong; the arbiter tells the others
-        status = self.channel.recv(self.plan.arbiter, "lr/status")
-        if not status["ok"][0].as_py():
-            raise ProtocolError(status["reason"][0].as_py())
-        self._use_key(PublicKey.from_arrow(self.channel.recv(self.plan.arbiter, "lr/public-key")))
+            raise ConfigError(problem)  # local detail; the others learn only the reason code
+        self.session.send(SETUP, self.plan.arbiter, pa.table({"n_rows": [self.n]}))
+        self._receive_key(0)
         o = self.plan.options
         optimizer = ShardOptimizer(o, self.k, 0 if self.intercept else None)
-        first = PartyState(0, initial_weights(self.k, o, self.channel.party), optimizer.state())
+        first = PartyState(0, initial_weights(self.k, o, self.session.party), optimizer.state())
         self._keep(first)
         return first
 
-    def _use_key(self, public_key: PublicKey) -> None:
-        self.public_key = public_key
-        self.randomness = RandomnessPool(public_key, self.workers)
+    def _receive_key(self, generation: int) -> None:
+        self.public_key = self.session.receive_key(self.plan.arbiter, generation=generation)
+        self.randomness = RandomnessPool(self.public_key, self.workers)
         if self.workers is not None:
-            self.workers.warm_up(public_key)
+            self.workers.warm_up(self.public_key)
         self.randomness.fill(min(self.plan.options.batch_size or self.n, self.n) + self.k + 4)
 
     def _keep(self, state: PartyState) -> None:
@@ -257,63 +302,12 @@ class _DataParty:
         if self.on_epoch is not None:
             self.on_epoch(state)
 
-    def _wait_for_resync(self) -> PartyState:
-        """Block until the arbiter's ``resync`` notice, then synchronize (peers may be restarting)."""
-        try:
-            self.channel.recv(self.plan.arbiter, "lr/never", timeout=REJOIN_WAIT)
-        except Interrupted as exc:
-            return self.recover(exc)
-        raise ProtocolError(f"the arbiter '{self.plan.arbiter}' did not start a resynchronization")
-
-    def recover(self, exc: Interrupted) -> PartyState:
-        """Answer a ``resync`` notice: report our last epoch, get the epoch everyone resumes from."""
-        while True:
-            notice = exc.notice
-            if notice.kind != "resync" or notice.sender != self.plan.arbiter:
-                raise ProtocolError(
-                    f"unexpected '{notice.kind}' notice from '{notice.sender}' during training"
-                )
-            gen = int(notice.data["generation"])
-            try:
-                return self._sync(gen)
-            except Interrupted as again:
-                exc = again
-
-    def _sync(self, gen: int) -> PartyState:
-        latest = max(self.states)
-        table = pa.table(
-            {
-                "epoch": [latest],
-                "earliest": [min(self.states)],
-                "digest": [self.plan.options.digest()],
-                "n_rows": [self.n],
-            }
-        )
-        self.channel.send(self.plan.arbiter, f"lr/g{gen}/state", table)
-        reply = self.channel.recv(self.plan.arbiter, f"lr/g{gen}/resume")
-        if not reply["ok"][0].as_py():
-            raise ProtocolError(reply["reason"][0].as_py())
-        epoch = int(reply["epoch"][0].as_py())
-        self._use_key(PublicKey.from_arrow(self.channel.recv(self.plan.arbiter, f"lr/g{gen}/public-key")))
-        self.generation = gen
-        log.info("party '%s' resumes after epoch %d (generation %d)", self.channel.party, epoch, gen)
-        return self.states[epoch]
-
-    def wait_after_loss(self, exc: TransportError) -> PartyState:
-        """A peer became unreachable mid-epoch: wait for it to rejoin (the arbiter will resync us)."""
-        log.warning("%s; waiting up to %.0f s for the party to come back", exc, REJOIN_WAIT)
-        try:
-            self.channel.recv(self.plan.arbiter, "lr/never", timeout=REJOIN_WAIT)
-        except Interrupted as interrupted:
-            return self.recover(interrupted)
-        raise exc
-
     # per-batch helpers
-    def masked_decrypt_send(self, gradient: EncryptedVector, rows: int, tag: str) -> Any:
+    def masked_decrypt_send(self, gradient: EncryptedVector, rows: int, tag: dict[str, int]) -> Any:
         """Mask, pack and send ``gradient`` to the arbiter; returns what ``masked_decrypt_receive`` needs."""
         bound = rows * self.matrix.max_abs * (LOGIT_BOUND + 2.0)
         packed, mask = mask_and_pack(gradient, bound=bound, mask_bits=MASK_BITS, randomness=self.randomness)
-        self.channel.send(self.plan.arbiter, f"{tag}/masked", packed.to_arrow())
+        self.session.send(MASKED, self.plan.arbiter, packed.to_arrow(), **tag)
         return mask
 
     def refill(self, batches: list[np.ndarray], done: int) -> None:
@@ -322,19 +316,8 @@ class _DataParty:
         size = len(batches[done + 1]) if done + 1 < len(batches) else len(batches[0])
         self.randomness.fill(size + self.k + 4)
 
-    def masked_decrypt_receive(self, mask: Any, tag: str) -> np.ndarray:
-        return mask.unmask(ints_from_arrow(self.channel.recv(self.plan.arbiter, f"{tag}/unmasked")))
-
-    def control(self, epoch: int) -> tuple[bool, float | None]:
-        table = self.channel.recv(self.plan.arbiter, f"lr/g{self.generation}/e{epoch}/control")
-        loss = table["loss"][0].as_py() if "loss" in table.column_names else None
-        return bool(table["stop"][0].as_py()), loss
-
-    def finish(self, state: PartyState) -> None:
-        """Tell the arbiter we have the final decision, so it stays up until every party does."""
-        self.channel.send(
-            self.plan.arbiter, f"lr/g{self.generation}/done", pa.table({"epoch": [state.epoch]})
-        )
+    def masked_decrypt_receive(self, mask: Any, tag: dict[str, int]) -> np.ndarray:
+        return mask.unmask(ints_from_arrow(self.session.recv(UNMASKED, self.plan.arbiter, **tag)))
 
     def run(self, epoch_fn: Callable[[PartyState], PartyState]) -> PartyState:
         """Run epochs until the arbiter says stop, resynchronizing after a peer restarts."""
@@ -344,18 +327,19 @@ class _DataParty:
                 while not state.stopped and state.epoch < self.plan.options.max_epochs:
                     state = epoch_fn(state)
                     self._keep(state)
-                self.finish(state)
+                # Tell the arbiter we have the final decision, so it stays up until every party does.
+                self.session.report_done(f"lr-g{self.generation}", self.plan.arbiter)
                 return state
             except Interrupted as exc:
-                state = self.recover(exc)
+                state = self.states[self.generations.answer(exc, self.states)]
             except PeerTimeoutError:
                 raise  # silent for the whole time-out: gone for good
             except TransportError as exc:
-                state = self.wait_after_loss(exc)
+                state = self.states[self.generations.wait(self.states, error=exc)]
 
 
 def run_guest(
-    channel: Channel,
+    session: Session,
     plan: LrPlan,
     features: np.ndarray,
     labels: np.ndarray,
@@ -364,12 +348,14 @@ def run_guest(
     progress: Progress | None = None,
     resume: list[PartyState] | None = None,
     on_epoch: Callable[[PartyState], None] | None = None,
+    interrupted: Interrupted | None = None,
 ) -> TrainedShard:
     """Guest role. ``features`` are the guest's standardized training rows with the intercept column first."""
     o = plan.options
     party = _DataParty(
-        channel, plan, features, intercept=True, workers=workers, resume=resume, on_epoch=on_epoch
-    )
+        session, plan, features, intercept=True, workers=workers, resume=resume, on_epoch=on_epoch,
+        interrupted=interrupted,
+    )  # fmt: skip
     s = 2.0 * np.asarray(labels, dtype=float) - 1.0
 
     def epoch_fn(state: PartyState) -> PartyState:
@@ -382,20 +368,16 @@ def run_guest(
         batches = epoch_batches(party.n, o, epoch)
         for b, rows in enumerate(batches):
             m = len(rows)
+            tag = {"gen": gen, "epoch": epoch, "batch": b}
             u_g = party.xq[rows] @ w
-            host_u = [
-                EncryptedVector.from_arrow(channel.recv(h, _tag(gen, epoch, b, "u")), pk) for h in plan.hosts
-            ]
+            host_u = [EncryptedVector.from_arrow(session.recv(U, h, **tag), pk) for h in plan.hosts]
             total = host_u[0]
             for u_h in host_u[1:]:
                 total = total + u_h
             # Fresh randomness before it leaves: a host could otherwise divide out its own [[u_k]].
             d4 = (total + (u_g - 2.0 * s[rows])).rerandomize(randomness=party.randomness)
-            d4_table = d4.to_arrow()
-            for h in plan.hosts:
-                channel.send(h, _tag(gen, epoch, b, "d"), d4_table)
+            session.broadcast(D, plan.hosts, d4.to_arrow(), **tag)
             gradient = d4.rdot(party.matrix, rows=rows, workers=workers, randomness=party.randomness)
-            tag = _tag(gen, epoch, b, "g")
             mask = party.masked_decrypt_send(gradient, m, tag)
             party.refill(batches, b)
             # While the arbiter decrypts: this batch's encrypted Taylor-loss terms.
@@ -403,7 +385,7 @@ def run_guest(
             q_b: EncryptedVector | float = float(u_g @ u_g) - 4.0 * float(s[rows] @ u_g)
             for h, u_h in zip(plan.hosts, host_u, strict=True):
                 terms = u_h.rdot(plain, workers=workers, rerandomize=False)  # [[u_h.u_g]], [[u_h.s]]
-                wg = EncryptedVector.from_arrow(channel.recv(h, _tag(gen, epoch, b, "wg")), pk)
+                wg = EncryptedVector.from_arrow(session.recv(WG, h, **tag), pk)
                 q_b = wg + terms[0:1] - terms[1:2] * 2 + q_b
             q_total = q_b if q_total is None else q_total + q_b
             g = party.masked_decrypt_receive(mask, tag)
@@ -411,19 +393,19 @@ def run_guest(
             if progress:
                 progress(epoch, b + 1, None)
         assert isinstance(q_total, EncryptedVector)
-        channel.send(plan.arbiter, f"lr/g{gen}/e{epoch}/loss", q_total.to_arrow())
-        stop, loss = party.control(epoch)
-        losses = [*state.losses, float(loss) if loss is not None else math.nan]
+        session.send(LOSS, plan.arbiter, q_total.to_arrow(), gen=gen, epoch=epoch)
+        control = session.recv(CONTROL, plan.arbiter, gen=gen, epoch=epoch)
+        losses = [*state.losses, float(one(control, "loss"))]
         if progress:
             progress(epoch, len(batches), losses[-1])
-        return PartyState(epoch + 1, w, optimizer.state(), losses, stop)
+        return PartyState(epoch + 1, w, optimizer.state(), losses, bool(one(control, "stop")))
 
     final = party.run(epoch_fn)
     return TrainedShard(final.weights, final.epoch, final.losses, final.stopped, party.generation + 1)
 
 
 def run_host(
-    channel: Channel,
+    session: Session,
     plan: LrPlan,
     features: np.ndarray,
     *,
@@ -431,12 +413,14 @@ def run_host(
     progress: Progress | None = None,
     resume: list[PartyState] | None = None,
     on_epoch: Callable[[PartyState], None] | None = None,
+    interrupted: Interrupted | None = None,
 ) -> TrainedShard:
     """Host role. ``features`` are the host's standardized training rows, in the shared order."""
     o = plan.options
     party = _DataParty(
-        channel, plan, features, intercept=False, workers=workers, resume=resume, on_epoch=on_epoch
-    )
+        session, plan, features, intercept=False, workers=workers, resume=resume, on_epoch=on_epoch,
+        interrupted=interrupted,
+    )  # fmt: skip
 
     def epoch_fn(state: PartyState) -> PartyState:
         epoch, gen, pk = state.epoch, party.generation, party.public_key
@@ -447,20 +431,20 @@ def run_host(
         batches = epoch_batches(party.n, o, epoch)
         for b, rows in enumerate(batches):
             m = len(rows)
+            tag = {"gen": gen, "epoch": epoch, "batch": b}
             u = pk.encrypt(party.xq[rows] @ w, randomness=party.randomness, workers=workers)
-            channel.send(plan.guest, _tag(gen, epoch, b, "u"), u.to_arrow())
-            d4 = EncryptedVector.from_arrow(channel.recv(plan.guest, _tag(gen, epoch, b, "d")), pk)
+            session.send(U, plan.guest, u.to_arrow(), **tag)
+            d4 = EncryptedVector.from_arrow(session.recv(D, plan.guest, **tag), pk)
             gradient = d4.rdot(party.matrix, rows=rows, workers=workers, randomness=party.randomness)
             wg = gradient.dot(w).rerandomize(randomness=party.randomness)
-            channel.send(plan.guest, _tag(gen, epoch, b, "wg"), wg.to_arrow())
-            tag = _tag(gen, epoch, b, "g")
+            session.send(WG, plan.guest, wg.to_arrow(), **tag)
             mask = party.masked_decrypt_send(gradient, m, tag)
             party.refill(batches, b)
             g = party.masked_decrypt_receive(mask, tag)
             w = optimizer.update(w, g / (4.0 * m), epoch)
             if progress:
                 progress(epoch, b + 1, None)
-        stop, _ = party.control(epoch)
+        stop = bool(one(session.recv(STOP, plan.arbiter, gen=gen, epoch=epoch), "stop"))
         return PartyState(epoch + 1, w, optimizer.state(), [], stop)
 
     final = party.run(epoch_fn)
@@ -471,108 +455,75 @@ def run_host(
 
 
 class _Arbiter:
-    """The arbiter's side: agreement, keys, masked decryption, the loss and the stopping rule."""
+    """The arbiter's side: row counts, keys, masked decryption, the loss and the stopping rule."""
 
     def __init__(
         self,
-        channel: Channel,
+        session: Session,
         plan: LrPlan,
         keypair: tuple[PublicKey, PrivateKey] | None,
         workers: WorkerPool | None,
         on_epoch: Callable[[ArbiterState], None] | None,
+        history: dict[int, ArbiterState],
     ) -> None:
-        self.channel, self.plan, self.keypair, self.workers, self.on_epoch = (
-            channel,
-            plan,
-            keypair,
-            workers,
-            on_epoch,
-        )
+        self.session, self.plan, self.keypair, self.workers, self.on_epoch = (
+            session, plan, keypair, workers, on_epoch,
+        )  # fmt: skip
+        session.uses(LR)
+        self.history = history
         self.public_key: PublicKey | None = None
         self.private_key: PrivateKey | None = None
+        n_rows = history[max(history)].n_rows if history else 0
+        self.generations = Generations(
+            session, session.party, digest=plan.options.digest(), n_rows=n_rows, on_resume=self._hand_out_key
+        )
 
-    def new_key(self) -> None:
+    def _hand_out_key(self, generation: int) -> None:
+        """A fresh key for every generation (a given key pair only for the first)."""
         self.public_key, self.private_key = self.keypair or generate_keypair(self.plan.options.key_bits)
-        self.keypair = None  # a resynchronization always hands out a fresh key
+        self.keypair = None
+        self.session.hand_out_key(self.public_key, self.plan.data_parties, generation=generation)
 
-    def hello(self) -> ArbiterState:
-        hellos = {p: self.channel.recv(p, "lr/hello") for p in self.plan.data_parties}
-        reason = _agreement_problem(self.plan, hellos)
-        for p in self.plan.data_parties:
-            self.channel.send(p, "lr/status", pa.table({"ok": [reason is None], "reason": [reason or ""]}))
-        if reason is not None:
-            raise ProtocolError(reason)
-        self.new_key()
-        assert self.public_key is not None
-        for p in self.plan.data_parties:
-            self.channel.send(p, "lr/public-key", self.public_key.to_arrow())
-        state = ArbiterState(0, [], 0, int(hellos[self.plan.guest]["n_rows"][0].as_py()))
+    def setup(self) -> ArbiterState:
+        sizes = {p: int(one(self.session.recv(SETUP, p), "n_rows")) for p in self.plan.data_parties}
+        if len(set(sizes.values())) != 1:
+            raise ProtocolError(f"parties disagree on the number of aligned training rows: {sizes}")
+        self._hand_out_key(0)
+        state = ArbiterState(0, [], 0, sizes[self.plan.guest])
         self._keep(state)
         return state
 
     def _keep(self, state: ArbiterState) -> None:
+        self.history[state.epoch] = state
         if self.on_epoch is not None:
             self.on_epoch(state)
 
-    def resync(self, state: ArbiterState, history: dict[int, ArbiterState]) -> ArbiterState:
-        """Start a new generation: every data party reports its last epoch; all resume from the earliest."""
-        gen = state.generation + 1
-        while True:
-            for p in self.plan.data_parties:
-                self.channel.notify(p, "resync", {"generation": str(gen)})
-            try:
-                reports = {p: self.channel.recv(p, f"lr/g{gen}/state") for p in self.plan.data_parties}
-                break
-            except Interrupted as exc:
-                if exc.notice.kind != "rejoin":
-                    raise
-                gen += 1  # another party restarted meanwhile: start over with a newer generation
-        latest = {p: int(t["epoch"][0].as_py()) for p, t in reports.items()}
-        earliest = {p: int(t["earliest"][0].as_py()) for p, t in reports.items()}
-        epoch = min(min(latest.values()), max(history))
-        reason = None
-        if any(t["digest"][0].as_py() != self.plan.options.digest() for t in reports.values()):
-            reason = "a party resumed with different job options; every party must run the same job.toml"
-        elif max(earliest.values()) > epoch or epoch not in history:
-            reason = f"the parties' saved epochs do not overlap ({latest}); start the job again from scratch"
-        if reason is None:
-            self.new_key()
-        for p in self.plan.data_parties:
-            self.channel.send(
-                p,
-                f"lr/g{gen}/resume",
-                pa.table({"ok": [reason is None], "reason": [reason or ""], "epoch": [epoch]}),
-            )
-        if reason is not None:
-            raise ProtocolError(reason)
-        assert self.public_key is not None
-        for p in self.plan.data_parties:
-            self.channel.send(p, f"lr/g{gen}/public-key", self.public_key.to_arrow())
-        log.info("arbiter: generation %d resumes after epoch %d (parties were at %s)", gen, epoch, latest)
-        base = history[epoch]
-        return ArbiterState(base.epoch, list(base.losses), gen, base.n_rows)
+    def resync(self) -> ArbiterState:
+        """Start a new generation; everyone resumes from the latest epoch all parties kept."""
+        epoch = self.generations.resync(self.history)
+        base = self.history[epoch]
+        return ArbiterState(base.epoch, list(base.losses), self.generations.generation, base.n_rows)
 
     def epoch(self, state: ArbiterState) -> ArbiterState:
         assert self.private_key is not None and self.public_key is not None
-        gen, epoch, o = state.generation, state.epoch, self.plan.options
+        gen, epoch, o, session = state.generation, state.epoch, self.plan.options, self.session
         for b, _rows in enumerate(epoch_batches(state.n_rows, o, epoch)):
             for p in self.plan.data_parties:
-                tag = _tag(gen, epoch, b, "g")
-                packed = PackedCiphertexts.from_arrow(self.channel.recv(p, f"{tag}/masked"), self.public_key)
+                tag = {"gen": gen, "epoch": epoch, "batch": b}
+                packed = PackedCiphertexts.from_arrow(session.recv(MASKED, p, **tag), self.public_key)
                 plain = self.private_key.decrypt_packed(packed, workers=self.workers)
-                self.channel.send(p, f"{tag}/unmasked", ints_to_arrow(plain))
+                session.send(UNMASKED, p, ints_to_arrow(plain), **tag)
         q = EncryptedVector.from_arrow(
-            self.channel.recv(self.plan.guest, f"lr/g{gen}/e{epoch}/loss"), self.public_key
+            session.recv(LOSS, self.plan.guest, gen=gen, epoch=epoch), self.public_key
         )
         loss = math.log(2.0) + float(self.private_key.decrypt(q)[0]) / (8.0 * state.n_rows)
         losses = [*state.losses, loss]
         stop = EarlyStopping.replay(o, losses)
         log.info("epoch %d: loss %.6f%s", epoch + 1, loss, " (stop)" if stop else "")
-        self.channel.send(
-            self.plan.guest, f"lr/g{gen}/e{epoch}/control", pa.table({"stop": [stop], "loss": [loss]})
+        session.send(
+            CONTROL, self.plan.guest, pa.table({"stop": [stop], "loss": [loss]}), gen=gen, epoch=epoch
         )
-        for h in self.plan.hosts:
-            self.channel.send(h, f"lr/g{gen}/e{epoch}/control", pa.table({"stop": [stop]}))
+        session.broadcast(STOP, self.plan.hosts, pa.table({"stop": [stop]}), gen=gen, epoch=epoch)
         return ArbiterState(epoch + 1, losses, gen, state.n_rows)
 
     def finished(self, state: ArbiterState) -> bool:
@@ -581,7 +532,7 @@ class _Arbiter:
 
 
 def run_arbiter(
-    channel: Channel,
+    session: Session,
     plan: LrPlan,
     *,
     keypair: tuple[PublicKey, PrivateKey] | None = None,
@@ -589,52 +540,24 @@ def run_arbiter(
     resume: list[ArbiterState] | None = None,
     on_epoch: Callable[[ArbiterState], None] | None = None,
 ) -> ArbiterSummary:
-    """Arbiter role: hold the private key, check that every party runs the same job, decrypt masked values."""
-    arbiter = _Arbiter(channel, plan, keypair, workers, on_epoch)
-    history: dict[int, ArbiterState] = {s.epoch: s for s in resume or []}
-    if history:
-        state = arbiter.resync(history[max(history)], history)
-    else:
-        state = arbiter.hello()
-        history[0] = state
+    """Arbiter role: hold the private key, check the row counts, decrypt masked values, decide when to stop."""
+    arbiter = _Arbiter(session, plan, keypair, workers, on_epoch, {s.epoch: s for s in resume or []})
+    state = arbiter.resync() if arbiter.history else arbiter.setup()
     while True:
         try:
             while not arbiter.finished(state):
                 state = arbiter.epoch(state)
-                history[state.epoch] = state
                 arbiter._keep(state)
             # Stay until every data party has the final decision (a restarted one may need a resync).
             for p in plan.data_parties:
-                channel.recv(p, f"lr/g{state.generation}/done")
+                session.await_done(f"lr-g{state.generation}", p)
             break
         except Interrupted as exc:
             if exc.notice.kind != "rejoin":
                 raise
-            state = arbiter.resync(state, history)
+            state = arbiter.resync()
     stopped = state.epoch < plan.options.max_epochs
     assert arbiter.public_key is not None
     return ArbiterSummary(
         state.losses, state.epoch, stopped, arbiter.public_key.fingerprint, state.generation + 1
     )
-
-
-def _agreement_problem(plan: LrPlan, hellos: dict[str, pa.Table]) -> str | None:
-    """Why the parties cannot train together, or None: a party's own check, different options, row counts."""
-    mine = plan.options
-    for hello in hellos.values():
-        problem = hello["problem"][0].as_py()
-        if problem:
-            return problem
-    for party, hello in hellos.items():
-        if hello["job_id"][0].as_py() != plan.job_id:
-            return f"party '{party}' is running job '{hello['job_id'][0].as_py()}', not '{plan.job_id}'"
-        if hello["digest"][0].as_py() != mine.digest():
-            theirs = json.loads(hello["options"][0].as_py())
-            return (
-                f"party '{party}' has different job options ({', '.join(mine.differences(theirs))}); "
-                "every party must run the same job.toml"
-            )
-    sizes = {p: int(h["n_rows"][0].as_py()) for p, h in hellos.items()}
-    if len(set(sizes.values())) != 1:
-        return f"parties disagree on the number of aligned training rows: {sizes}"
-    return None

@@ -1,28 +1,24 @@
 """ECDH private set intersection over Curve25519: the guest role and the host role (DESIGN.md §5).
 
-Message flow between the guest and each host ``h`` (tags are ``<tag>/<h>/<step>[/<part>]``, with
-``tag="psi"`` by default):
+Message table between the guest and each host ``h`` (``PSI``; ``{psi}`` is the run's tag prefix,
+``"psi"`` by default, so a job can run several intersections):
 
-1. ``hello`` guest -> host: protocol version, normalization settings, reveal mode, the job salt and
-   the guest's set size. ``hello-ack`` host -> guest: the host's settings and set size. Either side
-   refuses to go on with a ``ProtocolError`` naming every setting that differs.
-2. ``guest-points`` guest -> host: ``a·H(g)`` for the guest's ids, shuffled (a fresh shuffle per host).
-3. ``host-points`` host -> guest: ``b·H(h)`` for the host's ids, shuffled. The host computes these
-   while the guest computes step 2, so both parties' cores are busy.
-4. ``guest-points-double`` host -> guest: ``b·a·H(g)``, in the order received.
-5. The guest computes ``a·b·H(h)`` and matches it against ``b·a·H(g)``; with several hosts it keeps
-   the ids present at every host, and draws a random **shared order** for them.
-6. ``result`` guest -> host: which of the host's shuffled items are in the intersection and their
-   position in the shared order (``reveal="all"``), or only the intersection size
-   (``reveal="guest-only"``).
+| message | from -> to | carries | the receiver learns |
+|---|---|---|---|
+| ``psi.hello`` | guest -> host | the job salt, the guest's set size | the guest's set size |
+| ``psi.hello-ack`` | host -> guest | the host's set size | the host's set size |
+| ``psi.guest-points`` | guest -> host | ``a·H(g)`` for the guest's ids, shuffled (fresh per host) | pseudo-random points: nothing about any id |
+| ``psi.host-points`` | host -> guest | ``b·H(h)`` for the host's ids, shuffled | pseudo-random points: nothing about any id |
+| ``psi.double`` | host -> guest | ``b·a·H(g)``, in the order received | which of its own ids the host shares |
+| ``psi.result`` | guest -> host | which of the host's shuffled items are shared and their position in the shared order (``reveal="all"``), or only the size (``"guest-only"``) | its rows of the intersection and their positions, or the size alone |
 
-Points travel as Arrow ``fixed_size_binary(32)`` columns, cut into messages of at most
-``message_rows`` rows (metadata ``part``/``parts``). Nothing here reads a file or a config.
-
-What each side learns: the guest learns which of its ids are shared with every host and every
-host's set size; a host learns the guest's set size, and (``reveal="all"``) which of its own rows
-are in the intersection and their shared positions. ``a·H(g)`` are pseudo-random points to the
-host: without ``a`` they reveal nothing about ids outside the intersection.
+The host computes its points while the guest computes its own, so both parties' cores are busy.
+The guest computes ``a·b·H(h)``, matches it against ``b·a·H(g)``, keeps (with several hosts) the
+ids present at every host and orders them in the **shared order**. Points travel as Arrow
+``fixed_size_binary(32)`` columns, cut into messages of at most ``message_rows`` rows (metadata
+``part``/``parts``/``rows``). The PSI settings (normalization, reveal mode) are part of the job's
+agreement (``protocols/session.py``); run on a bare channel, the intersection agrees on them first.
+Nothing here reads a file or a config.
 """
 
 from __future__ import annotations
@@ -37,7 +33,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from vfl.errors import ConfigError, ProtocolError, VflError
+from vfl.errors import ConfigError, ProtocolError
+from vfl.protocols.messages import BYTES, FIXED, INT, Message, Protocol, message, one
+from vfl.protocols.session import Members, Session
 from vfl.psi.ecdh import ScalarMultiplier, SecretScalar
 from vfl.psi.hashing import POINT_BYTES, POINT_DTYPE, SALT_BYTES, hash_ids
 from vfl.psi.ids import PreparedIds, as_id_series, prepare_ids
@@ -47,8 +45,37 @@ from vfl.transport.channel import Channel
 log = logging.getLogger(__name__)
 
 POINT_TYPE = pa.binary(POINT_BYTES)
+PARTS = ("part", "parts", "rows")
 
-__all__ = ["PsiOptions", "PsiResult", "run_guest", "run_host"]
+PSI = Protocol(
+    "psi",
+    (
+        message("psi.hello", "{psi}/{host}/hello", "guest", "host",
+                "the guest's set size (and the job's PSI salt)", rows=1, salt=BYTES, set_size=INT),
+        message("psi.hello-ack", "{psi}/{host}/hello-ack", "host", "guest",
+                "the host's set size", rows=1, set_size=INT),
+        message("psi.guest-points", "{psi}/{host}/guest-points/{part}", "guest", "host",
+                "the guest's blinded ids a·H(g), shuffled: pseudo-random points, nothing about any id",
+                meta=PARTS, point=FIXED),
+        message("psi.host-points", "{psi}/{host}/host-points/{part}", "host", "guest",
+                "the host's blinded ids b·H(h), shuffled: pseudo-random points, nothing about any id",
+                meta=PARTS, point=FIXED),
+        message("psi.double", "{psi}/{host}/guest-points-double/{part}", "host", "guest",
+                "which of its ids are in the intersection, and the intersection size",
+                meta=PARTS, point=FIXED),
+        message("psi.result", "{psi}/{host}/result/{part}", "guest", "host",
+                "which of its rows are in the intersection (positions in the shared order) and the "
+                "intersection size; with reveal = guest-only the size alone",
+                meta=(*PARTS, "size"), item=INT, position=INT),
+    ),
+    never={
+        "guest": ("any host id outside the intersection",),
+        "host": ("any guest id outside the intersection", "which guest ids it does not share"),
+    },
+)  # fmt: skip
+HELLO, HELLO_ACK, GUEST_POINTS, HOST_POINTS, DOUBLE, RESULT = PSI.messages
+
+__all__ = ["PSI", "PsiOptions", "PsiResult", "run_guest", "run_host"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,15 +106,16 @@ def points_from_arrow(column: pa.ChunkedArray | pa.Array, *, peer: str, tag: str
 
 
 def _send_parts(
-    channel: Channel,
+    session: Session,
+    msg: Message,
     to: str,
-    tag: str,
     columns: dict[str, Any],
     n: int,
     rows: int,
     meta: dict[str, str] | None = None,
+    **params: Any,
 ) -> None:
-    """Send a table of ``n`` rows as ``<tag>/<i>`` messages of at most ``rows`` rows each."""
+    """Send a table of ``n`` rows as the parts ``0..`` of ``msg``, at most ``rows`` rows each."""
     parts = max(1, -(-n // rows))
     for i in range(parts):
         lo, hi = i * rows, min(n, (i + 1) * rows)
@@ -96,110 +124,44 @@ def _send_parts(
             for name, values in columns.items()
         }
         metadata = {"part": str(i), "parts": str(parts), "rows": str(n), **(meta or {})}
-        channel.send(to, f"{tag}/{i}", pa.table(arrays).replace_schema_metadata(metadata))
-
-
-def _send_abort(channel: Channel, to: str, tag: str, reason: str) -> None:
-    """Tell a peer waiting on ``<tag>/0`` that this run stopped (so it fails now instead of timing out)."""
-    with contextlib.suppress(VflError):
-        channel.send(
-            to,
-            f"{tag}/0",
-            pa.table({"x": pa.array([], pa.int8())}).replace_schema_metadata({"abort": reason}),
-        )
+        session.send(msg, to, pa.table(arrays).replace_schema_metadata(metadata), part=i, **params)
 
 
 def _iter_parts(
-    channel: Channel, frm: str, tag: str, timeout: float | None, expected_rows: int | None
+    session: Session, msg: Message, frm: str, timeout: float | None, expected_rows: int | None, **params: Any
 ) -> Iterator[tuple[pa.Table, int, dict[str, str]]]:
-    """Receive the messages ``<tag>/0..`` sent by ``_send_parts``, yielding ``(table, part, meta)`` as they arrive.
+    """Receive the parts ``0..`` of ``msg`` sent by ``_send_parts``, yielding ``(table, part, meta)`` as they arrive.
 
     ``meta`` is the first part's metadata (part count, total rows, and anything the sender added).
     """
-    first = channel.recv(frm, f"{tag}/0", timeout)
+    first = session.recv(msg, frm, timeout=timeout, part=0, **params)
+    tag = msg.tag(part=0, **params)
     meta = {k.decode(): v.decode() for k, v in (first.schema.metadata or {}).items()}
-    if "abort" in meta:
-        raise ProtocolError(f"party '{frm}' stopped the PSI: {meta['abort']}")
     try:
         parts, total = int(meta["parts"]), int(meta["rows"])
-    except (KeyError, ValueError) as exc:
-        raise ProtocolError(
-            f"message '{tag}/0' from '{frm}' lacks its part count; the peer runs another protocol version"
-        ) from exc
+    except ValueError as exc:
+        raise ProtocolError(f"message '{tag}' from '{frm}' has an unreadable part count") from exc
     if expected_rows is not None and total != expected_rows:
         raise ProtocolError(f"party '{frm}' announced {expected_rows} rows but sends {total} in '{tag}'")
     received = first.num_rows
     yield first, 0, meta
     for i in range(1, parts):
-        table = channel.recv(frm, f"{tag}/{i}", timeout)
+        table = session.recv(msg, frm, timeout=timeout, part=i, **params)
         received += table.num_rows
         yield table, i, meta
     if received != total:
         raise ProtocolError(f"party '{frm}' sent {received} rows in '{tag}' but announced {total}")
 
 
-def _column(table: pa.Table, name: str, peer: str, tag: str) -> pa.ChunkedArray:
-    if name not in table.column_names:
-        raise ProtocolError(
-            f"message '{tag}' from '{peer}' has no column '{name}' (columns: {table.column_names})"
-        )
-    return table.column(name)
-
-
 def _recv_points(
-    channel: Channel, frm: str, tag: str, timeout: float | None, expected: int
+    session: Session, msg: Message, frm: str, timeout: float | None, expected: int, **params: Any
 ) -> Iterator[np.ndarray]:
-    for table, _, _ in _iter_parts(channel, frm, tag, timeout, expected):
-        yield points_from_arrow(_column(table, "point", frm, tag), peer=frm, tag=tag)
+    for table, _, _ in _iter_parts(session, msg, frm, timeout, expected, **params):
+        yield points_from_arrow(table.column("point"), peer=frm, tag=msg.name)
 
 
-# --------------------------------------------------------------------------------------------
-# Settings agreement
-
-
-def _settings_table(settings: dict[str, str]) -> pa.Table:
-    return pa.table(
-        {
-            "key": pa.array(list(settings), pa.string()),
-            "value": pa.array(list(settings.values()), pa.string()),
-        }
-    )
-
-
-def _send_settings(channel: Channel, to: str, tag: str, settings: dict[str, str]) -> None:
-    """Send a key/value settings table as the single part ``<tag>/0`` (readable with ``_iter_parts``)."""
-    meta = {"part": "0", "parts": "1", "rows": str(len(settings))}
-    channel.send(to, f"{tag}/0", _settings_table(settings).replace_schema_metadata(meta))
-
-
-def _table_settings(table: pa.Table, peer: str, tag: str) -> dict[str, str]:
-    keys = _column(table, "key", peer, tag).to_pylist()
-    values = _column(table, "value", peer, tag).to_pylist()
-    return dict(zip(keys, values, strict=True))
-
-
-def _differences(mine: dict[str, str], theirs: dict[str, str], me: str, peer: str) -> str | None:
-    """``None`` when the shared settings agree, else a sentence naming each setting that differs."""
-    diffs = [
-        f"{key} is {mine.get(key, '<unset>')} at '{me}' but {theirs.get(key, '<unset>')} at '{peer}'"
-        for key in sorted(set(mine) | set(theirs))
-        if mine.get(key) != theirs.get(key)
-    ]
-    if not diffs:
-        return None
-    return (
-        f"PSI settings differ between '{me}' and '{peer}': {'; '.join(diffs)}; every party must use the same "
-        "protocol version, id normalization and reveal mode"
-    )
-
-
-def _size(settings: dict[str, str], peer: str) -> int:
-    try:
-        size = int(settings.pop("set_size"))
-    except (KeyError, ValueError) as exc:
-        raise ProtocolError(
-            f"party '{peer}' did not say how many ids it has; it runs another protocol version"
-        ) from exc
+def _size(table: pa.Table, peer: str) -> int:
+    size = int(one(table, "set_size"))
     if size < 0:
         raise ProtocolError(f"party '{peer}' announced a negative set size")
     return size
@@ -207,6 +169,19 @@ def _size(settings: dict[str, str], peer: str) -> int:
 
 # --------------------------------------------------------------------------------------------
 # Roles
+
+
+def _session(channel: Channel | Session, guest: str, hosts: tuple[str, ...]) -> Session:
+    """The session to run on: the job's, or for a bare channel one of the PSI's own parties."""
+    if isinstance(channel, Session):
+        return channel
+    return Session(channel, Members(guest, hosts), job_id="psi")
+
+
+def _agree(session: Session, options: PsiOptions) -> None:
+    """A bare PSI agrees on its settings first; within a job they are part of the job's agreement."""
+    if session.agreed is None:
+        session.agree({f"psi.{k}": v for k, v in options.settings().items()})
 
 
 def _prepare(ids: Any, options: PsiOptions, column: str) -> tuple[PreparedIds, Any]:
@@ -228,7 +203,7 @@ def _rng() -> np.random.Generator:
 
 
 def run_guest(
-    channel: Channel,
+    channel: Channel | Session,
     ids: Any,
     hosts: list[str],
     options: PsiOptions | None = None,
@@ -238,8 +213,9 @@ def run_guest(
 ) -> PsiResult:
     """The guest's side of the PSI with every host in ``hosts``; returns the guest's ``PsiResult``.
 
-    ``ids`` is the guest's id column (strings or integers); ``column`` only names it in error
-    messages. ``multiplier`` lets the caller share a worker pool between runs.
+    ``channel`` is the job's ``Session`` (or a bare channel: the PSI then agrees on its settings
+    itself). ``ids`` is the guest's id column (strings or integers); ``column`` only names it in
+    error messages. ``multiplier`` lets the caller share a worker pool between runs.
     """
     options = options or PsiOptions()
     me = channel.party
@@ -247,62 +223,51 @@ def run_guest(
         raise ConfigError("a PSI needs at least one host")
     if len(set(hosts)) != len(hosts) or me in hosts:
         raise ConfigError(f"PSI hosts must be distinct and differ from the guest '{me}', got {hosts}")
-    tag = options.tag
+    session = _session(channel, me, tuple(hosts))
+    session.uses(PSI)
+    return session.guard(lambda: _guest(session, ids, list(hosts), options, column, multiplier))
+
+
+def _guest(
+    session: Session,
+    ids: Any,
+    hosts: list[str],
+    options: PsiOptions,
+    column: str,
+    multiplier: ScalarMultiplier | None,
+) -> PsiResult:
+    me, tag = session.party, options.tag
     started = time.perf_counter()
-    try:
-        prepared, series = _prepare(ids, options, column)
-    except VflError as exc:
-        for host in hosts:
-            _send_abort(
-                channel, host, f"{tag}/{host}/hello", f"the guest's ids are unusable ({type(exc).__name__})"
-            )
-        raise
+    prepared, series = _prepare(ids, options, column)
+    _agree(session, options)
     n_g = len(prepared)
     salt = options.salt if options.salt is not None else os.urandom(SALT_BYTES)
-    mine = options.settings()
-    hello = {**mine, "salt": salt.hex(), "set_size": str(n_g)}
+    hello = pa.table({"salt": [salt], "set_size": [n_g]})
     for host in hosts:
-        _send_settings(channel, host, f"{tag}/{host}/hello", hello)
-
+        session.send(HELLO, host, hello, psi=tag, host=host)
     sizes: dict[str, int] = {me: n_g}
-    problems: list[str] = []
     for host in hosts:
-        ack_tag = f"{tag}/{host}/hello-ack"
-        ack = channel.recv(host, ack_tag, options.timeout)
-        theirs = _table_settings(ack, host, ack_tag)
-        status = theirs.pop("status", "missing")
-        if status != "ok":
-            problems.append(f"host '{host}' refused to start: {status}")
-            continue
-        sizes[host] = _size(theirs, host)
-        diff = _differences(mine, theirs, me, host)
-        if diff:
-            problems.append(diff)
-    if problems:
-        for host in hosts:
-            _send_abort(
-                channel, host, f"{tag}/{host}/guest-points", "the parties disagree on the PSI settings"
-            )
-        raise ProtocolError("; ".join(problems))
+        sizes[host] = _size(session.recv(HELLO_ACK, host, timeout=options.timeout, psi=tag, host=host), host)
 
     rng = _rng()
     scalar = SecretScalar.generate()
     with contextlib.ExitStack() as stack:
         multiplier = multiplier or stack.enter_context(_own_multiplier(options))
-        log.debug("PSI guest: settings agreed, blinding %d ids", n_g)
+        log.debug("PSI guest: blinding %d ids", n_g)
         blinded = multiplier.hash_and_multiply(scalar, salt, prepared.normalized)  # a·H(g), in item order
-        log.debug("PSI guest: sending a·H(g)")
         orders: dict[str, np.ndarray] = {}
         for host in hosts:
             order = rng.permutation(n_g)
             orders[host] = order
             _send_parts(
-                channel,
+                session,
+                GUEST_POINTS,
                 host,
-                f"{tag}/{host}/guest-points",
                 {"point": blinded[order]},
                 n_g,
                 options.message_rows,
+                psi=tag,
+                host=host,
             )
         del blinded
 
@@ -311,18 +276,15 @@ def run_guest(
             pieces = [
                 multiplier.multiply(scalar, part)
                 for part in _recv_points(
-                    channel, host, f"{tag}/{host}/host-points", options.timeout, sizes[host]
+                    session, HOST_POINTS, host, options.timeout, sizes[host], psi=tag, host=host
                 )
             ]
             host_points[host] = np.concatenate(pieces) if pieces else np.empty(0, POINT_DTYPE)  # a·b·H(h)
 
-        log.debug("PSI guest: computed a·b·H(h) for every host")
         matches: dict[str, np.ndarray] = {}
         present = np.ones(n_g, dtype=bool)
         for host in hosts:
-            pieces = list(
-                _recv_points(channel, host, f"{tag}/{host}/guest-points-double", options.timeout, n_g)
-            )
+            pieces = list(_recv_points(session, DOUBLE, host, options.timeout, n_g, psi=tag, host=host))
             double = np.concatenate(pieces) if pieces else np.empty(0, POINT_DTYPE)  # b·a·H(g), host's order
             _, in_guest, in_host = np.intersect1d(
                 double, host_points.pop(host), assume_unique=False, return_indices=True
@@ -332,7 +294,6 @@ def run_guest(
             matches[host] = match
             present &= match >= 0
 
-    log.debug("PSI guest: matched")
     shared = np.flatnonzero(present)
     if options.order_key is None:
         shared = shared[rng.permutation(len(shared))]
@@ -340,13 +301,17 @@ def run_guest(
         keys = hash_ids(prepared.normalized.take(pa.array(shared)), options.order_key)
         shared = shared[np.argsort(keys, kind="stable")]
     size = len(shared)
+    empty = np.empty(0, np.int64)
     for host in hosts:
-        result_tag = f"{tag}/{host}/result"
         if options.reveal == "all":
-            columns = {"item": matches[host][shared], "position": np.arange(size, dtype=np.int64)}
-            _send_parts(channel, host, result_tag, columns, size, options.message_rows, {"size": str(size)})
-        else:
-            _send_parts(channel, host, result_tag, {"item": np.empty(0, np.int64)}, 0, 1, {"size": str(size)})
+            columns, n, rows = (
+                {"item": matches[host][shared], "position": np.arange(size)},
+                size,
+                options.message_rows,
+            )
+        else:  # guest-only: the host learns the size alone
+            columns, n, rows = {"item": empty, "position": empty}, 0, 1
+        _send_parts(session, RESULT, host, columns, n, rows, {"size": str(size)}, psi=tag, host=host)
     rows = prepared.rows[shared]
     log.info(
         "PSI guest '%s': %d of %d ids shared with %s in %.1f s",
@@ -369,7 +334,7 @@ def run_guest(
 
 
 def run_host(
-    channel: Channel,
+    channel: Channel | Session,
     ids: Any,
     guest: str,
     options: PsiOptions | None = None,
@@ -385,37 +350,34 @@ def run_host(
     me = channel.party
     if guest == me:
         raise ConfigError(f"the PSI guest must be another party than the host '{me}'")
-    tag = f"{options.tag}/{me}"
+    session = _session(channel, guest, (me,))
+    session.uses(PSI)
+    return session.guard(lambda: _host(session, ids, guest, options, column, multiplier))
+
+
+def _host(
+    session: Session,
+    ids: Any,
+    guest: str,
+    options: PsiOptions,
+    column: str,
+    multiplier: ScalarMultiplier | None,
+) -> PsiResult:
+    me, tag = session.party, options.tag
     started = time.perf_counter()
-    hello_tag = f"{tag}/hello"
-    hello = pa.concat_tables([t for t, _, _ in _iter_parts(channel, guest, hello_tag, options.timeout, None)])
-    theirs = _table_settings(hello, guest, hello_tag)
-    try:
-        prepared, series = _prepare(ids, options, column)
-    except VflError as exc:
-        channel.send(
-            guest,
-            f"{tag}/hello-ack",
-            _settings_table({"status": f"the host's ids are unusable ({type(exc).__name__})"}),
+    prepared, series = _prepare(ids, options, column)
+    _agree(session, options)
+    hello = session.recv(HELLO, guest, timeout=options.timeout, psi=tag, host=me)
+    n_g = _size(hello, guest)
+    salt = bytes(one(hello, "salt"))
+    if len(salt) < 16:
+        raise ProtocolError(f"party '{guest}' sent no usable job salt")
+    if options.salt is not None and options.salt != salt:
+        raise ProtocolError(
+            f"PSI settings differ between '{me}' and '{guest}': salt is set at '{me}' and differs from the guest's"
         )
-        raise
     n_h = len(prepared)
-    mine = options.settings()
-    n_g = _size(theirs, guest)
-    salt_hex = theirs.pop("salt", "")
-    try:
-        salt = bytes.fromhex(salt_hex)
-    except ValueError:
-        salt = b""
-    problem = _differences(mine, theirs, me, guest)
-    if problem is None and len(salt) < 16:
-        problem = f"party '{guest}' sent no usable job salt"
-    if problem is None and options.salt is not None and options.salt != salt:
-        problem = f"PSI settings differ between '{me}' and '{guest}': salt is set at '{me}' and differs from the guest's"
-    status = "ok" if problem is None else problem
-    channel.send(guest, f"{tag}/hello-ack", _settings_table({**mine, "set_size": str(n_h), "status": status}))
-    if problem is not None:
-        raise ProtocolError(problem)
+    session.send(HELLO_ACK, guest, pa.table({"set_size": [n_h]}), psi=tag, host=me)
 
     rng = _rng()
     scalar = SecretScalar.generate()
@@ -425,40 +387,40 @@ def run_host(
         shuffled = prepared.normalized.take(pa.array(order))
         blinded = multiplier.hash_and_multiply(scalar, salt, shuffled)  # b·H(h), shuffled
         del shuffled
-        log.debug("PSI host: sending b·H(h)")
-        _send_parts(channel, guest, f"{tag}/host-points", {"point": blinded}, n_h, options.message_rows)
+        _send_parts(
+            session, HOST_POINTS, guest, {"point": blinded}, n_h, options.message_rows, psi=tag, host=me
+        )
         del blinded
-        points_tag = f"{tag}/guest-points"
-        for table, part, meta in _iter_parts(channel, guest, points_tag, options.timeout, n_g):
-            points = points_from_arrow(_column(table, "point", guest, points_tag), peer=guest, tag=points_tag)
+        for table, part, meta in _iter_parts(
+            session, GUEST_POINTS, guest, options.timeout, n_g, psi=tag, host=me
+        ):
+            points = points_from_arrow(table.column("point"), peer=guest, tag=GUEST_POINTS.name)
             double = multiplier.multiply(scalar, points)  # b·a·H(g), in the order received
             reply = {"part": str(part), "parts": meta["parts"], "rows": str(n_g)}
-            channel.send(
+            session.send(
+                DOUBLE,
                 guest,
-                f"{tag}/guest-points-double/{part}",
                 pa.table({"point": points_to_arrow(double)}).replace_schema_metadata(reply),
+                psi=tag,
+                host=me,
+                part=part,
             )
 
-    log.debug("PSI host: sent b·a·H(g), waiting for the result")
-    result_tag = f"{tag}/result"
     items: list[np.ndarray] = []
     positions: list[np.ndarray] = []
     size = -1
-    for table, _, meta in _iter_parts(channel, guest, result_tag, options.timeout, None):
-        size = int(meta.get("size", -1))
-        if options.reveal == "all":
-            items.append(_column(table, "item", guest, result_tag).to_numpy())
-            positions.append(_column(table, "position", guest, result_tag).to_numpy())
+    for table, _, meta in _iter_parts(session, RESULT, guest, options.timeout, None, psi=tag, host=me):
+        try:
+            size = int(meta["size"])
+        except ValueError as exc:
+            raise ProtocolError(f"party '{guest}' sent a PSI result with an unreadable size") from exc
+        items.append(table.column("item").to_numpy())
+        positions.append(table.column("position").to_numpy())
     if size < 0:
         raise ProtocolError(f"party '{guest}' sent a PSI result without its size")
     sizes = {me: n_h, guest: n_g}
     if options.reveal == "guest-only":
-        log.info(
-            "PSI host '%s': intersection of %d ids (rows not revealed) in %.1f s",
-            me,
-            size,
-            time.perf_counter() - started,
-        )
+        log.info("PSI host '%s': intersection of %d ids (rows not revealed)", me, size)
         return PsiResult(
             me,
             "host",

@@ -139,6 +139,7 @@ class PartyConfig:
     id_column: str = "id"
     label_column: str | None = None
     columns: list[str] | None = None  # offered feature columns; None = every column but id and label
+    positive: str | None = None  # guest: the label value that is the positive class (needed unless 0/1)
 
     @classmethod
     def load(cls, workspace: str | Path) -> PartyConfig:
@@ -183,6 +184,8 @@ class PartyConfig:
             cfg.columns = _get(data, "columns", list, f"{where} [data]", None)
             if role == "guest":
                 cfg.label_column = _get(data, "label_column", str, f"{where} [data]")
+                positive = _get(data, "positive", (str, int, bool), f"{where} [data]", None)
+                cfg.positive = None if positive is None else str(positive)
         return cfg
 
     def to_toml(self) -> str:
@@ -204,6 +207,7 @@ class PartyConfig:
                 "id_column": self.id_column,
                 "label_column": self.label_column,
                 "columns": self.columns,
+                "positive": self.positive,
             }
         return dump_toml(tables)
 

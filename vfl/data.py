@@ -66,27 +66,80 @@ def require_columns(frame: pd.DataFrame, columns: list[str], *, what: str = "dat
         )
 
 
-def binary_labels(values: pd.Series, *, column: str) -> np.ndarray:
-    """Labels as 0/1 floats; anything but two classes (0/1, True/False, or two distinct values) is an error."""
+def positive_class(values: pd.Series, *, column: str, positive: str | None = None) -> str:
+    """The label value that counts as positive, as text: ``1`` for 0/1 labels, ``True`` for booleans.
+
+    Any other two-valued label needs ``positive`` (``[data] positive`` in party.toml): vfl does not
+    guess which of two words is the outcome. The error names the values found.
+    """
+    present = values.dropna()
+    uniques = pd.unique(present)
+    if len(uniques) != 2:
+        shown = ", ".join(map(str, sorted(map(str, uniques))[:5])) + (" ..." if len(uniques) > 5 else "")
+        raise DataError(
+            f"label column '{column}' must have exactly two distinct values, found {len(uniques)}: {shown}"
+        )
+    if positive is not None:
+        if positive not in set(map(str, uniques)):
+            raise DataError(
+                f"positive class {positive!r} is not a value of label column '{column}' "
+                f"(its values: {', '.join(sorted(map(str, uniques)))})"
+            )
+        return positive
+    if present.dtype == bool:
+        return "True"
+    numeric = pd.to_numeric(present, errors="coerce")
+    if not numeric.isna().any() and set(numeric.unique()) == {0, 1}:
+        return "1"
+    raise DataError(
+        f"label column '{column}' has the values {', '.join(sorted(map(str, uniques)))}: say which one is the "
+        'positive class with positive = "..." under [data] in party.toml (or positive= in Python)'
+    )
+
+
+def binary_labels(values: pd.Series, *, column: str, positive: str | None = None) -> np.ndarray:
+    """Labels as 0/1 floats (1 = the positive class, see ``positive_class``); missing labels are an error."""
     if values.isna().any():
         raise DataError(
-            f"label column '{column}' has {int(values.isna().sum())} missing values; every aligned row needs a label"
+            f"label column '{column}' has {int(values.isna().sum())} missing values; every row needs a label"
         )
-    uniques = pd.unique(values)
-    if len(uniques) != 2:
+    label = positive_class(values, column=column, positive=positive)
+    if label == "1" and positive is None:
+        return pd.to_numeric(values).to_numpy(dtype=float)
+    return (values.astype(str) == label).to_numpy(dtype=float)
+
+
+def check_columns(
+    frame: pd.DataFrame, *, max_categories: int = MAX_CATEGORIES, what: str = "the data"
+) -> None:
+    """Checks of the offered columns that need no peer: done before any id is sent (every party, locally).
+
+    Refuses a column without values, a constant one, infinite values, and text columns with more
+    categories than one-hot encoding takes. Checks that depend on the intersection run after it.
+    """
+    problems: list[str] = []
+    for name in frame.columns:
+        col = frame[name]
+        if col.isna().all():
+            problems.append(f"column '{name}' has no values")
+            continue
+        try:
+            numeric = _as_numeric(col)
+        except DataError as exc:
+            problems.append(str(exc).split(";")[0])
+            continue
+        if numeric is None:
+            categories = col.dropna().nunique()
+            if categories > max_categories:
+                problems.append(
+                    f"text column '{name}' has {categories} distinct values (at most {max_categories})"
+                )
+        elif np.nanmin(numeric) == np.nanmax(numeric):
+            problems.append(f"column '{name}' is constant")
+    if problems:
         raise DataError(
-            f"label column '{column}' must be binary (two distinct values), found {len(uniques)}: "
-            f"{', '.join(map(str, uniques[:5]))}{' ...' if len(uniques) > 5 else ''}"
+            f"{what}: {'; '.join(problems)}; drop these columns from the offered columns or fix them"
         )
-    numeric = pd.to_numeric(values, errors="coerce")
-    if set(numeric.dropna().unique()) == {0, 1}:
-        return numeric.to_numpy(dtype=float)
-    if values.dtype == bool:
-        return values.to_numpy(dtype=float)
-    # Two other values (e.g. "no"/"yes"): the larger in sort order is the positive class.
-    positive = sorted(map(str, uniques))[1]
-    log.info("label column '%s': treating %r as the positive class", column, positive)
-    return (values.astype(str) == positive).to_numpy(dtype=float)
 
 
 @dataclass
@@ -114,6 +167,11 @@ class Preprocessor:
     std: list[float] = field(default_factory=list)
     clip_sigma: float = 5.0
     imputed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def input_names(self) -> list[str]:
+        """The data columns this preprocessor reads."""
+        return [spec.name for spec in self.columns]
 
     @property
     def output_names(self) -> list[str]:

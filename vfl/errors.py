@@ -9,25 +9,44 @@ from __future__ import annotations
 
 
 class VflError(Exception):
-    """Base class of every error vfl raises on purpose."""
+    """Base class of every error vfl raises on purpose.
+
+    ``code`` is all a peer ever learns of a failure (DESIGN.md §10, abort notices): the message
+    itself may name local columns, values or counts, so it stays in the local error and log.
+    """
 
     exit_code: int = 2
+    code: str = "error"
 
 
 class ConfigError(VflError):
     """A configuration file, job option or command-line argument is wrong."""
 
+    code = "config"
+
+
+class DisagreementError(ConfigError):
+    """The parties' shared job settings differ (job.toml, federation.toml or a version)."""
+
+    code = "disagreement"
+
 
 class DataError(VflError):
     """Input data is unusable: missing columns, duplicate or missing ids, non-numeric values, ..."""
+
+    code = "data"
 
 
 class KeyFileError(VflError):
     """A key or certificate file is missing, damaged, or belongs to someone else."""
 
+    code = "keys"
+
 
 class CryptoError(VflError):
     """A cryptographic operation cannot be done as asked (wrong key, bad ciphertext, ...)."""
+
+    code = "crypto"
 
 
 class EncodingOverflowError(CryptoError):
@@ -37,6 +56,8 @@ class EncodingOverflowError(CryptoError):
 class ProtocolError(VflError):
     """A peer sent something the protocol does not allow, or the parties disagree on settings."""
 
+    code = "protocol"
+
 
 class IntegrityError(ProtocolError):
     """A message was truncated, altered, replayed, or belongs to another job, step or sender."""
@@ -45,6 +66,8 @@ class IntegrityError(ProtocolError):
 class TransportError(VflError):
     """A peer could not be reached, refused us, or did not answer in time."""
 
+    code = "transport"
+
 
 class PeerTimeoutError(TransportError):
     """A peer did not send an expected message within the time-out."""
@@ -52,3 +75,39 @@ class PeerTimeoutError(TransportError):
 
 class OutputError(VflError):
     """An output could not be written (disk full, no permission); nothing half-written is left."""
+
+    code = "output"
+
+
+# What a peer is told when a party stops: a reason code and this sentence, never the local message.
+ABORT_CODES: dict[str, str] = {
+    "error": "it hit an error; see its log",
+    "config": "its configuration or a job option is not usable; see its log",
+    "data": "its input data failed a check; see its log",
+    "keys": "a key or certificate is not usable; see its log",
+    "crypto": "a cryptographic operation failed; see its log",
+    "protocol": "it received a message it could not accept; see its log",
+    "transport": "it lost the connection to a peer",
+    "output": "it could not write its outputs; see its log",
+    "policy": "its policy refused the job",
+    "small-intersection": "the intersection is smaller than the job's minimum",
+    "disagreement": "the parties' job settings differ",
+    "cancelled": "the job was cancelled",
+    "interrupted": "it was interrupted",
+    "internal": "an internal error; see its log",
+}
+
+
+def abort_code(exc: BaseException) -> str:
+    """The reason code a peer may learn for ``exc`` (never its text)."""
+    if isinstance(exc, VflError):
+        return exc.code if exc.code in ABORT_CODES else "error"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return "internal"
+
+
+def describe_abort(sender: str, code: str) -> str:
+    """One line for the peers of a party that stopped: who, and the public meaning of its code."""
+    meaning = ABORT_CODES.get(code, ABORT_CODES["error"])
+    return f"party '{sender}' stopped the job ({code}: {meaning})"

@@ -1,53 +1,20 @@
 """The leakage ledger (DESIGN.md §9): what a party may learn, and every message it sent and received.
 
 Each job writes it to the party's output directory so a compliance team can audit what left the
-organization, message by message.
+organization, message by message. What the party learns is not a fixed list per role: the party
+runtime derives it from the message tables of the protocols the job actually ran
+(``vfl.protocols.messages.learned_by``), so a PSI job's ledger says nothing about gradients.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from vfl.io import atomic_write_json
 from vfl.transport.channel import MessageLog
-
-LEARNS: dict[str, dict[str, list[str]]] = {
-    "guest": {
-        "learns": [
-            "which of its rows are in the intersection, and the intersection size",
-            "the other parties' set sizes",
-            "its own gradient",
-            "the training loss per epoch",
-            "final scores of the aligned rows",
-            "the sum of the hosts' partial scores (a single host's partial score when there is only one host)",
-        ],
-        "never": [
-            "any host column",
-            "any host weight",
-            "a single host's partial score (with two or more hosts)",
-        ],
-    },
-    "host": {
-        "learns": [
-            "which of its rows are in the intersection (positions in the shared order), and the intersection size",
-            "the other parties' set sizes",
-            "batch membership and the held-out rows as positions",
-            "its own gradient",
-            "when training stops",
-        ],
-        "never": ["labels", "guest columns", "guest weights", "scores"],
-    },
-    "arbiter": {
-        "learns": [
-            "masked gradient values (uniformly masked, 40+ bits of statistical hiding)",
-            "the loss per epoch",
-            "the number of aligned training rows",
-        ],
-        "never": ["anything per row", "any weight", "any gradient", "any label or feature"],
-    },
-}
 
 
 @dataclass
@@ -62,21 +29,42 @@ class Ledger:
     totals: dict[str, dict[str, dict[str, int]]]
     messages: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    protocols: list[str] = field(default_factory=list)
+    status: str = "completed"  # or "failed": a ledger is written for every job, also one that stopped
 
     @classmethod
     def from_log(
-        cls, *, job_id: str, party: str, role: str, log: MessageLog, notes: list[str] | None = None
+        cls,
+        *,
+        job_id: str,
+        party: str,
+        role: str,
+        log: MessageLog,
+        learns: list[str],
+        never: list[str],
+        notes: list[str] | None = None,
+        protocols: list[str] | None = None,
+        name: Callable[[str], str] | None = None,
+        status: str = "completed",
     ) -> Ledger:
-        entry = LEARNS[role]
+        """``name(tag)`` names the declared message a tag belongs to (recorded with each message)."""
+        messages = []
+        for record in log.records:
+            entry = asdict(record)
+            if name is not None:
+                entry["message"] = name(record.tag)
+            messages.append(entry)
         return cls(
             job_id=job_id,
             party=party,
             role=role,
-            learns=list(entry["learns"]),
-            never_learns=list(entry["never"]),
+            learns=list(learns),
+            never_learns=list(never),
             totals=log.summary(),
-            messages=[asdict(r) for r in log.records],
+            messages=messages,
             notes=list(notes or []),
+            protocols=list(protocols or []),
+            status=status,
         )
 
     def bytes_sent(self) -> int:

@@ -33,6 +33,10 @@ class ModelShard:
     options: dict[str, Any]
     peer_digests: dict[str, str] = field(default_factory=dict)  # the other shards' digests
     format: str = SHARD_FORMAT
+    # What the weights are a model of (a registry in vfl.parties.jobs knows how to score each kind).
+    model_kind: str = "binary-lr"
+    # Kind-specific parts a party keeps for itself (e.g. the guest's calibrator), JSON-able.
+    extras: dict[str, Any] = field(default_factory=dict)
 
     @property
     def weight_vector(self) -> np.ndarray:
@@ -47,9 +51,10 @@ class ModelShard:
 
     def digest(self) -> str:
         """A hash of what this party's scores depend on; the other parties record it to detect a swapped shard."""
-        blob = json.dumps(
-            [self.job_id, self.party, self.columns, self.weights, self.preprocessor], sort_keys=True
-        ).encode()
+        parts: list[Any] = [self.job_id, self.party, self.columns, self.weights, self.preprocessor]
+        if self.model_kind != "binary-lr" or self.extras:
+            parts += [self.model_kind, self.extras]
+        blob = json.dumps(parts, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
 
     def save(self, path: str | Path) -> Path:

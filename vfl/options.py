@@ -35,6 +35,9 @@ _POSITIVE_INT = Interval(int, 1, None, closed="left")
 _FRACTION = Interval(float, 0, 1, closed="left")  # a decay rate of a moving average: 1 would never forget
 
 
+MIN_INTERSECTION_FLOOR = 10  # the documented floor of min_intersection (DESIGN.md §6)
+
+
 @dataclass(frozen=True)
 class TrainOptions(OptionsTable):
     """Hyper-parameters of a coordinated logistic regression job (DESIGN.md §6)."""
@@ -59,6 +62,9 @@ class TrainOptions(OptionsTable):
     test_size: float = 0.2  # fraction of aligned rows held out for evaluation (stratified)
     clip_sigma: float = 5.0  # clip standardized columns at +- this many standard deviations (0 = off)
     min_rows_per_column: int = 4  # batch size must exceed this multiple of every party's column count
+    # Fewest aligned rows a training job accepts, checked before any label- or feature-derived step:
+    # tiny intersections make every aggregate close to a per-customer value.
+    min_intersection: int = 100
 
     _option_label: ClassVar[str] = "job option"
     #: Every option's allowed values: types, ranges and choices (vfl/constraints.py).
@@ -83,6 +89,7 @@ class TrainOptions(OptionsTable):
         "test_size": [Interval(float, 0, 1, closed="neither")],
         "clip_sigma": [Interval(float, 0, None, closed="left", note="0 turns clipping off")],
         "min_rows_per_column": [Interval(int, 0, None, closed="left")],
+        "min_intersection": [Interval(int, MIN_INTERSECTION_FLOOR, None, closed="left")],
     }
 
     @classmethod

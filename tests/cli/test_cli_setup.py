@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
-from vfl.parties.network import open_channel, peers_by_role
 
 from vfl.cli import app
 from vfl.config import Federation, PartyConfig, PeerCard
+from vfl.parties.network import open_channel, peers_by_role
 from vfl.transport.flight import FlightChannel, FlightSettings
 
 ROOT = Path(__file__).resolve().parents[2]

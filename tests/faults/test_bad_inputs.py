@@ -18,6 +18,7 @@ running job files that differ in one option.
 from __future__ import annotations
 
 import os
+import json
 import re
 import socket
 import stat
@@ -29,7 +30,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
-from vfl.parties.runner import run_party
 
 import vfl
 from tests.faults.helpers import (
@@ -54,6 +54,7 @@ from vfl.errors import (
     TransportError,
     VflError,
 )
+from vfl.parties.runner import run_party
 from vfl.transport.tls import create_identity
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -349,14 +350,14 @@ G, H = guest_frame(), host_frame()
 SIMULATED = [
     ("duplicate ids", pd.concat([G, G.iloc[:3]]), H, {}, DataError, r"id column 'id' has 3 duplicate ids .* e\.g\. 'c0000'"),
     ("null ids", _with(G, id=[None, *G["id"][1:]]), H, {}, DataError, r"1 of 120 rows have no id .* e\.g\. row 0"),
-    ("high-cardinality text column", _with(G, city=[f"town {i}" for i in range(len(G))]), H, {}, DataError, r"text column\(s\) 'city' \(\d+ values\) have more than 20 distinct values"),
-    ("NaN-only column", _with(G, empty=np.nan), H, {}, DataError, r"column 'empty' has no values in the aligned rows"),
+    ("high-cardinality text column", _with(G, city=[f"town {i}" for i in range(len(G))]), H, {}, DataError, r"text column 'city' has \d+ distinct values \(at most 20\)"),
+    ("NaN-only column", _with(G, empty=np.nan), H, {}, DataError, r"column 'empty' has no values"),
     ("+inf values", _with(G, a=np.where(np.arange(len(G)) == 3, np.inf, G["a"])), H, {}, DataError, r"column 'a' has 1 infinite values"),
     ("-inf values at a host", G, _with(H, d=np.where(np.arange(len(H)) < 2, -np.inf, H["d"])), {}, DataError, r"column 'd' has 2 infinite values"),
-    ("label not binary", _with(G, y=np.arange(len(G)) % 3), H, {}, DataError, r"label column 'y' must be binary .* found 3"),
+    ("label not binary", _with(G, y=np.arange(len(G)) % 3), H, {}, DataError, r"label column 'y' must have exactly two distinct values, found 3"),
     ("no feature columns", G[["id", "y"]], H, {}, DataError, r"no feature columns besides the id and the label"),
     ("empty intersection", G, _with(H, id=[f"z{i}" for i in range(len(H))]), {}, DataError, r"the parties share no ids: the private set intersection is empty"),
-    ("batch size too small", G, H, {"batch_size": 8}, ConfigError, r"batch size 8 is too small for party 'guest' with 3 columns.* above 12"),
+    ("batch size too small", G, H, {"batch_size": 8}, ConfigError, r"batch_size 8 is too small for party 'guest' with 3 columns.* above 12"),
 ]  # fmt: skip
 
 
@@ -517,7 +518,11 @@ def test_parties_with_different_job_options_refuse_to_start(fed):
         assert re.search(r"differ.*learning_rate", lines[0]), (name, lines[0])
     after = snapshot(fed.base)
     new_or_changed = sorted(k for k in after if after[k] != before.get(k))
+    # Each party keeps the ledger of the refused job (what crossed: the agreement), marked failed;
+    # nothing else is written.
     results = [k for k in new_or_changed if not after[k][0] and "/state/" not in k]
-    assert results == [], "a job that refused to start wrote results"
+    assert results and all(k.endswith("ledger.json") for k in results), results
+    for k in results:
+        ledger = json.loads((fed.base / k).read_text())
+        assert ledger["status"] == "failed" and ledger["protocols"] == ["session"], ledger
     assert all(k in after for k in before), "a job that refused to start removed files"
-    assert new_or_changed == [], "a job that refused to start left files behind"

@@ -86,8 +86,15 @@ def test_preprocessor_rejects_unusable_columns(frame, message):
 
 
 def test_labels_and_columns_and_files(tmp_path):
-    assert binary_labels(pd.Series(["no", "yes", "no"]), column="y").tolist() == [0, 1, 0]
-    with pytest.raises(DataError, match="label column 'y' must be binary .* found 3"):
+    # Two words: the positive class must be named (vfl does not guess which word is the outcome).
+    with pytest.raises(DataError, match=r"label column 'y' has the values no, yes: say which one is the positive"):
+        binary_labels(pd.Series(["no", "yes", "no"]), column="y")
+    assert binary_labels(pd.Series(["no", "yes", "no"]), column="y", positive="yes").tolist() == [0, 1, 0]
+    assert binary_labels(pd.Series([True, False]), column="y").tolist() == [1, 0]
+    assert binary_labels(pd.Series([1, 0, 1]), column="y").tolist() == [1, 0, 1]
+    with pytest.raises(DataError, match=r"positive class 'maybe' is not a value of label column 'y'"):
+        binary_labels(pd.Series(["no", "yes"]), column="y", positive="maybe")
+    with pytest.raises(DataError, match="label column 'y' must have exactly two distinct values, found 3"):
         binary_labels(pd.Series([0, 1, 2]), column="y")
     with pytest.raises(DataError, match="has no column 'yy'; columns present: id, y"):
         require_columns(pd.DataFrame(columns=["id", "y"]), ["yy"])

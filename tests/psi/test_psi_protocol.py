@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from vfl.parties.simulation import run_parties, simulate_psi_results
-from vfl.protocols.psi import run_guest, run_host
 
 from vfl import simulate_psi
 from vfl.errors import ConfigError, DataError, ProtocolError, VflError
+from vfl.parties.simulation import run_parties, simulate_psi_results
+from vfl.protocols.psi import run_guest, run_host
 from vfl.psi import Normalization, PsiOptions
 from vfl.transport import LocalNetwork
 
@@ -211,31 +211,36 @@ def test_mismatched_normalization_refused_by_both_sides_naming_the_setting():
     outcome, net = run_pair(PsiOptions(normalization=Normalization(casefold=True)), PsiOptions(timeout=5))
     for side in ("guest", "host"):
         error = outcome[side]
-        assert isinstance(error, ProtocolError), error
-        assert "normalization.casefold is" in str(error)
+        assert isinstance(error, ConfigError), error
+        assert "psi.normalization.casefold (" in str(error)
         assert "strip" not in str(error)  # only the setting that differs is named
-    # No point was sent before the settings agreed.
-    assert not [m for m in net.transcript if "points" in m.tag and m.payload.count(b"point")]
-    assert all("/hello" in m.tag or m.tag.endswith("guest-points/0") for m in net.transcript)
+    # Nothing but the agreement was sent before the settings agreed.
+    assert {m.tag for m in net.transcript} <= {"session/agree", "vfl/abort"}
 
 
 def test_mismatched_reveal_and_salt():
     outcome, _ = run_pair(PsiOptions(reveal="guest-only"), PsiOptions())
-    assert isinstance(
-        outcome["host"], ProtocolError
-    ) and "reveal is all at 'host' but guest-only at 'guest'" in str(outcome["host"])
-    assert isinstance(outcome["guest"], ProtocolError) and "reveal" in str(outcome["guest"])
+    assert isinstance(outcome["host"], ConfigError) and "psi.reveal (all here, guest-only there)" in str(
+        outcome["host"]
+    )
+    assert isinstance(outcome["guest"], ConfigError) and "psi.reveal" in str(outcome["guest"])
     outcome, _ = run_pair(PsiOptions(salt=b"1" * 32), PsiOptions(salt=b"2" * 32))
     assert isinstance(outcome["host"], ProtocolError) and "salt" in str(outcome["host"])
-    assert isinstance(outcome["guest"], ProtocolError) and "salt" in str(outcome["guest"])
+    # The guest learns that the host stopped and why in general terms, never the host's error text.
+    assert isinstance(outcome["guest"], ProtocolError)
+    assert "party 'host' stopped the job (protocol:" in str(outcome["guest"])
     outcome, _ = run_pair(PsiOptions(salt=b"1" * 32), PsiOptions(salt=b"1" * 32))
     assert outcome["guest"].size == outcome["host"].size == 1
 
 
 def test_guest_data_error_stops_the_host_promptly():
-    outcome, _ = run_pair(PsiOptions(), PsiOptions(timeout=20), guest_ids=("a", "a"))
+    outcome, net = run_pair(PsiOptions(), PsiOptions(timeout=20), guest_ids=("a", "a"))
     assert isinstance(outcome["guest"], DataError)
-    assert isinstance(outcome["host"], ProtocolError) and "stopped the PSI" in str(outcome["host"])
+    assert isinstance(outcome["host"], ProtocolError)
+    assert "party 'guest' stopped the job (data:" in str(outcome["host"])
+    # Only the reason code crossed, not the guest's message (which names its duplicate id).
+    aborts = [m for m in net.transcript if m.tag == "vfl/abort"]
+    assert aborts and all(b"duplicate" not in m.payload and b"'a'" not in m.payload for m in aborts)
 
 
 def test_deterministic_tags_and_multi_part_messages():
@@ -247,7 +252,7 @@ def test_deterministic_tags_and_multi_part_messages():
     assert outcome["guest"].ids.tolist() == outcome["host"].ids.tolist()
     tags = sorted(m.tag for m in net.transcript)
     expected = sorted(
-        ["psi/host/hello/0", "psi/host/hello-ack"]
+        ["session/agree", "session/agree", "psi/host/hello", "psi/host/hello-ack"]
         + [f"psi/host/guest-points/{i}" for i in range(5)]
         + [f"psi/host/guest-points-double/{i}" for i in range(5)]
         + [f"psi/host/host-points/{i}" for i in range(6)]

@@ -8,9 +8,9 @@ import threading
 
 import numpy as np
 import pytest
+
 from vfl.parties.simulation import run_parties
 from vfl.protocols.psi import run_guest, run_host
-
 from vfl.psi import PsiOptions, ScalarMultiplier, SecretScalar, hash_id, hash_ids
 from vfl.transport import LocalNetwork, decode_table
 
@@ -50,16 +50,14 @@ def run(monkeypatch):
             "host2": lambda: run_host(net.channel("host2"), host2_ids, "guest", options),
         },
     )
-    hello = next(m for m in net.transcript if m.tag == "psi/host1/hello/0")
+    hello = next(m for m in net.transcript if m.tag == "psi/host1/hello")
     table = decode_table(hello.payload)
-    settings = dict(zip(table["key"].to_pylist(), table["value"].to_pylist(), strict=True))
-    salt = bytes.fromhex(settings["salt"])
+    salt = table["salt"][0].as_py()
     return {
         "net": net,
         "results": results,
         "scalars": scalars,
         "salt": salt,
-        "settings": settings,
         "ids": {"guest": guest_ids, "host1": host1_ids, "host2": host2_ids},
         "shared": set(shared),
     }
@@ -123,12 +121,14 @@ def test_hosts_cannot_test_guest_ids_they_do_not_share(run):
         assert got.isdisjoint(multiply(scalars[host], candidates, salt))
         assert got.isdisjoint({hash_id(x, salt) for x in candidates})
         # The only non-point messages a host receives: the settings and its own rows of the result.
-        kinds = {m.tag.split("/")[2] for m in run["net"].transcript if m.receiver == host}
-        assert kinds == {"hello", "guest-points", "result"}
-        assert set(run["settings"]) == {
-            "protocol", "normalization.strip", "normalization.casefold", "normalization.nfkc",
-            "reveal", "salt", "set_size",
-        }  # fmt: skip
+        kinds = {
+            m.tag.split("/")[2] if m.tag.startswith("psi/") else m.tag
+            for m in run["net"].transcript
+            if m.receiver == host
+        }
+        assert kinds == {"session/agree", "hello", "guest-points", "result"}
+        hello = next(m for m in run["net"].transcript if m.tag == f"psi/{host}/hello")
+        assert decode_table(hello.payload).column_names == ["salt", "set_size"]
         result_rows = sum(
             decode_table(m.payload).num_rows
             for m in run["net"].transcript

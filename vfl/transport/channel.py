@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from vfl.errors import IntegrityError, ProtocolError
+from vfl.errors import ABORT_CODES, IntegrityError, ProtocolError, describe_abort
 
 DEFAULT_TIMEOUT = 600.0
 # Reserved: a peer that cannot go on says why, and every recv at the receiver fails fast.
@@ -52,12 +52,16 @@ def parse_notice(sender: str, tag: str, payload: bytes) -> Notice:
 
 
 def abort_reason(sender: str, payload: bytes) -> str:
-    """The human-readable reason carried by an abort message."""
+    """What an abort message tells its receiver: who stopped, and the public meaning of its code.
+
+    An abort carries a reason code only (``vfl.errors.ABORT_CODES``), never the sender's error text,
+    which may describe its data; an unknown or unreadable code reads as a plain error.
+    """
     try:
-        reason = decode_table(payload, sender=sender, tag=ABORT_TAG)["reason"][0].as_py()
+        code = str(decode_table(payload, sender=sender, tag=ABORT_TAG)["code"][0].as_py())
     except Exception:  # noqa: BLE001 - an unreadable abort is still an abort
-        reason = "no reason given"
-    return f"party '{sender}' stopped the job: {reason}"
+        code = "error"
+    return describe_abort(sender, code)
 
 
 def encode_table(table: pa.Table) -> bytes:
@@ -146,9 +150,14 @@ class Channel(abc.ABC):
         table = pa.table({k: [v] for k, v in data.items()} or {"_": [""]})
         self._send_bytes(peer, f"{NOTICE_PREFIX}{kind}/{secrets.token_hex(8)}", encode_table(table))
 
-    def notify_abort(self, peers: list[str], reason: str) -> None:
-        """Tell ``peers`` that this party cannot go on, so they stop waiting (best effort, never raises)."""
-        table = pa.table({"reason": [reason]})
+    def notify_abort(self, peers: list[str], code: str) -> None:
+        """Tell ``peers`` that this party cannot go on, so they stop waiting (best effort, never raises).
+
+        ``code`` is one of ``vfl.errors.ABORT_CODES``: the only thing the peers learn of the failure.
+        """
+        if code not in ABORT_CODES:
+            code = "error"
+        table = pa.table({"code": [code]})
         for peer in peers:
             if peer == self.party:
                 continue

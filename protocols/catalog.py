@@ -1,0 +1,15 @@
+"""Every protocol vfl speaks, in one list: for transcript tests and for naming a captured message."""
+
+from __future__ import annotations
+
+from vfl.protocols.lr import LR
+from vfl.protocols.messages import Protocol, find
+from vfl.protocols.predict import PREDICT
+from vfl.protocols.psi import PSI
+from vfl.protocols.session import SESSION
+from vfl.protocols.shards import SHARDS
+from vfl.protocols.split import SPLIT
+
+ALL_PROTOCOLS: tuple[Protocol, ...] = (SESSION, PSI, SPLIT, LR, PREDICT, SHARDS)
+
+__all__ = ["ALL_PROTOCOLS", "find"]

@@ -1,0 +1,154 @@
+"""Every message any protocol sends is declared: its tag matches a declaration, it goes from and to the
+declared roles, and it carries exactly the declared fields (protocols/messages.py).
+
+Each job kind runs over the in-process network; the captured transcript is checked message by message.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+import vfl
+from vfl.parties.common import Job
+from vfl.parties.jobs import RoleContext, run_role
+from vfl.parties.simulation import run_parties
+from vfl.protocols.catalog import ALL_PROTOCOLS, find
+from vfl.protocols.messages import Message, Protocol, learned_by, message
+from vfl.transport import LocalNetwork, decode_table
+from vfl.transport.channel import ABORT_TAG, NOTICE_PREFIX
+
+RESERVED = (ABORT_TAG, NOTICE_PREFIX)
+
+
+def assert_all_declared(network: LocalNetwork, job: Job) -> set[str]:
+    """Check every captured message against its declaration; return the declared names seen."""
+    members = job.members
+    seen = set()
+    for m in network.transcript:
+        if m.tag == ABORT_TAG or m.tag.startswith(NOTICE_PREFIX):
+            continue
+        found = find(ALL_PROTOCOLS, m.tag)
+        assert found is not None, f"undeclared message {m.tag} from {m.sender} to {m.receiver}"
+        _, declared, _ = found
+        assert members.role_of(m.sender) in declared.sender, (m.tag, m.sender)
+        assert members.role_of(m.receiver) in declared.receiver, (m.tag, m.receiver)
+        declared.check(decode_table(m.payload), peer=m.sender, tag=m.tag)  # raises if the fields differ
+        seen.add(declared.name)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def frames(fate):
+    guest = pd.read_csv(fate / "breast_hetero_guest.csv")
+    host = pd.read_csv(fate / "breast_hetero_host.csv")
+    half = host.columns[1:11]
+    return guest, host[["id", *half]], host.drop(columns=list(half))
+
+
+def _run(
+    job: Job, datas: dict[str, pd.DataFrame | None], model_of=None, **extra
+) -> tuple[LocalNetwork, dict]:
+    network = LocalNetwork(list(job.parties))
+    roles = {}
+    for party in job.parties:
+        session = job.session(network.channel(party))
+        ctx = RoleContext(session, job, datas.get(party), label="y" if party == "guest" else None, **extra)
+        if model_of is not None and party in model_of:
+            ctx.model = model_of[party]
+        roles[party] = lambda ctx=ctx: run_role(job.kind, ctx)
+    return network, run_parties(network, roles)
+
+
+def test_psi_train_and_predict_send_only_declared_messages(frames, keypair_1024):
+    guest, host1, host2 = frames
+    datas = {"guest": guest, "host1": host1, "host2": host2}
+    psi_job = Job("psi-job", "guest", ("host1", "host2"), kind="psi")
+    network, _ = _run(psi_job, datas)
+    assert assert_all_declared(network, psi_job) >= {
+        "session.agree",
+        "psi.hello",
+        "psi.result",
+        "session.done",
+    }
+
+    result = vfl.simulate(
+        guest, [host1, host2], id="id", label="y", key_bits=1024, keypair=keypair_1024, max_epochs=1
+    )
+    train_job = Job("t", "guest", ("host1", "host2"), "arbiter")
+    seen = assert_all_declared(result.network, train_job)
+    assert {"lr.u", "lr.d", "lr.masked", "lr.unmasked", "lr.control", "lr.stop", "predict.pair-seed"} <= seen
+
+    predict_job = Job("p", "guest", ("host1", "host2"), "arbiter", kind="predict", model="t")
+    network, outcome = _run(predict_job, datas, model_of=result.shards)
+    assert "predict.partial" in assert_all_declared(network, predict_job)
+    assert outcome["guest"].summary["rows"] == len(guest)
+
+
+def test_a_mistyped_or_missing_field_is_a_protocol_error_naming_peer_tag_and_field():
+    import pyarrow as pa
+
+    from vfl.errors import ProtocolError
+    from vfl.protocols.messages import INT, TEXT
+
+    m = message("x.y", "x/{n}", "guest", "host", "a test", rows=1, count=INT, label=TEXT)
+    with pytest.raises(ProtocolError, match=r"message 'x/1' from 'g' lacks the field 'label'"):
+        m.check(pa.table({"count": [1]}), peer="g", tag="x/1")
+    with pytest.raises(ProtocolError, match=r"field 'count' must be int64, got string"):
+        m.check(pa.table({"count": ["1"], "label": ["a"]}), peer="g", tag="x/1")
+    with pytest.raises(ProtocolError, match="undeclared field"):
+        m.check(pa.table({"count": [1], "label": ["a"], "extra": [2.0]}), peer="g", tag="x/1")
+    with pytest.raises(ProtocolError, match="must have 1 row"):
+        m.check(pa.table({"count": [1, 2], "label": ["a", "b"]}), peer="g", tag="x/1")
+    assert m.tag(n=3) == "x/3" and m.match("x/3") == {"n": "3"} and m.match("x/3/4") is None
+
+
+def test_a_malformed_peer_message_fails_with_the_field_named_not_a_key_error(keypair_1024):
+    """A peer that sends a setup record without its row count gets a ProtocolError at the arbiter."""
+    import pyarrow as pa
+
+    from vfl.errors import ProtocolError
+    from vfl.options import TrainOptions
+    from vfl.protocols import lr
+    from vfl.protocols.session import Members, Session
+
+    network = LocalNetwork(["guest", "host", "arbiter"])
+    members = Members("guest", ("host",), "arbiter")
+    arbiter = Session(network.channel("arbiter"), members, job_id="j")
+    network.channel("guest").send("arbiter", "lr/setup", pa.table({"rows": [10]}))
+    plan = lr.LrPlan("j", "guest", ("host",), "arbiter", TrainOptions())
+    with pytest.raises(ProtocolError, match=r"message 'lr/setup' from 'guest' lacks the field 'n_rows'"):
+        lr._Arbiter(arbiter, plan, None, None, None, {}).setup()
+
+
+def test_ledgers_list_what_the_protocols_that_ran_reveal():
+    from vfl.protocols.lr import LR
+    from vfl.protocols.psi import PSI
+    from vfl.protocols.session import SESSION
+
+    psi_only, _ = learned_by([SESSION, PSI], "host")
+    assert not any("gradient" in item for item in psi_only)
+    training, never = learned_by([SESSION, PSI, LR], "host")
+    assert any("its own gradient" in item for item in training) and "labels" in never
+    arbiter, _ = learned_by([SESSION, PSI, LR], "arbiter")
+    assert not any("intersection" in item for item in arbiter)  # the arbiter takes no part in PSI
+
+
+def test_every_message_declaration_is_unique_and_has_roles():
+    names = [m.name for p in ALL_PROTOCOLS for m in p.messages]
+    assert len(names) == len(set(names))
+    for protocol in ALL_PROTOCOLS:
+        assert isinstance(protocol, Protocol)
+        for m in protocol.messages:
+            assert isinstance(m, Message) and m.sender and m.receiver and m.learns
+    # Distinct templates never match the same tag (a tag names exactly one declared message).
+    examples = {m.name: m.tag(**{p: "1" for p in m.parameters}) for p in ALL_PROTOCOLS for m in p.messages}
+    for name, tag in examples.items():
+        assert find(ALL_PROTOCOLS, tag)[1].name == name, tag
+
+
+@pytest.fixture(scope="module")
+def keypair_1024():
+    from vfl.crypto import generate_keypair
+
+    return generate_keypair(1024)
