@@ -29,6 +29,10 @@ from vfl.crypto import (  # noqa: E402
     EncryptedVector,
     RandomnessPool,
     WorkerPool,
+    decrypt,
+    decrypt_packed,
+    encrypt,
+    fixed_base_table,
     generate_keypair,
     mask_and_pack,
     prepare_matrix,
@@ -105,7 +109,7 @@ def main() -> None:
 
     t_key, (pk, sk) = timed(lambda: generate_keypair(args.bits))
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t_table, table = timed(lambda: pk.table)
+    t_table, table = timed(lambda: fixed_base_table(pk))
     mm_samples = [modmul_cost(pk.n_square, 5_000 if quick else 20_000)]
     t_mm = mm_samples[0]
     nwin = len(table.rows)
@@ -145,7 +149,7 @@ def main() -> None:
     x = rng.normal(size=(m, k))
     x[:, 0] = 1.0
     d = rng.uniform(-1, 1, size=m)
-    enc_d = pk.encrypt(d)
+    enc_d = encrypt(pk, d)
 
     with WorkerPool(args.workers) as workers:
         t_warm, _ = timed(lambda: workers.warm_up(pk))  # process start + table build in each worker
@@ -165,10 +169,10 @@ def main() -> None:
         t_rdot, grad, t_naive_sub, naive_out = side_by_side(lambda: enc_d.rdot(prepared), naive, repeat)
         t_rdot_par, _ = timed(lambda: enc_d.rdot(prepared, workers=workers), repeat)
         t_naive = t_naive_sub * m / phe_rows
-        check = sk.decrypt(grad)
-        assert np.allclose(check, x.T @ sk.decrypt(enc_d), atol=prepared.output_error(np.abs(d).sum()).max())
+        check = decrypt(sk, grad)
+        assert np.allclose(check, x.T @ decrypt(sk, enc_d), atol=prepared.output_error(np.abs(d).sum()).max())
         assert np.allclose(
-            [sk.phe.decrypt(v) for v in naive_out], x[:phe_rows].T @ sk.decrypt(enc_d[:phe_rows]), atol=1e-6
+            [sk.phe.decrypt(v) for v in naive_out], x[:phe_rows].T @ decrypt(sk, enc_d[:phe_rows]), atol=1e-6
         )
         note = f"phe loop timed on {phe_rows} rows x {k}, scaled x{m / phe_rows:g}; prepare_matrix {fmt_t(t_prep)} once"
         add(f"X^T[[d]] {m}x{k}, 1 process", f"{m * k:,} terms", t_rdot, t_naive, 25, note)
@@ -186,14 +190,14 @@ def main() -> None:
         # ---- (2) encryption ------------------------------------------------------------------------
         values = rng.normal(size=n_enc) * 100
         t_enc, enc, t_phe_sub, _ = side_by_side(
-            lambda: pk.encrypt(values), lambda: [pk.phe.encrypt(float(v)) for v in values[:phe_enc]], repeat
+            lambda: encrypt(pk, values), lambda: [pk.phe.encrypt(float(v)) for v in values[:phe_enc]], repeat
         )
         t_phe = t_phe_sub * n_enc / phe_enc
-        t_enc_par, _ = timed(lambda: pk.encrypt(values, workers=workers), repeat)
+        t_enc_par, _ = timed(lambda: encrypt(pk, values, workers=workers), repeat)
         pool = RandomnessPool(pk, workers)
         t_fill, _ = timed(lambda: (pool.fill(n_enc), pool.wait()))
-        t_online, enc_online = timed(lambda: pk.encrypt(values, randomness=pool))
-        assert np.array_equal(sk.decrypt(enc_online[:50]), sk.decrypt(enc[:50]))
+        t_online, enc_online = timed(lambda: encrypt(pk, values, randomness=pool))
+        assert np.array_equal(decrypt(sk, enc_online[:50]), decrypt(sk, enc[:50]))
         note = f"phe timed on {phe_enc} values, scaled x{n_enc / phe_enc:g}"
         add(f"encrypt {n_enc:,}, no pool, 1 process", f"{n_enc:,} values", t_enc, t_phe, 12, note)
         add(
@@ -221,7 +225,7 @@ def main() -> None:
 
         def engine_round():
             packed, state = mask_and_pack(grad30, bound=bound30)
-            return state.unmask(sk.decrypt_packed(packed)), packed
+            return state.unmask(decrypt_packed(sk, packed)), packed
 
         phe30 = grad30.to_phe()
         t_pack, (vals, packed), t_phe_dec, phe_vals = side_by_side(
@@ -272,7 +276,7 @@ def main() -> None:
         t_half = modmul_cost(p2, 5_000)
         phe200 = enc[:100].to_phe()
         t_dec, _, t_phe_d200, _ = side_by_side(
-            lambda: sk.decrypt(enc[:100]), lambda: [sk.phe.decrypt(v) for v in phe200], 2
+            lambda: decrypt(sk, enc[:100]), lambda: [sk.phe.decrypt(v) for v in phe200], 2
         )
         dec_ops = 100 * 2 * int(1.2 * (args.bits // 2))
         floor.append(

@@ -46,6 +46,9 @@ from vfl.crypto import (
     PublicKey,
     RandomnessPool,
     WorkerPool,
+    decrypt,
+    decrypt_packed,
+    encrypt,
     generate_keypair,
     ints_from_arrow,
     ints_to_arrow,
@@ -447,7 +450,7 @@ def run_host(
         batches = epoch_batches(party.n, o, epoch)
         for b, rows in enumerate(batches):
             m = len(rows)
-            u = pk.encrypt(party.xq[rows] @ w, randomness=party.randomness, workers=workers)
+            u = encrypt(pk, party.xq[rows] @ w, randomness=party.randomness, workers=workers)
             channel.send(plan.guest, _tag(gen, epoch, b, "u"), u.to_arrow())
             d4 = EncryptedVector.from_arrow(channel.recv(plan.guest, _tag(gen, epoch, b, "d")), pk)
             gradient = d4.rdot(party.matrix, rows=rows, workers=workers, randomness=party.randomness)
@@ -559,12 +562,12 @@ class _Arbiter:
             for p in self.plan.data_parties:
                 tag = _tag(gen, epoch, b, "g")
                 packed = PackedCiphertexts.from_arrow(self.channel.recv(p, f"{tag}/masked"), self.public_key)
-                plain = self.private_key.decrypt_packed(packed, workers=self.workers)
+                plain = decrypt_packed(self.private_key, packed, workers=self.workers)
                 self.channel.send(p, f"{tag}/unmasked", ints_to_arrow(plain))
         q = EncryptedVector.from_arrow(
             self.channel.recv(self.plan.guest, f"lr/g{gen}/e{epoch}/loss"), self.public_key
         )
-        loss = math.log(2.0) + float(self.private_key.decrypt(q)[0]) / (8.0 * state.n_rows)
+        loss = math.log(2.0) + float(decrypt(self.private_key, q)[0]) / (8.0 * state.n_rows)
         losses = [*state.losses, loss]
         stop = EarlyStopping.replay(o, losses)
         log.info("epoch %d: loss %.6f%s", epoch + 1, loss, " (stop)" if stop else "")

@@ -98,6 +98,155 @@ def worker_randomness(h_s: mpz, n_square: mpz, exponent_bits: int, window: int, 
 
 
 # ---------------------------------------------------------------------------------------------
+# Key owner: the same randomizers h_s^a, computed mod p^2 and mod q^2 (CRT)
+# ---------------------------------------------------------------------------------------------
+#
+# Mod p^2, h_s = (h^q)^p is a p-th power, so every table entry T = h_s^(d 2^(w i)) mod p^2 lies in the
+# subgroup of order p - 1 and factors as T = e (1 + p u) mod p^2 with e = T mod p and
+# u = (T div p) e^-1 mod p. Products then split: prod T_k = (prod e_k mod p^2) (1 + p sum u_k) mod
+# p^2. The key owner's table stores (e, u) -- two half-width integers, the memory of one entry mod
+# p^2 -- and a randomizer costs one (2048-bit x 1024-bit) mod 2048-bit step and one integer addition
+# per window (~0.65 us at 2048 bits, against ~3.4 us for a 4096-bit modmul of the public table), twice
+# (p and q), then one recombination. The randomizer is exactly h_s^a mod n^2: only the arithmetic
+# differs, not the distribution.
+
+CrtTable = tuple[list[list[mpz]], list[list[mpz]]]
+"""A key owner's table for one prime: ``(e_rows, u_rows)``, ``T_i[d] = e_i[d] (1 + p u_i[d]) mod p^2``."""
+
+
+def build_crt_table(h_s: mpz, prime: mpz, exponent_bits: int, window: int) -> CrtTable:
+    """The ``(e, u)`` table of ``h_s mod prime^2`` (see the comment above this function).
+
+    Cost: :func:`build_fixed_base_table` at half the operand size plus one inversion mod ``prime``
+    per entry (~0.4 s for both primes of a 2048-bit key with w = 10).
+    """
+    square = prime * prime
+    rows = build_fixed_base_table(h_s % square, square, exponent_bits, window)
+    e_rows: list[list[mpz]] = []
+    u_rows: list[list[mpz]] = []
+    for row in rows:
+        es = [t % prime for t in row]
+        invs = batch_invert(es, prime)  # every e is a unit: T is a unit mod prime^2
+        e_rows.append(es)
+        u_rows.append([(t // prime) * inv % prime for t, inv in zip(row, invs, strict=True)])
+    return e_rows, u_rows
+
+
+def build_crt_tables(h_s: mpz, p: mpz, q: mpz, exponent_bits: int, window: int) -> tuple[CrtTable, CrtTable]:
+    """The key owner's tables for ``p`` and ``q``."""
+    return build_crt_table(h_s, p, exponent_bits, window), build_crt_table(h_s, q, exponent_bits, window)
+
+
+@functools.lru_cache(maxsize=2)
+def cached_crt_tables(h_s: mpz, p: mpz, q: mpz, exponent_bits: int, window: int) -> tuple[CrtTable, CrtTable]:
+    """Per-process memo of :func:`build_crt_tables` (a pure function; used by pool workers)."""
+    return build_crt_tables(h_s, p, q, exponent_bits, window)
+
+
+def window_digits(n_windows: int, window: int, exponent_bits: int, count: int) -> list[list[int]]:
+    """Window digits of ``count`` fresh uniform exponents ``a in [0, 2^exponent_bits)``, drawn exactly
+    as :func:`fixed_base_powers` draws them (independent uniform digits, the top one truncated)."""
+    if not 1 <= window <= 16 or n_windows * window < exponent_bits:
+        raise ValueError(f"a {n_windows}-row table of {window}-bit windows cannot cover {exponent_bits} bits")
+    top_bits = exponent_bits - window * (n_windows - 1)
+    words = np.frombuffer(secrets.token_bytes(2 * n_windows * count), dtype=np.uint16).reshape(
+        count, n_windows
+    )
+    digits = words & np.uint16((1 << window) - 1)
+    digits[:, -1] &= np.uint16((1 << top_bits) - 1)
+    return digits.tolist()
+
+
+def crt_split_powers(
+    table: CrtTable, prime: mpz, digits: Sequence[Sequence[int]]
+) -> tuple[list[mpz], list[mpz]]:
+    """For each exponent (given by its window digits): ``(A, U)`` with ``h_s^a = A (1 + p U) mod p^2``.
+
+    ``A = prod e_k mod p^2`` (one half-by-full-width step per window after the first) and
+    ``U = sum u_k`` (plain integer additions, reduced by the caller).
+    """
+    e_rows, u_rows = table
+    square = prime * prime
+    e0, u0 = e_rows[0], u_rows[0]
+    rest = list(zip(e_rows[1:], u_rows[1:], strict=True))
+    out_a: list[mpz] = []
+    out_u: list[mpz] = []
+    for ds in digits:
+        d0 = ds[0]
+        acc, total = e0[d0], u0[d0]
+        for (es, us), d in zip(rest, ds[1:], strict=True):
+            acc = acc * es[d] % square
+            total += us[d]
+        out_a.append(acc)
+        out_u.append(total)
+    return out_a, out_u
+
+
+def _crt_finish(
+    a_values: Sequence[mpz], u_values: Sequence[mpz], prime: mpz, shifts: Sequence[mpz] | None
+) -> list[mpz]:
+    """``A (1 + p ((U + shift) mod p)) mod p^2 = A + p (A ((U + shift) mod p) mod p)`` per value."""
+    square = prime * prime
+    out = []
+    for i, (a, u) in enumerate(zip(a_values, u_values, strict=True)):
+        if shifts is not None:
+            u += shifts[i]
+        x = a + prime * (a * (u % prime) % prime)
+        out.append(x - square if x >= square else x)
+    return out
+
+
+def crt_combine(residues_p: Sequence[mpz], residues_q: Sequence[mpz], p: mpz, q: mpz) -> list[mpz]:
+    """Garner: the ``x mod n^2`` with ``x = x_p mod p^2`` and ``x = x_q mod q^2`` (one half-size modmul)."""
+    p2, q2 = p * p, q * q
+    inv = gmpy2.invert(p2, q2)
+    return [xp + p2 * ((xq - xp) * inv % q2) for xp, xq in zip(residues_p, residues_q, strict=True)]
+
+
+def crt_from_digits(
+    tables: tuple[CrtTable, CrtTable],
+    p: mpz,
+    q: mpz,
+    digits: Sequence[Sequence[int]],
+    plaintexts: Sequence[mpz] | None = None,
+) -> list[mpz]:
+    """``h_s^a mod n^2`` for the exponents given by ``digits`` or, with ``plaintexts``, the DJN
+    ciphertexts ``(1 + m n) h_s^a mod n^2``: mod ``p^2``, ``1 + m n = 1 + p (m q mod p)``, which just
+    adds ``m q`` to ``U``."""
+    (tp, tq) = tables
+    ap, up = crt_split_powers(tp, p, digits)
+    aq, uq = crt_split_powers(tq, q, digits)
+    shift_p = None if plaintexts is None else [m * q for m in plaintexts]
+    shift_q = None if plaintexts is None else [m * p for m in plaintexts]
+    return crt_combine(_crt_finish(ap, up, p, shift_p), _crt_finish(aq, uq, q, shift_q), p, q)
+
+
+def crt_randomizers(h_s: mpz, p: mpz, q: mpz, exponent_bits: int, window: int, count: int) -> list[mpz]:
+    """Worker entry point: ``count`` fresh DJN randomizers ``h_s^a mod n^2``, same distribution as
+    :func:`worker_randomness` (uniform ``a`` of ``exponent_bits`` bits), computed with the factors.
+
+    The arguments include the secret primes: run it only on the key owner's own workers.
+    """
+    if count <= 0:
+        return []
+    tables = cached_crt_tables(h_s, p, q, exponent_bits, window)
+    digits = window_digits(len(tables[0][0]), window, exponent_bits, count)
+    return crt_from_digits(tables, p, q, digits)
+
+
+def crt_encrypt(
+    plaintexts: list[mpz], h_s: mpz, p: mpz, q: mpz, exponent_bits: int, window: int
+) -> list[mpz]:
+    """Worker entry point: key-owner DJN encryption of plaintexts in ``[0, n)`` (secret primes: own
+    workers only). Same ciphertexts as :func:`djn_combine` with a randomizer ``h_s^a mod n^2``."""
+    if not plaintexts:
+        return []
+    tables = cached_crt_tables(h_s, p, q, exponent_bits, window)
+    digits = window_digits(len(tables[0][0]), window, exponent_bits, len(plaintexts))
+    return crt_from_digits(tables, p, q, digits, plaintexts)
+
+
+# ---------------------------------------------------------------------------------------------
 # Encryption / decryption
 # ---------------------------------------------------------------------------------------------
 
@@ -287,5 +436,15 @@ def warm_table(h_s: mpz, n_square: mpz, exponent_bits: int, window: int, hold_se
     import time
 
     cached_fixed_base_table(h_s, n_square, exponent_bits, window)
+    time.sleep(hold_seconds)
+    return os.getpid()
+
+
+def warm_crt_tables(h_s: mpz, p: mpz, q: mpz, exponent_bits: int, window: int, hold_seconds: float) -> int:
+    """Key-owner worker warm-up: build (and cache) the CRT tables; see :func:`warm_table`."""
+    import os
+    import time
+
+    cached_crt_tables(h_s, p, q, exponent_bits, window)
     time.sleep(hold_seconds)
     return os.getpid()

@@ -8,22 +8,92 @@ in the calling process: starting a chunk costs a few ms of pickling and scheduli
 
 Workers are started with the ``forkserver`` method (``spawn`` where unavailable): forking a process
 that runs Arrow or Flight threads can deadlock.
+
+**Workers die with their parent.** A party killed with SIGKILL cannot shut its pool down, and a
+worker blocked on its task queue never notices (it holds both ends of the queue's pipe). Every worker
+therefore runs :func:`watch_parent` as its initializer. The process chain is ``party -> forkserver ->
+worker`` (``party -> worker`` with ``spawn``); the forkserver exits as soon as the party dies (its
+"alive" pipe from the party reaches EOF), the worker is re-parented, and the watchdog sees
+``os.getppid()`` change and calls ``os._exit``. On Linux the worker also asks for
+``PR_SET_PDEATHSIG`` (SIGKILL) when its parent is the forkserver (a single-threaded process; with
+``spawn`` the parent *thread* may be any short-lived submitting thread, so only the poll is used).
+``vfl.psi.ecdh.ScalarMultiplier`` uses the same initializer.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-if TYPE_CHECKING:
-    from vfl.crypto.keys import PublicKey
+from vfl.crypto import _kernels
+from vfl.crypto.keys import PrivateKey, PublicKey
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+PARENT_POLL_SECONDS = 0.25
+_PR_SET_PDEATHSIG = 1
+
+
+def watch_parent(creator_pid: int, poll_seconds: float = PARENT_POLL_SECONDS) -> None:
+    """Worker initializer: make this process exit when the process that started it dies.
+
+    ``creator_pid`` is the pid of the process that created the pool (the party). The worker's
+    actual parent is the forkserver (or the party itself with ``spawn``); when that parent goes
+    away the worker is re-parented and a daemon thread, polling ``os.getppid()`` every
+    ``poll_seconds``, calls ``os._exit(0)``. On Linux, when the parent is not the creator (i.e. it
+    is the single-threaded forkserver), ``PR_SET_PDEATHSIG`` makes the kernel kill the worker at
+    once. A plain module-level function: picklable by reference for any executor.
+    """
+    parent = os.getppid()
+    if parent != creator_pid and sys.platform.startswith("linux"):
+        _set_parent_death_signal()
+    if os.getppid() != parent or not _pid_alive(creator_pid):  # the parent died before we watched
+        os._exit(0)
+    thread = threading.Thread(
+        target=_poll_parent, args=(parent, poll_seconds), name="vfl-parent-watch", daemon=True
+    )
+    thread.start()
+
+
+def _set_parent_death_signal() -> None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - the poll below still applies
+        pass
+
+
+def _poll_parent(parent: int, poll_seconds: float) -> None:
+    while True:
+        time.sleep(poll_seconds)
+        if os.getppid() != parent:
+            os._exit(0)
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if ``pid`` exists and is not a zombie (a killed but not yet reaped party counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in (b"Z", b"X")
 
 
 class WorkerPool:
@@ -54,7 +124,9 @@ class WorkerPool:
             raise RuntimeError("this WorkerPool has been closed")
         if self._executor is None:
             ctx = multiprocessing.get_context(self.start_method)
-            self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=ctx, initializer=watch_parent, initargs=(os.getpid(),)
+            )
             log.debug("started %d crypto workers (%s)", self.workers, self.start_method)
         return self._executor
 
@@ -86,21 +158,33 @@ class WorkerPool:
             out.extend(fut.result())
         return out
 
-    def warm_up(self, public_key: PublicKey) -> None:
+    def warm_up(self, key: PublicKey | PrivateKey) -> None:
         """Start the workers and build the key's fixed-base table in each (best effort, ~0.3 s).
 
-        Call it at job start, before latency matters; otherwise the first large operation pays for
-        process start-up and table construction.
+        With the :class:`PrivateKey` (the key owner) the workers build the half-size CRT tables
+        instead. Call it at job start, before latency matters; otherwise the first large operation
+        pays for process start-up and table construction.
         """
         if self.workers <= 1:
             return
-        from vfl.crypto import _kernels
-
-        pk = public_key
-        args = (pk.h_s, pk.n_square, pk.djn_exponent_bits, pk.djn_window, 0.2)
-        futures = [self.submit(_kernels.warm_table, *args) for _ in range(self.workers)]
+        if isinstance(key, PrivateKey):
+            pk = key.public_key
+            fn, args = (
+                _kernels.warm_crt_tables,
+                (pk.h_s, key.p, key.q, pk.djn_exponent_bits, key.crt_window, 0.2),
+            )
+        else:
+            pk = key
+            fn, args = _kernels.warm_table, (pk.h_s, pk.n_square, pk.djn_exponent_bits, pk.djn_window, 0.2)
+        futures = [self.submit(fn, *args) for _ in range(self.workers)]
         pids = {fut.result() for fut in futures}
         log.debug("warmed %d of %d workers", len(pids), self.workers)
+
+    def pids(self) -> list[int]:
+        """Process ids of the running workers (empty before the pool starts)."""
+        if self._executor is None:
+            return []
+        return sorted(p.pid for p in list(self._executor._processes.values()) if p.pid is not None)
 
     def close(self) -> None:
         """Stop the workers (cancelling queued work) and wait for them to exit. Idempotent."""
