@@ -69,21 +69,17 @@ def fixed_base_powers(
     picks ``rows[i][0] = 1``, a multiplication that costs almost nothing; skipping the test keeps the
     loop at one modmul per iteration.
     """
-    n_windows = len(rows)
     if count <= 0:
         return []
-    if not 1 <= window <= 16 or n_windows * window < exponent_bits:
-        raise ValueError(f"a {n_windows}-row table of {window}-bit windows cannot cover {exponent_bits} bits")
-    top_bits = exponent_bits - window * (n_windows - 1)
-    words = np.frombuffer(secrets.token_bytes(2 * n_windows * count), dtype=np.uint16).reshape(
-        count, n_windows
-    )
-    digits = words & np.uint16((1 << window) - 1)
-    digits[:, -1] &= np.uint16((1 << top_bits) - 1)
+    return fixed_base_from_digits(rows, modulus, window_digits(len(rows), window, exponent_bits, count))
+
+
+def fixed_base_from_digits(rows: list[list[mpz]], modulus: mpz, digits: Sequence[Sequence[int]]) -> list[mpz]:
+    """``prod_i rows[i][d_i] mod modulus`` for each digit vector: ``base^a`` for ``a = sum_i d_i 2^(w i)``."""
     first, rest = rows[0], rows[1:]
     out: list[mpz] = []
     append = out.append
-    for ds in digits.tolist():
+    for ds in digits:
         acc = first[ds[0]]
         for row, d in zip(rest, ds[1:], strict=True):  # ONE modmul per window after the first
             acc = acc * row[d] % modulus
@@ -144,8 +140,9 @@ def cached_crt_tables(h_s: mpz, p: mpz, q: mpz, exponent_bits: int, window: int)
 
 
 def window_digits(n_windows: int, window: int, exponent_bits: int, count: int) -> list[list[int]]:
-    """Window digits of ``count`` fresh uniform exponents ``a in [0, 2^exponent_bits)``, drawn exactly
-    as :func:`fixed_base_powers` draws them (independent uniform digits, the top one truncated)."""
+    """Window digits of ``count`` fresh uniform exponents ``a in [0, 2^exponent_bits)`` from ``secrets``:
+    independent uniform digits, the top one truncated to the bits left (see :func:`fixed_base_powers`).
+    The public-key and the key owner's randomizers both draw their exponents here."""
     if not 1 <= window <= 16 or n_windows * window < exponent_bits:
         raise ValueError(f"a {n_windows}-row table of {window}-bit windows cannot cover {exponent_bits} bits")
     top_bits = exponent_bits - window * (n_windows - 1)
