@@ -9,26 +9,21 @@ in the calling process: starting a chunk costs a few ms of pickling and scheduli
 Workers are started with the ``forkserver`` method (``spawn`` where unavailable): forking a process
 that runs Arrow or Flight threads can deadlock.
 
-**Workers die with their parent.** A party killed with SIGKILL cannot shut its pool down, and a
-worker blocked on its task queue never notices (it holds both ends of the queue's pipe). Every worker
-therefore runs :func:`watch_parent` as its initializer. The process chain is ``party -> forkserver ->
-worker`` (``party -> worker`` with ``spawn``); the forkserver exits as soon as the party dies (its
-"alive" pipe from the party reaches EOF), the worker is re-parented, and the watchdog sees
-``os.getppid()`` change and calls ``os._exit``. On Linux the worker also asks for
-``PR_SET_PDEATHSIG`` (SIGKILL) when its parent is the forkserver (a single-threaded process; with
-``spawn`` the parent *thread* may be any short-lived submitting thread, so only the poll is used).
-``vfl.psi.ecdh.ScalarMultiplier`` uses the same initializer.
+**Workers die with their party.** A party killed with SIGKILL cannot shut its pool down, and a
+worker blocked on its task queue never notices (it holds both ends of the queue's pipe). Nor does
+its parent, the forkserver: each worker holds a copy of the forkserver's "alive" pipe, so the
+forkserver outlives the party as long as the workers do, and they wait on each other for ever. Every
+worker therefore runs :func:`watch_parent` as its initializer: a daemon thread that polls the party's
+pid (gone, zombie, or reused: start time from ``/proc`` on Linux) and calls ``os._exit``; the
+forkserver and the resource tracker then see EOF and exit. ``vfl.psi.ecdh.ScalarMultiplier`` uses the
+same initializer.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import multiprocessing
 import os
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -41,43 +36,59 @@ from vfl.crypto.keys import PrivateKey, PublicKey
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 PARENT_POLL_SECONDS = 0.25
-_PR_SET_PDEATHSIG = 1
 
 
 def watch_parent(creator_pid: int, poll_seconds: float = PARENT_POLL_SECONDS) -> None:
-    """Worker initializer: make this process exit when the process that started it dies.
+    """Worker initializer: make this process exit when the party that created the pool dies.
 
-    ``creator_pid`` is the pid of the process that created the pool (the party). The worker's
-    actual parent is the forkserver (or the party itself with ``spawn``); when that parent goes
-    away the worker is re-parented and a daemon thread, polling ``os.getppid()`` every
-    ``poll_seconds``, calls ``os._exit(0)``. On Linux, when the parent is not the creator (i.e. it
-    is the single-threaded forkserver), ``PR_SET_PDEATHSIG`` makes the kernel kill the worker at
-    once. A plain module-level function: picklable by reference for any executor.
+    The worker's parent is the forkserver, which does *not* exit with the party: every worker holds
+    a copy of the forkserver's "alive" pipe (so that it could fork through it), so the forkserver
+    waits for the workers while the workers wait on their task queue. Watching ``os.getppid()`` or
+    asking for ``PR_SET_PDEATHSIG`` would therefore never fire. Instead a daemon thread checks the
+    creator itself every ``poll_seconds`` -- gone, a zombie, or its pid reused by a process with
+    another start time -- and the parent (for ``spawn``, where the creator *is* the parent), and
+    calls ``os._exit(0)``. Once the workers are gone the forkserver and the resource tracker see
+    EOF and exit too. A plain module-level function: picklable by reference for any executor.
     """
+    token = _start_token(creator_pid)
     parent = os.getppid()
-    if parent != creator_pid and sys.platform.startswith("linux"):
-        _set_parent_death_signal()
-    if os.getppid() != parent or not _pid_alive(creator_pid):  # the parent died before we watched
+    if not _same_process(creator_pid, token):  # the party died before we started watching
         os._exit(0)
     thread = threading.Thread(
-        target=_poll_parent, args=(parent, poll_seconds), name="vfl-parent-watch", daemon=True
+        target=_poll_creator,
+        args=(creator_pid, token, parent, poll_seconds),
+        name="vfl-parent-watch",
+        daemon=True,
     )
     thread.start()
 
 
-def _set_parent_death_signal() -> None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    except (OSError, AttributeError):  # pragma: no cover - the poll below still applies
-        pass
-
-
-def _poll_parent(parent: int, poll_seconds: float) -> None:
+def _poll_creator(creator_pid: int, token: bytes | None, parent: int, poll_seconds: float) -> None:
     while True:
         time.sleep(poll_seconds)
-        if os.getppid() != parent:
+        if os.getppid() != parent or not _same_process(creator_pid, token):
             os._exit(0)
+
+
+def _proc_stat(pid: int) -> list[bytes] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name (state first), or None if unavailable."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _start_token(pid: int) -> bytes | None:
+    """The process start time (clock ticks since boot) on Linux: tells a reused pid apart."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
+def _same_process(pid: int, token: bytes | None) -> bool:
+    if not _pid_alive(pid):
+        return False
+    return token is None or _start_token(pid) == token
 
 
 def _pid_alive(pid: int) -> bool:
@@ -88,12 +99,8 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in (b"Z", b"X")
+    fields = _proc_stat(pid)
+    return fields is None or fields[0] not in (b"Z", b"X")
 
 
 class WorkerPool:
