@@ -36,7 +36,9 @@ from vfl.crypto import (  # noqa: E402
     generate_keypair,
     mask_and_pack,
     prepare_matrix,
+    randomizers,
 )
+from vfl.crypto.randomness import key_owner_tables  # noqa: E402
 
 
 def timed(fn, repeat: int = 1):
@@ -76,6 +78,24 @@ def modmul_cost(n_square: mpz, count: int) -> float:
         for x, y in zip(a, b, strict=True):
             _ = x * y % n_square
     return (time.perf_counter() - t) / (count // 64 * 64)
+
+
+def heu_encrypt_time(bits: int, count: int) -> tuple[float, str] | None:
+    """Seconds for SecretFlow HEU's ZPaillier to encrypt ``count`` integers (vectorized ``heu.numpy``),
+    or None if ``heu`` (``pip install sf-heu``) is not importable."""
+    try:
+        from heu import numpy as hnp
+        from heu import phe as hphe
+    except ImportError:
+        return None
+    kit = hnp.setup(hphe.SchemaType.ZPaillier, bits)
+    encryptor = kit.encryptor()
+    plain = kit.array(np.arange(count, dtype=np.int64), hphe.BigintEncoderParams())
+    encryptor.encrypt(plain[:16])  # warm-up (HEU precomputes its fixed-base table lazily)
+    t_wall, ct = timed(lambda: encryptor.encrypt(plain))
+    back = kit.decryptor().decrypt(ct).to_numpy()
+    assert np.array_equal(back.astype(np.int64), np.arange(count))
+    return t_wall, "SecretFlow HEU ZPaillier (public-key encryptor, heu.numpy batch; HEU's own thread pool)"
 
 
 def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
@@ -219,6 +239,41 @@ def main() -> None:
         add_floor(f"encrypt {n_enc:,} (no pool)", n_enc * nwin, t_enc)
         add_floor(f"encrypt {n_enc:,} (online, full pool)", n_enc, t_online)
 
+        # ---- (2b) key owner: CRT encryption vs the public-key DJN path (and HEU's ZPaillier) -----------
+        t_owner_tables, _ = timed(lambda: key_owner_tables(sk))
+        t_owner, enc_owner, t_djn, _ = side_by_side(
+            lambda: encrypt(sk, values), lambda: encrypt(pk, values), repeat
+        )
+        assert np.array_equal(decrypt(sk, enc_owner[:50]), decrypt(sk, enc[:50]))
+        note = f"baseline: public-key DJN path, same run; CRT tables built once in {fmt_t(t_owner_tables)}"
+        add(f"key-owner encrypt {n_enc:,}, 1 process", f"{n_enc:,} values", t_owner, t_djn, 1.7, note)
+        t_owner_r, _, t_djn_r, _ = side_by_side(
+            lambda: randomizers(sk, n_enc), lambda: randomizers(pk, n_enc), 1
+        )
+        add(
+            f"key-owner randomizers {n_enc:,}",
+            f"{n_enc:,} values",
+            t_owner_r,
+            t_djn_r,
+            None,
+            "baseline: public-key fixed-base table (what a data party's pool computes)",
+        )
+        heu_row = heu_encrypt_time(args.bits, n_enc)
+        if heu_row is None:
+            heu_skipped = "SecretFlow HEU (sf-heu) is not importable: ZPaillier row skipped"
+        else:
+            heu_skipped = None
+            t_heu, heu_note = heu_row
+            add(f"key-owner encrypt {n_enc:,} vs HEU", f"{n_enc:,} values", t_owner, t_heu, None, heu_note)
+            add(
+                f"public-key encrypt {n_enc:,} vs HEU",
+                f"{n_enc:,} values",
+                t_djn,
+                t_heu,
+                None,
+                "our DJN path (1 process) vs the same HEU run",
+            )
+
         # ---- (3) packed masked decryption of 30 gradient values ----------------------------------
         grad30 = EncryptedVector.concatenate([grad, grad, grad])  # 30 gradient values with the rdot bound
         bound30 = m * prepared.max_abs * 1.0  # |d| <= 1: the bound a party derives
@@ -315,6 +370,8 @@ def main() -> None:
         f"({pool_peak / max(n_enc, 1):.0f} B each); process peak RSS {rss / 1024:.0f} MiB "
         f"(+{(rss - rss0) / 1024:.0f} MiB after key generation)."
     )
+    if heu_skipped:
+        print(heu_skipped)
     print(f"Total benchmark time {time.perf_counter() - started:.1f} s.")
 
 

@@ -64,10 +64,6 @@ DJN_WINDOWS = {1024: 12, 2048: 10, 3072: 9}
 A randomizer costs ``ceil(n_bits / (2 w)) - 1`` modmuls: 42 instead of 63 at 1024 bits (w = 12, 52 MB,
 ~0.4 s to build) and 102 instead of 127 at 2048 bits (w = 10, 58 MB, ~0.7 s). Measured: -27% and
 -20..-40% per randomizer against w = 8; the table is built once per key and process."""
-KEY_OWNER_WINDOWS = {1024: 11, 2048: 9, 3072: 8}
-"""Window of the key owner's half-size tables (``h_s mod p^2`` and ``mod q^2``, stored as pairs of
-``n_bits/2``-bit integers, see :mod:`vfl.crypto._kernels`): one bit narrower than :data:`DJN_WINDOWS`,
-so that both tables together also stay under ~60 MB (54 MB and ~0.5 s to build at 2048 bits)."""
 
 
 class ChunkRunner(Protocol):
@@ -343,8 +339,12 @@ class PrivateKey:
 
     @property
     def crt_window(self) -> int:
-        """Window of the key owner's half-size fixed-base tables (:data:`KEY_OWNER_WINDOWS`)."""
-        return KEY_OWNER_WINDOWS.get(self.public_key.bits, self.public_key.djn_window)
+        """Window of the key owner's half-size tables mod ``p^2`` and ``q^2``: the public table's window.
+
+        Both tables together hold about what the public table holds (62 MB at 2048 bits: ``e`` as
+        ``n_bits/2``-bit integers, ``u`` as packed 32-bit limbs) and take ~0.9 s to build.
+        """
+        return self.public_key.djn_window
 
     @property
     def crt_args(self) -> tuple[mpz, mpz, mpz, mpz, mpz]:

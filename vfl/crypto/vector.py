@@ -104,7 +104,7 @@ def encrypt(
     Randomizers come from ``randomness`` (a precomputed pool; online cost ~1 modmul per value) or
     are computed with the fixed-base table (~``n_bits/16`` modmuls per value), on ``workers``
     when the vector is large. With the :class:`PrivateKey` (the key owner) and no pool, the whole
-    encryption runs mod ``p^2`` and ``q^2`` (~2.5x faster, same randomizer distribution, same kind of
+    encryption runs mod ``p^2`` and ``q^2`` (~1.8x faster, same randomizer distribution, same kind of
     ciphertext under ``key.public_key``). Raises ``EncodingOverflowError`` before encrypting anything
     if a value's encoding reaches ``n/3``.
     """
