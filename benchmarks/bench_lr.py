@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gmpy2 import mpz  # noqa: E402
 
 import vfl  # noqa: E402
-from vfl.crypto import DEFAULT_EXPONENT, generate_keypair, prepare_matrix  # noqa: E402
+from vfl.crypto import DEFAULT_EXPONENT, encrypt, generate_keypair, prepare_matrix  # noqa: E402
 from vfl.crypto.packing import slot_bits_for, slots_per_ciphertext  # noqa: E402
 from vfl.optim import epoch_batches  # noqa: E402
 from vfl.options import TrainOptions  # noqa: E402
@@ -109,7 +109,7 @@ def modmul_cost(modulus: mpz, count: int) -> float:
 
 
 def decrypt_cost(private_key, public_key, count: int) -> float:
-    cts = public_key.encrypt(np.arange(count, dtype=float)).ciphertexts.tolist()
+    cts = encrypt(public_key, np.arange(count, dtype=float)).ciphertexts.tolist()
     rounds = []
     for _ in range(3):
         t = time.perf_counter()

@@ -29,10 +29,16 @@ from vfl.crypto import (  # noqa: E402
     EncryptedVector,
     RandomnessPool,
     WorkerPool,
+    decrypt,
+    decrypt_packed,
+    encrypt,
+    fixed_base_table,
     generate_keypair,
     mask_and_pack,
     prepare_matrix,
+    randomizers,
 )
+from vfl.crypto.randomness import key_owner_tables  # noqa: E402
 
 
 def timed(fn, repeat: int = 1):
@@ -74,6 +80,24 @@ def modmul_cost(n_square: mpz, count: int) -> float:
     return (time.perf_counter() - t) / (count // 64 * 64)
 
 
+def heu_encrypt_time(bits: int, count: int) -> tuple[float, str] | None:
+    """Seconds for SecretFlow HEU's ZPaillier to encrypt ``count`` integers (vectorized ``heu.numpy``),
+    or None if ``heu`` (``pip install sf-heu``) is not importable."""
+    try:
+        from heu import numpy as hnp
+        from heu import phe as hphe
+    except ImportError:
+        return None
+    kit = hnp.setup(hphe.SchemaType.ZPaillier, bits)
+    encryptor = kit.encryptor()
+    plain = kit.array(np.arange(count, dtype=np.int64), hphe.BigintEncoderParams())
+    encryptor.encrypt(plain[:16])  # warm-up (HEU precomputes its fixed-base table lazily)
+    t_wall, ct = timed(lambda: encryptor.encrypt(plain))
+    back = kit.decryptor().decrypt(ct).to_numpy()
+    assert np.array_equal(back.astype(np.int64), np.arange(count))
+    return t_wall, "SecretFlow HEU ZPaillier (public-key encryptor, heu.numpy batch; HEU's own thread pool)"
+
+
 def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = "+".join("-" * (w + 2) for w in widths)
@@ -105,7 +129,7 @@ def main() -> None:
 
     t_key, (pk, sk) = timed(lambda: generate_keypair(args.bits))
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t_table, table = timed(lambda: pk.table)
+    t_table, table = timed(lambda: fixed_base_table(pk))
     mm_samples = [modmul_cost(pk.n_square, 5_000 if quick else 20_000)]
     t_mm = mm_samples[0]
     nwin = len(table.rows)
@@ -145,7 +169,7 @@ def main() -> None:
     x = rng.normal(size=(m, k))
     x[:, 0] = 1.0
     d = rng.uniform(-1, 1, size=m)
-    enc_d = pk.encrypt(d)
+    enc_d = encrypt(pk, d)
 
     with WorkerPool(args.workers) as workers:
         t_warm, _ = timed(lambda: workers.warm_up(pk))  # process start + table build in each worker
@@ -165,10 +189,10 @@ def main() -> None:
         t_rdot, grad, t_naive_sub, naive_out = side_by_side(lambda: enc_d.rdot(prepared), naive, repeat)
         t_rdot_par, _ = timed(lambda: enc_d.rdot(prepared, workers=workers), repeat)
         t_naive = t_naive_sub * m / phe_rows
-        check = sk.decrypt(grad)
-        assert np.allclose(check, x.T @ sk.decrypt(enc_d), atol=prepared.output_error(np.abs(d).sum()).max())
+        check = decrypt(sk, grad)
+        assert np.allclose(check, x.T @ decrypt(sk, enc_d), atol=prepared.output_error(np.abs(d).sum()).max())
         assert np.allclose(
-            [sk.phe.decrypt(v) for v in naive_out], x[:phe_rows].T @ sk.decrypt(enc_d[:phe_rows]), atol=1e-6
+            [sk.phe.decrypt(v) for v in naive_out], x[:phe_rows].T @ decrypt(sk, enc_d[:phe_rows]), atol=1e-6
         )
         note = f"phe loop timed on {phe_rows} rows x {k}, scaled x{m / phe_rows:g}; prepare_matrix {fmt_t(t_prep)} once"
         add(f"X^T[[d]] {m}x{k}, 1 process", f"{m * k:,} terms", t_rdot, t_naive, 25, note)
@@ -186,14 +210,14 @@ def main() -> None:
         # ---- (2) encryption ------------------------------------------------------------------------
         values = rng.normal(size=n_enc) * 100
         t_enc, enc, t_phe_sub, _ = side_by_side(
-            lambda: pk.encrypt(values), lambda: [pk.phe.encrypt(float(v)) for v in values[:phe_enc]], repeat
+            lambda: encrypt(pk, values), lambda: [pk.phe.encrypt(float(v)) for v in values[:phe_enc]], repeat
         )
         t_phe = t_phe_sub * n_enc / phe_enc
-        t_enc_par, _ = timed(lambda: pk.encrypt(values, workers=workers), repeat)
+        t_enc_par, _ = timed(lambda: encrypt(pk, values, workers=workers), repeat)
         pool = RandomnessPool(pk, workers)
         t_fill, _ = timed(lambda: (pool.fill(n_enc), pool.wait()))
-        t_online, enc_online = timed(lambda: pk.encrypt(values, randomness=pool))
-        assert np.array_equal(sk.decrypt(enc_online[:50]), sk.decrypt(enc[:50]))
+        t_online, enc_online = timed(lambda: encrypt(pk, values, randomness=pool))
+        assert np.array_equal(decrypt(sk, enc_online[:50]), decrypt(sk, enc[:50]))
         note = f"phe timed on {phe_enc} values, scaled x{n_enc / phe_enc:g}"
         add(f"encrypt {n_enc:,}, no pool, 1 process", f"{n_enc:,} values", t_enc, t_phe, 12, note)
         add(
@@ -215,13 +239,48 @@ def main() -> None:
         add_floor(f"encrypt {n_enc:,} (no pool)", n_enc * nwin, t_enc)
         add_floor(f"encrypt {n_enc:,} (online, full pool)", n_enc, t_online)
 
+        # ---- (2b) key owner: CRT encryption vs the public-key DJN path (and HEU's ZPaillier) -----------
+        t_owner_tables, _ = timed(lambda: key_owner_tables(sk))
+        t_owner, enc_owner, t_djn, _ = side_by_side(
+            lambda: encrypt(sk, values), lambda: encrypt(pk, values), max(repeat, 3)
+        )
+        assert np.array_equal(decrypt(sk, enc_owner[:50]), decrypt(sk, enc[:50]))
+        note = f"baseline: public-key DJN path, same run; CRT tables built once in {fmt_t(t_owner_tables)}"
+        add(f"key-owner encrypt {n_enc:,}, 1 process", f"{n_enc:,} values", t_owner, t_djn, 1.7, note)
+        t_owner_r, _, t_djn_r, _ = side_by_side(
+            lambda: randomizers(sk, n_enc), lambda: randomizers(pk, n_enc), max(repeat, 3)
+        )
+        add(
+            f"key-owner randomizers {n_enc:,}",
+            f"{n_enc:,} values",
+            t_owner_r,
+            t_djn_r,
+            None,
+            "baseline: public-key fixed-base table (what a data party's pool computes)",
+        )
+        heu_row = heu_encrypt_time(args.bits, n_enc)
+        if heu_row is None:
+            heu_skipped = "SecretFlow HEU (sf-heu) is not importable: ZPaillier row skipped"
+        else:
+            heu_skipped = None
+            t_heu, heu_note = heu_row
+            add(f"key-owner encrypt {n_enc:,} vs HEU", f"{n_enc:,} values", t_owner, t_heu, None, heu_note)
+            add(
+                f"public-key encrypt {n_enc:,} vs HEU",
+                f"{n_enc:,} values",
+                t_djn,
+                t_heu,
+                None,
+                "our DJN path (1 process) vs the same HEU run",
+            )
+
         # ---- (3) packed masked decryption of 30 gradient values ----------------------------------
         grad30 = EncryptedVector.concatenate([grad, grad, grad])  # 30 gradient values with the rdot bound
         bound30 = m * prepared.max_abs * 1.0  # |d| <= 1: the bound a party derives
 
         def engine_round():
             packed, state = mask_and_pack(grad30, bound=bound30)
-            return state.unmask(sk.decrypt_packed(packed)), packed
+            return state.unmask(decrypt_packed(sk, packed)), packed
 
         phe30 = grad30.to_phe()
         t_pack, (vals, packed), t_phe_dec, phe_vals = side_by_side(
@@ -272,7 +331,7 @@ def main() -> None:
         t_half = modmul_cost(p2, 5_000)
         phe200 = enc[:100].to_phe()
         t_dec, _, t_phe_d200, _ = side_by_side(
-            lambda: sk.decrypt(enc[:100]), lambda: [sk.phe.decrypt(v) for v in phe200], 2
+            lambda: decrypt(sk, enc[:100]), lambda: [sk.phe.decrypt(v) for v in phe200], 2
         )
         dec_ops = 100 * 2 * int(1.2 * (args.bits // 2))
         floor.append(
@@ -311,6 +370,8 @@ def main() -> None:
         f"({pool_peak / max(n_enc, 1):.0f} B each); process peak RSS {rss / 1024:.0f} MiB "
         f"(+{(rss - rss0) / 1024:.0f} MiB after key generation)."
     )
+    if heu_skipped:
+        print(heu_skipped)
     print(f"Total benchmark time {time.perf_counter() - started:.1f} s.")
 
 

@@ -59,6 +59,9 @@ from vfl.crypto import (
     PublicKey,
     RandomnessPool,
     WorkerPool,
+    decrypt,
+    decrypt_packed,
+    encrypt,
     generate_keypair,
     ints_from_arrow,
     ints_to_arrow,
@@ -432,7 +435,7 @@ def run_host(
         for b, rows in enumerate(batches):
             m = len(rows)
             tag = {"gen": gen, "epoch": epoch, "batch": b}
-            u = pk.encrypt(party.xq[rows] @ w, randomness=party.randomness, workers=workers)
+            u = encrypt(pk, party.xq[rows] @ w, randomness=party.randomness, workers=workers)
             session.send(U, plan.guest, u.to_arrow(), **tag)
             d4 = EncryptedVector.from_arrow(session.recv(D, plan.guest, **tag), pk)
             gradient = d4.rdot(party.matrix, rows=rows, workers=workers, randomness=party.randomness)
@@ -511,12 +514,12 @@ class _Arbiter:
             for p in self.plan.data_parties:
                 tag = {"gen": gen, "epoch": epoch, "batch": b}
                 packed = PackedCiphertexts.from_arrow(session.recv(MASKED, p, **tag), self.public_key)
-                plain = self.private_key.decrypt_packed(packed, workers=self.workers)
+                plain = decrypt_packed(self.private_key, packed, workers=self.workers)
                 session.send(UNMASKED, p, ints_to_arrow(plain), **tag)
         q = EncryptedVector.from_arrow(
             session.recv(LOSS, self.plan.guest, gen=gen, epoch=epoch), self.public_key
         )
-        loss = math.log(2.0) + float(self.private_key.decrypt(q)[0]) / (8.0 * state.n_rows)
+        loss = math.log(2.0) + float(decrypt(self.private_key, q)[0]) / (8.0 * state.n_rows)
         losses = [*state.losses, loss]
         stop = EarlyStopping.replay(o, losses)
         log.info("epoch %d: loss %.6f%s", epoch + 1, loss, " (stop)" if stop else "")

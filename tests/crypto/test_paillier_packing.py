@@ -12,6 +12,10 @@ from vfl.crypto import (
     EncryptedVector,
     MaskState,
     PackedCiphertexts,
+    decrypt,
+    decrypt_int,
+    decrypt_packed,
+    encrypt,
     ints_from_arrow,
     ints_to_arrow,
     mask_and_pack,
@@ -28,25 +32,25 @@ SETTINGS = settings(
 @SETTINGS
 @given(g=st.integers(0, 40).flatmap(lambda n: arrays(np.float64, n, elements=st.floats(-1e4, 1e4))))
 def test_mask_pack_unmask_round_trip_is_exact(pk, sk, g):
-    enc = pk.encrypt(g)
-    expected = sk.decrypt_int(enc)
+    enc = encrypt(pk, g)
+    expected = decrypt_int(sk, enc)
     packed, state = mask_and_pack(enc)
     per = slots_per_ciphertext(pk, packed.slot_bits)
     assert len(packed.ciphertexts) == -(-len(g) // per)
     table = packed.to_arrow()
     received = PackedCiphertexts.from_arrow(table, pk)
-    slots = sk.decrypt_packed(received)
+    slots = decrypt_packed(sk, received)
     assert len(slots) == len(g) and all(0 <= s < 2**packed.slot_bits for s in slots)
     reply = ints_from_arrow(ints_to_arrow(slots))
     assert state.unmask_int(reply) == expected
-    np.testing.assert_array_equal(state.unmask(reply), sk.decrypt(enc))
+    np.testing.assert_array_equal(state.unmask(reply), decrypt(sk, enc))
 
 
 def test_the_arbiter_sees_only_masked_values(pk, sk):
     g = np.array([0.0, 0.0, 1.0, -1.0])
-    enc = pk.encrypt(g)
-    first = sk.decrypt_packed(mask_and_pack(enc)[0])
-    second = sk.decrypt_packed(mask_and_pack(enc)[0])
+    enc = encrypt(pk, g)
+    first = decrypt_packed(sk, mask_and_pack(enc)[0])
+    second = decrypt_packed(sk, mask_and_pack(enc)[0])
     assert first != second  # fresh masks per message
     assert first[0] != first[1]  # equal gradients look different
     encoded_bound = enc.bound
@@ -56,7 +60,7 @@ def test_the_arbiter_sees_only_masked_values(pk, sk):
 
 def test_mask_width_and_layout(pk):
     assert slot_bits_for(1000, 40) == (2000).bit_length() + 41
-    enc = pk.encrypt(np.arange(30.0))
+    enc = encrypt(pk, np.arange(30.0))
     packed, state = mask_and_pack(enc, bound=100.0, mask_bits=48)
     assert packed.slot_bits == slot_bits_for(state.bound, 48)
     assert packed.slots_per_ciphertext * packed.slot_bits <= pk.bits - 1
@@ -74,25 +78,25 @@ def test_rdot_gradient_flow(pk, sk):
     rng = np.random.default_rng(11)
     x = rng.normal(size=(300, 30))
     d = rng.uniform(-1, 1, size=300)
-    grad = pk.encrypt(d).with_value_bound(1.0).rdot(x)
+    grad = encrypt(pk, d).with_value_bound(1.0).rdot(x)
     packed, state = mask_and_pack(grad)
     assert len(packed.ciphertexts) <= 5
-    out = state.unmask(sk.decrypt_packed(packed))
-    np.testing.assert_array_equal(out, sk.decrypt(grad))
+    out = state.unmask(decrypt_packed(sk, packed))
+    np.testing.assert_array_equal(out, decrypt(sk, grad))
     np.testing.assert_allclose(out, x.T @ d, atol=1e-2)
     # as in the protocol: [[d]] arrives without a bound; the party bounds |g| by rows * max|X| * max|d|
     prepared = prepare_matrix(x)
-    received = EncryptedVector.from_arrow(pk.encrypt(d).to_arrow(), pk)
+    received = EncryptedVector.from_arrow(encrypt(pk, d).to_arrow(), pk)
     grad2 = received.rdot(prepared, np.arange(300))
     assert grad2.bound is None
     packed2, state2 = mask_and_pack(grad2, bound=300 * prepared.max_abs * 1.0)
-    np.testing.assert_array_equal(state2.unmask(sk.decrypt_packed(packed2)), sk.decrypt(grad2))
+    np.testing.assert_array_equal(state2.unmask(decrypt_packed(sk, packed2)), decrypt(sk, grad2))
 
 
 def test_unmask_rejects_altered_replies(pk, sk):
-    enc = pk.encrypt(np.array([1.0, 2.0, 3.0]))
+    enc = encrypt(pk, np.array([1.0, 2.0, 3.0]))
     packed, state = mask_and_pack(enc)
-    slots = sk.decrypt_packed(packed)
+    slots = decrypt_packed(sk, packed)
     with pytest.raises(IntegrityError, match="expected 3 unmasked slots"):
         state.unmask(slots[:2])
     with pytest.raises(IntegrityError, match="outside its"):
@@ -103,7 +107,7 @@ def test_unmask_rejects_altered_replies(pk, sk):
 
 
 def test_packed_arrow_validation(pk, sk, other_keypair):
-    packed, _ = mask_and_pack(pk.encrypt(np.array([1.0, 2.0])))
+    packed, _ = mask_and_pack(encrypt(pk, np.array([1.0, 2.0])))
     table = packed.to_arrow()
     with pytest.raises(CryptoError, match="another job or arbiter"):
         PackedCiphertexts.from_arrow(table, other_keypair[0])
@@ -115,4 +119,4 @@ def test_packed_arrow_validation(pk, sk, other_keypair):
     with pytest.raises(IntegrityError, match="not an integer"):
         PackedCiphertexts.from_arrow(table.replace_schema_metadata(meta), pk)
     with pytest.raises(IntegrityError, match="expected a paillier.packed message"):
-        PackedCiphertexts.from_arrow(pk.encrypt(np.array([1.0])).to_arrow(), pk)
+        PackedCiphertexts.from_arrow(encrypt(pk, np.array([1.0])).to_arrow(), pk)

@@ -216,7 +216,7 @@ def _declared(tag: str) -> str:
 
 def test_arbiter_sees_only_masked_gradients(breast, keypair):
     """Decrypting what the arbiter decrypts gives values unrelated to the gradients (40+ bits of mask)."""
-    from vfl.crypto import PackedCiphertexts
+    from vfl.crypto import PackedCiphertexts, decrypt_packed
 
     guest, host = breast
     result = vfl.simulate(
@@ -228,7 +228,7 @@ def test_arbiter_sees_only_masked_gradients(breast, keypair):
     from vfl.transport import decode_table
 
     for message in masked:
-        slots = private.decrypt_packed(PackedCiphertexts.from_arrow(decode_table(message.payload), public))
+        slots = decrypt_packed(private, PackedCiphertexts.from_arrow(decode_table(message.payload), public))
         # Real gradient slots are at most ~2**70 here; masked slots are uniform over a range 40 bits wider.
         assert min(slots) > 2**80, "a slot looks unmasked"
 

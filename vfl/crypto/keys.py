@@ -20,6 +20,14 @@ in files, Arrow metadata and error messages.
 
 ``p`` and ``q`` only in private files. Loading re-checks everything (fingerprint against ``n``,
 ``p q = n``, Blum form, ``h_s`` range) and raises :class:`vfl.errors.KeyFileError` with one clear line.
+
+**Layering** (python-paillier keeps encoding apart from key material the same way): this module holds
+key material and integer-level primitives only (raw CRT decryption of a list of integers, the CRT
+constants the key owner's fast encryption needs) and imports none of the ciphertext modules
+(``vector``, ``packing``, ``multiexp``, ``randomness``, ``pool``); ``tests/crypto/test_layering.py``
+checks it. Encrypting and decrypting vectors live with the ciphertext types:
+:func:`vfl.crypto.vector.encrypt` / :func:`~vfl.crypto.vector.decrypt` and
+:func:`vfl.crypto.packing.decrypt_packed`.
 """
 
 from __future__ import annotations
@@ -30,26 +38,19 @@ import json
 import os
 import secrets
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import gmpy2
-import numpy as np
 import phe
 import pyarrow as pa
 from gmpy2 import mpz
 
 from vfl.crypto import _kernels
-from vfl.crypto.encoding import DEFAULT_EXPONENT
 from vfl.errors import CryptoError, IntegrityError, KeyFileError
 from vfl.io import atomic_write_bytes
-
-if TYPE_CHECKING:
-    from vfl.crypto.packing import PackedCiphertexts
-    from vfl.crypto.pool import WorkerPool
-    from vfl.crypto.randomness import FixedBaseTable, RandomnessPool
-    from vfl.crypto.vector import EncryptedVector
 
 SUPPORTED_BITS = (1024, 2048, 3072)
 KEY_FILE_FORMAT = "vfl-paillier-key"
@@ -63,6 +64,24 @@ DJN_WINDOWS = {1024: 12, 2048: 10, 3072: 9}
 A randomizer costs ``ceil(n_bits / (2 w)) - 1`` modmuls: 42 instead of 63 at 1024 bits (w = 12, 52 MB,
 ~0.4 s to build) and 102 instead of 127 at 2048 bits (w = 10, 58 MB, ~0.7 s). Measured: -27% and
 -20..-40% per randomizer against w = 8; the table is built once per key and process."""
+
+
+class ChunkRunner(Protocol):
+    """What :meth:`PrivateKey.decrypt_raw` needs from a worker pool (``vfl.crypto.pool.WorkerPool`` fits).
+
+    Declared structurally so that this module, which holds key material only, imports none of the
+    ciphertext or pool modules (DESIGN.md §8).
+    """
+
+    def should_split(self, items: int, weight: float = 1.0) -> bool: ...
+
+    def map_chunks(
+        self,
+        fn: Callable[..., list[Any]],
+        items: Sequence[Any],
+        args: tuple[Any, ...] = ...,
+        chunks: int | None = ...,
+    ) -> list[Any]: ...
 
 
 def djn_window(bits: int) -> int:
@@ -97,8 +116,9 @@ def _public_key_problem(n: int, h_s: int) -> str | None:
 class PublicKey:
     """A Paillier public key ``n`` (``g = n + 1``) with the DJN fixed base ``h_s``.
 
-    Derived values (``n_square``, the fixed-base table, the phe key) are computed once and cached on
-    the object; the object is otherwise immutable and safe to share between threads.
+    Derived values (``n_square``, the phe key) are computed once and cached on the object; the object is
+    otherwise immutable and safe to share between threads. The fixed-base table for ``h_s`` belongs to
+    the randomness layer (:func:`vfl.crypto.randomness.fixed_base_table`).
     """
 
     n: mpz = field(repr=False)
@@ -153,40 +173,10 @@ class PublicKey:
         """The equivalent ``phe.PaillierPublicKey``."""
         return phe.PaillierPublicKey(int(self.n))
 
-    @functools.cached_property
-    def table(self) -> FixedBaseTable:
-        """The fixed-base window table for ``h_s`` (built on first use, ~0.7 s and ~58 MB at 2048 bits)."""
-        from vfl.crypto.randomness import FixedBaseTable
-
-        return FixedBaseTable.build(self)
-
     def __repr__(self) -> str:
         return f"PublicKey(bits={self.bits}, fingerprint={short_fingerprint(self.fingerprint)})"
 
-    # -- operations -----------------------------------------------------------------------------
-    def encrypt(
-        self,
-        values: np.ndarray | list[float],
-        exponent: int = DEFAULT_EXPONENT,
-        *,
-        randomness: RandomnessPool | None = None,
-        workers: WorkerPool | None = None,
-    ) -> EncryptedVector:
-        """Encrypt a 1-D vector at fixed-point scale ``16**exponent`` (default -8: error <= 2**-33).
-
-        Randomizers come from ``randomness`` (a precomputed pool; online cost ~1 modmul per value) or
-        are computed with the fixed-base table (~``n_bits/16`` modmuls per value), on ``workers``
-        when the vector is large. Raises ``EncodingOverflowError`` before encrypting anything if a
-        value's encoding reaches ``n/3``.
-        """
-        from vfl.crypto.vector import encrypt_vector
-
-        return encrypt_vector(self, values, exponent, randomness=randomness, workers=workers)
-
-    def random_factors(self, count: int) -> list[mpz]:
-        """``count`` fresh DJN randomizers ``h_s^a mod n^2`` computed in this process."""
-        return self.table.powers(count)
-
+    # -- checks -------------------------------------------------------------------------------
     def check_same_key(self, fingerprint: str, what: str) -> None:
         """Raise CryptoError naming both fingerprints if ``fingerprint`` is not this key's."""
         if fingerprint != self.fingerprint:
@@ -333,33 +323,44 @@ class PrivateKey:
         """The equivalent ``phe.PaillierPrivateKey``."""
         return phe.PaillierPrivateKey(self.public_key.phe, int(self.p), int(self.q))
 
-    # -- decryption ----------------------------------------------------------------------------
-    def decrypt_raw(self, ciphertexts: list[mpz], workers: WorkerPool | None = None) -> list[mpz]:
-        """Plaintexts in ``[0, n)`` of raw ciphertexts (CRT: two half-size exponentiations each)."""
-        args = (self.p, self.q, self.hp, self.hq, self.p_inverse)
+    # -- integer-level primitives ---------------------------------------------------------------
+    @functools.cached_property
+    def p_square(self) -> mpz:
+        return self.p * self.p
+
+    @functools.cached_property
+    def q_square(self) -> mpz:
+        return self.q * self.q
+
+    @functools.cached_property
+    def p_square_inverse(self) -> mpz:
+        """``(p^2)^-1 mod q^2``: Garner's constant for recombining residues mod ``p^2`` and ``q^2``."""
+        return gmpy2.invert(self.p_square, self.q_square)
+
+    @property
+    def crt_window(self) -> int:
+        """Window of the key owner's half-size tables mod ``p^2`` and ``q^2``: the public table's window.
+
+        Both tables together hold about what the public table holds (62 MB at 2048 bits: ``e`` as
+        ``n_bits/2``-bit integers, ``u`` as packed 32-bit limbs) and take ~0.9 s to build.
+        """
+        return self.public_key.djn_window
+
+    @property
+    def crt_args(self) -> tuple[mpz, mpz, mpz, mpz, mpz]:
+        """``(p, q, hp, hq, p^-1 mod q)``: the arguments of :func:`vfl.crypto._kernels.crt_decrypt`."""
+        return (self.p, self.q, self.hp, self.hq, self.p_inverse)
+
+    def decrypt_raw(self, ciphertexts: Sequence[mpz], workers: ChunkRunner | None = None) -> list[mpz]:
+        """Plaintexts in ``[0, n)`` of raw ciphertexts (CRT: two half-size exponentiations each).
+
+        Ciphertext *types* are decrypted by :func:`vfl.crypto.vector.decrypt` and
+        :func:`vfl.crypto.packing.decrypt_packed`, which call this.
+        """
+        args = self.crt_args
         if workers is not None and workers.should_split(len(ciphertexts), weight=3.0):
             return workers.map_chunks(_kernels.crt_decrypt, ciphertexts, args)
         return _kernels.crt_decrypt(list(ciphertexts), *args)
-
-    def decrypt_int(self, vector: EncryptedVector, workers: WorkerPool | None = None) -> list[int]:
-        """Exact signed integer encodings of ``vector`` (value = encoding * 16**vector.exponent)."""
-        from vfl.crypto.encoding import decode_signed
-
-        self.public_key.check_same_key(vector.public_key.fingerprint, "the vector")
-        return decode_signed(self.decrypt_raw(list(vector.ciphertexts), workers), int(self.public_key.n))
-
-    def decrypt(self, vector: EncryptedVector, workers: WorkerPool | None = None) -> np.ndarray:
-        """Decrypt to float64 (``encoding * 16**exponent``, correctly rounded)."""
-        from vfl.crypto.encoding import ints_to_float
-
-        return ints_to_float(self.decrypt_int(vector, workers), vector.exponent)
-
-    def decrypt_packed(self, packed: PackedCiphertexts, workers: WorkerPool | None = None) -> list[int]:
-        """Decrypt packed ciphertexts (one decryption each) and return every slot as a non-negative int."""
-        from vfl.crypto.packing import unpack_plaintexts
-
-        self.public_key.check_same_key(packed.key_fingerprint, "the packed message")
-        return unpack_plaintexts(packed, self.decrypt_raw(list(packed.ciphertexts), workers))
 
     # -- files ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:

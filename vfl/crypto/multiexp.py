@@ -36,14 +36,13 @@ import numpy as np
 from gmpy2 import mpz
 
 from vfl.crypto import _kernels
-from vfl.crypto.vector import EncryptedVector, as_object_array
 from vfl.errors import CryptoError, IntegrityError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from vfl.crypto.keys import PublicKey
     from vfl.crypto.pool import WorkerPool
-    from vfl.crypto.randomness import RandomnessPool
 
 MIN_BITS, MAX_BITS = 2, 20
 MAX_SCALE_BITS = 64
@@ -193,27 +192,32 @@ def prepare_matrix(
     return PreparedMatrix((m, k), bits, w, shifts, q.astype(np.int32), offsets, digits)
 
 
-def rdot(
-    vector: EncryptedVector,
+def rdot_ciphertexts(
+    ciphertexts: list[mpz],
+    public_key: PublicKey,
     matrix: np.ndarray | PreparedMatrix,
     rows: np.ndarray | Sequence[int] | slice | None = None,
+    bound: int | None = None,
     *,
     bits: int = 16,
     workers: WorkerPool | None = None,
-    randomness: RandomnessPool | None = None,
-    rerandomize: bool = True,
-) -> EncryptedVector:
-    """``[[X[rows]^T d]]`` for the encrypted length-``m`` vector ``vector`` (see the module docstring)."""
+) -> tuple[list[mpz], int, int | None]:
+    """``X[rows]^T [[d]]`` over raw ciphertexts (see the module docstring), not re-randomized.
+
+    Returns ``(ciphertexts, exponent_shift, bound)``: the output exponent is ``d.exponent -
+    exponent_shift`` and ``bound`` is the output encoding bound if ``bound`` (of ``d``) is known.
+    :meth:`vfl.crypto.vector.EncryptedVector.rdot` wraps it (this module knows no ciphertext type,
+    which keeps the module graph acyclic).
+    """
     prepared = matrix if isinstance(matrix, PreparedMatrix) else prepare_matrix(matrix, bits)
     digits, q = prepared.select(rows)
     m, k = q.shape
-    if m != len(vector):
+    cts = ciphertexts
+    if m != len(cts):
         raise CryptoError(
-            f"rdot: the encrypted vector has {len(vector)} elements but the selected matrix rows are {m}"
+            f"rdot: the encrypted vector has {len(cts)} elements but the selected matrix rows are {m}"
         )
-    pk = vector.public_key
-    n2 = pk.n_square
-    cts = list(vector.ciphertexts)
+    n2 = public_key.n_square
     if m == 0 or k == 0:
         raw = [mpz(1)] * k
         shared = None
@@ -232,16 +236,13 @@ def rdot(
         ]
     squarings = prepared.squarings.tolist()
     out = [gmpy2.powmod(r, mpz(1) << s, n2) if s else r for r, s in zip(raw, squarings, strict=True)]
-    bound = None
-    if vector.bound is not None:
+    out_bound = None
+    if bound is not None:
         col_abs = np.abs(q.astype(np.int64)).sum(axis=0).tolist() if m else [0] * k
-        bound = (
-            max((int(a) << int(s) for a, s in zip(col_abs, squarings, strict=True)), default=0) * vector.bound
+        out_bound = (
+            max((int(a) << int(s) for a, s in zip(col_abs, squarings, strict=True)), default=0) * bound
         )
-    result = EncryptedVector(pk, as_object_array(out), vector.exponent - prepared.exponent_shift, bound)
-    if rerandomize:
-        result = result.rerandomize(randomness=randomness)
-    return result
+    return out, prepared.exponent_shift, out_bound
 
 
 def _bucket_parallel(

@@ -5,7 +5,7 @@ The LR gradient round trip (DESIGN.md §6, steps 3-5)::
     # data party p, holding g = [[X_p[B]^T d]] (an EncryptedVector with a known bound)
     packed, state = mask_and_pack(g, randomness=pool)     # -> arbiter: packed.to_arrow()
     # arbiter
-    slots = private_key.decrypt_packed(PackedCiphertexts.from_arrow(table, pk))
+    slots = decrypt_packed(private_key, PackedCiphertexts.from_arrow(table, pk))
     reply = ints_to_arrow(slots)                           # -> back to p
     # data party p
     gradient = state.unmask(ints_from_arrow(reply))        # float64, exact up to the scales
@@ -38,14 +38,14 @@ from gmpy2 import mpz
 from vfl.crypto import _kernels
 from vfl.crypto.arrow import ciphertext_table, int_metadata, read_metadata, table_ciphertexts
 from vfl.crypto.encoding import LOG2_BASE, ints_to_float
-from vfl.crypto.keys import PublicKey
+from vfl.crypto.keys import PrivateKey, PublicKey
+from vfl.crypto.randomness import RandomnessPool, randomizers
 from vfl.errors import CryptoError, IntegrityError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from vfl.crypto.pool import WorkerPool
-    from vfl.crypto.randomness import RandomnessPool
     from vfl.crypto.vector import EncryptedVector
 
 PACKED_KIND = b"paillier.packed"
@@ -202,7 +202,7 @@ def mask_and_pack(
     else:
         packed = _kernels.horner_pack_many(groups, slot_bits, pk.n_square)
     n, n2 = pk.n, pk.n_square
-    rands = pk.random_factors(len(packed)) if randomness is None else randomness.take(len(packed))
+    rands = randomizers(pk, len(packed)) if randomness is None else randomness.take(len(packed))
     out = []
     for gi, (c, r) in enumerate(zip(packed, rands, strict=True)):
         start = gi * per
@@ -234,3 +234,11 @@ def unpack_plaintexts(packed: PackedCiphertexts, plaintexts: Sequence[mpz]) -> l
             )
         out.extend((m >> (s * (t - 1 - j))) & mask for j in range(t))
     return out
+
+
+def decrypt_packed(
+    private_key: PrivateKey, packed: PackedCiphertexts, workers: WorkerPool | None = None
+) -> list[int]:
+    """Decrypt packed ciphertexts (one CRT decryption each) and return every slot as a non-negative int."""
+    private_key.public_key.check_same_key(packed.key_fingerprint, "the packed message")
+    return unpack_plaintexts(packed, private_key.decrypt_raw(list(packed.ciphertexts), workers))

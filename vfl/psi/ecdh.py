@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
+from vfl.crypto.pool import watch_parent
 from vfl.errors import ConfigError, ProtocolError
 from vfl.psi.hashing import POINT_BYTES, POINT_DTYPE, hash_ids
 
@@ -93,7 +94,8 @@ class ScalarMultiplier:
     Use as a context manager (or call ``close``) so a pool it started is shut down. Pass
     ``executor`` to share a pool you own (it is then not shut down here). The pool uses the
     ``forkserver`` start method where available: forking a process that runs threads (the
-    in-process simulation does) can deadlock.
+    in-process simulation does) can deadlock. Its workers exit when this process dies
+    (:func:`vfl.crypto.pool.watch_parent`), even if it is SIGKILLed.
     """
 
     def __init__(
@@ -131,7 +133,12 @@ class ScalarMultiplier:
         if self._executor is None:
             methods = multiprocessing.get_all_start_methods()
             context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-            self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=context,
+                initializer=watch_parent,
+                initargs=(os.getpid(),),
+            )
             self._owned = True
             log.debug("started a pool of %d PSI workers", self.workers)
         return self._executor
