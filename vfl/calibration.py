@@ -74,7 +74,8 @@ class Calibrator:
 
     def describe(self) -> str:
         if self.method == "platt":
-            return f"Platt scaling: p = sigmoid({self.slope:.4g} * z + {self.intercept:.4g})"
+            sign = "-" if self.intercept < 0 else "+"
+            return f"Platt scaling: p = sigmoid({self.slope:.4g} * z {sign} {abs(self.intercept):.4g})"
         if self.method == "isotonic":
             return f"isotonic regression with {len(self.breakpoints)} breakpoints"
         return "none: p = sigmoid(z)"

@@ -226,12 +226,16 @@ def fmt_bytes(value: Any) -> str:
     return f"{int(value):,} bytes" if value is not None else "n/a"
 
 
-def _interval(iv: dict[str, Any] | None, digits: int = 3) -> str:
+def _interval(iv: dict[str, Any] | None, digits: int = 3, *, prefix: bool = True) -> str:
     if not iv or iv.get("low") is None or iv.get("high") is None:
         return ""
     level = iv.get("level")
-    pct = f"{round(level * 100)}% " if isinstance(level, (int, float)) else ""
-    return f"{pct}interval {fmt(iv['low'], digits)} to {fmt(iv['high'], digits)} ({iv.get('method', '')})"
+    pct = f"{round(level * 100)}% interval " if prefix and isinstance(level, (int, float)) else ""
+    return f"{pct}{fmt(iv['low'], digits)} to {fmt(iv['high'], digits)} ({iv.get('method', '')})"
+
+
+class Num(str):
+    """Preformatted text shown right-aligned like a number (e.g. ``1,234 bytes``)."""
 
 
 def _esc(value: Any) -> str:
@@ -245,7 +249,8 @@ def _table(header: list[str], rows: list[list[Any]], numeric_from: int = 1) -> s
         cells = []
         for i, cell in enumerate(row):
             text = cell if isinstance(cell, str) else fmt(cell)
-            cls = ' class="num"' if i >= numeric_from and not isinstance(cell, str) else ""
+            numeric = isinstance(cell, Num) or not isinstance(cell, str)
+            cls = ' class="num"' if i >= numeric_from and numeric else ""
             cells.append(f"<td{cls}>{_esc(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f'<table class="grid"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
@@ -270,6 +275,7 @@ def _figure(plt: Any, size: tuple[float, float] = (5.0, 3.8)) -> tuple[Any, Any]
 
 def _plots(data: ReportData) -> dict[str, str]:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -352,7 +358,7 @@ def _plots(data: ReportData) -> dict[str, str]:
                 shares = [c / total for c in counts] if total else counts
                 ax.stairs(shares, edges, color=colour, lw=2, label=f"{label} ({total:,})")
             ax.set(xlabel=str(dist.get("scores", "score")), ylabel="share of the class's rows", xlim=(0, 1))
-            ax.legend(loc="upper center")
+            ax.legend(loc="best")
             images["distribution"] = _png(fig)
             plt.close(fig)
 
@@ -360,6 +366,7 @@ def _plots(data: ReportData) -> dict[str, str]:
             fig, ax = _figure(plt)
             ax.plot(range(1, len(data.losses) + 1), data.losses, marker="o", color="#b0413e")
             ax.set(xlabel="epoch", ylabel="Taylor loss (training rows)")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             images["loss"] = _png(fig)
             plt.close(fig)
 
@@ -390,6 +397,7 @@ table.grid th { background: #f6f6f6; } table.grid td.num { text-align: right; fo
 .card .big { font-size: 1.5rem; font-weight: 600; } .card .small { color: #555; font-size: .85rem; }
 .warning { background: #fff4e0; border: 1px solid #e0a040; border-radius: 6px; padding: .2rem 1rem; margin-top: 1rem; }
 .warning h2 { border: none; margin-top: .6rem; color: #8a5200; }
+.pair { display: grid; grid-template-columns: 1fr 1fr; gap: 0 2rem; } .side { display: flex; flex-wrap: wrap; gap: 1.5rem; align-items: flex-start; }
 figure { margin: .5rem 0; } figure img { max-width: 100%; } figcaption { color: #555; font-size: .9rem; }
 code { font-size: .85rem; background: #f4f4f4; padding: 0 .2rem; }
 """
@@ -443,7 +451,9 @@ def _metrics_table(d: ReportData) -> str:
     keys = [k for k in METRIC_LABELS if k in d.metrics] + sorted(
         k for k in d.metrics if k not in METRIC_LABELS
     )
-    rows = [[METRIC_LABELS.get(k, k), d.metrics[k], _interval(d.intervals.get(k))] for k in keys]
+    rows = [
+        [METRIC_LABELS.get(k, k), d.metrics[k], _interval(d.intervals.get(k), prefix=False)] for k in keys
+    ]
     return _table(["metric", "value", "95% interval"], rows) + (
         "<p>Ranking metrics (AUC, KS, lift, gains) use the model's scores; calibration does not change the order "
         "of rows. Log loss and Brier score are shown for the raw scores of the Taylor-approximated model and for "
@@ -492,7 +502,7 @@ def _lift_table(d: ReportData) -> str:
         ("rate", "positive rate"),
         ("lift", "lift"),
         ("cumulative_gain", "cumulative gain"),
-        ("min_score", "lowest score"),
+        ("min_score", "lowest score in decile"),
     ]
     return _table([c[1] for c in cols], [[r.get(k) for k, _ in cols] for r in d.lift], 0)
 
@@ -507,12 +517,15 @@ def _baseline(d: ReportData) -> str:
         [
             "guest only (plaintext, guest's columns)",
             b.get("auc"),
-            _interval(
-                {**b, "low": b.get("auc_low"), "high": b.get("auc_high"), "level": 0.95, "method": "DeLong"}
-            ),
+            _interval({"low": b.get("auc_low"), "high": b.get("auc_high"), "method": "DeLong"}, prefix=False),
             b.get("top_decile_lift"),
         ],
-        ["federated (guest and partners)", m.get("auc"), _interval(fed_iv), m.get("top_decile_lift")],
+        [
+            "federated (guest and partners)",
+            m.get("auc"),
+            _interval(fed_iv, prefix=False),
+            m.get("top_decile_lift"),
+        ],
     ]
     delta_auc = delta_lift = None
     if isinstance(m.get("auc"), float) and isinstance(b.get("auc"), float):
@@ -522,9 +535,9 @@ def _baseline(d: ReportData) -> str:
     rows.append(
         [
             "what the partners add",
-            f"{delta_auc:+.4f}" if delta_auc is not None else "n/a",
+            Num(f"{delta_auc:+.4f}" if delta_auc is not None else "n/a"),
             "",
-            f"{delta_lift:+.4f}" if delta_lift is not None else "n/a",
+            Num(f"{delta_lift:+.4f}" if delta_lift is not None else "n/a"),
         ]
     )
     return (
@@ -563,24 +576,26 @@ def _provenance(d: ReportData) -> str:
         ["options digest", (p.get("options_digest") or "n/a")],
     ]
     for f in p.get("data_files") or []:
-        rows.append([f"data file {f.get('name', '')}", f"{fmt(f.get('rows'))} rows"])
-    html_rows = _table(["item", "value"], rows)
+        rows.append([f"data file {f.get('name', '')}", Num(f"{fmt(f.get('rows'))} rows")])
+    html_rows = _table(["item", "value"], rows, numeric_from=2)
     options = p.get("options") or {}
     extra = p.get("details") or {}
     more = ""
     if options:
         more += "<p>Options:</p>" + _table(
-            ["option", "value"], [[k, _option(options[k])] for k in sorted(options)]
+            ["option", "value"], [[k, _option(options[k])] for k in sorted(options)], numeric_from=2
         )
     if extra:
-        more += _table(["setting", "value"], [[k, _option(extra[k])] for k in sorted(extra)])
+        more += _table(["setting", "value"], [[k, _option(extra[k])] for k in sorted(extra)], numeric_from=2)
     return html_rows + more
 
 
 def _option(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True)
-    return fmt(value)
+    if isinstance(value, float):
+        return Num(repr(value))  # an option as it was set (0.2, not 0.2000)
+    return Num(fmt(value)) if isinstance(value, int) and not isinstance(value, bool) else fmt(value)
 
 
 def _ledger(d: ReportData) -> str:
@@ -590,7 +605,7 @@ def _ledger(d: ReportData) -> str:
     for peer in sorted(totals):
         for direction in sorted(totals[peer]):
             v = totals[peer][direction]
-            rows.append([peer, direction, v.get("messages"), fmt_bytes(v.get("bytes"))])
+            rows.append([peer, direction, v.get("messages"), Num(fmt_bytes(v.get("bytes")))])
     sent = sum((totals[p].get("sent") or {}).get("bytes", 0) for p in totals)
     received = sum((totals[p].get("received") or {}).get("bytes", 0) for p in totals)
     notes = "".join(f"<p>{_esc(n)}</p>" for n in led.get("notes") or [])
@@ -624,6 +639,7 @@ def render(data: ReportData) -> str:
         warning,
         _section("Held-out metrics", _metrics_table(d)),
         _section("Decision threshold", _threshold_table(d)),
+        '<div class="pair">',
         _section(
             "ROC curve",
             _img(
@@ -644,17 +660,21 @@ def render(data: ReportData) -> str:
                 "No gains curve in this run's data.",
             ),
         ),
+        "</div>",
         _section(
             "Lift by decile",
-            _img(
+            '<div class="side">'
+            + _img(
                 images,
                 "lift",
                 "lift chart",
                 "Positive rate in each decile divided by the overall rate.",
                 "No lift data.",
             )
-            + _lift_table(d),
+            + _lift_table(d)
+            + "</div>",
         ),
+        '<div class="pair">',
         _section(
             "Calibration",
             _img(
@@ -675,6 +695,7 @@ def render(data: ReportData) -> str:
                 "No score distribution in this run's data.",
             ),
         ),
+        "</div>",
         _section(
             "Training loss",
             _img(
