@@ -190,3 +190,12 @@ def test_guest_only_baseline_and_what_the_partner_adds():
     assert joint.metrics["top_decile_lift"] > base.top_decile_lift
     assert "scores" not in base.to_dict() and len(base.to_dict(with_scores=True)["scores"]) == 600
     json.dumps(base.to_dict(), allow_nan=False)
+
+
+def test_auc_interval_does_not_collapse_on_perfect_separation():
+    labels = np.array([0] * 40 + [1] * 70)
+    scores = np.concatenate([np.linspace(0, 0.4, 40), np.linspace(0.6, 1, 70)])
+    ev = evaluate(labels, scores)
+    iv = ev.intervals["auc"]
+    assert ev.metrics["auc"] == 1.0 and iv["se"] == 0.0
+    assert 0.85 < iv["low"] < 0.95 and iv["high"] == 1.0 and "degenerate" in iv["method"]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from vfl.errors import DataError
-from vfl.metrics import CONFIDENCE, _plain, delong_auc, lift_table
+from vfl.metrics import CONFIDENCE, auc_interval, jsonable, lift_table
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,12 @@ class Baseline:
     top_decile_lift: float
     held_out_rows: int
     training_rows: int
+    auc_method: str = "DeLong"
     columns: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list, repr=False)  # held-out probabilities, in held-out order
 
     def to_dict(self, *, with_scores: bool = False) -> dict[str, Any]:
-        data = _plain(asdict(self))
+        data = jsonable(asdict(self))
         if not with_scores:
             data.pop("scores")
         return data
@@ -74,12 +75,13 @@ def fit_baseline(
         scores = model.predict_proba(scaler.transform(held[:, keep]))[:, 1]
     else:  # no usable column of its own: the guest can only predict the base rate
         scores = np.full(len(held), y_train.mean())
-    auc, _, low, high = delong_auc(y_held, scores, level)
+    iv = auc_interval(y_held, scores, level)
     lift = lift_table(y_held, scores)
     return Baseline(
-        auc=auc,
-        auc_low=low,
-        auc_high=high,
+        auc=iv["estimate"],
+        auc_low=iv["low"],
+        auc_high=iv["high"],
+        auc_method=iv["method"],
         top_decile_lift=float(lift["lift"].iloc[0]) if len(held) else float("nan"),
         held_out_rows=int(len(held)),
         training_rows=int(len(train)),

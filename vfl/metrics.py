@@ -61,7 +61,7 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able (numpy scalars become Python numbers; integer quantities stay ints)."""
-        return _plain(
+        return jsonable(
             {
                 "metrics": self.metrics,
                 "intervals": self.intervals,
@@ -80,14 +80,14 @@ class Evaluation:
         )
 
 
-def _plain(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Numpy scalars and containers to Python ones; non-finite floats to None (strict JSON)."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
+        return [jsonable(v) for v in value.tolist()]
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     if isinstance(value, (int, np.integer)):
@@ -201,7 +201,9 @@ def wilson_interval(successes: int, trials: int, level: float = CONFIDENCE) -> t
     denom = 1 + z * z / trials
     centre = (p + z * z / (2 * trials)) / denom
     half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    low = 0.0 if successes <= 0 else max(0.0, centre - half)
+    high = 1.0 if successes >= trials else min(1.0, centre + half)
+    return float(low), float(high)
 
 
 def delong_auc(
@@ -228,6 +230,23 @@ def delong_auc(
     se = float(np.sqrt(v10.var(ddof=1) / m + v01.var(ddof=1) / n))
     z = _z(level)
     return auc, se, float(max(0.0, auc - z * se)), float(min(1.0, auc + z * se))
+
+
+def auc_interval(labels: np.ndarray, scores: np.ndarray, level: float = CONFIDENCE) -> dict[str, Any]:
+    """The AUC's interval as the report states it: DeLong, unless DeLong degenerates.
+
+    When every positive outscores every negative (or the reverse) DeLong's standard error is 0 and its
+    interval a single point, which overstates what a small sample shows; then the interval is a Wilson
+    interval of the AUC as a proportion out of the smaller class count (conservative).
+    """
+    auc, se, low, high = delong_auc(labels, scores, level)
+    method = "DeLong"
+    if se == 0.0:
+        labels = np.asarray(labels, dtype=float)
+        k = int(min(labels.sum(), len(labels) - labels.sum()))
+        low, high = wilson_interval(int(round(auc * k)), k, level)
+        method = "Wilson on the smaller class; DeLong degenerate, perfect separation"
+    return {"estimate": auc, "low": low, "high": high, "se": se, "level": level, "method": method}
 
 
 def f1_optimal_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
@@ -303,7 +322,6 @@ def evaluate(
     both_classes = len(np.unique(labels)) == 2
     default = _decisions(labels, decided, threshold)
     lift = lift_table(labels, scores)
-    auc, se, low, high = delong_auc(labels, scores, level) if both_classes else (float("nan"),) * 4
     result: dict[str, Any] = {
         "held_out_rows": int(n),
         "held_out_positives": positives,
@@ -336,14 +354,14 @@ def evaluate(
                 "on": on,
                 "chosen": "max F1 on training rows",
             }
+    nan = float("nan")
+    auc_iv = auc_interval(labels, scores, level) if both_classes else {"low": nan, "high": nan, "se": nan}
     intervals = {
         "auc": {
+            **auc_iv,
             "estimate": result["auc"],
-            "low": low,
-            "high": high,
-            "se": se,
             "level": level,
-            "method": "DeLong",
+            "method": auc_iv.get("method", "DeLong"),
         },
     }
     tp, flagged = default["true_positives"], default["flagged_rows"]

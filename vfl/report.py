@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vfl.io import atomic_write_json, atomic_write_text
-from vfl.metrics import _plain
+from vfl.metrics import jsonable
 from vfl.model import INTERCEPT
 
 REPORT_FORMAT = "vfl-report/1"
@@ -96,10 +96,10 @@ class ReportData:
     def __post_init__(self) -> None:
         # normalise once, so data built in memory equals the same data loaded back from JSON
         for f in fields(self):
-            setattr(self, f.name, _plain(getattr(self, f.name)))
+            setattr(self, f.name, jsonable(getattr(self, f.name)))
 
     def to_dict(self) -> dict[str, Any]:
-        return _plain(asdict(self))
+        return jsonable(asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ReportData:
@@ -120,7 +120,7 @@ class ReportData:
 
 def options_digest(options: dict[str, Any]) -> str:
     """SHA-256 of the options as canonical JSON: two runs with the same digest used the same settings."""
-    blob = json.dumps(_plain(options), sort_keys=True, separators=(",", ":")).encode()
+    blob = json.dumps(jsonable(options), sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -517,7 +517,10 @@ def _baseline(d: ReportData) -> str:
         [
             "guest only (plaintext, guest's columns)",
             b.get("auc"),
-            _interval({"low": b.get("auc_low"), "high": b.get("auc_high"), "method": "DeLong"}, prefix=False),
+            _interval(
+                {"low": b.get("auc_low"), "high": b.get("auc_high"), "method": b.get("auc_method", "DeLong")},
+                prefix=False,
+            ),
             b.get("top_decile_lift"),
         ],
         [
@@ -594,8 +597,8 @@ def _option(value: Any) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True)
     if isinstance(value, float):
-        return Num(repr(value))  # an option as it was set (0.2, not 0.2000)
-    return Num(fmt(value)) if isinstance(value, int) and not isinstance(value, bool) else fmt(value)
+        return repr(value)  # an option as it was set (0.2, not 0.2000)
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else fmt(value)
 
 
 def _ledger(d: ReportData) -> str:
