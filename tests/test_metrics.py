@@ -199,3 +199,19 @@ def test_auc_interval_does_not_collapse_on_perfect_separation():
     iv = ev.intervals["auc"]
     assert ev.metrics["auc"] == 1.0 and iv["se"] == 0.0
     assert 0.85 < iv["low"] < 0.95 and iv["high"] == 1.0 and "degenerate" in iv["method"]
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [([0, 1, 1, 0], "1"), ([True, False], "True"), (["no", "yes", "no"], "yes"), (["B", "M"], "M")],
+)
+def test_positive_class_is_the_label_binary_labels_turns_into_one(values, expected):
+    import pandas as pd
+
+    from vfl.data import binary_labels
+    from vfl.metrics import positive_class
+
+    series = pd.Series(values)
+    assert positive_class(series) == expected
+    ones = series[binary_labels(series, column="y") == 1]
+    assert {str(v) for v in ones} == {expected}

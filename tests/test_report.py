@@ -174,3 +174,4 @@ def test_old_keyword_call_still_writes_a_report(tmp_path, small):
         h.replace("&#x27;", "'") for h in headings(text)
     }
     assert "not computed for this run" in text and "1,234,567 bytes" in text
+    assert "Small-sample warning" in text  # derived from held_out_rows and positive_rate

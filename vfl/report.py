@@ -766,8 +766,14 @@ def legacy_report_data(
 
     roc_dict = pd.DataFrame(roc).to_dict(orient="list") if roc is not None else {}
     lift_rows = pd.DataFrame(lift).to_dict(orient="records") if lift is not None else []
+    from vfl.metrics import small_sample_warnings
+
     details = dict(details or {})
     job = str(details.get("job", ""))
+    rows, rate = metrics.get("held_out_rows"), metrics.get("positive_rate")
+    warnings = []
+    if isinstance(rows, int) and isinstance(rate, float) and math.isfinite(rate):
+        warnings = small_sample_warnings(rows, int(metrics.get("held_out_positives", round(rate * rows))))
     return ReportData(
         title=title,
         job_id=job,
@@ -775,6 +781,7 @@ def legacy_report_data(
         roc=roc_dict,
         lift=lift_rows,
         losses=list(losses),
+        warnings=warnings,
         provenance={
             "job_id": job,
             "details": details,
