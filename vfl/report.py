@@ -152,7 +152,7 @@ def build_report_data(
     intercept = None
     n_columns = 0
     if shard is not None:
-        if getattr(shard, "role", "guest") != "guest":
+        if shard.role != "guest":
             raise ValueError(f"the report shows only the guest's own weights, not those of a {shard.role}")
         pairs = list(zip(shard.columns, shard.weights, strict=True))
         if pairs and pairs[0][0] == INTERCEPT:
@@ -174,7 +174,10 @@ def build_report_data(
     }
     ev = evaluation.to_dict()
     method = getattr(evaluation, "calibration_method", "none")
-    described = calibrator.describe() if calibrator is not None else method
+    if calibrator is not None:
+        described = calibrator.describe()
+    else:
+        described = "not calibrated (sigmoid of the joint logit)" if method == "none" else method
     return ReportData(
         title=title or f"vfl job {job_id}: held-out evaluation at the guest",
         job_id=job_id,
