@@ -319,6 +319,25 @@ def optimal_monotone_binning(
     return binning.merged(groups, _group_of(groups, binning.missing_into)), events, non_events
 
 
+def bin_column(
+    values: np.ndarray,
+    bins: int = 10,
+    method: str = "quantile",
+    labels: np.ndarray | None = None,
+    k: int = 1,
+) -> Binning:
+    """One entry point: ``method="quantile"`` (labels not needed) or ``"monotone"`` (needs 0/1 labels),
+    both with bins below ``k`` rows merged."""
+    if method == "monotone":
+        if labels is None:
+            raise DataError("monotone binning needs the labels (or per-bin counts: use monotone_groups)")
+        return optimal_monotone_binning(values, labels, bins, k)[0]
+    if method != "quantile":
+        raise DataError(f"unknown binning method {method!r}; use 'quantile' or 'monotone'")
+    binning = quantile_binning(values, bins)
+    return merge_small_bins(binning, bin_counts(binning.assign(values), None, binning.n_bins), k)
+
+
 def _group_of(groups: Sequence[Sequence[int]], value_bin: int | None) -> int | None:
     if value_bin is None:
         return None

@@ -131,3 +131,18 @@ def test_tampered_slots_are_rejected(keypair) -> None:
     slots[0][1] = (1 << lay.slot_bits) + 1
     with pytest.raises(IntegrityError):
         state.unmask(slots, column_sums(prepared))
+
+
+def test_poisson_guest_residual_under_encryption(keypair) -> None:
+    from vfl.models.poisson import guest_residual
+
+    pk, sk = keypair
+    rng = np.random.default_rng(9)
+    u_h, u_g = rng.normal(size=20), rng.normal(size=20) * 2
+    exposure = rng.uniform(0.5, 3.0, 20)
+    y = rng.poisson(2.0, 20)
+    enc = pk.encrypt(np.exp(u_h))  # host -> guest
+    d = guest_residual(enc, u_g, y, exposure)
+    expected = exposure * np.exp(u_g + u_h) - y
+    np.testing.assert_allclose(sk.decrypt(d), expected, rtol=0, atol=1e-8 * np.max(np.abs(expected)))
+    assert d.exponent == enc.exponent - 10

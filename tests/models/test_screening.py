@@ -9,6 +9,7 @@ import pytest
 from vfl.errors import DataError
 from vfl.screening import (
     Binning,
+    bin_column,
     bin_counts,
     decrypt_bin_counts,
     encrypted_bin_sums,
@@ -153,3 +154,17 @@ def test_encrypted_bin_sums_equal_pandas(keypair) -> None:
     np.testing.assert_array_equal(woe_iv(events, non_events)[0], ref["woe"].to_numpy())
     with pytest.raises(DataError, match="fewer than k=1000"):
         encrypted_bin_sums(encrypted_y, bins, binning.n_bins, k=1000)
+
+
+def test_bin_column_entry_point() -> None:
+    rng = np.random.default_rng(6)
+    x, y = _column(rng, 500)
+    q = bin_column(x, bins=8, k=40)
+    assert all(c == 0 or c >= 40 for c in bin_counts(q.assign(x), None, q.n_bins))
+    m = bin_column(x, bins=8, method="monotone", labels=y, k=40)
+    e, ne = bin_counts(m.assign(x), y, m.n_bins)
+    assert np.all(np.diff(woe_iv(e, ne)[0][: m.n_value_bins]) > 0)
+    with pytest.raises(DataError, match="needs the labels"):
+        bin_column(x, method="monotone")
+    with pytest.raises(DataError, match="unknown binning method"):
+        bin_column(x, method="tree")

@@ -271,6 +271,10 @@ class SlotLayout:
         for g, vec in enumerate(outputs):
             c = len(self.classes_in(g))
             pk = vec.public_key
+            if pk.bits != self.key_bits:
+                raise CryptoError(
+                    f"the layout is for {self.key_bits}-bit keys, the vector is under {pk.bits} bits"
+                )
             n, n2 = pk.n, pk.n_square
             group_masks = [[secrets.randbelow(1 << (s - 1)) + b for _ in range(c)] for _ in range(len(vec))]
             rands = pk.random_factors(len(vec)) if randomness is None else randomness.take(len(vec))
