@@ -1,0 +1,137 @@
+"""Plain numpy trainers of the federated algorithms on the joined data: what the protocols must equal.
+
+They see all parties' columns in one place, which the federation never does. Each follows
+``tests/lr/reference.py`` exactly: one :class:`~vfl.optim.ShardOptimizer` per party block (block 0 is
+the guest's and starts with the intercept column, which is not penalized), the seeded mini-batches of
+:func:`~vfl.optim.epoch_batches`, the epoch loss as the row-weighted mean of the batch losses at the
+weights *before* each step, and :class:`~vfl.optim.EarlyStopping` on that loss. A federated run with
+the same options must reproduce the weights to 1e-6 (up to the fixed-point encoding of ciphertexts).
+
+* :func:`train_ovr_reference` -- one-vs-rest multi-class LR on the Taylor loss: K weight vectors per
+  block, all updated on every batch; the gradient of class ``k`` is ``X^T (z_k/4 - s_k/2) / m``.
+* :func:`train_linear_reference` -- linear regression, gradient ``X^T (z - y) / m`` (exact quadratic loss).
+* :func:`train_poisson_reference` -- Poisson regression, gradient ``X^T (exp(z + offset) - y) / m``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from vfl.models.kinds import KINDS, one_hot
+from vfl.optim import EarlyStopping, ShardOptimizer, epoch_batches, initial_weights
+from vfl.options import TrainOptions
+
+Weights = list[np.ndarray]
+
+
+def _train_single(
+    blocks: Sequence[np.ndarray],
+    n: int,
+    options: TrainOptions,
+    parties: Sequence[str],
+    residual_and_loss: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]],
+) -> tuple[Weights, list[float]]:
+    weights = [initial_weights(b.shape[1], options, p) for b, p in zip(blocks, parties, strict=True)]
+    optimizers = [ShardOptimizer(options, b.shape[1], 0 if i == 0 else None) for i, b in enumerate(blocks)]
+    stopper = EarlyStopping(options)
+    losses: list[float] = []
+    for epoch in range(options.max_epochs):
+        loss_sum = 0.0
+        for batch in epoch_batches(n, options, epoch):
+            m = len(batch)
+            z = sum(b[batch] @ w for b, w in zip(blocks, weights, strict=True))
+            d, batch_loss = residual_and_loss(z, batch)
+            loss_sum += batch_loss
+            for i, b in enumerate(blocks):
+                weights[i] = optimizers[i].update(weights[i], b[batch].T @ d / m, epoch)
+        losses.append(loss_sum / n)
+        if stopper.should_stop(losses[-1]):
+            break
+    return weights, losses
+
+
+def train_linear_reference(
+    blocks: Sequence[np.ndarray], y: np.ndarray, options: TrainOptions, parties: Sequence[str]
+) -> tuple[Weights, list[float]]:
+    """Weights per block and epoch losses (mean ``(z - y)^2 / 2``) of linear regression."""
+    y = np.asarray(y, dtype=np.float64)
+
+    def step(z: np.ndarray, batch: np.ndarray) -> tuple[np.ndarray, float]:
+        d = z - y[batch]
+        return d, float(d @ d) / 2.0
+
+    return _train_single(blocks, len(y), options, parties, step)
+
+
+def train_poisson_reference(
+    blocks: Sequence[np.ndarray],
+    y: np.ndarray,
+    options: TrainOptions,
+    parties: Sequence[str],
+    exposure: np.ndarray | None = None,
+) -> tuple[Weights, list[float]]:
+    """Weights per block and epoch losses (mean ``exp(eta) - y eta``, ``eta = z + log exposure``)."""
+    y = np.asarray(y, dtype=np.float64)
+    offset = np.zeros(len(y)) if exposure is None else np.log(np.asarray(exposure, dtype=np.float64))
+
+    def step(z: np.ndarray, batch: np.ndarray) -> tuple[np.ndarray, float]:
+        eta = z + offset[batch]
+        mu = np.exp(eta)
+        return mu - y[batch], float(np.sum(mu - y[batch] * eta))
+
+    return _train_single(blocks, len(y), options, parties, step)
+
+
+def train_ovr_reference(
+    blocks: Sequence[np.ndarray],
+    y: np.ndarray,
+    n_classes: int,
+    options: TrainOptions,
+    parties: Sequence[str],
+) -> tuple[Weights, list[float]]:
+    """One-vs-rest Taylor-loss LR: per block a ``(columns, K)`` weight matrix; epoch losses summed over classes.
+
+    ``y`` holds class indices ``0 .. K-1`` (``MulticlassLR.check_labels`` encodes them). Every class
+    has its own optimizer state per block, so class ``k`` follows exactly the binary reference on the
+    indicator ``y == k``, all classes sharing the batches.
+    """
+    y = np.asarray(y).astype(np.int64)
+    n, k = len(y), int(n_classes)
+    s = 2.0 * one_hot(y, k) - 1.0
+    weights = [
+        np.stack([initial_weights(b.shape[1], options, p) for _ in range(k)], axis=1)
+        for b, p in zip(blocks, parties, strict=True)
+    ]
+    optimizers = [
+        [ShardOptimizer(options, b.shape[1], 0 if i == 0 else None) for _ in range(k)]
+        for i, b in enumerate(blocks)
+    ]
+    stopper = EarlyStopping(options)
+    losses: list[float] = []
+    for epoch in range(options.max_epochs):
+        loss_sum = 0.0
+        for batch in epoch_batches(n, options, epoch):
+            m = len(batch)
+            z = sum(b[batch] @ w for b, w in zip(blocks, weights, strict=True))  # (m, K)
+            sb = s[batch]
+            loss_sum += float(
+                np.sum(m * np.log(2.0) - np.sum(sb * z, axis=0) / 2 + np.sum(z * z, axis=0) / 8)
+            )
+            d = z / 4.0 - sb / 2.0
+            for i, b in enumerate(blocks):
+                grad = b[batch].T @ d / m  # (columns, K): what one packed X^T [[D]] returns
+                weights[i] = np.stack(
+                    [optimizers[i][c].update(weights[i][:, c], grad[:, c], epoch) for c in range(k)], axis=1
+                )
+        losses.append(loss_sum / n)
+        if stopper.should_stop(losses[-1]):
+            break
+    return weights, losses
+
+
+def predict(kind: str, blocks: Sequence[np.ndarray], weights: Weights, exposure: np.ndarray | None = None):
+    """Scores of a kind's link on the joint predictor ``sum_b X_b w_b``."""
+    z = sum(b @ w for b, w in zip(blocks, weights, strict=True))
+    return KINDS[kind].link(z, exposure)
