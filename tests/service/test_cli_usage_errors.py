@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -30,6 +31,16 @@ CASES = [
     (["--debug", "init", "x", "--role"], "requires an argument", "vfl init --help"),
     (["demo", "--key-bits", "many"], "Invalid value for '--key-bits'", "vfl demo --help"),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logger():
+    """``--debug`` adds a stderr handler to the root logger; leave no trace for the next tests."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def one_line(err: str, message: str, see: str) -> None:
