@@ -74,7 +74,12 @@ def test_refuse_fail_and_cancel_record_the_reason(jobs: JobStore) -> None:
     jobs.approve("d")
     jobs.start("d", os.getpid())
     cancelled = jobs.cancel("d", "stopped by operator")
-    assert (cancelled.state, cancelled.outcome, cancelled.pid) == ("cancelled", "stopped by operator", None)
+    # the pid stays, so the caller knows which worker to stop
+    assert (cancelled.state, cancelled.outcome, cancelled.pid) == (
+        "cancelled",
+        "stopped by operator",
+        os.getpid(),
+    )
 
 
 def _to(jobs: JobStore, job_id: str, state: str) -> None:
@@ -350,3 +355,51 @@ def test_many_writers_at_once_lose_nothing(tmp_path: Path) -> None:
         records = jobs.list()
     assert len(records) == 100 and {j.state for j in records} == {"completed"}
     assert {j.proposer for j in records} == {"p1", "p2", "p3", "p4"}
+
+
+def test_a_writer_killed_mid_stream_leaves_every_committed_transition(tmp_path: Path) -> None:
+    """SIGKILL a process while it writes: the file is intact and holds what it reported committed."""
+    db = tmp_path / "jobs.db"
+    JobStore(db).close()
+    script = textwrap.dedent(
+        """
+        import sys
+        from vfl.service.store import JobStore
+        store = JobStore(sys.argv[1])
+        i = 0
+        while True:
+            store.propose(f"k-{i}", "psi", "bank")
+            store.approve(f"k-{i}")
+            print(i, flush=True)
+            i += 1
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(db)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    seen = [proc.stdout.readline() for _ in range(30)]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rest = proc.stdout.read().split()
+    last = int(rest[-1]) if rest else int(seen[-1])
+    with JobStore(db) as jobs:
+        assert jobs._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        states = {j.id: j.state for j in jobs.list()}
+    for i in range(last + 1):
+        assert states[f"k-{i}"] == "approved"
+    assert len(states) - (last + 1) <= 1  # at most one job proposed after the last report
+
+
+def test_sqlite_failures_become_store_errors(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    with JobStore(db) as jobs, JobStore(db, timeout=0.2) as other:
+        jobs._db.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+        try:
+            with pytest.raises(JobStoreError, match="jobs.db is not available: database is locked"):
+                other.propose("j", "psi", "bank")
+        finally:
+            jobs._db.execute("ROLLBACK")
+        assert other.propose("j", "psi", "bank").state == "proposed"

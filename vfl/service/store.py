@@ -143,7 +143,7 @@ class JobRecord:
     ended: float | None = None
     outcome: str = ""  # the result or the reason (refused, failed, cancelled)
     outputs: tuple[str, ...] = field(default_factory=tuple)
-    pid: int | None = None  # the worker process while running
+    pid: int | None = None  # the worker process while running (kept when cancelled: stop it)
     resume: bool = False  # running, but its worker died: start a new one that resumes
     pid_token: str | None = None  # identifies the worker process beyond its pid (reuse)
 
@@ -265,19 +265,25 @@ class JobStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction: no other writer until it commits or rolls back."""
+        """One ``BEGIN IMMEDIATE`` transaction: no other writer until it commits or rolls back.
+
+        An SQLite failure (busy past the time-out, disk full, damaged file) rolls back and becomes
+        a ``JobStoreError`` naming the database.
+        """
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise JobStoreError(f"job database {self.path} is busy: {exc}") from exc
+            except sqlite3.Error as exc:
+                raise JobStoreError(f"job database {self.path} is not available: {exc}") from exc
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            else:
                 self._db.execute("COMMIT")
+            except BaseException as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise JobStoreError(f"job database {self.path}: {exc}") from exc
+                raise
 
     def schema_version(self) -> int:
         with self._lock:
@@ -408,8 +414,11 @@ class JobStore:
         return self._transition(job_id, "fail", outcome=reason, ended=time.time(), pid=None, resume=0)
 
     def cancel(self, job_id: str, reason: str = "cancelled") -> JobRecord:
-        """Any job not yet final -> cancelled (stopping a running worker is the caller's part)."""
-        return self._transition(job_id, "cancel", outcome=reason, ended=time.time(), pid=None, resume=0)
+        """Any job not yet final -> cancelled.
+
+        Stopping a running worker is the caller's part: the record returned keeps its ``pid``.
+        """
+        return self._transition(job_id, "cancel", outcome=reason, ended=time.time(), resume=0)
 
     def recover(
         self,
