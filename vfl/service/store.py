@@ -9,20 +9,15 @@ cut, and readers never block the writer.
 
 Lifecycle (``TRANSITIONS`` is the single source of truth)::
 
-    propose ──> proposed ──queue──> awaiting-approval
-                   │  │                  │  │
-                   │  └──approve──┐      │  └──refuse──> refused
-                   │              v      │
-                   │           approved <┘ approve
-                   │              │
-                   │            start(pid)
-                   │              v
-                   │           running ──finish──> completed
-                   │              │ ──fail────> failed
-                   └──refuse──> refused
-
-    cancel: from proposed, awaiting-approval, approved or running -> cancelled
-    fail:   from approved or running -> failed (a worker that could not start, or died)
+    propose                          -> proposed
+    proposed          --queue-->        awaiting-approval    (the policy wants a person)
+    proposed | awaiting-approval --approve-->  approved
+    proposed | awaiting-approval --refuse-->   refused
+    approved          --start(pid)-->   running
+    running           --finish-->       completed
+    approved | running --fail-->        failed               (could not start, or broke)
+    any state not final --cancel-->     cancelled
+    running, resume=True --start(pid)--> running             (a new worker after recover())
 
 ``completed``, ``failed``, ``cancelled`` and ``refused`` are final: nothing leaves them.
 
@@ -105,10 +100,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
-_COLUMNS = (
-    "id, kind, state, proposer, options_digest, job_toml, created, updated, started, ended, "
-    "outcome, outputs, pid, pid_token, resume"
+_COLUMN_NAMES = (
+    "id",
+    "kind",
+    "state",
+    "proposer",
+    "options_digest",
+    "job_toml",
+    "created",
+    "updated",
+    "started",
+    "ended",
+    "outcome",
+    "outputs",
+    "pid",
+    "pid_token",
+    "resume",
 )
+_COLUMNS = ", ".join(_COLUMN_NAMES)
 
 
 class JobStoreError(VflError):
@@ -139,7 +148,7 @@ class JobRecord:
     job_toml: str = ""
     created: float = 0.0
     updated: float = 0.0
-    started: float | None = None
+    started: float | None = None  # when its (latest) worker started: a resumed job restarts it
     ended: float | None = None
     outcome: str = ""  # the result or the reason (refused, failed, cancelled)
     outputs: tuple[str, ...] = field(default_factory=tuple)
@@ -153,38 +162,10 @@ class JobRecord:
 
     @classmethod
     def _from_row(cls, row: tuple) -> JobRecord:
-        (
-            id_,
-            kind,
-            state,
-            proposer,
-            digest,
-            toml,
-            created,
-            updated,
-            started,
-            ended,
-            outcome,
-            outputs,
-            pid,
-        ) = row[:13]
-        return cls(
-            id=id_,
-            kind=kind,
-            state=state,
-            proposer=proposer,
-            options_digest=digest,
-            job_toml=toml,
-            created=created,
-            updated=updated,
-            started=started,
-            ended=ended,
-            outcome=outcome,
-            outputs=tuple(json.loads(outputs)),
-            pid=pid,
-            pid_token=row[13],
-            resume=bool(row[14]),
-        )
+        values = dict(zip(_COLUMN_NAMES, row, strict=True))
+        values["outputs"] = tuple(json.loads(values["outputs"]))
+        values["resume"] = bool(values["resume"])
+        return cls(**values)
 
 
 def _boot_id() -> str:
