@@ -2,8 +2,12 @@
 
 One error policy for every command: a ``VflError`` (a user or peer mistake) prints one red line
 ``error: <message>`` on stderr and exits with the error's ``exit_code``; Ctrl-C prints one line and
-exits 130. A traceback appears only with ``--debug`` (or ``VFL_DEBUG=1``). The policy lives in
-``VflGroup.invoke``, so every command registered on ``app`` gets it, sub-groups included.
+exits 130. A traceback appears only with ``--debug`` (or ``VFL_DEBUG=1``). A usage error (an
+unknown option or command, a missing or invalid argument) is one line too,
+``error: <message> (see 'vfl <command> --help')``, with exit code 2, instead of click's boxed
+usage text. The policy lives in ``VflGroup`` (``make_context`` for the root's own options,
+``invoke`` for everything below it), so every command registered on ``app`` gets it, sub-groups
+included; ``--help`` and the help shown for a bare group are untouched.
 
 Importing this module stays cheap: command modules import pandas, pyarrow and the transport
 inside the commands that need them.
@@ -80,11 +84,72 @@ def cli_errors(ctx: typer.Context | None = None) -> Iterator[None]:
         raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
 
 
+def _click_class(name: str) -> type[Exception]:
+    """click's exception class ``name`` as typer raises it (recent typer vendors its own click)."""
+    for cls in typer.BadParameter.__mro__:
+        if cls.__name__ == name:
+            return cls
+    raise ImportError(f"typer.BadParameter does not derive from click's {name}")  # pragma: no cover
+
+
+_ClickException = _click_class("ClickException")
+_UsageError = _click_class("UsageError")
+
+
+def _command_words(root: Any) -> list[str]:
+    """The sub-command names the root context is about to run (``['federation', 'add']``).
+
+    Read before ``Group.invoke``, which consumes the arguments.
+    """
+    args = [*getattr(root, "_protected_args", getattr(root, "protected_args", [])), *root.args]
+    words: list[str] = []
+    command = root.command
+    for arg in args:
+        sub = command.get_command(root, arg) if hasattr(command, "get_command") else None
+        if sub is None:
+            break
+        words.append(arg)
+        command = sub
+    return words
+
+
+def usage_error_line(exc: Exception, words: list[str] | None = None) -> str:
+    """``<message> (see 'vfl <command> --help')`` for a click usage error, on one line.
+
+    click raises a few parser errors ("option requires an argument") without a context; then
+    ``words`` (from ``_command_words``) names the command.
+    """
+    message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    # the root's name in command_path is whatever the runner called it: always say 'vfl'
+    words = ctx.command_path.split()[1:] if ctx is not None else (words or [])
+    return f"{message} (see '{' '.join(['vfl', *words])} --help')"
+
+
+@contextmanager
+def _usage_errors(words: list[str] | None = None) -> Iterator[None]:
+    """A click usage error becomes one ``error:`` line and exit code 2; other click errors one line."""
+    try:
+        yield
+    except _UsageError as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group prints its help: keep that
+            raise
+        print_error(usage_error_line(exc, words))
+        raise typer.Exit(getattr(exc, "exit_code", 2) or 2) from None
+    except _ClickException as exc:  # e.g. a file argument that cannot be opened
+        print_error(" ".join(exc.format_message().split()))  # type: ignore[attr-defined]
+        raise typer.Exit(getattr(exc, "exit_code", 1) or 1) from None
+
+
 class VflGroup(TyperGroup):
-    """The root command group: runs every sub-command inside ``cli_errors``."""
+    """The root command group: runs every sub-command inside ``cli_errors`` and one-line usage errors."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _usage_errors():  # the root's own options: ``vfl --bogus``
+            return super().make_context(*args, **kwargs)
 
     def invoke(self, ctx: typer.Context) -> Any:
-        with cli_errors(ctx):
+        with _usage_errors(_command_words(ctx)), cli_errors(ctx):
             return super().invoke(ctx)
 
 
