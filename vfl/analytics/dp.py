@@ -7,8 +7,8 @@ removing one customer) is ``epsilon``-differentially private. Samples are *exact
 Canonne, Kamath and Steinke (2020, "The discrete Gaussian for differential privacy", Algorithm 2) uses
 only integer arithmetic on uniform integers from :mod:`secrets` (the operating system's CSPRNG,
 ``os.urandom``), so there is no floating-point leak (Mironov 2012) and no seedable generator an
-observer could reconstruct. ``epsilon / sensitivity`` is first rounded *down* to a rational with
-denominator <= 10^6 (relative change < 10^-6, and only ever more noise).
+observer could reconstruct. ``epsilon / sensitivity`` is first rounded *down* to a dyadic rational
+with 30 significant bits (relative change < 2^-29, and only ever towards more noise).
 
 **Sensitivities** (integer units, as the numbers travel in the Paillier slots): a count has 1; a sum of
 a metric clipped to ``[lo, hi]`` and quantized with ``f`` fraction bits has ``max(|lo|, |hi|) * 2^f``
@@ -59,7 +59,7 @@ DEFAULT_K = 20
 DEFAULT_MAX_CATEGORIES = 16
 DEFAULT_FRACTION_BITS = 8
 SPLIT_RULES = ("measures", "numbers")
-_DENOMINATOR = 10**6
+_PRECISION_BITS = 30
 TAIL_BITS = 64  # noise beyond noise_limit() has probability < 2^-64
 
 
@@ -86,17 +86,14 @@ def _bernoulli_exp(num: int, den: int) -> bool:
 
 
 def _ratio(epsilon: float, sensitivity: int) -> tuple[int, int]:
-    """``(s, t)`` with ``s / t <= epsilon / sensitivity`` (rounded down, denominator <= 10^6)."""
+    """``(s, t)`` with ``s / t <= epsilon / sensitivity``, rounded down to 30 significant bits."""
     if not (epsilon > 0 and math.isfinite(epsilon)):
         raise ConfigError(f"epsilon must be a positive finite number, got {epsilon}")
     if sensitivity < 1 or int(sensitivity) != sensitivity:
         raise ConfigError(f"sensitivity must be a positive integer, got {sensitivity}")
     exact = Fraction(epsilon) / int(sensitivity)
-    approx = exact.limit_denominator(_DENOMINATOR)
-    if approx > exact:
-        approx -= Fraction(1, approx.denominator)
-    if approx <= 0:  # epsilon / sensitivity < 1e-6: keep exactness with the true fraction
-        approx = exact
+    shift = _PRECISION_BITS - math.floor(math.log2(exact))  # keep 30 significant bits, rounding down
+    approx = Fraction(math.floor(exact * 2**shift), 2**shift) if shift > 0 else Fraction(math.floor(exact))
     return approx.numerator, approx.denominator
 
 
