@@ -105,8 +105,7 @@ def _cap_from(partner: str, spec: Any) -> Cap:
     if unknown:
         raise ConfigError(f"budget cap for {partner!r}: unknown keys {unknown}")
     period = spec.get("period", DEFAULT_CAP["period"])
-    parse_period(period)
-    return Cap(float(eps), None if period is None else str(period))
+    return Cap(float(eps), None if parse_period(period) is None else str(period).strip().lower())
 
 
 class PrivacyBudget:
