@@ -255,3 +255,40 @@ def test_plain_sums_of_the_guests_own_metrics(joined: pd.DataFrame) -> None:
         .reindex([str(c) for c in gcat["age_band"]], fill_value=0.0)
     )
     np.testing.assert_array_equal(sums["spend"], exp.to_numpy())
+
+
+def test_workers_give_the_same_table(joined: pd.DataFrame, host_keys) -> None:
+    from vfl.crypto import WorkerPool
+
+    pk, sk = host_keys
+    opt = _options(["income_band", "products"])
+    gcat = ct.categories_of(joined, ["age_band"], opt, "retailer")
+    hcat = ct.categories_of(joined, ["income_band", "products"], opt, "bank")
+    layout = ct.make_layout(
+        opt,
+        guest="retailer",
+        host="bank",
+        guest_categories=gcat,
+        host_categories=hcat,
+        rows=ROWS,
+        key_bits=pk.bits,
+    )
+    with WorkerPool(2, min_items=1) as pool:
+        rows = ct.encrypt_rows(
+            pk, ct.encode_rows(joined[list(hcat)], joined[["balance"]], layout), workers=pool
+        )
+        acc = ct.fold(
+            rows, ct.cell_codes(joined, gcat), layout, pk, guest_metrics=joined[["spend"]], workers=pool
+        )
+    sealed, state = ct.seal(acc, disable_noise_for_tests=True)
+    table = ct.decode(state, ct.respond(sk, sealed, layout, disable_noise_for_tests=True))
+    ref = ct.crosstab_local(
+        ct.cell_codes(joined, gcat),
+        ct.cell_codes(joined, hcat),
+        layout,
+        host_metrics=joined,
+        guest_metrics=joined,
+    )
+    np.testing.assert_array_equal(table.counts, ref.counts)
+    for m in ("spend", "balance"):
+        np.testing.assert_array_equal(table.sums[m], ref.sums[m])

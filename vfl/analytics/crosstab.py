@@ -51,6 +51,7 @@ from gmpy2 import mpz
 from vfl.analytics.dp import AudienceOptions, Released, noise_limit, noise_share, suppress
 from vfl.crypto import _kernels
 from vfl.crypto.keys import PrivateKey, PublicKey
+from vfl.crypto.pool import WorkerPool
 from vfl.crypto.randomness import RandomnessPool
 from vfl.errors import CryptoError, DataError, IntegrityError
 
@@ -65,7 +66,11 @@ Slot = tuple  # ("count", h) | ("sum", metric, h)
 def categories_of(
     frame: pd.DataFrame, columns: Sequence[str], options: AudienceOptions, party: str
 ) -> dict[str, tuple]:
-    """Sorted distinct values of each segment column, refused beyond ``max_categories`` or with gaps."""
+    """The categories of each segment column, refused beyond ``max_categories`` or with missing values.
+
+    A ``pandas.Categorical`` column gives its declared categories (all of them, in order: nothing
+    data-dependent); any other column its sorted distinct values.
+    """
     out: dict[str, tuple] = {}
     for col in columns:
         if col not in frame.columns:
@@ -73,7 +78,10 @@ def categories_of(
         values = frame[col]
         if values.isna().any():
             raise DataError(f"{party}: segment column {col!r} has {int(values.isna().sum())} missing values")
-        cats = tuple(sorted(pd.unique(values).tolist(), key=str))
+        if isinstance(values.dtype, pd.CategoricalDtype):  # declared categories, in their order
+            cats = tuple(values.cat.categories.tolist())
+        else:  # observed values, sorted (they tell the peer which values occur in this party's data)
+            cats = tuple(sorted(pd.unique(values).tolist(), key=str))
         options.check_categories(party, col, len(cats))
         out[col] = cats
     return out
@@ -358,11 +366,18 @@ def encode_rows(
 
 
 def encrypt_rows(
-    public_key: PublicKey, plaintexts: Sequence[int], *, randomness: RandomnessPool | None = None
+    public_key: PublicKey,
+    plaintexts: Sequence[int],
+    *,
+    randomness: RandomnessPool | None = None,
+    workers: WorkerPool | None = None,
 ) -> list[mpz]:
-    """DJN-encrypt raw signed plaintexts (``P mod n``), one fresh randomizer each."""
+    """DJN-encrypt raw signed plaintexts (``P mod n``), one fresh randomizer each (on ``workers`` if large)."""
     n = public_key.n
     plains = [mpz(p) % n for p in plaintexts]
+    if randomness is None and workers is not None and workers.should_split(len(plains)):
+        args = (n, public_key.h_s, public_key.djn_exponent_bits, public_key.djn_window)
+        return workers.map_chunks(_kernels.worker_encrypt, plains, args)
     rands = public_key.random_factors(len(plains)) if randomness is None else randomness.take(len(plains))
     return _kernels.djn_combine(plains, rands, n, public_key.n_square)
 
@@ -388,11 +403,14 @@ def fold(
     public_key: PublicKey,
     *,
     guest_metrics: pd.DataFrame | None = None,
+    workers: WorkerPool | None = None,
 ) -> Accumulators:
     """Fold every row into its guest cell's accumulators: one modmul per row and block.
 
     ``guest_cells[i]`` is row ``i``'s guest cell index (:func:`cell_codes`), ``-1`` to leave it out.
     Each guest metric adds one short exponentiation per row (``[[P_i]]^(q_i)`` on the count blocks).
+    With ``workers``, contiguous row ranges are folded on the workers and their partial products
+    multiplied (one more modmul per accumulator and worker).
     """
     cells = np.asarray(guest_cells, dtype=np.int64)
     n_rows = len(cells)
@@ -414,27 +432,62 @@ def fold(
         if len(guest_metrics) != n_rows:
             raise DataError("guest metrics and guest cells have different row counts")
         qs[m] = quantize(guest_metrics[m], layout.bounds[m], layout.fraction_bits, m).tolist()
-    order = np.argsort(cells, kind="stable")
-    bounds = np.searchsorted(cells[order], np.arange(g_cells + 1))
-    out: list[mpz] = []
-    for g in range(g_cells):
-        rows = order[bounds[g] : bounds[g + 1]].tolist()
-        for b in range(n_blocks):
-            out.append(
-                _kernels.product([encrypted_rows[i * n_blocks + b] for i in rows], n2) if rows else mpz(1)
+    gq = [qs[m] for m in layout.guest_metrics]
+    args = (g_cells, n_blocks, layout.count_blocks, n2)
+    if workers is not None and workers.should_split(n_rows * n_blocks, weight=0.01 * (1 + 20 * len(gq))):
+        parts = max(1, min(workers.workers, n_rows))
+        edges = [n_rows * i // parts for i in range(parts + 1)]
+        futures = [
+            workers.submit(
+                _fold_kernel,
+                list(encrypted_rows[edges[i] * n_blocks : edges[i + 1] * n_blocks]),
+                cells[edges[i] : edges[i + 1]].tolist(),
+                [q[edges[i] : edges[i + 1]] for q in gq],
+                *args,
             )
-        for m in layout.guest_metrics:
-            q = qs[m]
-            for b in range(layout.count_blocks):
-                pos, neg = mpz(1), mpz(1)
-                for i in rows:
-                    e = q[i]
-                    if e > 0:
-                        pos = pos * gmpy2.powmod(encrypted_rows[i * n_blocks + b], e, n2) % n2
-                    elif e < 0:
-                        neg = neg * gmpy2.powmod(encrypted_rows[i * n_blocks + b], -e, n2) % n2
-                out.append(pos * gmpy2.invert(neg, n2) % n2 if neg != 1 else pos)
+            for i in range(parts)
+        ]
+        partials = [f.result() for f in futures]
+    else:
+        partials = [_fold_kernel(list(encrypted_rows), cells.tolist(), gq, *args)]
+    pos = [_kernels.product([pp[0][a] for pp in partials], n2) for a in range(len(partials[0][0]))]
+    neg = [_kernels.product([pp[1][a] for pp in partials], n2) for a in range(len(partials[0][1]))]
+    out = [c * gmpy2.invert(d, n2) % n2 if d != 1 else c for c, d in zip(pos, neg, strict=True)]
     return Accumulators(public_key, layout, out)
+
+
+def _fold_kernel(
+    cts: list[mpz],
+    cells: list[int],
+    qs: list[list[int]],
+    g_cells: int,
+    n_blocks: int,
+    count_blocks: int,
+    n2: mpz,
+) -> tuple[list[mpz], list[mpz]]:
+    """Partial accumulators of a row range, in :meth:`Layout.accumulator_slots` order.
+
+    Returns ``(positive, negative)`` products: the guest-metric terms with ``q < 0`` are gathered in
+    ``negative`` (raised to ``|q|``) so one inversion per accumulator finishes the fold.
+    """
+    per_g = n_blocks + len(qs) * count_blocks
+    pos = [mpz(1)] * (g_cells * per_g)
+    neg = [mpz(1)] * (g_cells * per_g)
+    for i, g in enumerate(cells):
+        if g < 0:
+            continue
+        base, row = g * per_g, i * n_blocks
+        for b in range(n_blocks):
+            pos[base + b] = pos[base + b] * cts[row + b] % n2
+        for mi, q in enumerate(qs):
+            e = q[i]
+            if e == 0:
+                continue
+            target = pos if e > 0 else neg
+            for b in range(count_blocks):
+                a = base + n_blocks + mi * count_blocks + b
+                target[a] = target[a] * gmpy2.powmod(cts[row + b], abs(e), n2) % n2
+    return pos, neg
 
 
 def _pack(values: Sequence[int], slot_bits: int) -> int:
