@@ -9,6 +9,7 @@
 No network: the protocol (``vfl.protocols``) moves the values these functions produce.
 """
 
+from vfl.analytics.budget import BudgetExceededError, PrivacyBudget
 from vfl.analytics.dp import (
     AudienceOptions,
     Released,
@@ -22,6 +23,8 @@ from vfl.analytics.dp import (
 
 __all__ = [
     "AudienceOptions",
+    "BudgetExceededError",
+    "PrivacyBudget",
     "Released",
     "discrete_laplace",
     "noise_limit",
