@@ -292,3 +292,29 @@ def test_workers_give_the_same_table(joined: pd.DataFrame, host_keys) -> None:
     np.testing.assert_array_equal(table.counts, ref.counts)
     for m in ("spend", "balance"):
         np.testing.assert_array_equal(table.sums[m], ref.sums[m])
+
+
+def test_the_guest_refuses_a_layout_that_does_not_follow_from_the_options(
+    joined: pd.DataFrame, host_keys
+) -> None:
+    from vfl.errors import ProtocolError
+
+    pk, _ = host_keys
+    opt = _options(["income_band"])
+    gcat = ct.categories_of(joined, ["age_band"], opt, "retailer")
+    hcat = ct.categories_of(joined, ["income_band"], opt, "bank")
+    kw = {"guest": "retailer", "host": "bank", "key_bits": pk.bits}
+    layout = ct.make_layout(opt, guest_categories=gcat, host_categories=hcat, rows=ROWS, **kw)
+    assert ct.verify_layout(layout.to_dict(), opt, max_rows=ROWS, **kw) == layout
+    greedy = AudienceOptions(**{**opt.to_dict(), "epsilon": 5.0})
+    sent = ct.make_layout(greedy, guest_categories=gcat, host_categories=hcat, rows=ROWS, **kw).to_dict()
+    with pytest.raises(ProtocolError, match="disagrees with the job options on epsilon"):
+        ct.verify_layout(sent, opt, max_rows=ROWS, **kw)
+    with pytest.raises(
+        ProtocolError, match="disagrees"
+    ):  # the job releases two tables: half the epsilon each
+        ct.verify_layout(layout.to_dict(), opt, max_rows=ROWS, tables=2, **kw)
+    with pytest.raises(ProtocolError, match="more than the"):
+        ct.verify_layout(layout.to_dict(), opt, max_rows=ROWS - 1, **kw)
+    with pytest.raises(IntegrityError, match="malformed"):
+        ct.verify_layout({"rows": 3}, opt, max_rows=ROWS, **kw)

@@ -53,7 +53,7 @@ from vfl.crypto import _kernels
 from vfl.crypto.keys import PrivateKey, PublicKey
 from vfl.crypto.pool import WorkerPool
 from vfl.crypto.randomness import RandomnessPool
-from vfl.errors import CryptoError, DataError, IntegrityError
+from vfl.errors import CryptoError, DataError, IntegrityError, ProtocolError
 
 Slot = tuple  # ("count", h) | ("sum", metric, h)
 
@@ -265,6 +265,47 @@ def make_layout(
         options.fraction_bits,
         eps,
     )
+
+
+def verify_layout(
+    received: Mapping[str, Any],
+    options: AudienceOptions,
+    *,
+    guest: str,
+    host: str,
+    key_bits: int,
+    max_rows: int,
+    tables: int = 1,
+) -> Layout:
+    """Guest: accept the host's layout message only if it follows from our own job options.
+
+    The layout is rebuilt from the options, the received categories and row bound; any other setting
+    that differs (epsilon per number, metrics, bounds, fraction bits, slot width, key size) is refused
+    naming it, so a host cannot shrink the noise or widen the slots behind the options' back.
+    """
+    try:
+        theirs = Layout.from_dict(received)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"the layout from {host!r} is malformed: {exc}") from None
+    if theirs.rows > max_rows:
+        raise ProtocolError(
+            f"the layout from {host!r} admits {theirs.rows} rows, more than the {max_rows} shared"
+        )
+    ours = make_layout(
+        options,
+        guest=guest,
+        host=host,
+        guest_categories=theirs.guest_categories,
+        host_categories=theirs.host_categories,
+        rows=theirs.rows,
+        key_bits=key_bits,
+        tables=tables,
+    )
+    a, b = ours.to_dict(), theirs.to_dict()
+    differ = sorted(k for k in a if a[k] != b[k])
+    if differ:
+        raise ProtocolError(f"the layout from {host!r} disagrees with the job options on {', '.join(differ)}")
+    return theirs
 
 
 def _build(
