@@ -23,3 +23,6 @@ def breast_guest() -> pd.DataFrame:
 
 def breast_host() -> pd.DataFrame:
     return pd.read_csv(path("breast_hetero_host.csv"))
+
+
+from vfl.datasets.marketing import marketing as marketing  # noqa: E402 - synthetic retailer/bank/publisher audience
