@@ -17,8 +17,8 @@ running job files that differ in one option.
 
 from __future__ import annotations
 
-import os
 import json
+import os
 import re
 import socket
 import stat

@@ -87,7 +87,9 @@ def test_preprocessor_rejects_unusable_columns(frame, message):
 
 def test_labels_and_columns_and_files(tmp_path):
     # Two words: the positive class must be named (vfl does not guess which word is the outcome).
-    with pytest.raises(DataError, match=r"label column 'y' has the values no, yes: say which one is the positive"):
+    with pytest.raises(
+        DataError, match=r"label column 'y' has the values no, yes: say which one is the positive"
+    ):
         binary_labels(pd.Series(["no", "yes", "no"]), column="y")
     assert binary_labels(pd.Series(["no", "yes", "no"]), column="y", positive="yes").tolist() == [0, 1, 0]
     assert binary_labels(pd.Series([True, False]), column="y").tolist() == [1, 0]
