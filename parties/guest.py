@@ -5,17 +5,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from vfl.baseline import Baseline, fit_baseline
+from vfl.calibration import Calibrator, fit_calibrator, sigmoid
 from vfl.crypto import WorkerPool
 from vfl.data import binary_labels, check_columns, positive_class, require_columns
 from vfl.errors import DataError
 from vfl.io import atomic_write_json, atomic_write_text
 from vfl.ledger import Ledger
-from vfl.metrics import Evaluation, evaluate
+from vfl.metrics import Evaluation, evaluate, jsonable
 from vfl.model import ModelShard
 from vfl.parties.common import (
     Job,
@@ -36,7 +39,7 @@ from vfl.parties.state import Alignment
 from vfl.protocols import lr, predict, psi
 from vfl.protocols.session import Session
 from vfl.protocols.split import send_held_out
-from vfl.report import write_report
+from vfl.report import build_report_data, write_report
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,9 @@ class GuestOutcome:
     intersection_size: int
     ledger: Ledger
     positive: str = "1"
+    calibrator: Calibrator | None = None
+    baseline: Baseline | None = None
+    data_files: list[dict[str, Any]] = field(default_factory=list)
     outputs: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -97,6 +103,7 @@ def train(
     workers: WorkerPool | None = None,
     progress: ProgressFn | None = None,
     resumable: bool = False,
+    source: str | None = None,
 ) -> GuestOutcome:
     """Run the guest's side of a whole training job: align, split, prepare, train, score, evaluate, save.
 
@@ -153,12 +160,31 @@ def train(
     if progress:
         progress("train", trained.epochs, trained.epochs, f"done, loss {trained.losses[-1]:.5f}")
     scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="train-score")
-    scores = session.guard(lambda: predict.guest_scores(session, scoring, matrix @ trained.weights))
-    evaluation = evaluate(labels[held_rows], scores[held_rows])
-    shard = session.guard(lambda: make_shard(session, job, "guest", names, trained.weights, scaler))
+    z = session.guard(lambda: predict.joint_logits(session, scoring, matrix @ trained.weights))
+    scores = sigmoid(z)
+
+    def evaluate_locally() -> tuple:
+        calibrator = fit_calibrator(z[train_rows], labels[train_rows], method=o.calibration)
+        evaluation = evaluate(
+            labels[held_rows], scores[held_rows], calibrator=calibrator, positive_label=positive_label,
+            train_labels=labels[train_rows], train_scores=scores[train_rows],
+        )  # fmt: skip
+        baseline = fit_baseline(matrix, labels, train_rows, held_rows, columns=names)
+        return calibrator, evaluation, baseline
+
+    calibrator, evaluation, baseline = session.guard(evaluate_locally)
+    extras = {"calibrator": calibrator.to_dict(), "positive_class": positive_label}
+    shard = session.guard(lambda: make_shard(session, job, "guest", names, trained.weights, scaler, extras))
     held_out = np.zeros(len(aligned), dtype=bool)
     held_out[held_rows] = True
-    table = pd.DataFrame({id_column: aligned[id_column].to_numpy(), "score": scores, "held_out": held_out})
+    table = pd.DataFrame(
+        {
+            id_column: aligned[id_column].to_numpy(),
+            "score": scores,
+            "probability": calibrator.apply(z),
+            "held_out": held_out,
+        }
+    )
     notes = training_notes(info, trained.generations)
     notes.append(f"positive class: {positive_label!r} (label column '{label}')")
     if job.scoring_reveal == "partial" or len(job.hosts) == 1:
@@ -170,8 +196,9 @@ def train(
     session.barrier("train")
     ledger = ledger_for(session, notes)
     outcome = GuestOutcome(
-        shard, evaluation, table, trained.losses, trained.epochs, info["size"], ledger, positive_label
-    )
+        shard, evaluation, table, trained.losses, trained.epochs, info["size"], ledger, positive_label,
+        calibrator=calibrator, baseline=baseline, data_files=[{"name": source or "(in memory)", "rows": len(data)}],
+    )  # fmt: skip
     if output_dir is not None:
         outcome.outputs = write_guest_outputs(output_dir, outcome, job)
     if store is not None:
@@ -180,7 +207,7 @@ def train(
 
 
 def write_guest_outputs(directory: Path, outcome: GuestOutcome, job: Job) -> dict[str, Path]:
-    """Model shard, ledger, scores, metrics and the HTML report, each written atomically."""
+    """Model shard, ledger, scores, metrics, the report's data and the HTML report, each written atomically."""
     written = write_outputs(directory, outcome.shard, outcome.ledger)
     written["scores"] = atomic_write_text(directory / "scores.csv", outcome.scores.to_csv(index=False))
     written["metrics"] = atomic_write_json(
@@ -188,6 +215,9 @@ def write_guest_outputs(directory: Path, outcome: GuestOutcome, job: Job) -> dic
         {
             "metrics": outcome.metrics,
             "positive_class": outcome.positive,
+            "threshold": jsonable(outcome.evaluation.thresholds),
+            "intervals": jsonable(outcome.evaluation.intervals),
+            "warnings": outcome.evaluation.warnings,
             "losses": outcome.losses,
             "epochs": outcome.epochs,
             "intersection_size": outcome.intersection_size,
@@ -195,24 +225,22 @@ def write_guest_outputs(directory: Path, outcome: GuestOutcome, job: Job) -> dic
             "roc": outcome.evaluation.roc.to_dict(orient="list"),
         },
     )
-    written["report"] = write_report(
-        directory / "report.html",
-        title=f"vfl job {job.id}: held-out evaluation at the guest",
-        metrics=outcome.metrics,
-        roc=outcome.evaluation.roc,
-        lift=outcome.evaluation.lift,
+    data = build_report_data(
+        outcome.evaluation,
+        job_id=job.id,
         losses=outcome.losses,
-        ledger=outcome.ledger.__dict__,
-        details={
-            "job": job.id,
-            "hosts": ", ".join(job.hosts),
-            "arbiter": job.arbiter,
-            "positive class": outcome.positive,
-            "intersection size": outcome.intersection_size,
-            "epochs": outcome.epochs,
-            **{k: v for k, v in job.options.to_dict().items()},
-        },
+        ledger=outcome.ledger,
+        shard=outcome.shard,
+        baseline=outcome.baseline,
+        calibrator=outcome.calibrator,
+        data_files=outcome.data_files,
+        options=job.options.to_dict(),
+        parties={"guest": job.guest, "hosts": list(job.hosts), "arbiter": job.arbiter},
+        epochs=outcome.epochs,
+        intersection_size=outcome.intersection_size,
     )
+    written["report_data"] = data.save(directory / "report.json")
+    written["report"] = write_report(directory / "report.html", data)
     return written
 
 
@@ -241,6 +269,9 @@ def score(
 
     own = session.guard(partial)
     plan = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="predict")
-    scores = session.guard(lambda: predict.guest_scores(session, plan, own))
+    z = session.guard(lambda: predict.joint_logits(session, plan, own))
     session.barrier("predict")
-    return pd.DataFrame({id_column: aligned[id_column].to_numpy(), "score": scores})
+    table = pd.DataFrame({id_column: aligned[id_column].to_numpy(), "score": sigmoid(z)})
+    if "calibrator" in shard.extras:
+        table["probability"] = Calibrator.from_dict(shard.extras["calibrator"]).apply(z)
+    return table

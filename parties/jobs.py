@@ -47,6 +47,7 @@ class RoleContext:
     resumable: bool = False
     model: ModelShard | None = None
     keypair: tuple[PublicKey, PrivateKey] | None = None
+    source: str | None = None  # the data file's name, for the report's provenance
 
     @property
     def role(self) -> str:
@@ -108,7 +109,7 @@ def _train_guest(ctx: RoleContext) -> Outcome:
     result = guest_party.train(
         ctx.session, ctx.job, ctx.data, id_column=ctx.id_column, label=ctx.label, columns=ctx.columns,
         positive=ctx.positive, output_dir=ctx.output_dir, workers=ctx.workers, progress=ctx.progress,
-        resumable=ctx.resumable,
+        resumable=ctx.resumable, source=ctx.source,
     )  # fmt: skip
     summary = {**result.metrics, "epochs": result.epochs, "intersection": result.intersection_size}
     return Outcome(result.outputs, summary, result)

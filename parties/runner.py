@@ -168,6 +168,7 @@ def run_party(
         ctx = RoleContext(
             session, job, frame, id_column=party.id_column, label=party.label_column, columns=party.columns,
             positive=party.positive, output_dir=out, workers=pool, progress=progress, resumable=True, model=model,
+            source=Path(data or party.data).name if (data or party.data) else None,
         )  # fmt: skip
         try:
             result = run_role(config.kind, ctx)

@@ -30,6 +30,7 @@ PENALTIES = ("none", "l2", "l1")
 INITS = ("zeros", "random")
 KEY_BITS = (1024, 2048, 3072)
 PREDICT_REVEALS = ("sum", "partial")
+CALIBRATIONS = ("platt", "isotonic", "none")
 
 _POSITIVE_INT = Interval(int, 1, None, closed="left")
 _FRACTION = Interval(float, 0, 1, closed="left")  # a decay rate of a moving average: 1 would never forget
@@ -65,6 +66,8 @@ class TrainOptions(OptionsTable):
     # Fewest aligned rows a training job accepts, checked before any label- or feature-derived step:
     # tiny intersections make every aggregate close to a per-customer value.
     min_intersection: int = 100
+    # How the guest turns the Taylor model's logits into probabilities (fitted locally on training rows).
+    calibration: str = "platt"
 
     _option_label: ClassVar[str] = "job option"
     #: Every option's allowed values: types, ranges and choices (vfl/constraints.py).
@@ -90,6 +93,7 @@ class TrainOptions(OptionsTable):
         "clip_sigma": [Interval(float, 0, None, closed="left", note="0 turns clipping off")],
         "min_rows_per_column": [Interval(int, 0, None, closed="left")],
         "min_intersection": [Interval(int, MIN_INTERSECTION_FLOOR, None, closed="left")],
+        "calibration": [Options(str, CALIBRATIONS)],
     }
 
     @classmethod

@@ -381,7 +381,9 @@ def decrypt_bin_counts(
     private_key: PrivateKey, sums: EncryptedVector, counts: np.ndarray | Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Guest side: ``(events, non_events)`` per bin from the host's encrypted sums and bin sizes."""
-    values = private_key.decrypt(sums)
+    from vfl.crypto.vector import decrypt
+
+    values = decrypt(private_key, sums)
     c = np.asarray(counts, dtype=np.int64)
     if values.shape != c.shape:
         raise IntegrityError(f"{len(values)} encrypted sums but {len(c)} bin sizes")

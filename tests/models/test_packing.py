@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vfl.crypto import prepare_matrix
+from vfl.crypto import decrypt, decrypt_packed, encrypt, prepare_matrix
 from vfl.crypto.packing import PackedCiphertexts
 from vfl.errors import CryptoError, IntegrityError
 from vfl.models.packing import (
@@ -111,13 +111,13 @@ def test_encrypted_end_to_end_with_rdot_and_masks(keypair) -> None:
     # 3. masked for the arbiter, read with the existing decrypt_packed, unmasked by the party
     messages, state = lay.mask(outputs)
     wire = [PackedCiphertexts.from_arrow(msg.to_arrow(), pk) for msg in messages]
-    slots = [sk.decrypt_packed(w) for w in wire]
+    slots = [decrypt_packed(sk, w) for w in wire]
     assert (state.unmask(slots, sums) == expected).all()
     grad = lay.gradient(state.unmask(slots, sums), prepared.shifts, rows=m)
     np.testing.assert_allclose(grad, prepared.dequantized.T @ d / m, rtol=0, atol=1e-9)
     # masked slots carry no plaintext structure: different masks for the same values
     again, _ = lay.mask(outputs)
-    assert [sk.decrypt_packed(a) for a in again] != slots
+    assert [decrypt_packed(sk, a) for a in again] != slots
 
 
 def test_tampered_slots_are_rejected(keypair) -> None:
@@ -127,7 +127,7 @@ def test_tampered_slots_are_rejected(keypair) -> None:
     prepared = prepare_matrix(q.astype(float), bits=8)
     enc = encrypt_packed(pk, lay.pack(np.full((3, 2), 0.5)))
     msgs, state = lay.mask([packed_rdot(enc, prepared)])
-    slots = [sk.decrypt_packed(msgs[0])]
+    slots = [decrypt_packed(sk, msgs[0])]
     slots[0][1] = (1 << lay.slot_bits) + 1
     with pytest.raises(IntegrityError):
         state.unmask(slots, column_sums(prepared))
@@ -141,8 +141,8 @@ def test_poisson_guest_residual_under_encryption(keypair) -> None:
     u_h, u_g = rng.normal(size=20), rng.normal(size=20) * 2
     exposure = rng.uniform(0.5, 3.0, 20)
     y = rng.poisson(2.0, 20)
-    enc = pk.encrypt(np.exp(u_h))  # host -> guest
+    enc = encrypt(pk, np.exp(u_h))  # host -> guest
     d = guest_residual(enc, u_g, y, exposure)
     expected = exposure * np.exp(u_g + u_h) - y
-    np.testing.assert_allclose(sk.decrypt(d), expected, rtol=0, atol=1e-8 * np.max(np.abs(expected)))
+    np.testing.assert_allclose(decrypt(sk, d), expected, rtol=0, atol=1e-8 * np.max(np.abs(expected)))
     assert d.exponent == enc.exponent - 10

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from vfl.crypto import encrypt
 from vfl.errors import DataError
 from vfl.screening import (
     Binning,
@@ -145,7 +146,7 @@ def test_encrypted_bin_sums_equal_pandas(keypair) -> None:
     binning = quantile_binning(x, 5)  # host side
     binning = merge_small_bins(binning, bin_counts(binning.assign(x), None, binning.n_bins), k=5)
     bins = binning.assign(x)
-    encrypted_y = pk.encrypt(y.astype(np.int64), exponent=0)  # guest -> host
+    encrypted_y = encrypt(pk, y.astype(np.int64), exponent=0)  # guest -> host
     sums, counts = encrypted_bin_sums(encrypted_y, bins, binning.n_bins, k=5)  # host -> guest
     events, non_events = decrypt_bin_counts(sk, sums, counts)  # guest
     ref = _pandas_woe(x, y, binning)

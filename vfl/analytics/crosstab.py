@@ -52,7 +52,7 @@ from vfl.analytics.dp import AudienceOptions, Released, noise_limit, noise_share
 from vfl.crypto import _kernels
 from vfl.crypto.keys import PrivateKey, PublicKey
 from vfl.crypto.pool import WorkerPool
-from vfl.crypto.randomness import RandomnessPool
+from vfl.crypto.randomness import RandomnessPool, randomizers
 from vfl.errors import CryptoError, DataError, IntegrityError, ProtocolError
 
 Slot = tuple  # ("count", h) | ("sum", metric, h)
@@ -419,7 +419,7 @@ def encrypt_rows(
     if randomness is None and workers is not None and workers.should_split(len(plains)):
         args = (n, public_key.h_s, public_key.djn_exponent_bits, public_key.djn_window)
         return workers.map_chunks(_kernels.worker_encrypt, plains, args)
-    rands = public_key.random_factors(len(plains)) if randomness is None else randomness.take(len(plains))
+    rands = randomizers(public_key, len(plains)) if randomness is None else randomness.take(len(plains))
     return _kernels.djn_combine(plains, rands, n, public_key.n_square)
 
 
@@ -571,7 +571,7 @@ def seal(
     n, n2 = pk.n, pk.n_square
     noise = _noise_packed(acc.layout, disable_noise_for_tests)
     masks = tuple(secrets.randbelow(int(n)) for _ in acc.ciphertexts)
-    rands = pk.random_factors(len(masks)) if randomness is None else randomness.take(len(masks))
+    rands = randomizers(pk, len(masks)) if randomness is None else randomness.take(len(masks))
     out = []
     for c, z, r, rnd in zip(acc.ciphertexts, noise, masks, rands, strict=True):
         m = mpz(z + r) % n

@@ -183,33 +183,25 @@ def report(
         Path | None, typer.Option("--output", "-o", help="Where to write the HTML report.")
     ] = None,
 ) -> None:
-    """Write the HTML report of a training job at the guest: metrics, ROC, loss, lift and the ledger."""
-    import pandas as pd
-
+    """(Re)write the HTML report of a training job at the guest, the same page the run wrote."""
     from vfl.cli import stdout
     from vfl.config import PartyConfig
-    from vfl.report import write_report
+    from vfl.report import ReportData, write_report
 
     config = PartyConfig.load(party)
     if config.role != "guest":
         raise ConfigError(f"only the guest has labels and metrics; '{config.id}' is a {config.role}")
     folder = config.output_dir / job_id
-    metrics = _read_json(folder / "metrics.json")
-    ledger = _read_json(folder / "ledger.json")
-    path = write_report(
-        output or folder / "report.html",
-        title=f"vfl job {job_id}: held-out evaluation at the guest",
-        metrics=metrics["metrics"],
-        roc=pd.DataFrame(metrics["roc"]),
-        lift=pd.DataFrame(metrics["lift"]),
-        losses=metrics["losses"],
-        ledger=ledger,
-        details={
-            "job": job_id,
-            "epochs": metrics.get("epochs"),
-            "intersection size": metrics.get("intersection_size"),
-        },
-    )
+    if not (folder / "report.json").exists():
+        raise DataError(
+            f"{folder / 'report.json'} does not exist: job '{job_id}' has not finished at this party "
+            "(or was trained by a vfl without report data; run it again)"
+        )
+    try:
+        data = ReportData.load(folder / "report.json")
+    except (ValueError, TypeError, KeyError) as exc:
+        raise DataError(f"{folder / 'report.json'} is damaged ({exc}); run the job again") from exc
+    path = write_report(output or folder / "report.html", data)
     stdout().print(f"report written to [bold]{path}[/]")
 
 

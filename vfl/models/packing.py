@@ -36,7 +36,7 @@ squarings ``2^(4F - s_j)`` that :meth:`EncryptedVector.rdot` applies to bring co
 ``2^prepared.squarings[j]`` before :meth:`unpack` (``unpack(..., squarings=...)`` does it) and size the
 layout with ``x_bound * 2^max(squarings)`` if the result is to be masked.
 
-**Encrypting packed integers.** ``PublicKey.encrypt`` encodes floats (an object array of big ints is
+**Encrypting packed integers.** :func:`vfl.crypto.encrypt` encodes floats (an object array of big ints is
 converted to float64, losing bits), so :func:`encrypt_packed` uses the engine's lowest level:
 ``c = (1 + P n) h_s^a mod n^2`` via ``vfl.crypto._kernels.djn_combine`` with the key's DJN randomizers,
 wrapped as an ``EncryptedVector`` at exponent 0 with its bound.
@@ -56,10 +56,10 @@ from gmpy2 import mpz
 
 from vfl.crypto import _kernels
 from vfl.crypto.keys import PrivateKey, PublicKey
-from vfl.crypto.multiexp import PreparedMatrix, rdot
+from vfl.crypto.multiexp import PreparedMatrix, rdot_ciphertexts
 from vfl.crypto.packing import MIN_MASK_BITS, PackedCiphertexts, slot_bits_for
-from vfl.crypto.randomness import RandomnessPool
-from vfl.crypto.vector import EncryptedVector, as_object_array
+from vfl.crypto.randomness import RandomnessPool, randomizers
+from vfl.crypto.vector import EncryptedVector, as_object_array, decrypt_int
 from vfl.errors import CryptoError, IntegrityError
 
 DEFAULT_FRAC_BITS = 32
@@ -261,7 +261,7 @@ class SlotLayout:
         """Mask each ``[[V_j]]`` (one vector of columns per group) with ``M_j`` and re-randomize.
 
         Returns one :class:`~vfl.crypto.packing.PackedCiphertexts` per group (``slot_bits = S``,
-        ``c`` slots per ciphertext, one ciphertext per column) for ``PrivateKey.decrypt_packed``, and the
+        ``c`` slots per ciphertext, one ciphertext per column) for :func:`~vfl.crypto.packing.decrypt_packed`, and the
         masks the party keeps.
         """
         if len(outputs) != self.n_plaintexts:
@@ -277,7 +277,7 @@ class SlotLayout:
                 )
             n, n2 = pk.n, pk.n_square
             group_masks = [[secrets.randbelow(1 << (s - 1)) + b for _ in range(c)] for _ in range(len(vec))]
-            rands = pk.random_factors(len(vec)) if randomness is None else randomness.take(len(vec))
+            rands = randomizers(pk, len(vec)) if randomness is None else randomness.take(len(vec))
             cts = []
             for ct, row, r in zip(vec.ciphertexts, group_masks, rands, strict=True):
                 big = 0
@@ -343,7 +343,7 @@ def encrypt_packed(
         raise CryptoError(
             f"a packed plaintext has {peak.bit_length()} bits, beyond a {public_key.bits}-bit key's n/3"
         )
-    rands = public_key.random_factors(len(plains)) if randomness is None else randomness.take(len(plains))
+    rands = randomizers(public_key, len(plains)) if randomness is None else randomness.take(len(plains))
     cts = _kernels.djn_combine(plains, rands, n, public_key.n_square)
     return EncryptedVector(public_key, as_object_array(cts), 0, peak)
 
@@ -358,7 +358,11 @@ def packed_rdot(
 ) -> EncryptedVector:
     """``[[sum_i q_ij P_i]]`` per column: the engine's ``rdot`` without the column-alignment squarings."""
     unscaled = dataclasses.replace(prepared, shifts=np.zeros_like(prepared.shifts))
-    return rdot(vector, unscaled, rows, randomness=randomness, rerandomize=rerandomize)
+    out, exponent_shift, bound = rdot_ciphertexts(
+        list(vector.ciphertexts), vector.public_key, unscaled, rows, vector.bound
+    )
+    result = vector._like(out, vector.exponent - exponent_shift, bound)  # exponent_shift is 0 here
+    return result.rerandomize(randomness=randomness) if rerandomize else result
 
 
 def column_sums(
@@ -376,4 +380,4 @@ def x_bound_of(prepared: PreparedMatrix) -> int:
 
 def decrypt_outputs(private_key: PrivateKey, outputs: Sequence[EncryptedVector]) -> list[list[int]]:
     """Signed ``V_j`` per group (tests and single-key settings; the arbiter sees only masked values)."""
-    return [private_key.decrypt_int(v) for v in outputs]
+    return [decrypt_int(private_key, v) for v in outputs]
