@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Iterable
 
@@ -37,13 +36,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from vfl.errors import ConfigError, IntegrityError, PeerTimeoutError, TransportError
 from vfl.transport.address import format_address, parse_address
 from vfl.transport.channel import Channel
+from vfl.transport.clients import PeerClients
 from vfl.transport.envelope import (
-    CHUNK_SCHEMA,
     ENVELOPE_VERSION,
     Envelope,
     MiB,
     check_envelope,
-    chunk_batches,
     read_payload,
     seal,
     size_text,
@@ -62,7 +60,7 @@ from vfl.transport.probe import (
     server_reason,
 )
 from vfl.transport.retry import Failure, RetriesExhausted, RetryPolicy
-from vfl.transport.tls import PartyIdentity, fingerprint, party_dns_name
+from vfl.transport.tls import PartyIdentity, fingerprint
 
 __all__ = [
     "ENVELOPE_VERSION",
@@ -147,9 +145,14 @@ class FlightChannel(Channel):
         if not self._peers:
             raise ConfigError(f"party '{identity.party_id}' has no peers to talk to")
         self._mailbox = Mailbox()
-        self._clients: dict[str, flight.FlightClient] = {}
-        self._answered: set[str] = set()  # peers that answered at least once: first contact is over
-        self._clients_lock = threading.Lock()
+        addresses = {p: peer.address for p, peer in self._peers.items()}
+        self._clients = PeerClients(
+            identity,
+            addresses,
+            self._pems,
+            call_timeout=self.settings.call_timeout,
+            chunk_bytes=self.settings.chunk_bytes,
+        )
         self._closed = False
         self._probe_files = IdentityFiles(identity.cert_pem, identity.key_pem)
 
@@ -193,11 +196,7 @@ class FlightChannel(Channel):
             return
         self._closed = True
         self._mailbox.abort(f"party '{self.party}' closed its channel")
-        with self._clients_lock:
-            clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            with contextlib.suppress(Exception):
-                client.close()
+        self._clients.close()
         with contextlib.suppress(Exception):
             self._server.shutdown()
         self._probe_files.cleanup()
@@ -241,6 +240,7 @@ class FlightChannel(Channel):
             )
             self._mailbox.reject(Rejection(env.sender, env.tag, str(exc), time.time()))
             raise
+        self._clients.reached_us(env.sender)
         if self._mailbox.put(env.sender, env.tag, payload):
             log.debug("received '%s' from '%s' (%d bytes)", env.tag, env.sender, len(payload))
             return "stored"
@@ -252,14 +252,28 @@ class FlightChannel(Channel):
         payload = self._mailbox.take(frm, tag, timeout)
         if payload is not None:
             return payload
-        note = ""
+        head = f"party '{frm}' at {peer.address} did not send '{tag}' to '{self.party}' within {timeout:g} s"
         refused = [r for r in self._mailbox.rejections() if r.claimed_sender == frm]
         if refused:
-            note = f" ({len(refused)} message(s) claiming to come from it were refused, the last: {refused[-1].reason})"
-        raise PeerTimeoutError(
-            f"party '{frm}' at {peer.address} did not send '{tag}' to '{self.party}' within {timeout:g} s{note}; "
-            "check that it is running and that every party runs the same job"
-        )
+            head += f" ({len(refused)} message(s) claiming to come from it were refused, the last: {refused[-1].reason})"
+        elif (problem := self._pin_problem(frm)) is not None:
+            # A handshake our inbox refused never reaches vfl (gRPC only logs it on stderr), so a
+            # peer whose pins disagree with ours looks silent: say so instead of just timing out.
+            raise PeerTimeoutError(f"{head}, and it cannot: {problem}")
+        raise PeerTimeoutError(f"{head}; check that it is running and that every party runs the same job")
+
+    def _pin_problem(self, frm: str) -> str | None:
+        """Why ``frm`` cannot reach us, if a TLS probe shows our pins and its disagree; None otherwise."""
+        if self._clients.has_reached_us(frm):
+            return None  # it reached our inbox before: both sides pin each other
+        try:
+            status = self.probe(frm)
+        except Exception:  # noqa: BLE001 - a diagnosis must never hide the time-out itself
+            return None
+        if status.problem and status.permanent:
+            log.warning("party '%s' hears nothing from '%s': %s", self.party, frm, status.problem)
+            return status.problem
+        return None
 
     # ---- sending
 
@@ -269,55 +283,9 @@ class FlightChannel(Channel):
             raise ConfigError(f"unknown peer '{party_id}'; the federation of '{self.party}' has {self.peers}")
         return peer
 
-    def _client(self, to: str) -> flight.FlightClient:
-        with self._clients_lock:
-            if self._closed:
-                raise TransportError(f"the channel of '{self.party}' is closed")
-            client = self._clients.get(to)
-            if client is None:
-                host, port = parse_address(self._peers[to].address)
-                client = flight.FlightClient(
-                    f"grpc+tls://{format_address(host, port)}",
-                    tls_root_certs=self._pems[to],
-                    cert_chain=self.identity.cert_pem,
-                    private_key=self.identity.key_pem,
-                    override_hostname=party_dns_name(to),
-                    # A fresh channel after a failure must not inherit gRPC's shared reconnect back-off.
-                    generic_options=[("grpc.use_local_subchannel_pool", 1)],
-                )
-                self._clients[to] = client
-            return client
-
-    def _drop_client(self, to: str) -> None:
-        with self._clients_lock:
-            client = self._clients.pop(to, None)
-        if client is not None:
-            with contextlib.suppress(Exception):
-                client.close()
-
-    def _has_answered(self, to: str) -> bool:
-        with self._clients_lock:
-            return to in self._answered
-
-    def _answered_once(self, to: str) -> None:
-        with self._clients_lock:
-            self._answered.add(to)
-
     def _put_raw(self, to: str, command: bytes, payload: bytes) -> str:
         """One ``do_put`` attempt of an already sealed message; returns the inbox's answer."""
-        client = self._client(to)
-        options = flight.FlightCallOptions(timeout=self.settings.call_timeout)
-        writer, reader = client.do_put(
-            flight.FlightDescriptor.for_command(command), CHUNK_SCHEMA, options=options
-        )
-        try:
-            for batch in chunk_batches(payload, self.settings.chunk_bytes):
-                writer.write_batch(batch)
-            writer.done_writing()
-            answer = reader.read()
-        finally:
-            writer.close()
-        return answer.to_pybytes().decode() if answer is not None else ""
+        return self._clients.put(to, command, payload)
 
     def _send_bytes(self, to: str, tag: str, payload: bytes) -> None:
         self._peer(to)  # an unknown peer is a ConfigError before anything else
@@ -346,7 +314,7 @@ class FlightChannel(Channel):
         """
         peer = self._peer(to)
         s = self.settings
-        first = deadline is None and not self._has_answered(to)
+        first = deadline is None and not self._clients.has_answered(to)
         if deadline is None:
             deadline = max(s.first_contact, s.connect_deadline) if first else s.connect_deadline
         policy = s.retry_policy(deadline)
@@ -357,19 +325,19 @@ class FlightChannel(Channel):
             try:
                 return self._put_raw(peer.party_id, command, payload)
             except flight.FlightUnauthorizedError as exc:  # the inbox answered: it refused the message
-                self._answered_once(peer.party_id)
+                self._clients.answered(peer.party_id)
                 raise TransportError(f"{where} refused message '{tag}': {server_reason(exc)}") from exc
             except (flight.FlightUnauthenticatedError, flight.FlightCancelledError) as exc:
                 raise TransportError(f"{where} refused message '{tag}': {first_line(exc)}") from exc
             except policy.transient:
                 raise
             except (flight.FlightError, pa.ArrowException) as exc:
-                self._drop_client(peer.party_id)
+                self._clients.drop(peer.party_id)
                 raise TransportError(f"sending '{tag}' to {where} failed: {first_line(exc)}") from exc
 
         def on_failure(failure: Failure) -> None:
             nonlocal next_report
-            self._drop_client(peer.party_id)
+            self._clients.drop(peer.party_id)
             self._raise_if_misconfigured(peer, failure.error)
             level = logging.DEBUG if first else logging.INFO  # before first contact: the progress line below
             log.log(
@@ -399,7 +367,7 @@ class FlightChannel(Channel):
                 f"{where} did not answer within {deadline:g} s (tried {exc.attempts} times{since}): "
                 "check that it is running and listening on that address"
             ) from exc.last.error
-        self._answered_once(peer.party_id)
+        self._clients.answered(peer.party_id)
         log.debug("sent '%s' to '%s' (%d bytes, %s)", tag, peer.party_id, len(payload), answer)
 
     # ---- diagnosing TLS failures
