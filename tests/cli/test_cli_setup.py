@@ -25,9 +25,7 @@ from vfl.transport.flight import FlightChannel, FlightSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-FAST = FlightSettings(
-    connect_deadline=2.0, first_contact=2.0, initial_backoff=0.05, max_backoff=0.5, probe_timeout=1.0
-)
+FAST = FlightSettings(connect_deadline=2.0, initial_backoff=0.05, max_backoff=0.5, probe_timeout=1.0)
 
 
 def free_port() -> int:

@@ -19,9 +19,7 @@ from vfl.transport.flight import FlightSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 # Short deadlines: a failing party's best-effort abort notice to peers that are not running gives up fast.
-FAST = FlightSettings(
-    connect_deadline=0.5, first_contact=0.5, initial_backoff=0.05, max_backoff=0.2, probe_timeout=0.5
-)
+FAST = FlightSettings(connect_deadline=0.5, initial_backoff=0.05, max_backoff=0.2, probe_timeout=0.5)
 N_ROWS = 120
 
 
