@@ -17,6 +17,7 @@ from typing import Any
 from vfl.constraints import ConstraintList, FolderName, Options, check_table
 from vfl.errors import ConfigError
 from vfl.io import atomic_write_text
+from vfl.transport.address import parse_address
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -114,14 +115,6 @@ def _get(
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise ConfigError(f"{where}: '{key}' must be a {names}, got {value!r}")
     return value
-
-
-def parse_address(text: str, where: str) -> tuple[str, int]:
-    """``host:port`` -> (host, port), with a clear error for anything else."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"{where}: address {text!r} must look like HOST:PORT, e.g. 127.0.0.1:7470")
-    return host.strip("[]"), int(port)
 
 
 @dataclass

@@ -19,7 +19,9 @@ from vfl.transport.tls import PartyIdentity, create_identity
 
 log = logging.getLogger(__name__)
 MiB = 1 << 20
-FAST = FlightSettings(connect_deadline=2.0, initial_backoff=0.05, max_backoff=0.5, probe_timeout=1.0)
+FAST = FlightSettings(
+    connect_deadline=2.0, first_contact=2.0, initial_backoff=0.05, max_backoff=0.5, probe_timeout=1.0
+)
 
 
 def free_port() -> int:
@@ -236,7 +238,7 @@ def test_server_with_wrong_certificate_is_refused(ids, tmp_path):
 
 def test_peer_down_gives_named_timeout_quickly(ids):
     addrs = {"guest": f"127.0.0.1:{free_port()}", "host": f"127.0.0.1:{free_port()}"}
-    settings = dataclasses.replace(FAST, connect_deadline=1.0)
+    settings = dataclasses.replace(FAST, connect_deadline=1.0, first_contact=1.0)
     with FlightChannel(
         ids["guest"], make_peers(ids, addrs), job_id="j", listen=addrs["guest"], settings=settings
     ) as g:

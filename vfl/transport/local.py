@@ -1,7 +1,8 @@
 """An in-process network: every party of a job in one Python process (threads), for tests and simulation.
 
 Messages still go through Arrow IPC serialization, so what a test captures in ``transcript`` is
-byte for byte what a networked channel would carry.
+byte for byte what a networked channel would carry. Each party has a ``Mailbox``, the same store
+(idempotent delivery, aborts, notices) a Flight inbox files its messages in.
 """
 
 from __future__ import annotations
@@ -9,16 +10,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from vfl.errors import ConfigError, PeerTimeoutError, ProtocolError
-from vfl.transport.channel import (
-    ABORT_TAG,
-    NOTICE_PREFIX,
-    Channel,
-    Interrupted,
-    Notice,
-    abort_reason,
-    parse_notice,
-)
+from vfl.errors import ConfigError, PeerTimeoutError
+from vfl.transport.channel import ABORT_TAG, Channel, abort_reason
+from vfl.transport.mailbox import Mailbox
 
 
 @dataclass(frozen=True)
@@ -32,18 +26,15 @@ class CapturedMessage:
 
 
 class LocalNetwork:
-    """A mailbox shared by the channels of several in-process parties."""
+    """The mailboxes of several in-process parties, one per party."""
 
     def __init__(self, parties: list[str]) -> None:
         if len(set(parties)) != len(parties):
             raise ConfigError(f"party ids must be unique, got {parties}")
         self.parties = list(parties)
         self.transcript: list[CapturedMessage] = []
-        self._boxes: dict[tuple[str, str, str], bytes] = {}
-        self._delivered: set[tuple[str, str, str]] = set()
-        self._cond = threading.Condition()
-        self._failure: str | None = None
-        self._notices: dict[str, list[Notice]] = {}
+        self._lock = threading.Lock()
+        self._mailboxes = {party: Mailbox() for party in self.parties}
 
     def channel(self, party: str) -> LocalChannel:
         if party not in self.parties:
@@ -52,53 +43,28 @@ class LocalNetwork:
 
     def abort(self, reason: str) -> None:
         """Wake every waiting party with an error (one party failed, the job cannot go on)."""
-        with self._cond:
-            if self._failure is None:
-                self._failure = reason
-            self._cond.notify_all()
+        for mailbox in self._mailboxes.values():
+            mailbox.abort(reason)
 
     def _put(self, sender: str, receiver: str, tag: str, payload: bytes) -> None:
         if receiver not in self.parties:
             raise ConfigError(f"unknown peer '{receiver}'; this network has {self.parties}")
-        key = (sender, receiver, tag)
-        with self._cond:
+        with self._lock:
             self.transcript.append(CapturedMessage(sender, receiver, tag, payload))
         if tag == ABORT_TAG:
+            # In one process the whole job stops: every party, not only the receiver.
             self.abort(abort_reason(sender, payload))
             return
-        if tag.startswith(NOTICE_PREFIX):
-            with self._cond:
-                if key not in self._delivered:
-                    self._delivered.add(key)
-                    self._notices.setdefault(receiver, []).append(parse_notice(sender, tag, payload))
-                    self._cond.notify_all()
-            return
-        with self._cond:
-            # Deterministic tags make resends idempotent: the first copy wins.
-            if key in self._boxes or key in self._delivered:
-                return
-            self._boxes[key] = payload
-            self._cond.notify_all()
+        self._mailboxes[receiver].put(sender, tag, payload)
 
     def _take(self, sender: str, receiver: str, tag: str, timeout: float) -> bytes:
-        key = (sender, receiver, tag)
-        with self._cond:
-            notices = self._notices.setdefault(receiver, [])
-            ok = self._cond.wait_for(
-                lambda: key in self._boxes or self._failure is not None or bool(notices), timeout=timeout
-            )
-            if notices:
-                raise Interrupted(notices.pop(0))
-            if key in self._boxes:
-                self._delivered.add(key)
-                return self._boxes.pop(key)
-            if self._failure is not None:
-                raise ProtocolError(f"the job was aborted: {self._failure}")
-            assert not ok
+        payload = self._mailboxes[receiver].take(sender, tag, timeout)
+        if payload is None:
             raise PeerTimeoutError(
                 f"party '{sender}' did not send '{tag}' to '{receiver}' within {timeout:g} s; "
                 "check that it is running and that every party runs the same job"
             )
+        return payload
 
 
 class LocalChannel(Channel):
