@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ import pyarrow as pa
 from vfl.errors import (
     ConfigError,
     DisagreementError,
+    PeerAbortedError,
     PeerTimeoutError,
     ProtocolError,
     TransportError,
@@ -234,10 +236,12 @@ class Session:
         for peer in others:
             try:
                 reply = self._recv_agreement(peer, timeout)
-            except ProtocolError:
+            except PeerAbortedError as exc:
                 if problems:  # a peer that found the same difference stopped first: report ours
                     break
-                raise
+                if exc.peer_code != "disagreement":
+                    raise
+                reply = self._late_agreement(peer, exc)  # to name the difference ourselves
             states[peer] = json.loads(one(reply, "state")) or None
             if one(reply, "digest") == settings_digest(shared):
                 continue
@@ -255,6 +259,16 @@ class Session:
         if self.agreed.note:
             log.warning("job %s starts afresh: %s", self.job_id, self.agreed.note)
         return self.agreed
+
+    def _late_agreement(self, peer: str, exc: PeerAbortedError, wait: float = 5.0) -> pa.Table:
+        """A peer stopped because the settings differ: its agreement may still be on its way."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                return self.recv(AGREE, peer, timeout=0.1)
+            except PeerAbortedError:
+                time.sleep(0.1)
+        raise exc
 
     def _recv_agreement(self, peer: str, timeout: float) -> pa.Table:
         while True:

@@ -202,16 +202,20 @@ def test_auc_interval_does_not_collapse_on_perfect_separation():
 
 
 @pytest.mark.parametrize(
-    ("values", "expected"),
-    [([0, 1, 1, 0], "1"), ([True, False], "True"), (["no", "yes", "no"], "yes"), (["B", "M"], "M")],
+    ("values", "positive", "expected"),
+    [
+        ([0, 1, 1, 0], None, "1"),
+        ([True, False], None, "True"),
+        (["no", "yes", "no"], "yes", "yes"),
+        (["B", "M"], "M", "M"),
+    ],
 )
-def test_positive_class_is_the_label_binary_labels_turns_into_one(values, expected):
+def test_positive_class_is_the_label_binary_labels_turns_into_one(values, positive, expected):
     import pandas as pd
 
-    from vfl.data import binary_labels
-    from vfl.metrics import positive_class
+    from vfl.data import binary_labels, positive_class
 
     series = pd.Series(values)
-    assert positive_class(series) == expected
-    ones = series[binary_labels(series, column="y") == 1]
+    assert positive_class(series, column="y", positive=positive) == expected
+    ones = series[binary_labels(series, column="y", positive=positive) == 1]
     assert {str(v) for v in ones} == {expected}

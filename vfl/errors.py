@@ -59,6 +59,14 @@ class ProtocolError(VflError):
     code = "protocol"
 
 
+class PeerAbortedError(ProtocolError):
+    """Another party stopped the job; ``peer_code`` is the reason code it sent (its only detail)."""
+
+    def __init__(self, message: str, peer_code: str | None = None) -> None:
+        super().__init__(message)
+        self.peer_code = peer_code
+
+
 class IntegrityError(ProtocolError):
     """A message was truncated, altered, replayed, or belongs to another job, step or sender."""
 

@@ -98,20 +98,6 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def positive_class(values: pd.Series) -> str:
-    """The label value that ``vfl.data.binary_labels`` turns into 1, as text for the report and metrics.
-
-    0/1 labels: ``"1"``; booleans: ``"True"``; two other values: the larger in sort order (e.g. ``"yes"``).
-    """
-    uniques = pd.unique(values.dropna())
-    numeric = pd.to_numeric(values, errors="coerce")
-    if values.dtype == bool:
-        return "True"
-    if set(numeric.dropna().unique()) == {0, 1}:
-        return "1"
-    return sorted(map(str, uniques))[-1]
-
-
 def ks_statistic(labels: np.ndarray, scores: np.ndarray) -> float:
     """Kolmogorov-Smirnov: the largest gap between the score distributions of positives and negatives."""
     fpr, tpr, _ = skm.roc_curve(labels, scores)

@@ -51,17 +51,21 @@ def parse_notice(sender: str, tag: str, payload: bytes) -> Notice:
     return Notice(sender, kind, data)
 
 
-def abort_reason(sender: str, payload: bytes) -> str:
-    """What an abort message tells its receiver: who stopped, and the public meaning of its code.
+def abort_code_of(sender: str, payload: bytes) -> str:
+    """The reason code an abort message carries (``vfl.errors.ABORT_CODES``; anything else reads as "error").
 
-    An abort carries a reason code only (``vfl.errors.ABORT_CODES``), never the sender's error text,
-    which may describe its data; an unknown or unreadable code reads as a plain error.
+    An abort carries a reason code only, never the sender's error text, which may describe its data.
     """
     try:
         code = str(decode_table(payload, sender=sender, tag=ABORT_TAG)["code"][0].as_py())
     except Exception:  # noqa: BLE001 - an unreadable abort is still an abort
         code = "error"
-    return describe_abort(sender, code)
+    return code if code in ABORT_CODES else "error"
+
+
+def abort_reason(sender: str, payload: bytes) -> str:
+    """What an abort message tells its receiver: who stopped, and the public meaning of its code."""
+    return describe_abort(sender, abort_code_of(sender, payload))
 
 
 def encode_table(table: pa.Table) -> bytes:

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 
 from vfl.errors import ConfigError, PeerTimeoutError
-from vfl.transport.channel import ABORT_TAG, Channel, abort_reason
+from vfl.transport.channel import Channel
 from vfl.transport.mailbox import Mailbox
 
 
@@ -51,11 +51,7 @@ class LocalNetwork:
             raise ConfigError(f"unknown peer '{receiver}'; this network has {self.parties}")
         with self._lock:
             self.transcript.append(CapturedMessage(sender, receiver, tag, payload))
-        if tag == ABORT_TAG:
-            # In one process the whole job stops: every party, not only the receiver.
-            self.abort(abort_reason(sender, payload))
-            return
-        self._mailboxes[receiver].put(sender, tag, payload)
+        self._mailboxes[receiver].put(sender, tag, payload)  # an abort stops its receiver, as over Flight
 
     def _take(self, sender: str, receiver: str, tag: str, timeout: float) -> bytes:
         payload = self._mailboxes[receiver].take(sender, tag, timeout)

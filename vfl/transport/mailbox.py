@@ -15,8 +15,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from vfl.errors import ProtocolError
-from vfl.transport.channel import ABORT_TAG, NOTICE_PREFIX, Interrupted, Notice, abort_reason, parse_notice
+from vfl.errors import PeerAbortedError, describe_abort
+from vfl.transport.channel import ABORT_TAG, NOTICE_PREFIX, Interrupted, Notice, abort_code_of, parse_notice
 
 MAX_REJECTIONS = 100
 
@@ -40,13 +40,15 @@ class Mailbox:
         self._rejections: list[Rejection] = []
         self._cond = threading.Condition()
         self._failure: str | None = None
+        self._failure_code: str | None = None
         self._notices: list[Notice] = []
 
     def put(self, sender: str, tag: str, payload: bytes) -> bool:
         """Store a message; False if a copy was already stored or delivered (the resend is dropped)."""
         key = (sender, tag)
         if tag == ABORT_TAG:
-            self.abort(abort_reason(sender, payload))
+            code = abort_code_of(sender, payload)
+            self.abort(describe_abort(sender, code), code)
             return True
         if tag.startswith(NOTICE_PREFIX):
             with self._cond:
@@ -73,11 +75,14 @@ class Mailbox:
         with self._cond:
             return list(self._rejections)
 
-    def abort(self, reason: str) -> None:
-        """Fail every waiting and later ``take`` with ``reason`` (the first reason sticks)."""
+    def abort(self, reason: str, code: str | None = None) -> None:
+        """Fail every waiting and later ``take`` with ``reason`` (the first reason sticks).
+
+        ``code`` is the reason code a peer's abort carried (None when this party gave up itself).
+        """
         with self._cond:
             if self._failure is None:
-                self._failure = reason
+                self._failure, self._failure_code = reason, code
             self._cond.notify_all()
 
     def take(self, sender: str, tag: str, timeout: float) -> bytes | None:
@@ -97,5 +102,5 @@ class Mailbox:
                 self._delivered.add(key)
                 return self._boxes.pop(key)
             if self._failure is not None:
-                raise ProtocolError(f"the job was aborted: {self._failure}")
+                raise PeerAbortedError(self._failure, self._failure_code)
             return None
