@@ -32,9 +32,11 @@ def test_local_kmeans_is_deterministic_and_centroids_are_means() -> None:
 
 
 def test_default_local_k_rule() -> None:
-    assert default_local_k(8, 2, 100_000) == 16  # 2K when the grid stays well filled
-    assert default_local_k(8, 3, 20_000) == 10  # (20000 / 20) ** (1/3) = 10
-    assert default_local_k(8, 3, 2_000) == 8  # never below K
+    assert default_local_k(8, 2, 100_000) == 32  # capped at 4K
+    assert default_local_k(8, 2, 2_000) == 20  # (2000 / 5) ** (1/2) = 20
+    assert default_local_k(8, 3, 5_000) == 10  # (5000 / 5) ** (1/3) = 10
+    assert default_local_k(8, 3, 1_000) == 8  # never below K
+    assert default_local_k(8, 2, 100_000, max_factor=2) == 16
     assert default_local_k(8, 2, 5) == 5  # never above the rows
     with pytest.raises(ConfigError, match="segments"):
         default_local_k(0, 2, 100)

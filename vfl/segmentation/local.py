@@ -5,12 +5,18 @@ its local centroids (in standardized units); the grid step (``vfl.segmentation.g
 only the *count* of rows in every combination of local cluster ids (the noised cross-tab) and, inside
 each party, that party's own centroids.
 
-Number of local clusters ``k_p`` (:func:`default_local_k`): ``2 K`` by default, never below ``K`` and
-lowered so that the grid (``k_p`` to the power of the number of parties) keeps on average at least
-``min_mean_cell`` rows per cell. Why: more local clusters make each party's quantization finer (the
-grid objective approaches the centralized one), but the grid grows as ``k_p ** P`` and every cell
-carries DP noise of its own, so on a small audience most cells become noise. ``k_p >= K`` is what the
-approximation guarantee of Ding et al. (ICML 2016) assumes: each party's optimal ``K``-clustering of
+Number of local clusters ``k_p`` (:func:`default_local_k`):
+``k_p = max(K, min(4 K, floor((n / min_mean_cell) ** (1 / P))))`` with ``min_mean_cell = 5``: as many
+local clusters as keep on average at least 5 rows per grid cell (the grid has ``k_p ** P`` cells), never
+fewer than ``K`` and at most ``4 K``. Why (measured, ``epsilon = 1`` two-sided geometric noise per cell,
+marketing-like data, K = 8): more local clusters make each party's quantization finer and the grid
+objective approaches the centralized one (2 parties, 100k rows: ratio 1.114 / 1.075 / 1.049 / 1.037 for
+``k_p`` = 8 / 16 / 32 / 64; 2k rows: 1.095 / 1.059 / 1.049 for 8 / 16 / 24), but every cell carries
+noise of its own, so once cells hold about one row the noise wins (3 parties, 5k rows: 1.025 at
+``k_p = 12``, 1.042 at 16). The cap ``4 K`` bounds the local k-means time (linear in ``k_p``) and the
+size of what crosses (``k_p x K`` distance tables, ``k_p ** P`` noised counts) for a few per cent of
+objective. For ``epsilon < 1`` raise ``min_mean_cell`` to about ``5 / epsilon``. ``k_p >= K`` is what
+the approximation guarantee of Ding et al. (ICML 2016) assumes: each party's optimal ``K``-clustering of
 its own columns costs at most the part of the optimal joint clustering that falls on those columns.
 """
 
@@ -26,7 +32,9 @@ from sklearn.cluster import KMeans
 from vfl.errors import ConfigError, DataError
 
 #: Default minimum of the mean number of rows per grid cell when choosing ``k_p``.
-MIN_MEAN_CELL = 20
+MIN_MEAN_CELL = 5.0
+#: Default cap of ``k_p`` as a multiple of ``K``.
+MAX_LOCAL_FACTOR = 4
 
 
 def as_matrix(data: pd.DataFrame | np.ndarray, *, party: str = "party") -> tuple[np.ndarray, list[str]]:
@@ -114,15 +122,20 @@ def standardize(data: pd.DataFrame | np.ndarray, *, party: str = "party") -> tup
 
 
 def default_local_k(
-    n_segments: int, n_parties: int, n_rows: int, *, min_mean_cell: float = MIN_MEAN_CELL
+    n_segments: int,
+    n_parties: int,
+    n_rows: int,
+    *,
+    min_mean_cell: float = MIN_MEAN_CELL,
+    max_factor: int = MAX_LOCAL_FACTOR,
 ) -> int:
-    """``k_p = max(K, min(2 K, floor((n_rows / min_mean_cell) ** (1 / n_parties))))``, at most ``n_rows``."""
+    """``k_p = max(K, min(max_factor K, floor((n_rows / min_mean_cell) ** (1 / n_parties))))``, at most ``n_rows``."""
     if n_segments < 1:
         raise ConfigError(f"the number of segments must be at least 1, got {n_segments}")
     if n_parties < 1:
         raise ConfigError(f"segmentation needs at least one party, got {n_parties}")
     fit = int(np.floor((n_rows / min_mean_cell) ** (1.0 / n_parties) + 1e-9)) if n_rows > 0 else 0
-    return int(max(1, min(n_rows, max(n_segments, min(2 * n_segments, fit)))))
+    return int(max(1, min(n_rows, max(n_segments, min(max_factor * n_segments, fit)))))
 
 
 @dataclass(frozen=True)
