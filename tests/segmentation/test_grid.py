@@ -32,6 +32,14 @@ def test_marketing_like_at_epsilon_one(seed: int) -> None:
     assert quality(data.parts, labels, 8, seed=seed).ratio <= 1.15
 
 
+def test_marketing_like_three_parties_at_epsilon_one() -> None:
+    data = marketing_like(20_000, seed=2)
+    host = data.parts[1]
+    parts = [data.parts[0], host[:, :4], host[:, 4:]]  # the bank's columns split between two hosts
+    _, _, labels = segment(parts, 8, epsilon=1.0)
+    assert quality(parts, labels, 8).ratio <= 1.15
+
+
 def test_split_lloyd_equals_weighted_kmeans_on_joined_cell_points() -> None:
     rng = np.random.default_rng(2)
     cents = [rng.normal(size=(6, 3)), rng.normal(size=(5, 2))]
