@@ -27,12 +27,18 @@ depends only on its own local centroids and its own part of the joint centroids.
 * the coordinator adds the terms per cell (:func:`combine_distances`), assigns cells, and returns to
   party p the ``k_p x K`` table of noised weight per (local cluster of p, segment)
   (:func:`party_marginal_weights`);
-* party p updates ``mu^p`` as the weighted mean of its own local centroids (:func:`party_centroid_update`).
+* party p updates ``mu^p`` as the weighted mean of its own local centroids (:func:`party_centroid_update`);
+* k-means++ seeding and the reseeding of an empty segment work the same way: the coordinator picks
+  cells (it has the weights and the combined distances) and tells each party the cell's local id
+  ``c_p``; the party takes ``m_p[c_p]`` as its part of the new centre and returns its ``k_p x trials``
+  distance table to the candidate centres.
 
-No per-row value, label or distance is used. The coordinator learns the grid counts (already DP), each
-party's distance tables (aggregate geometry of that party's centroids relative to its part of the joint
-centroids, never coordinates) and the cell -> segment map; party p learns the per-(own local cluster,
-segment) noised weights. :func:`fit_grid` runs all of it in one process.
+No per-row value, label or distance is used. The coordinator learns the grid counts (already DP), the
+cell -> segment map and each party's distance tables: aggregates, but since the joint centroid parts
+are known weighted means of the local centroids, the tables let it reconstruct the configuration of
+that party's local centroids up to a rotation (their pairwise distances; not which column is which,
+never a row). Party p learns the per-(own local cluster, segment) noised weights. :func:`fit_grid`
+runs all of it in one process.
 
 Evaluating the segment of a row (:meth:`GridSegmentation.assign`) needs every party's local cluster id
 of that row. No single party has them: if the hosts send their per-row local ids to the guest, the guest
