@@ -9,7 +9,8 @@ only same-run ratios mean anything), with ``--threads`` BLAS/OpenMP threads:
 
 * **local k-means** per party: standardize + scikit-learn KMeans (n_init 3) on that party's columns;
 * **grid k-means**: the weighted k-means over the noised cross-tab cells (two-sided geometric noise,
-  ``epsilon`` per count), n_init 10, plus the lookup of every row's segment;
+  ``epsilon`` per count, cells at or below the noise threshold ``3 / epsilon`` dropped), n_init 10,
+  plus the lookup of every row's segment;
 * **centralized**: scikit-learn KMeans (n_init 10) on the joined standardized columns, the baseline;
 * objective ratio (grid / centralized k-means objective of the assignment on the joined data) and
   the adjusted Rand index against the centralized labels.
@@ -45,7 +46,7 @@ def run(n: int, k: int, epsilon: float, seed: int) -> dict[str, float]:
     counts = cross_tab(labels, [loc.k for loc in locs])
     noised = counts + two_sided_geometric(counts.shape, epsilon, np.random.default_rng(seed + 1))
     start = time.perf_counter()
-    grid = fit_grid([loc.centroids for loc in locs], noised, k, seed=seed)
+    grid = fit_grid([loc.centroids for loc in locs], noised, k, epsilon=epsilon, seed=seed)
     segments = grid.assign(labels)
     row["grid"] = time.perf_counter() - start
     x = joined([standardize(part)[0] for part in data.parts])

@@ -24,7 +24,7 @@ def segment(
     counts = cross_tab(labels, [loc.k for loc in locals_])
     if epsilon is not None:
         counts = counts + geometric_noise(counts.shape, epsilon, np.random.default_rng(seed + 1000))
-    grid = fit_grid([loc.centroids for loc in locals_], counts, k, seed=seed)
+    grid = fit_grid([loc.centroids for loc in locals_], counts, k, epsilon=epsilon, seed=seed)
     return grid, locals_, grid.assign(labels)
 
 

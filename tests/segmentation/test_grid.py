@@ -32,6 +32,18 @@ def test_marketing_like_at_epsilon_one(seed: int) -> None:
     assert quality(data.parts, labels, 8, seed=seed).ratio <= 1.15
 
 
+def test_small_epsilon_needs_the_noise_threshold() -> None:
+    data = vertical_blobs(5000, [3, 3, 3], centers=8, cluster_std=1.0, seed=0)
+    grid, locs, _ = segment(data.parts, 8, epsilon=None)
+    counts = grid.weights + geometric_noise(grid.shape, 0.1, np.random.default_rng(7))
+    cents = [loc.centroids for loc in locs]
+    labels = [loc.labels for loc in locs]
+    thresholded = fit_grid(cents, counts, 8, epsilon=0.1)  # drops cells at or below 3 / epsilon = 30
+    assert quality(data.parts, thresholded.assign(labels), 8).ratio <= 1.15
+    assert (thresholded.weights[(counts > 0) & (counts <= 30)] == 0).all()
+    assert fit_grid(cents, counts, 8).weights.sum() > thresholded.weights.sum()
+
+
 def test_marketing_like_three_parties_at_epsilon_one() -> None:
     data = marketing_like(20_000, seed=2)
     host = data.parts[1]
@@ -108,6 +120,8 @@ def test_bad_configuration_and_data() -> None:
         fit_grid(cents, counts, 0)
     with pytest.raises(DataError, match="missing or infinite"):
         fit_grid(cents, np.array([[1.0, np.nan], [1.0, 1.0]]), 2)
+    with pytest.raises(ConfigError, match="epsilon"):
+        fit_grid(cents, counts, 2, epsilon=0)
     g = fit_grid(cents, counts, 2)
     with pytest.raises(DataError, match="0..1"):
         g.assign([np.array([0, 2]), np.array([0, 1])])
