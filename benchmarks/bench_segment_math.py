@@ -67,7 +67,7 @@ def main() -> None:
     args = ap.parse_args()
     print(
         f"grid k-means vs centralized KMeans: 2 parties x 8 columns, K={args.k}, epsilon={args.epsilon} "
-        f"per grid count, {args.threads} thread(s), {os.cpu_count()} cores on the machine"
+        f"on the grid counts, {args.threads} thread(s), {os.cpu_count()} cores on the machine"
     )
     header = (
         f"{'rows':>9} {'k_p':>4} {'local p0 s':>10} {'local p1 s':>10} {'grid s':>8} {'central s':>10} "
