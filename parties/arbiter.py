@@ -35,6 +35,10 @@ def train(
     """
     store = open_store(output_dir, job, None) if resumable else None
     saved = [lr.ArbiterState.from_dict(c) for c in store.checkpoints()] if store is not None else []
+    if store is not None:
+        store.attach_log(session.channel.log)
+        if saved:
+            store.restore_log()
     if not saved:
         session.guard(lambda: session.agree(job.settings()))
     summary = session.guard(

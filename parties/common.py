@@ -81,8 +81,9 @@ class Job:
             shared["predict.model"] = self.model
         return shared
 
-    def session(self, channel: Any) -> Session:
-        return Session(channel, self.members, job_id=self.id)
+    def session(self, channel: Any, *, first_contact: float | None = None) -> Session:
+        extra = {} if first_contact is None else {"first_contact": first_contact}
+        return Session(channel, self.members, job_id=self.id, **extra)
 
     @property
     def lr_plan(self) -> LrPlan:
@@ -158,6 +159,8 @@ def begin(session: Session, job: Job, store: StateStore | None, *, coordinator: 
     start afresh (``decide_resume``), and a party whose state is not used drops it.
     """
     saved = store.load_alignment() if store is not None else None
+    if store is not None:
+        store.attach_log(session.channel.log)  # a restarted party's ledger covers every process of the job
     summary = {"aligned": len(saved.rows), "checkpoints": len(store.checkpoints())} if saved else None
     try:
         agreement = session.guard(
@@ -166,6 +169,9 @@ def begin(session: Session, job: Job, store: StateStore | None, *, coordinator: 
     except Interrupted as exc:
         if exc.notice.kind != "resync":
             raise
+        if saved is not None:
+            assert store is not None
+            store.restore_log()
         if saved is None:
             # The others resume from saved state and this party has none: say so, so that the
             # coordinator refuses the resumption for everyone with one clear message.
@@ -177,6 +183,9 @@ def begin(session: Session, job: Job, store: StateStore | None, *, coordinator: 
         assert store is not None
         store.clear()
         saved = None
+    if saved is not None:
+        assert store is not None
+        store.restore_log()
     return Start(saved)
 
 

@@ -59,6 +59,7 @@ class GuestOutcome:
     calibrator: Calibrator | None = None
     baseline: Baseline | None = None
     data_files: list[dict[str, Any]] = field(default_factory=list)
+    input_rows: np.ndarray | None = None  # each score's row in the guest's input (scores are in shared order)
     outputs: dict[str, Path] = field(default_factory=dict)
 
     @property
@@ -198,6 +199,7 @@ def train(
     outcome = GuestOutcome(
         shard, evaluation, table, trained.losses, trained.epochs, info["size"], ledger, positive_label,
         calibrator=calibrator, baseline=baseline, data_files=[{"name": source or "(in memory)", "rows": len(data)}],
+        input_rows=np.asarray(rows),
     )  # fmt: skip
     if output_dir is not None:
         outcome.outputs = write_guest_outputs(output_dir, outcome, job)
@@ -209,7 +211,13 @@ def train(
 def write_guest_outputs(directory: Path, outcome: GuestOutcome, job: Job) -> dict[str, Path]:
     """Model shard, ledger, scores, metrics, the report's data and the HTML report, each written atomically."""
     written = write_outputs(directory, outcome.shard, outcome.ledger)
-    written["scores"] = atomic_write_text(directory / "scores.csv", outcome.scores.to_csv(index=False))
+    # In the order of the guest's input file, with its ids exactly as written there.
+    in_input_order = (
+        outcome.scores.iloc[np.argsort(outcome.input_rows)]
+        if outcome.input_rows is not None
+        else outcome.scores
+    )
+    written["scores"] = atomic_write_text(directory / "scores.csv", in_input_order.to_csv(index=False))
     written["metrics"] = atomic_write_json(
         directory / "metrics.json",
         {
@@ -274,4 +282,5 @@ def score(
     table = pd.DataFrame({id_column: aligned[id_column].to_numpy(), "score": sigmoid(z)})
     if "calibrator" in shard.extras:
         table["probability"] = Calibrator.from_dict(shard.extras["calibrator"]).apply(z)
-    return table
+    # In the order of the guest's input, with its ids exactly as written there.
+    return table.iloc[np.argsort(result.rows)].reset_index(drop=True)

@@ -111,7 +111,10 @@ def _train_guest(ctx: RoleContext) -> Outcome:
         positive=ctx.positive, output_dir=ctx.output_dir, workers=ctx.workers, progress=ctx.progress,
         resumable=ctx.resumable, source=ctx.source,
     )  # fmt: skip
-    summary = {**result.metrics, "epochs": result.epochs, "intersection": result.intersection_size}
+    summary = {
+        **result.metrics, "positive class": result.positive, "epochs": result.epochs,
+        "intersection": result.intersection_size,
+    }  # fmt: skip
     return Outcome(result.outputs, summary, result)
 
 

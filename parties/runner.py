@@ -86,7 +86,7 @@ def _load_data(party: PartyConfig, job: Job, data: Path | None, *, with_label: b
         raise ConfigError(
             f"party '{party.id}' has no data; set [data] path in {party.workspace / 'party.toml'}"
         )
-    frame = load_table(source)
+    frame = load_table(source, id_column=party.id_column)
     require_columns(frame, [party.id_column], what=f"data file {source}")
     if party.columns:
         require_columns(frame, party.columns, what=f"data file {source} (see [data] columns in party.toml)")
@@ -164,7 +164,7 @@ def run_party(
         open_channel(party, federation, job_id=config.id, settings=settings) as channel,
         WorkerPool(workers) as pool,
     ):
-        session = job.session(channel)
+        session = job.session(channel, first_contact=channel.settings.first_contact)
         ctx = RoleContext(
             session, job, frame, id_column=party.id_column, label=party.label_column, columns=party.columns,
             positive=party.positive, output_dir=out, workers=pool, progress=progress, resumable=True, model=model,

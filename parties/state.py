@@ -13,7 +13,7 @@ import io
 import json
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from vfl.io import atomic_write_bytes, atomic_write_json
+from vfl.transport.channel import MessageLog, MessageRecord
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,31 @@ class StateStore:
     def __init__(self, directory: Path, fingerprint: str) -> None:
         self.directory = Path(directory)
         self.fingerprint = fingerprint
+        self._log: MessageLog | None = None
+        self.restored_messages = 0
+
+    # The message log travels with the state, so that a restarted party's ledger covers every
+    # process of the job (up to the last checkpoint of the process that died).
+    def attach_log(self, log: MessageLog) -> None:
+        self._log = log
+
+    def _save_log(self) -> None:
+        if self._log is not None:
+            atomic_write_json(self.directory / "messages.json", [asdict(r) for r in self._log.records])
+
+    def restore_log(self) -> None:
+        """Put the messages of this party's earlier processes of the job before the current ones."""
+        if self._log is None:
+            return
+        try:
+            earlier = [
+                MessageRecord(**{**r, "columns": tuple(r["columns"])})
+                for r in json.loads((self.directory / "messages.json").read_text())
+            ]
+        except (OSError, ValueError, TypeError, KeyError):
+            return
+        self.restored_messages = len(earlier)
+        self._log.prepend(earlier)
 
     @property
     def _meta(self) -> Path:
@@ -75,6 +101,7 @@ class StateStore:
         atomic_write_json(
             self._meta, {"fingerprint": self.fingerprint, "info": alignment.info, "checkpoints": []}
         )
+        self._save_log()
 
     def load_alignment(self) -> Alignment | None:
         meta = self._read_meta()
@@ -93,6 +120,7 @@ class StateStore:
         kept = [c for c in meta["checkpoints"] if c["epoch"] != state["epoch"]] + [state]
         meta["checkpoints"] = sorted(kept, key=lambda c: c["epoch"])[-KEEP:]
         atomic_write_json(self._meta, meta)
+        self._save_log()
 
     def checkpoints(self) -> list[dict[str, Any]]:
         meta = self._read_meta()

@@ -159,8 +159,11 @@ def decide_resume(states: Mapping[str, dict[str, Any] | None]) -> Agreement:
 class Session:
     """One party's view of one job: checked declared messages over its channel, plus shared steps."""
 
-    def __init__(self, channel: Channel, members: Members, *, job_id: str) -> None:
+    def __init__(
+        self, channel: Channel, members: Members, *, job_id: str, first_contact: float = FIRST_CONTACT
+    ) -> None:
         self.channel = channel
+        self.first_contact = first_contact  # how long the agreement waits for every other party to start
         self.members = members
         self.job_id = job_id
         self.party = channel.party
@@ -209,7 +212,7 @@ class Session:
         *,
         state: dict[str, Any] | None = None,
         rejoin_to: str | None = None,
-        timeout: float = FIRST_CONTACT,
+        timeout: float | None = None,
     ) -> Agreement:
         """Compare the shared settings with every other party before any work (one digest).
 
@@ -219,6 +222,7 @@ class Session:
         interrupts this wait with a ``resync`` notice (``Interrupted``) instead of agreeing.
         A difference is a ``ConfigError`` naming each differing setting and the peer.
         """
+        timeout = self.first_contact if timeout is None else timeout
         shared = {"protocol": PROTOCOL_VERSION, "job_id": self.job_id, **settings}
         others = [p for p in self.members.parties if p != self.party]
         if state and rejoin_to and rejoin_to != self.party:

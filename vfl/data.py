@@ -19,13 +19,18 @@ from vfl.errors import DataError
 log = logging.getLogger(__name__)
 
 MAX_CATEGORIES = 20
+MAX_MAGNITUDE = 1e100  # larger values overflow the variance (x**2) in double precision
 # Columns more skewed than this are log-compressed (sign(x) log(1 + |x|)) before scaling: the Taylor
 # loss is a least-squares fit, and a few huge values would otherwise dominate it.
 HEAVY_TAIL_SKEW = 3.0
 
 
-def load_table(source: pd.DataFrame | str | Path) -> pd.DataFrame:
-    """A party's data as a DataFrame, from a DataFrame or a CSV / Parquet file."""
+def load_table(source: pd.DataFrame | str | Path, *, id_column: str | None = None) -> pd.DataFrame:
+    """A party's data as a DataFrame, from a DataFrame or a CSV / Parquet file.
+
+    The ``id_column`` of a CSV file is read as text, exactly as written: ``000133`` stays
+    ``000133`` (not 133) and ``63`` never comes back as ``63.0``.
+    """
     if isinstance(source, pd.DataFrame):
         return source
     path = Path(source)
@@ -40,7 +45,8 @@ def load_table(source: pd.DataFrame | str | Path) -> pd.DataFrame:
         if suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         elif suffix in (".csv", ".txt", ".tsv"):
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+            dtype = {id_column: str} if id_column is not None else None
+            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=dtype)
         else:
             raise DataError(f"data file {path} has an unknown type '{suffix}'; use .csv or .parquet")
     except pd.errors.EmptyDataError as exc:
@@ -136,6 +142,11 @@ def check_columns(
                 )
         elif np.nanmin(numeric) == np.nanmax(numeric):
             problems.append(f"column '{name}' is constant")
+        elif np.nanmax(np.abs(numeric)) > MAX_MAGNITUDE:
+            problems.append(
+                f"column '{name}' has values up to {np.nanmax(np.abs(numeric)):.3g}, too large to standardize "
+                f"(at most {MAX_MAGNITUDE:.0e}); rescale it"
+            )
     if problems:
         raise DataError(
             f"{what}: {'; '.join(problems)}; drop these columns from the offered columns or fix them"

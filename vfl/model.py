@@ -58,6 +58,11 @@ class ModelShard:
         return hashlib.sha256(blob).hexdigest()
 
     def save(self, path: str | Path) -> Path:
+        if not np.all(np.isfinite(self.weight_vector)):
+            raise DataError(
+                f"the model of party '{self.party}' has non-finite weights (training diverged); nothing was saved: "
+                "lower learning_rate or check the data for extreme values"
+            )
         return atomic_write_json(path, {**asdict(self), "digest": self.digest()})
 
     @classmethod

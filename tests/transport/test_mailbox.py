@@ -7,7 +7,7 @@ import threading
 import pyarrow as pa
 import pytest
 
-from vfl.errors import ProtocolError
+from vfl.errors import PeerAbortedError, ProtocolError
 from vfl.transport import LocalNetwork
 from vfl.transport.channel import ABORT_TAG, NOTICE_PREFIX, Interrupted, encode_table
 from vfl.transport.mailbox import MAX_REJECTIONS, Mailbox, Rejection
@@ -31,13 +31,21 @@ def test_take_waits_for_a_put_from_another_thread():
 
 def test_abort_tag_and_abort_wake_a_waiting_take():
     box = Mailbox()
-    reason = encode_table(pa.table({"reason": ["bad data"]}))
+    reason = encode_table(pa.table({"code": ["data"]}))
     threading.Timer(0.05, lambda: box.put("host", ABORT_TAG, reason)).start()
-    with pytest.raises(ProtocolError, match="party 'host' stopped the job: bad data"):
+    with pytest.raises(
+        PeerAbortedError, match=r"party 'host' stopped the job \(data: its input data failed"
+    ) as info:
         box.take("host", "never", timeout=5)
+    assert info.value.peer_code == "data"
     box.abort("a second reason")  # the first reason sticks
-    with pytest.raises(ProtocolError, match="bad data"):
+    with pytest.raises(ProtocolError, match="data"):
         box.take("host", "never", timeout=0)
+    # An abort carries a code only: free text (an old peer's, or a forged one) reads as a plain error.
+    other = Mailbox()
+    other.put("host", ABORT_TAG, encode_table(pa.table({"reason": ["label 'y' of customer 7 is 1"]})))
+    with pytest.raises(PeerAbortedError, match=r"\(error: it hit an error; see its log\)$"):
+        other.take("host", "never", timeout=0)
 
 
 def test_a_notice_interrupts_once():
@@ -77,7 +85,7 @@ def test_the_local_network_keeps_one_mailbox_per_party():
         h.recv("guest", "u", timeout=1)
     a.send("guest", "u", pa.table({"v": [3]}))  # the arbiter was not interrupted: its mailbox is its own
     assert g.recv("arbiter", "u", timeout=1)["v"].to_pylist() == [3]
-    # An abort sent to one party stops the whole in-process job, as before.
-    h.notify_abort(["guest"], "disk full")
-    with pytest.raises(ProtocolError, match="party 'host' stopped the job: disk full"):
-        a.recv("guest", "never", timeout=1)
+    # An abort stops its receiver, as over Flight (a party sends it to every other party).
+    h.notify_abort(["guest"], "output")
+    with pytest.raises(ProtocolError, match=r"party 'host' stopped the job \(output:"):
+        g.recv("arbiter", "never", timeout=1)

@@ -61,6 +61,24 @@ class ProgressDisplay:
         self.progress.update(task, completed=done, total=max(total, done), note=note)
 
 
+WaitOption = Annotated[
+    float,
+    typer.Option(
+        "--wait", metavar="SECONDS", min=1.0,
+        help="How long to wait for every other party to start the job (the first contact).",
+    ),
+]  # fmt: skip
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Overwrite the outputs of a finished run of the same job id.")
+]
+
+
+def _settings(wait: float) -> Any:
+    from vfl.transport.flight import FlightSettings
+
+    return FlightSettings(first_contact=wait)
+
+
 def _summary_table(outcome: Any) -> Table:
     table = Table(
         title=f"{outcome.kind} job '{outcome.job}' at {outcome.role} '{outcome.party}'", show_header=False
@@ -82,13 +100,22 @@ def run(
     federation: FederationOption = None,
     data: DataOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    wait: WaitOption = 600.0,
+    force: ForceOption = False,
+    restart: Annotated[
+        bool,
+        typer.Option("--restart", help="Discard this party's saved state of the job and start it afresh."),
+    ] = False,
 ) -> None:
     """Run this party's role of a job (psi, train or predict) and write its outputs."""
     from vfl.cli import stdout
     from vfl.parties.runner import run_party
 
     with ProgressDisplay(quiet) as display:
-        outcome = run_party(party, job, federation_file=federation, data=data, progress=display)
+        outcome = run_party(
+            party, job, federation_file=federation, data=data, progress=display, settings=_settings(wait),
+            force=force, restart=restart,
+        )  # fmt: skip
     stdout().print(_summary_table(outcome))
 
 
@@ -105,6 +132,8 @@ def predict(
     ] = None,
     federation: FederationOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    wait: WaitOption = 600.0,
+    force: ForceOption = False,
 ) -> None:
     """Score new ids with a trained model (every party runs the same command with its own data)."""
     import tempfile
@@ -118,7 +147,10 @@ def predict(
         job_file = Path(tmp) / "job.toml"
         job_file.write_text(config.to_toml())
         with ProgressDisplay(quiet) as display:
-            outcome = run_party(party, job_file, federation_file=federation, data=data, progress=display)
+            outcome = run_party(
+                party, job_file, federation_file=federation, data=data, progress=display,
+                settings=_settings(wait), force=force,
+            )  # fmt: skip
     stdout().print(_summary_table(outcome))
 
 

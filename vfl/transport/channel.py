@@ -110,6 +110,11 @@ class MessageLog:
         with self._lock:
             self.records.append(record)
 
+    def prepend(self, earlier: list[MessageRecord]) -> None:
+        """Records of an earlier process of the same party and job (restored from its saved state)."""
+        with self._lock:
+            self.records[:0] = earlier
+
     def summary(self) -> dict[str, dict[str, dict[str, int]]]:
         """``{peer: {"sent"|"received": {"messages": n, "bytes": b}}}``."""
         out: dict[str, dict[str, dict[str, int]]] = {}
