@@ -36,6 +36,7 @@ class DataSpec:
     id_column: str
     label_column: str | None
     columns: list[str] | None
+    positive: str | None = None  # the label value that is the positive class (needed unless 0/1 or boolean)
 
 
 def parse_columns(text: str | None) -> list[str] | None:
@@ -104,6 +105,7 @@ def check_data(role: str, spec: DataSpec) -> DataSpec:
                 ("--data", spec.path),
                 ("--label-column", spec.label_column),
                 ("--columns", spec.columns),
+                ("--positive", spec.positive),
             )
             if value
         ]
@@ -115,8 +117,8 @@ def check_data(role: str, spec: DataSpec) -> DataSpec:
         raise ConfigError(f"a {role} needs its data: give {need}")
     if role == "guest" and not spec.label_column:
         raise ConfigError("a guest holds the labels: give --label-column (the name of the label column)")
-    if role == "host" and spec.label_column:
-        raise ConfigError("only the guest holds labels; drop --label-column for a host")
+    if role == "host" and (spec.label_column or spec.positive):
+        raise ConfigError("only the guest holds labels; drop --label-column and --positive for a host")
     path = spec.path.expanduser().resolve()
     header = read_header(path)
     if spec.id_column not in header:
@@ -142,7 +144,7 @@ def check_data(role: str, spec: DataSpec) -> DataSpec:
             raise ConfigError(
                 f"--columns lists {', '.join(repr(c) for c in reserved)}: the id and label columns are not features"
             )
-    return DataSpec(path, spec.id_column, spec.label_column, spec.columns)
+    return DataSpec(path, spec.id_column, spec.label_column, spec.columns, spec.positive)
 
 
 def check_target(workspace: Path, force: bool) -> None:
@@ -197,6 +199,7 @@ def create_workspace(
         id_column=spec.id_column,
         label_column=spec.label_column,
         columns=spec.columns,
+        positive=spec.positive,
     )
     hosts = [parse_address(listen, "--listen")[0], parse_address(address, "address")[0]]
     identity = create_identity(party_id, party.key, party.certificate, hosts=hosts, overwrite=force)
@@ -234,8 +237,9 @@ def show_card(party: PartyConfig, card: PeerCard, card_path: Path) -> None:
     out = stdout()
     out.print(Panel(grid, title=f"vfl workspace for '{card.id}'", expand=False))
     out.print(
-        f"Send [bold]{card_path}[/] to your partners; each runs "
-        f"[bold]vfl federation add {card_path.name}[/] and checks the fingerprint with you.",
+        f"Send [bold]{card_path}[/] to your partners and check the fingerprint with each of them out of band; "
+        f"then every party adds all the cards, in the same order, with [bold]vfl federation add CARD... "
+        f"--party DIR[/] (README, step 3).",
         soft_wrap=True,
     )
 
@@ -284,12 +288,20 @@ def init(
             help="Comma-separated feature columns offered to jobs (default: all but id and label).",
         ),
     ] = None,
+    positive: Annotated[
+        str | None,
+        typer.Option(
+            "--positive",
+            metavar="VALUE",
+            help="The label value that is the positive class (guest; needed unless the labels are 0/1).",
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing workspace (new certificate).")
     ] = False,
 ) -> None:
     """Create a party workspace: [bold]party.toml[/], key and certificate, and the card to share."""
-    spec = DataSpec(data, id_column, label_column, parse_columns(columns))
+    spec = DataSpec(data, id_column, label_column, parse_columns(columns), positive)
     party, card, card_path = create_workspace(
         directory,
         party_id=party_id,
