@@ -158,9 +158,13 @@ def demo(
     table = Table(title="held-out metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("auc", "ks", "accuracy", "precision", "recall", "f1", "log_loss"):
-        table.add_row(key, f"{metrics['metrics'][key]:.4f}")
+    for key in ("auc", "ks", "accuracy", "precision", "recall", "f1", "log_loss", "log_loss_calibrated"):
+        if metrics["metrics"].get(key) is not None:
+            table.add_row(key, f"{metrics['metrics'][key]:.4f}")
     out.print(table)
+    out.print(f"positive class: {metrics.get('positive_class', '1')!r}", soft_wrap=True)
+    for warning in metrics.get("warnings", []):
+        out.print(f"[yellow]note:[/] {warning}", soft_wrap=True)
     report = base / "guest" / "out" / "demo-breast" / "report.html"
     out.print(
         f"{metrics['intersection_size']} aligned rows, trained in {metrics['epochs']} epochs, "
