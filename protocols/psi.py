@@ -171,6 +171,22 @@ def _size(table: pa.Table, peer: str) -> int:
 # Roles
 
 
+def _revealed(
+    party: str, role: str, rows: np.ndarray, series: Any, sizes: dict[str, int], prepared: PreparedIds
+) -> PsiResult:
+    """A party's result when it learns its rows of the intersection (in the shared order)."""
+    return PsiResult(
+        party=party,
+        role=role,
+        size=len(rows),
+        rows=rows,
+        ids=series.iloc[rows].reset_index(drop=True),
+        rows_revealed=True,
+        set_sizes=sizes,
+        duplicates_dropped=prepared.duplicates_dropped,
+    )
+
+
 def _session(channel: Channel | Session, guest: str, hosts: tuple[str, ...]) -> Session:
     """The session to run on: the job's, or for a bare channel one of the PSI's own parties."""
     if isinstance(channel, Session):
@@ -321,16 +337,7 @@ def _guest(
         ", ".join(hosts),
         time.perf_counter() - started,
     )
-    return PsiResult(
-        party=me,
-        role="guest",
-        size=size,
-        rows=rows,
-        ids=series.iloc[rows].reset_index(drop=True),
-        rows_revealed=True,
-        set_sizes=sizes,
-        duplicates_dropped=prepared.duplicates_dropped,
-    )
+    return _revealed(me, "guest", rows, series, sizes, prepared)
 
 
 def run_host(
@@ -440,13 +447,4 @@ def _host(
     rows = np.empty(size, dtype=np.int64)
     rows[position] = prepared.rows[order[item]]
     log.info("PSI host '%s': %d of %d ids shared in %.1f s", me, size, n_h, time.perf_counter() - started)
-    return PsiResult(
-        party=me,
-        role="host",
-        size=size,
-        rows=rows,
-        ids=series.iloc[rows].reset_index(drop=True),
-        rows_revealed=True,
-        set_sizes=sizes,
-        duplicates_dropped=prepared.duplicates_dropped,
-    )
+    return _revealed(me, "host", rows, series, sizes, prepared)
