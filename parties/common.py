@@ -20,6 +20,7 @@ from vfl.ledger import Ledger
 from vfl.model import INTERCEPT, ModelShard
 from vfl.options import MIN_INTERSECTION_FLOOR, TrainOptions
 from vfl.parties.state import Alignment, StateStore, job_fingerprint
+from vfl.protocols.catalog import ALL_PROTOCOLS
 from vfl.protocols.lr import LrPlan, PartyState
 from vfl.protocols.messages import find, learned_by
 from vfl.protocols.session import Generations, Members, Session
@@ -269,11 +270,20 @@ def write_outputs(directory: Path | None, shard: ModelShard | None, ledger: Ledg
 
 
 def ledger_for(session: Session, notes: list[str] | None = None, status: str = "completed") -> Ledger:
-    """This party's leakage ledger, derived from the protocols the job ran and every message it exchanged."""
-    learns, never = learned_by(session.protocols, session.role)
+    """This party's leakage ledger, derived from the protocols the job ran and every message it exchanged.
+
+    The protocols are those the session ran plus those of any message in the log (a restarted party's
+    log starts with its earlier processes' messages, e.g. the PSI it no longer runs).
+    """
+    ran = list(session.protocols)
+    for record in session.channel.log.records:
+        found = find(ALL_PROTOCOLS, record.tag)
+        if found is not None and found[0] not in ran:
+            ran.append(found[0])
+    learns, never = learned_by(ran, session.role)
 
     def name(tag: str) -> str:
-        found = find(session.protocols, tag)
+        found = find(ran, tag)
         return found[1].name if found else "transport"
 
     return Ledger.from_log(
@@ -284,7 +294,7 @@ def ledger_for(session: Session, notes: list[str] | None = None, status: str = "
         learns=learns,
         never=never,
         notes=notes,
-        protocols=[p.name for p in session.protocols],
+        protocols=[p.name for p in ran],
         name=name,
         status=status,
     )

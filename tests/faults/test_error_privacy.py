@@ -156,3 +156,35 @@ def test_scores_keep_the_input_order_and_the_ids_exactly_as_written(tmp_path, ke
     )
     scores = pd.read_csv(tmp_path / "out" / "guest" / "scores.csv", dtype={"id": str})
     assert scores["id"].tolist() == guest["id"].tolist()
+
+
+def test_parties_that_disagree_on_predict_options_refuse_before_scoring(keypair):
+    datas = {"guest": guest_frame(N), "host1": host_frame(N), "host2": host_frame(N, seed=2)}
+    job = Job("t", "guest", ("host1", "host2"), "arbiter", options=TrainOptions(**OPTIONS))
+    trained, _ = run_job(job, datas, keypair=keypair)
+    models = {p: trained[p].result.shard for p in ("guest", "host1", "host2")}
+    network = LocalNetwork(["guest", "host1", "host2"])
+    outcomes: dict[str, object] = {}
+
+    def body(party: str, reveal: str) -> None:
+        predict = Job("p", "guest", ("host1", "host2"), kind="predict", model="t", reveal=reveal)
+        ctx = RoleContext(
+            predict.session(network.channel(party), first_contact=10.0),
+            predict,
+            datas[party],
+            model=models[party],
+        )
+        try:
+            outcomes[party] = run_role("predict", ctx)
+        except VflError as exc:
+            outcomes[party] = exc
+
+    reveals = {"guest": "sum", "host1": "sum", "host2": "partial"}  # masks that would not cancel
+    threads = [threading.Thread(target=body, args=(p, r), daemon=True) for p, r in reveals.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert all(isinstance(o, VflError) for o in outcomes.values()), outcomes
+    assert "predict.reveal" in str(outcomes["host2"])
+    assert not [m for m in network.transcript if m.tag.startswith(("psi/", "predict/"))]

@@ -70,6 +70,11 @@ def test_killed_party_resumes_to_the_same_model(tmp_path, reference, victim):
         np.testing.assert_allclose(shard.weight_vector, reference[party], rtol=1e-9, atol=1e-12)
     ledger = json.loads((workspaces[victim] / "out" / JOB / "ledger.json").read_text())
     assert any("resynchronized" in note for note in ledger["notes"])
+    # The restarted party's ledger covers both of its processes: the first one's agreement and PSI too.
+    names = [m["message"] for m in ledger["messages"]]
+    assert names.count("session.agree") >= 2 if victim != "arbiter" else "session.agree" in names
+    if victim != "arbiter":
+        assert "psi.hello" in names or "psi.hello-ack" in names
     assert not (workspaces[victim] / "out" / JOB / "state").exists(), (
         "state is removed once the job completes"
     )
