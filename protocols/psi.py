@@ -200,11 +200,12 @@ def _agree(session: Session, options: PsiOptions) -> None:
         session.agree({f"psi.{k}": v for k, v in options.settings().items()})
 
 
-def _prepare(ids: Any, options: PsiOptions, column: str) -> tuple[PreparedIds, Any]:
+def _prepare(session: Session, ids: Any, options: PsiOptions, column: str) -> tuple[PreparedIds, Any]:
+    """This party's ids, checked and normalized (before any peer is contacted), then the agreement."""
     series = as_id_series(ids)
-    return prepare_ids(
-        series, normalization=options.normalization, dedupe=options.dedupe, column=column
-    ), series
+    prepared = prepare_ids(series, normalization=options.normalization, dedupe=options.dedupe, column=column)
+    _agree(session, options)
+    return prepared, series
 
 
 def _own_multiplier(options: PsiOptions) -> ScalarMultiplier:
@@ -252,10 +253,8 @@ def _guest(
     column: str,
     multiplier: ScalarMultiplier | None,
 ) -> PsiResult:
-    me, tag = session.party, options.tag
-    started = time.perf_counter()
-    prepared, series = _prepare(ids, options, column)
-    _agree(session, options)
+    me, tag, started = session.party, options.tag, time.perf_counter()
+    prepared, series = _prepare(session, ids, options, column)
     n_g = len(prepared)
     salt = options.salt if options.salt is not None else os.urandom(SALT_BYTES)
     hello = pa.table({"salt": [salt], "set_size": [n_g]})
@@ -370,10 +369,8 @@ def _host(
     column: str,
     multiplier: ScalarMultiplier | None,
 ) -> PsiResult:
-    me, tag = session.party, options.tag
-    started = time.perf_counter()
-    prepared, series = _prepare(ids, options, column)
-    _agree(session, options)
+    me, tag, started = session.party, options.tag, time.perf_counter()
+    prepared, series = _prepare(session, ids, options, column)
     hello = session.recv(HELLO, guest, timeout=options.timeout, psi=tag, host=me)
     n_g = _size(hello, guest)
     salt = bytes(one(hello, "salt"))
