@@ -276,11 +276,16 @@ def ledger_for(session: Session, notes: list[str] | None = None, status: str = "
     log starts with its earlier processes' messages, e.g. the PSI it no longer runs).
     """
     ran = list(session.protocols)
+    received = set()
     for record in session.channel.log.records:
-        found = find(ALL_PROTOCOLS, record.tag)
-        if found is not None and found[0] not in ran:
+        found = find([*ran, *ALL_PROTOCOLS], record.tag)
+        if found is None:
+            continue
+        if found[0] not in ran:
             ran.append(found[0])
-    learns, never = learned_by(ran, session.role)
+        if record.direction == "received":
+            received.add(found[1].name)
+    learns, never = learned_by(ran, session.role, received)
 
     def name(tag: str) -> str:
         found = find(ran, tag)

@@ -186,12 +186,21 @@ def find(protocols: Iterable[Protocol], tag: str) -> tuple[Protocol, Message, di
     return None
 
 
-def learned_by(protocols: Iterable[Protocol], role: str) -> tuple[list[str], list[str]]:
-    """What ``role`` learns from the messages it receives in ``protocols``, and what it never learns."""
+def learned_by(
+    protocols: Iterable[Protocol], role: str, received: Iterable[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """What ``role`` learns from the messages it receives in ``protocols``, and what it never learns.
+
+    With ``received`` (names of the declared messages a party actually received), only those count:
+    a job that never needed a key hand-out does not list "a Paillier public key".
+    """
+    names = None if received is None else set(received)
     learns: list[str] = []
     never: list[str] = []
     for protocol in protocols:
         for m in protocol.messages:
+            if names is not None and m.name not in names:
+                continue
             if role in m.receiver and m.learns and m.learns not in learns:
                 learns.append(m.learns)
         for item in protocol.never.get(role, ()):
