@@ -354,6 +354,7 @@ SIMULATED = [
     ("NaN-only column", _with(G, empty=np.nan), H, {}, DataError, r"column 'empty' has no values"),
     ("+inf values", _with(G, a=np.where(np.arange(len(G)) == 3, np.inf, G["a"])), H, {}, DataError, r"column 'a' has 1 infinite values"),
     ("-inf values at a host", G, _with(H, d=np.where(np.arange(len(H)) < 2, -np.inf, H["d"])), {}, DataError, r"column 'd' has 2 infinite values"),
+    ("values like 1e308", _with(G, a=np.where(np.arange(len(G)) == 3, 1e308, G["a"])), H, {}, DataError, r"column 'a' has values up to 1e\+308, too large to standardize"),
     ("label not binary", _with(G, y=np.arange(len(G)) % 3), H, {}, DataError, r"label column 'y' must have exactly two distinct values, found 3"),
     ("no feature columns", G[["id", "y"]], H, {}, DataError, r"no feature columns besides the id and the label"),
     ("empty intersection", G, _with(H, id=[f"z{i}" for i in range(len(H))]), {}, DataError, r"the parties share no ids: the private set intersection is empty"),
