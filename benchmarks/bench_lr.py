@@ -420,6 +420,7 @@ class _EpochClock:
         import logging
 
         self.times: list[float] = []
+        self.cpu: list[float | None] = []  # CPU seconds of the process tree at the same moments
         self.handler = logging.Handler()
         self.handler.emit = self._emit  # type: ignore[method-assign]
         self.loggers = [logging.getLogger(n) for n in ("vfl.protocols.lr", "vfl.protocols.lr_two_key")]
@@ -427,6 +428,7 @@ class _EpochClock:
     def _emit(self, record) -> None:
         if str(record.msg).startswith("epoch "):
             self.times.append(time.perf_counter())
+            self.cpu.append(tree_cpu_seconds())
 
     def __enter__(self) -> _EpochClock:
         import logging
@@ -462,6 +464,10 @@ def bench_topologies(args, guest: pd.DataFrame, host: pd.DataFrame) -> None:
             cpu1 = tree_cpu_seconds()
             ends = clock.times[-args.epochs :]
             per_epoch = statistics.mean(b - a for a, b in zip(ends, ends[1:], strict=False))
+            cpus = clock.cpu[-args.epochs :]
+            row[f"{topology} cpu/epoch"] = (
+                None if None in cpus else statistics.mean(b - a for a, b in zip(cpus, cpus[1:], strict=False))
+            )
             row[topology] = per_epoch
             row[f"{topology} total"] = wall
             row[f"{topology} cpu"] = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
@@ -471,13 +477,18 @@ def bench_topologies(args, guest: pd.DataFrame, host: pd.DataFrame) -> None:
         results.append(row)
     header = ["key", "rows (train)", *(f"{t} s/epoch" for t in args.topology)]
     pairs = [(a, b) for i, a in enumerate(args.topology) for b in args.topology[i + 1 :]]
-    header += [f"{b} / {a}" for a, b in pairs] + [f"AUC {t}" for t in args.topology]
+    header += [f"{b} / {a}" for a, b in pairs]
+    header += [f"{t} CPU s/epoch" for t in args.topology] + [f"CPU {b} / {a}" for a, b in pairs]
+    header += [f"AUC {t}" for t in args.topology]
     header += [f"{t} run s (CPU s)" for t in args.topology]
     lines = []
     for r in results:
         cells = [str(r["bits"]), f"{len(guest):,} ({r['train_rows']:,})"]
         cells += [f"{r[t]:.2f}" for t in args.topology]
         cells += [f"{r[b] / r[a]:.2f}x" for a, b in pairs]
+        cpu = {t: r[f"{t} cpu/epoch"] for t in args.topology}
+        cells += ["n/a" if cpu[t] is None else f"{cpu[t]:.2f}" for t in args.topology]
+        cells += ["n/a" if None in (cpu[a], cpu[b]) else f"{cpu[b] / cpu[a]:.2f}x" for a, b in pairs]
         cells += [f"{r[f'{t} auc']:.4f}" for t in args.topology]
         for t in args.topology:
             cpu = r[f"{t} cpu"]
@@ -494,7 +505,8 @@ def bench_topologies(args, guest: pd.DataFrame, host: pd.DataFrame) -> None:
     print(
         f"s/epoch = mean time between consecutive epoch ends over epochs 2..{args.epochs} of one vfl.simulate run "
         f"(tol=0, default options: Adam, batch {TrainOptions().batch_size}); workers={args.workers or os.cpu_count()} "
-        f"on a {os.cpu_count()}-core machine shared with other users; a ratio b / a > 1 means a is faster. "
+        f"on a {os.cpu_count()}-core machine shared with other users; CPU = this process and its crypto workers "
+        "(/proc) over the same epochs, less sensitive to the other users; a ratio b / a > 1 means a is faster. "
         "Target: coordinated / arbiter-free >= 1.4x."
     )
 
