@@ -1,6 +1,10 @@
 """Coordinated logistic regression on default_credit: federated epoch time vs naive phe and the arithmetic floor.
 
     python benchmarks/bench_lr.py [--quick] [--bits 1024 2048] [--epochs N] [--workers W]
+    python benchmarks/bench_lr.py --topology arbiter-free coordinated [--bits 1024 2048] [--rows R]
+
+``--topology``: seconds per epoch of each training topology, same data, same run, and their ratio
+(see ``bench_topologies``); the rest of this docstring is about the default mode.
 
 For every key size, in ONE run (the machine is shared, so only same-run ratios mean anything):
 
@@ -404,6 +408,109 @@ def print_table(results: list[dict], args) -> None:
             print("  " + n)
 
 
+# ---------------------------------------------------------------------------------------------
+# Topologies: arbiter-free (two-key) vs coordinated, same run
+# ---------------------------------------------------------------------------------------------
+
+
+class _EpochClock:
+    """Times of the "epoch N: loss" log records (the party that decides stopping logs one per epoch)."""
+
+    def __init__(self) -> None:
+        import logging
+
+        self.times: list[float] = []
+        self.cpu: list[float | None] = []  # CPU seconds of the process tree at the same moments
+        self.handler = logging.Handler()
+        self.handler.emit = self._emit  # type: ignore[method-assign]
+        self.loggers = [logging.getLogger(n) for n in ("vfl.protocols.lr", "vfl.protocols.lr_two_key")]
+
+    def _emit(self, record) -> None:
+        if str(record.msg).startswith("epoch "):
+            self.times.append(time.perf_counter())
+            self.cpu.append(tree_cpu_seconds())
+
+    def __enter__(self) -> _EpochClock:
+        import logging
+
+        for lg in self.loggers:
+            lg.addHandler(self.handler)
+            lg.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for lg in self.loggers:
+            lg.removeHandler(self.handler)
+
+
+def bench_topologies(args, guest: pd.DataFrame, host: pd.DataFrame) -> None:
+    """One ``vfl.simulate`` run per (key size, topology) with ``--epochs`` epochs (tol=0); the time of an
+    epoch is the time between the ends of consecutive epochs (so start-up, PSI, key generation and
+    table building are not counted), the mean over epochs 2..N. Same data, same options, same run."""
+    results = []
+    for bits in args.bits:
+        keypair = generate_keypair(bits)
+        row = {"bits": bits}
+        for topology in args.topology:
+            print(f"[{bits}] {topology}: {len(guest):,} rows, {args.epochs} epochs ...", flush=True)
+            cpu0 = tree_cpu_seconds()
+            t = time.perf_counter()
+            with _EpochClock() as clock:
+                result = vfl.simulate(
+                    guest, [host], id=ID, label=LABEL, key_bits=bits, max_epochs=args.epochs, tol=0.0,
+                    workers=args.workers, topology=topology, keypair=keypair if topology == "coordinated" else None,
+                )  # fmt: skip
+            wall = time.perf_counter() - t
+            cpu1 = tree_cpu_seconds()
+            ends = clock.times[-args.epochs :]
+            per_epoch = statistics.mean(b - a for a, b in zip(ends, ends[1:], strict=False))
+            cpus = clock.cpu[-args.epochs :]
+            row[f"{topology} cpu/epoch"] = (
+                None if None in cpus else statistics.mean(b - a for a, b in zip(cpus, cpus[1:], strict=False))
+            )
+            row[topology] = per_epoch
+            row[f"{topology} total"] = wall
+            row[f"{topology} cpu"] = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+            row[f"{topology} auc"] = float(result.metrics["auc"])
+            row["train_rows"] = int((~result.scores["held_out"]).sum())
+            print(f"[{bits}]   {per_epoch:.2f} s/epoch ({wall:.1f} s in all)", flush=True)
+        results.append(row)
+    header = ["key", "rows (train)", *(f"{t} s/epoch" for t in args.topology)]
+    pairs = [(a, b) for i, a in enumerate(args.topology) for b in args.topology[i + 1 :]]
+    header += [f"{b} / {a}" for a, b in pairs]
+    header += [f"{t} CPU s/epoch" for t in args.topology] + [f"CPU {b} / {a}" for a, b in pairs]
+    header += [f"AUC {t}" for t in args.topology]
+    header += [f"{t} run s (CPU s)" for t in args.topology]
+    lines = []
+    for r in results:
+        cells = [str(r["bits"]), f"{len(guest):,} ({r['train_rows']:,})"]
+        cells += [f"{r[t]:.2f}" for t in args.topology]
+        cells += [f"{r[b] / r[a]:.2f}x" for a, b in pairs]
+        cpu = {t: r[f"{t} cpu/epoch"] for t in args.topology}
+        cells += ["n/a" if cpu[t] is None else f"{cpu[t]:.2f}" for t in args.topology]
+        cells += ["n/a" if None in (cpu[a], cpu[b]) else f"{cpu[b] / cpu[a]:.2f}x" for a, b in pairs]
+        cells += [f"{r[f'{t} auc']:.4f}" for t in args.topology]
+        for t in args.topology:
+            cpu = r[f"{t} cpu"]
+            cells.append(f"{r[f'{t} total']:.1f} ({'n/a' if cpu is None else f'{cpu:.1f}'})")
+        lines.append(cells)
+    widths = [max(len(x[i]) for x in [header, *lines]) for i in range(len(header))]
+    print()
+    print(
+        f"Training topologies on default_credit, one host (guest 13+1 cols, host 10 cols), {len(guest):,} rows"
+    )
+    print(" | ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
+    for cells in lines:
+        print(" | ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)))
+    print(
+        f"s/epoch = mean time between consecutive epoch ends over epochs 2..{args.epochs} of one vfl.simulate run "
+        f"(tol=0, default options: Adam, batch {TrainOptions().batch_size}); workers={args.workers or os.cpu_count()} "
+        f"on a {os.cpu_count()}-core machine shared with other users; CPU = this process and its crypto workers "
+        "(/proc) over the same epochs, less sensitive to the other users; a ratio b / a > 1 means a is faster. "
+        "Target: coordinated / arbiter-free >= 1.4x."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1024-bit only, a 5,000-row subsample (~3 min)")
@@ -416,7 +523,20 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, default=None, help="subsample this many rows (default: all)")
     parser.add_argument("--naive-rows", type=int, default=None, help="rows of the naive phe subsample")
+    parser.add_argument(
+        "--topology",
+        nargs="+",
+        choices=("arbiter-free", "coordinated"),
+        default=None,
+        help="compare training topologies instead (seconds per epoch each, and the ratio)",
+    )
     args = parser.parse_args()
+    if args.topology:
+        args.bits = args.bits or [1024, 2048]
+        args.epochs = args.epochs or 3
+        guest, host = load(args.rows, seed=11)
+        bench_topologies(args, guest, host)
+        return
     if args.quick:
         args.bits = args.bits or [1024]
         args.rows = args.rows or 5_000

@@ -20,6 +20,7 @@ from vfl.ledger import Ledger
 from vfl.model import INTERCEPT, ModelShard
 from vfl.options import MIN_INTERSECTION_FLOOR, TrainOptions
 from vfl.parties.state import Alignment, StateStore, job_fingerprint
+from vfl.protocols import lr, lr_two_key
 from vfl.protocols.catalog import ALL_PROTOCOLS
 from vfl.protocols.lr import LrPlan, PartyState
 from vfl.protocols.messages import find, learned_by
@@ -55,6 +56,14 @@ class Job:
         names = [self.guest, *self.hosts, *([self.arbiter] if self.arbiter else [])]
         if len(set(names)) != len(names):
             raise ConfigError(f"every party of a job needs its own id, got {names}")
+        if self.kind == "train":
+            # "topology" unset: coordinated with an arbiter, arbiter-free without (DESIGN.md §14).
+            object.__setattr__(self, "options", self.options.resolved_for(self.arbiter is not None))
+
+    @property
+    def topology(self) -> str:
+        """How the job trains: "coordinated" (the arbiter holds the key) or "arbiter-free"."""
+        return self.options.topology or ("coordinated" if self.arbiter else "arbiter-free")
 
     @property
     def parties(self) -> tuple[str, ...]:
@@ -62,8 +71,8 @@ class Job:
 
     @property
     def members(self) -> Members:
-        """The parties that take part (the arbiter only in training)."""
-        arbiter = self.arbiter if self.kind == "train" else None
+        """The parties that take part (the arbiter only in coordinated training; it stays idle otherwise)."""
+        arbiter = self.arbiter if self.kind == "train" and self.topology == "coordinated" else None
         return Members(self.guest, self.hosts, arbiter)
 
     def settings(self) -> dict[str, Any]:
@@ -76,6 +85,8 @@ class Job:
         }
         if self.kind == "train":
             shared.update({f"train.{k}": v for k, v in self.options.to_dict().items()})
+            if self.topology == "arbiter-free":
+                shared["train.protocol"] = lr_two_key.VERSION
         if self.kind in ("train", "predict"):
             shared["predict.reveal"] = self.scoring_reveal
         if self.kind == "predict":
@@ -95,6 +106,10 @@ class Job:
         return LrPlan(self.id, self.guest, self.hosts, self.arbiter, self.options)
 
     @property
+    def two_key_plan(self) -> lr_two_key.TwoKeyPlan:
+        return lr_two_key.TwoKeyPlan(self.id, self.guest, self.hosts, self.options)
+
+    @property
     def training_psi(self) -> PsiOptions:
         """PSI options for a training job: the shared order follows from the seed, so runs repeat."""
         if self.psi.order_key is not None:
@@ -105,6 +120,50 @@ class Job:
     @property
     def scoring_reveal(self) -> str:
         return self.reveal or ("sum" if len(self.hosts) >= 2 else "partial")
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """The training protocol of one topology: its plan, its coordinator and one function per data role.
+
+    ``run_guest(session, features, labels, **kw)`` / ``run_host(session, features, **kw)`` take the
+    protocols' keyword arguments (workers, progress, resume, on_epoch, interrupted, keypair).
+    """
+
+    plan: Any
+    coordinator: str
+    guest_fn: Callable[..., lr.TrainedShard]
+    host_fn: Callable[..., lr.TrainedShard]
+    takes_keypair: bool
+
+    def run_guest(
+        self, session: Session, features: np.ndarray, labels: np.ndarray, **kw: Any
+    ) -> lr.TrainedShard:
+        return self.guest_fn(session, self.plan, features, labels, **self._args(kw))
+
+    def run_host(self, session: Session, features: np.ndarray, **kw: Any) -> lr.TrainedShard:
+        return self.host_fn(session, self.plan, features, **self._args(kw))
+
+    def _args(self, kw: dict[str, Any]) -> dict[str, Any]:
+        keypair = kw.pop("keypair", None)
+        return {**kw, "keypair": keypair} if self.takes_keypair else kw
+
+
+def _coordinated(job: Job) -> Trainer:
+    plan = job.lr_plan
+    return Trainer(plan, plan.arbiter, lr.run_guest, lr.run_host, takes_keypair=False)
+
+
+def _arbiter_free(job: Job) -> Trainer:
+    return Trainer(job.two_key_plan, job.guest, lr_two_key.run_guest, lr_two_key.run_host, takes_keypair=True)
+
+
+#: The training protocol of each ``[train] topology`` (DESIGN.md §6 and §14).
+TOPOLOGIES: dict[str, Callable[[Job], Trainer]] = {"coordinated": _coordinated, "arbiter-free": _arbiter_free}
+
+
+def trainer(job: Job) -> Trainer:
+    return TOPOLOGIES[job.topology](job)
 
 
 def feature_columns(

@@ -23,6 +23,7 @@ from vfl.model import ModelShard
 from vfl.parties.common import (
     Job,
     ProgressFn,
+    Start,
     begin,
     checkpointing,
     feature_columns,
@@ -32,11 +33,12 @@ from vfl.parties.common import (
     prepare_features,
     require_intersection,
     require_min_intersection,
+    trainer,
     training_notes,
     write_outputs,
 )
 from vfl.parties.state import Alignment
-from vfl.protocols import lr, predict, psi
+from vfl.protocols import predict, psi
 from vfl.protocols.session import Session
 from vfl.protocols.split import send_held_out
 from vfl.report import build_report_data, write_report
@@ -105,18 +107,25 @@ def train(
     progress: ProgressFn | None = None,
     resumable: bool = False,
     source: str | None = None,
+    keypair: Any = None,
 ) -> GuestOutcome:
     """Run the guest's side of a whole training job: align, split, prepare, train, score, evaluate, save.
 
     With ``resumable`` (and an ``output_dir``) the alignment and every epoch's state are saved, and a
-    restarted run of the same job rejoins training where the federation is.
+    restarted run of the same job rejoins training where the federation is. In arbiter-free
+    training the guest coordinates: restarted with saved epochs, it skips the agreement and
+    resynchronizes at once, as the arbiter does in coordinated training (DESIGN.md §12, §14).
     """
     o = job.options
-    plan = job.lr_plan
+    training = trainer(job)
     features = session.guard(lambda: check_guest_data(data, id_column, label, columns, positive))
     positive_label = positive_class(data[label], column=label, positive=positive)
     store = open_store(output_dir, job, data[id_column]) if resumable else None
-    start = begin(session, job, store, coordinator=plan.arbiter)
+    own = store.load_alignment() if store is not None and training.coordinator == session.party else None
+    if own is not None and store is not None and store.checkpoints():
+        start = Start(own)
+    else:
+        start = begin(session, job, store, coordinator=training.coordinator)
     saved = start.saved
     if saved is None:
         result = psi.run_guest(session, data[id_column], list(job.hosts), job.training_psi, column=id_column)
@@ -147,11 +156,11 @@ def train(
             progress("train", epoch + 1, o.max_epochs, f"loss {loss:.5f}")
 
     trained = session.guard(
-        lambda: lr.run_guest(
+        lambda: training.run_guest(
             session,
-            plan,
             matrix[train_rows],
             labels[train_rows],
+            keypair=keypair,
             workers=workers,
             progress=on_epoch,
             interrupted=start.interrupted,
@@ -243,7 +252,7 @@ def write_guest_outputs(directory: Path, outcome: GuestOutcome, job: Job) -> dic
         calibrator=outcome.calibrator,
         data_files=outcome.data_files,
         options=job.options.to_dict(),
-        parties={"guest": job.guest, "hosts": list(job.hosts), "arbiter": job.arbiter},
+        parties={"guest": job.guest, "hosts": list(job.hosts), "arbiter": job.members.arbiter},
         epochs=outcome.epochs,
         intersection_size=outcome.intersection_size,
     )

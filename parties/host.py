@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -25,11 +26,12 @@ from vfl.parties.common import (
     prepare_features,
     require_intersection,
     require_min_intersection,
+    trainer,
     training_notes,
     write_outputs,
 )
 from vfl.parties.state import Alignment
-from vfl.protocols import lr, predict, psi
+from vfl.protocols import predict, psi
 from vfl.protocols.session import Session
 from vfl.protocols.split import receive_held_out
 
@@ -73,12 +75,14 @@ def train(
     workers: WorkerPool | None = None,
     progress: ProgressFn | None = None,
     resumable: bool = False,
+    keypair: Any = None,
 ) -> HostOutcome:
     """Run a host's side of a training job: align, prepare its columns, train its weights, score, save."""
     o = job.options
     features = session.guard(lambda: check_host_data(data, session.party, id_column, columns))
+    training = trainer(job)
     store = open_store(output_dir, job, data[id_column]) if resumable else None
-    start = begin(session, job, store, coordinator=job.lr_plan.arbiter)
+    start = begin(session, job, store, coordinator=training.coordinator)
     saved = start.saved if start.saved is not None and start.saved.held_out is not None else None
     if saved is None:
         result = psi.run_host(session, data[id_column], job.guest, job.training_psi, column=id_column)
@@ -104,10 +108,10 @@ def train(
             progress("train", epoch + 1, o.max_epochs, f"batch {batch}")
 
     trained = session.guard(
-        lambda: lr.run_host(
+        lambda: training.run_host(
             session,
-            job.lr_plan,
             matrix[train_rows],
+            keypair=keypair,
             workers=workers,
             progress=on_epoch,
             interrupted=start.interrupted,

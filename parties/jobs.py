@@ -104,12 +104,20 @@ def _psi(ctx: RoleContext) -> Outcome:
 # --- train -----------------------------------------------------------------------------------------
 
 
+def idle_note(job: Job) -> str:
+    """What an arbiter of the federation is told when a training job runs without it."""
+    return (
+        f'the arbiter takes no part in job {job.id}: it trains with topology = "arbiter-free" (every data '
+        "party holds its own key); the arbiter stays idle"
+    )
+
+
 def _train_guest(ctx: RoleContext) -> Outcome:
     assert ctx.data is not None and ctx.label is not None
     result = guest_party.train(
         ctx.session, ctx.job, ctx.data, id_column=ctx.id_column, label=ctx.label, columns=ctx.columns,
         positive=ctx.positive, output_dir=ctx.output_dir, workers=ctx.workers, progress=ctx.progress,
-        resumable=ctx.resumable, source=ctx.source,
+        resumable=ctx.resumable, source=ctx.source, keypair=ctx.keypair,
     )  # fmt: skip
     summary = {
         **result.metrics, "positive class": result.positive, "epochs": result.epochs,
@@ -123,6 +131,7 @@ def _train_host(ctx: RoleContext) -> Outcome:
     result = host_party.train(
         ctx.session, ctx.job, ctx.data, id_column=ctx.id_column, columns=ctx.columns,
         output_dir=ctx.output_dir, workers=ctx.workers, progress=ctx.progress, resumable=ctx.resumable,
+        keypair=ctx.keypair,
     )  # fmt: skip
     return Outcome(
         result.outputs, {"epochs": result.epochs, "intersection": result.intersection_size}, result

@@ -28,7 +28,7 @@ from vfl.options import PredictOptions, TrainOptions
 from vfl.parties.common import Job, ProgressFn, ledger_for, write_outputs
 from vfl.parties.guest import check_guest_data
 from vfl.parties.host import check_host_data
-from vfl.parties.jobs import RoleContext, job_kind, run_role
+from vfl.parties.jobs import RoleContext, idle_note, job_kind, run_role
 from vfl.parties.network import open_channel
 from vfl.psi.ids import prepare_ids
 from vfl.psi.options import PsiOptions
@@ -147,12 +147,13 @@ def run_party(
         raise ConfigError(
             f"party '{party.id}' is a {party.role} in party.toml but a {role} in the federation file"
         )
-    if kind.uses_arbiter and job.arbiter is None:
-        raise ConfigError("training needs an arbiter (it holds the Paillier key); add one to the federation")
     out = party.output_dir / config.id
     outcome = RunOutcome(party.id, party.role, config.id, config.kind, out)
     if party.role not in kind.roles:
         outcome.summary["note"] = f"the {party.role} takes no part in {config.kind} jobs"
+        return outcome
+    if party.id not in job.members.parties:
+        outcome.summary["note"] = idle_note(job)
         return outcome
     out = _prepare_output(out, force=force, restart=restart)
     frame = None

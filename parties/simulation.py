@@ -157,9 +157,15 @@ def simulate(
     keypair: tuple[PublicKey, PrivateKey] | None = None,
     output_dir: str | Path | None = None,
     positive: str | None = None,
+    topology: str | None = None,
+    keypairs: dict[str, tuple[PublicKey, PrivateKey]] | None = None,
     **job_options: Any,
 ) -> SimulationResult:
     """Train, score and evaluate a federation of a guest, hosts and an arbiter, all in this process.
+
+    ``topology="arbiter-free"`` trains without the arbiter, every data party under its own key
+    (DESIGN.md §14; ``keypairs`` optionally gives a party, by id, its first key pair); the default
+    ``"coordinated"`` uses the arbiter (``keypair`` is its key pair).
 
     ``job_options`` are ``TrainOptions`` fields (``max_epochs``, ``batch_size``, ``optimizer``,
     ``learning_rate``, ``penalty``, ``key_bits``, ``seed``, ...); ``psi`` holds PSI options
@@ -167,7 +173,7 @@ def simulate(
     goes through Arrow IPC; ``result.network.transcript`` holds them all. With ``output_dir``, each
     party writes its outputs to ``output_dir/<party>``.
     """
-    options = TrainOptions.from_dict(job_options)
+    options = TrainOptions.from_dict({**job_options, "topology": topology or "coordinated"})
     if isinstance(hosts, pd.DataFrame):
         hosts = [hosts]
     if not hosts:
@@ -194,12 +200,15 @@ def simulate(
     with WorkerPool(workers) as pool:
 
         def context(party: str, frame: pd.DataFrame | None = None) -> RoleContext:
+            own = (keypairs or {}).get(party) if job.topology == "arbiter-free" else keypair
             return RoleContext(
                 job.session(network.channel(party)), job, frame, id_column=id, label=label if party == "guest" else None,
-                positive=positive, output_dir=where(party), workers=pool, keypair=keypair,
+                positive=positive, output_dir=where(party), workers=pool, keypair=own,
             )  # fmt: skip
 
-        contexts = {"guest": context("guest", guest), "arbiter": context("arbiter")}
+        contexts = {"guest": context("guest", guest)}
+        if "arbiter" in job.members.parties:
+            contexts["arbiter"] = context("arbiter")
         contexts.update({name: context(name, frame) for name, frame in zip(host_names, hosts, strict=True)})
         roles: dict[str, Callable[[], Any]] = {
             party: (lambda ctx=ctx: run_role("train", ctx).result) for party, ctx in contexts.items()
@@ -207,5 +216,5 @@ def simulate(
         results = run_parties(network, roles)
     g = results["guest"]
     shards = {"guest": g.shard, **{h: results[h].shard for h in host_names}}
-    ledgers = {p: results[p].ledger for p in job.parties}
+    ledgers = {p: results[p].ledger for p in job.members.parties}
     return SimulationResult(g.metrics, g.scores, shards, g.losses, g.epochs, g.evaluation, ledgers, network)

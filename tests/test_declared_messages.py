@@ -79,6 +79,13 @@ def test_psi_train_and_predict_send_only_declared_messages(frames, keypair_1024)
     seen = assert_all_declared(result.network, train_job)
     assert {"lr.u", "lr.d", "lr.masked", "lr.unmasked", "lr.control", "lr.stop", "predict.pair-seed"} <= seen
 
+    free = vfl.simulate(
+        guest, [host1, host2], id="id", label="y", key_bits=1024, max_epochs=1, topology="arbiter-free"
+    )
+    free_job = Job("t", "guest", ("host1", "host2"), None)
+    assert {"lr2.setup", "lr2.seed", "lr2.a", "lr2.u", "lr2.masked", "lr2.unmasked", "lr2.loss-masked",
+            "lr2.loss-part", "lr2.stop"} <= assert_all_declared(free.network, free_job)  # fmt: skip
+
     predict_job = Job("p", "guest", ("host1", "host2"), "arbiter", kind="predict", model="t")
     network, outcome = _run(predict_job, datas, model_of=result.shards)
     assert "predict.partial" in assert_all_declared(network, predict_job)

@@ -10,6 +10,7 @@ epochs in a row.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from vfl.constraints import (
     OptionsTable,
     Sentinel,
 )
+from vfl.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "step", "inverse-time")
@@ -31,6 +33,7 @@ INITS = ("zeros", "random")
 KEY_BITS = (1024, 2048, 3072)
 PREDICT_REVEALS = ("sum", "partial")
 CALIBRATIONS = ("platt", "isotonic", "none")
+TOPOLOGIES = ("coordinated", "arbiter-free")
 
 _POSITIVE_INT = Interval(int, 1, None, closed="left")
 _FRACTION = Interval(float, 0, 1, closed="left")  # a decay rate of a moving average: 1 would never forget
@@ -68,6 +71,9 @@ class TrainOptions(OptionsTable):
     min_intersection: int = 100
     # How the guest turns the Taylor model's logits into probabilities (fitted locally on training rows).
     calibration: str = "platt"
+    # "coordinated" (an arbiter holds the key, DESIGN.md §6) or "arbiter-free" (every data party its own
+    # key, §14); None: coordinated when the federation has an arbiter, else arbiter-free (resolved_for).
+    topology: str | None = None
 
     _option_label: ClassVar[str] = "job option"
     #: Every option's allowed values: types, ranges and choices (vfl/constraints.py).
@@ -94,6 +100,7 @@ class TrainOptions(OptionsTable):
         "min_rows_per_column": [Interval(int, 0, None, closed="left")],
         "min_intersection": [Interval(int, MIN_INTERSECTION_FLOOR, None, closed="left")],
         "calibration": [Options(str, CALIBRATIONS)],
+        "topology": [Options(str, TOPOLOGIES), None],
     }
 
     @classmethod
@@ -105,6 +112,17 @@ class TrainOptions(OptionsTable):
         """A hash of every option: parties compare it before training and refuse to start if it differs."""
         blob = json.dumps(self.to_dict(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
+
+    def resolved_for(self, has_arbiter: bool) -> TrainOptions:
+        """These options with ``topology`` decided for a federation with or without an arbiter."""
+        if self.topology is None:
+            return dataclasses.replace(self, topology="coordinated" if has_arbiter else "arbiter-free")
+        if self.topology == "coordinated" and not has_arbiter:
+            raise ConfigError(
+                'training with topology = "coordinated" needs an arbiter (it holds the Paillier key); add one '
+                'to the federation, or set topology = "arbiter-free" in [train]'
+            )
+        return self
 
     def differences(self, other: dict[str, Any]) -> list[str]:
         """Names of the options whose values differ from ``other`` (a peer's ``to_dict()``)."""

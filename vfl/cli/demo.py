@@ -32,8 +32,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def setup_demo(base: Path, *, key_bits: int, max_epochs: int | None) -> tuple[dict[str, Path], Path]:
-    """Create the three workspaces, the shared federation file and the job file under ``base``."""
+def setup_demo(
+    base: Path, *, key_bits: int, max_epochs: int | None, arbiter: bool = True
+) -> tuple[dict[str, Path], Path]:
+    """Create the three workspaces (two without ``arbiter``: the job then trains arbiter-free, every
+    data party under its own key), the shared federation file and the job file under ``base``."""
     from vfl import datasets
     from vfl.cli.workspace import DataSpec, create_workspace
     from vfl.config import Federation, JobConfig
@@ -45,7 +48,7 @@ def setup_demo(base: Path, *, key_bits: int, max_epochs: int | None) -> tuple[di
     }
     federation = Federation()
     workspaces: dict[str, Path] = {}
-    for party_id, role in ROLES:
+    for party_id, role in ROLES if arbiter else ROLES[:2]:
         workspace = base / party_id
         _, card, _ = create_workspace(
             workspace,
@@ -74,14 +77,16 @@ def _last_error(log: Path) -> str:
     return (errors or lines or ["(no output)"])[-1]
 
 
-def run_demo(base: Path, *, key_bits: int, max_epochs: int | None, timeout: float) -> dict:
-    """Set up and run the federation as three processes; return the guest's metrics file content."""
-    workspaces, job_file = setup_demo(base, key_bits=key_bits, max_epochs=max_epochs)
+def run_demo(
+    base: Path, *, key_bits: int, max_epochs: int | None, timeout: float, arbiter: bool = True
+) -> dict:
+    """Set up and run the federation as three processes (two without ``arbiter``); return the guest's metrics."""
+    workspaces, job_file = setup_demo(base, key_bits=key_bits, max_epochs=max_epochs, arbiter=arbiter)
     env = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
     procs: dict[str, subprocess.Popen] = {}
     logs: dict[str, Path] = {}
     try:
-        for party_id, _ in ROLES:
+        for party_id in workspaces:
             logs[party_id] = base / f"{party_id}.log"
             command = [
                 sys.executable,
@@ -140,6 +145,12 @@ def demo(
         int | None, typer.Option("--epochs", help="Training epochs (default: the job default).")
     ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Give up after this many seconds.")] = 600.0,
+    no_arbiter: Annotated[
+        bool,
+        typer.Option(
+            "--no-arbiter", help="Guest and host only: arbiter-free training, each party under its own key."
+        ),
+    ] = False,
 ) -> None:
     """Run a real three-party federation on this machine: PSI, training and evaluation over mTLS."""
     from vfl.cli import stdout
@@ -149,12 +160,16 @@ def demo(
         raise ConfigError(f"{base} exists and is not a vfl demo folder; choose an empty or new directory")
     base.mkdir(parents=True, exist_ok=True)
     out = stdout()
-    out.print(
-        f"vfl demo: guest, host and arbiter as three processes on 127.0.0.1 with mutual TLS, in [bold]{base}[/]",
-        soft_wrap=True,
+    who = (
+        "guest and host as two processes (arbiter-free)"
+        if no_arbiter
+        else "guest, host and arbiter as three processes"
     )
+    out.print(f"vfl demo: {who} on 127.0.0.1 with mutual TLS, in [bold]{base}[/]", soft_wrap=True)
     started = time.monotonic()
-    metrics = run_demo(base, key_bits=key_bits, max_epochs=max_epochs, timeout=timeout)
+    metrics = run_demo(
+        base, key_bits=key_bits, max_epochs=max_epochs, timeout=timeout, arbiter=not no_arbiter
+    )
     table = Table(title="held-out metrics")
     table.add_column("metric")
     table.add_column("value", justify="right")
