@@ -220,7 +220,8 @@ def test_no_raw_feature_label_weight_or_id_crosses_and_each_role_receives_exactl
         ledger = result.ledgers[party]
         assert "lr-two-key" in ledger.protocols and "lr" not in ledger.protocols
         by_name = {p.name: p for p in _protocols()}
-        learns, never = learned_by([by_name[name] for name in ledger.protocols], ledger.role)
+        got = {m["message"] for m in ledger.messages if m["direction"] == "received"}
+        learns, never = learned_by([by_name[name] for name in ledger.protocols], ledger.role, got)
         assert ledger.learns == learns and ledger.never_learns == never
     assert "the loss" in result.ledgers["host1"].never_learns
     assert any("single host's gradient part" in item for item in result.ledgers["guest"].never_learns)
