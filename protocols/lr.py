@@ -44,7 +44,6 @@ deterministic given that state, so the resumed model equals the uninterrupted on
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,15 +71,16 @@ from vfl.errors import ConfigError, PeerTimeoutError, ProtocolError, TransportEr
 from vfl.optim import EarlyStopping, ShardOptimizer, epoch_batches, initial_weights
 from vfl.options import TrainOptions
 from vfl.protocols.messages import BOOL, DATA_ROLES, FIXED, FLOAT, INT, Protocol, message, one
+from vfl.protocols.objectives import LOGIT_BOUND, Objective, objective_for  # noqa: F401 - re-exported
 from vfl.protocols.session import Generations, Session
 from vfl.transport.channel import Interrupted
 
 log = logging.getLogger(__name__)
 
-# A priori bound on |z| (the joint logit) used to size the gradient masks: masks are 40 bits wider
-# than the largest gradient this bound allows, so even a logit 2**10 times larger keeps 30 bits of
-# statistical hiding. Logits of standardized, clipped data stay far below it.
-LOGIT_BOUND = 2.0**16
+# LOGIT_BOUND (protocols/objectives.py): the a priori bound on |z| (the joint logit) used to size the
+# gradient masks: masks are 40 bits wider than the largest gradient this bound allows, so even a logit
+# 2**10 times larger keeps 30 bits of statistical hiding. Logits of standardized, clipped data stay far
+# below it. Each model kind's bound on its residual is Objective.residual_bound.
 MASK_BITS = 40
 KEEP_STATES = 3  # epoch boundaries a party keeps, so it can roll back to where the slowest party is
 
@@ -106,6 +106,9 @@ LR = Protocol(
                 "the training loss per epoch and when training stops", rows=1, stop=BOOL, loss=FLOAT),
         message("lr.stop", "lr/g{gen}/e{epoch}/stop", "arbiter", "host", "when training stops",
                 rows=1, stop=BOOL),
+        message("lr.expu", BATCH + "/expu", "host", "guest",
+                "nothing: the exponentials of the host's partial scores of the batch, encrypted (poisson)",
+                ciphertext=FIXED),
     ),
     never={
         "guest": ("any host column", "any host weight", "any host gradient"),
@@ -113,7 +116,8 @@ LR = Protocol(
         "arbiter": ("anything per row", "any weight", "any gradient", "any label or feature"),
     },
 )  # fmt: skip
-SETUP, U, D, WG, MASKED, UNMASKED, LOSS, CONTROL, STOP = LR.messages
+SETUP, U, D, WG, MASKED, UNMASKED, LOSS, CONTROL, STOP, EXPU = LR.messages
+HOST_VECTORS = {"u": U, "expu": EXPU}  # what a host encrypts for a batch, by Objective.host_vectors
 
 Progress = Callable[[int, int, float | None], None]  # (epoch, batches done in epoch, loss or None)
 
@@ -131,6 +135,12 @@ class LrPlan:
     def __post_init__(self) -> None:
         if not self.hosts:
             raise ConfigError("training needs at least one host")
+        self.objective.check_plan(len(self.hosts))
+
+    @property
+    def objective(self) -> Objective:
+        """The steps of the batch loop that differ per model kind (protocols/objectives.py)."""
+        return objective_for(self.options)
 
     @property
     def data_parties(self) -> tuple[str, ...]:
@@ -308,7 +318,7 @@ class _DataParty:
     # per-batch helpers
     def masked_decrypt_send(self, gradient: EncryptedVector, rows: int, tag: dict[str, int]) -> Any:
         """Mask, pack and send ``gradient`` to the arbiter; returns what ``masked_decrypt_receive`` needs."""
-        bound = rows * self.matrix.max_abs * (LOGIT_BOUND + 2.0)
+        bound = rows * self.matrix.max_abs * self.plan.objective.residual_bound
         packed, mask = mask_and_pack(gradient, bound=bound, mask_bits=MASK_BITS, randomness=self.randomness)
         self.session.send(MASKED, self.plan.arbiter, packed.to_arrow(), **tag)
         return mask
@@ -352,14 +362,21 @@ def run_guest(
     resume: list[PartyState] | None = None,
     on_epoch: Callable[[PartyState], None] | None = None,
     interrupted: Interrupted | None = None,
+    offset: np.ndarray | None = None,
 ) -> TrainedShard:
-    """Guest role. ``features`` are the guest's standardized training rows with the intercept column first."""
+    """Guest role. ``features`` are the guest's standardized training rows with the intercept column first.
+
+    ``labels`` are the training targets of the plan's model kind (0/1 for binary-lr, numbers for
+    linear, counts for poisson); ``offset`` is poisson's ``log(exposure)`` per training row, if any.
+    """
     o = plan.options
+    obj = plan.objective
+    obj.check_targets(np.asarray(labels, dtype=float))
     party = _DataParty(
         session, plan, features, intercept=True, workers=workers, resume=resume, on_epoch=on_epoch,
         interrupted=interrupted,
     )  # fmt: skip
-    s = 2.0 * np.asarray(labels, dtype=float) - 1.0
+    s = obj.guest_target(labels)  # binary-lr: s = 2y - 1; regression: y
 
     def epoch_fn(state: PartyState) -> PartyState:
         epoch, gen, pk = state.epoch, party.generation, party.public_key
@@ -373,26 +390,29 @@ def run_guest(
             m = len(rows)
             tag = {"gen": gen, "epoch": epoch, "batch": b}
             u_g = party.xq[rows] @ w
-            host_u = [EncryptedVector.from_arrow(session.recv(U, h, **tag), pk) for h in plan.hosts]
-            total = host_u[0]
-            for u_h in host_u[1:]:
-                total = total + u_h
+            off = None if offset is None else offset[rows]
+            host_in = [
+                {
+                    name: EncryptedVector.from_arrow(session.recv(HOST_VECTORS[name], h, **tag), pk)
+                    for name in obj.host_vectors
+                }
+                for h in plan.hosts
+            ]
             # Fresh randomness before it leaves: a host could otherwise divide out its own [[u_k]].
-            d4 = (total + (u_g - 2.0 * s[rows])).rerandomize(randomness=party.randomness)
+            d4 = obj.guest_residual(host_in, u_g, s[rows], off).rerandomize(randomness=party.randomness)
             session.broadcast(D, plan.hosts, d4.to_arrow(), **tag)
             gradient = d4.rdot(party.matrix, rows=rows, workers=workers, randomness=party.randomness)
             mask = party.masked_decrypt_send(gradient, m, tag)
             party.refill(batches, b)
-            # While the arbiter decrypts: this batch's encrypted Taylor-loss terms.
-            plain = np.column_stack([u_g, s[rows]])
-            q_b: EncryptedVector | float = float(u_g @ u_g) - 4.0 * float(s[rows] @ u_g)
-            for h, u_h in zip(plan.hosts, host_u, strict=True):
-                terms = u_h.rdot(plain, workers=workers, rerandomize=False)  # [[u_h.u_g]], [[u_h.s]]
-                wg = EncryptedVector.from_arrow(session.recv(WG, h, **tag), pk)
-                q_b = wg + terms[0:1] - terms[1:2] * 2 + q_b
+            # While the arbiter decrypts: this batch's encrypted loss terms.
+            wgs = [
+                EncryptedVector.from_arrow(session.recv(WG, h, **tag), pk) if obj.host_sends_wg else None
+                for h in plan.hosts
+            ]
+            q_b = obj.guest_loss_terms(host_in, wgs, u_g, s[rows], d4, off, workers=workers)
             q_total = q_b if q_total is None else q_total + q_b
             g = party.masked_decrypt_receive(mask, tag)
-            w = optimizer.update(w, g / (4.0 * m), epoch)
+            w = optimizer.update(w, g / obj.gradient_divisor(m), epoch)
             if progress:
                 progress(epoch, b + 1, None)
         assert isinstance(q_total, EncryptedVector)
@@ -420,6 +440,7 @@ def run_host(
 ) -> TrainedShard:
     """Host role. ``features`` are the host's standardized training rows, in the shared order."""
     o = plan.options
+    obj = plan.objective
     party = _DataParty(
         session, plan, features, intercept=False, workers=workers, resume=resume, on_epoch=on_epoch,
         interrupted=interrupted,
@@ -435,16 +456,18 @@ def run_host(
         for b, rows in enumerate(batches):
             m = len(rows)
             tag = {"gen": gen, "epoch": epoch, "batch": b}
-            u = encrypt(pk, party.xq[rows] @ w, randomness=party.randomness, workers=workers)
-            session.send(U, plan.guest, u.to_arrow(), **tag)
+            for name, plain in obj.host_plain(party.xq[rows] @ w).items():
+                vector = encrypt(pk, plain, randomness=party.randomness, workers=workers)
+                session.send(HOST_VECTORS[name], plan.guest, vector.to_arrow(), **tag)
             d4 = EncryptedVector.from_arrow(session.recv(D, plan.guest, **tag), pk)
             gradient = d4.rdot(party.matrix, rows=rows, workers=workers, randomness=party.randomness)
-            wg = gradient.dot(w).rerandomize(randomness=party.randomness)
-            session.send(WG, plan.guest, wg.to_arrow(), **tag)
+            if obj.host_sends_wg:
+                wg = gradient.dot(w).rerandomize(randomness=party.randomness)
+                session.send(WG, plan.guest, wg.to_arrow(), **tag)
             mask = party.masked_decrypt_send(gradient, m, tag)
             party.refill(batches, b)
             g = party.masked_decrypt_receive(mask, tag)
-            w = optimizer.update(w, g / (4.0 * m), epoch)
+            w = optimizer.update(w, g / obj.gradient_divisor(m), epoch)
             if progress:
                 progress(epoch, b + 1, None)
         stop = bool(one(session.recv(STOP, plan.arbiter, gen=gen, epoch=epoch), "stop"))
@@ -519,7 +542,7 @@ class _Arbiter:
         q = EncryptedVector.from_arrow(
             session.recv(LOSS, self.plan.guest, gen=gen, epoch=epoch), self.public_key
         )
-        loss = math.log(2.0) + float(decrypt(self.private_key, q)[0]) / (8.0 * state.n_rows)
+        loss = self.plan.objective.loss(float(decrypt(self.private_key, q)[0]), state.n_rows)
         losses = [*state.losses, loss]
         stop = EarlyStopping.replay(o, losses)
         log.info("epoch %d: loss %.6f%s", epoch + 1, loss, " (stop)" if stop else "")

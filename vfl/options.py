@@ -22,7 +22,9 @@ from vfl.constraints import (
     Options,
     OptionsTable,
     Sentinel,
+    String,
 )
+from vfl.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 SCHEDULES = ("constant", "step", "inverse-time")
@@ -31,6 +33,8 @@ INITS = ("zeros", "random")
 KEY_BITS = (1024, 2048, 3072)
 PREDICT_REVEALS = ("sum", "partial")
 CALIBRATIONS = ("platt", "isotonic", "none")
+#: What a training job fits (vfl/models/kinds.py holds each kind's math; DESIGN.md §14).
+MODEL_KINDS = ("binary-lr", "multiclass-lr", "linear", "poisson")
 
 _POSITIVE_INT = Interval(int, 1, None, closed="left")
 _FRACTION = Interval(float, 0, 1, closed="left")  # a decay rate of a moving average: 1 would never forget
@@ -68,6 +72,10 @@ class TrainOptions(OptionsTable):
     min_intersection: int = 100
     # How the guest turns the Taylor model's logits into probabilities (fitted locally on training rows).
     calibration: str = "platt"
+    # The model: "binary-lr" (DESIGN.md §6), "linear" or "poisson" regression (DESIGN.md §14).
+    model: str = "binary-lr"
+    # Poisson only: the guest's column of exposures (time at risk); enters as log(exposure).
+    exposure: str | None = None
 
     _option_label: ClassVar[str] = "job option"
     #: Every option's allowed values: types, ranges and choices (vfl/constraints.py).
@@ -94,7 +102,15 @@ class TrainOptions(OptionsTable):
         "min_rows_per_column": [Interval(int, 0, None, closed="left")],
         "min_intersection": [Interval(int, MIN_INTERSECTION_FLOOR, None, closed="left")],
         "calibration": [Options(str, CALIBRATIONS)],
+        "model": [Options(str, MODEL_KINDS)],
+        "exposure": [String(1, note="the guest's exposure column"), None],
     }
+
+    def _cross_field_rules(self) -> None:
+        if self.exposure is not None and self.model != "poisson":
+            raise ConfigError(
+                f"job option exposure is only for model = \"poisson\" (the model is {self.model!r}); remove it"
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainOptions:
