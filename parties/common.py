@@ -233,6 +233,7 @@ def make_shard(
         weights=weights.tolist(),
         preprocessor=scaler.to_dict(),
         options=job.options.to_dict(),
+        model_kind=job.options.model,
         extras=dict(extras or {}),
     )
     shard.peer_digests = exchange_digests(session, shard.digest())

@@ -98,7 +98,10 @@ def _load_data(party: PartyConfig, job: Job, data: Path | None, *, with_label: b
     )
     if with_label and party.role == "guest":
         assert party.label_column is not None
-        check_guest_data(frame, party.id_column, party.label_column, party.columns, party.positive)
+        check_guest_data(
+            frame, party.id_column, party.label_column, party.columns, party.positive,
+            model=job.options.model, exposure=job.options.exposure,
+        )  # fmt: skip
     elif with_label:
         check_host_data(frame, party.id, party.id_column, party.columns)
     return frame
