@@ -109,7 +109,7 @@ class TrainOptions(OptionsTable):
     def _cross_field_rules(self) -> None:
         if self.exposure is not None and self.model != "poisson":
             raise ConfigError(
-                f"job option exposure is only for model = \"poisson\" (the model is {self.model!r}); remove it"
+                f'job option exposure is only for model = "poisson" (the model is {self.model!r}); remove it'
             )
 
     @classmethod
