@@ -18,7 +18,7 @@ from vfl.errors import ConfigError, DataError
 from vfl.io import check_writable
 from vfl.ledger import Ledger
 from vfl.model import INTERCEPT, ModelShard
-from vfl.options import MIN_INTERSECTION_FLOOR, TrainOptions
+from vfl.options import MIN_INTERSECTION_FLOOR, ScreenOptions, TrainOptions
 from vfl.parties.state import Alignment, StateStore, job_fingerprint
 from vfl.protocols.lr import LrPlan, PartyState
 from vfl.protocols.messages import find, learned_by
@@ -47,6 +47,7 @@ class Job:
     kind: str = "train"
     model: str | None = None  # predict: the training job whose model scores
     federation_digest: str = ""  # hash of the federation file, agreed before any work
+    screen: ScreenOptions | None = None  # [screen] of a screening job
 
     def __post_init__(self) -> None:
         if not self.hosts:
@@ -79,6 +80,8 @@ class Job:
             shared["predict.reveal"] = self.scoring_reveal
         if self.kind == "predict":
             shared["predict.model"] = self.model
+        if self.kind == "screen":
+            shared.update({f"screen.{k}": v for k, v in (self.screen or ScreenOptions()).to_dict().items()})
         return shared
 
     def session(self, channel: Any) -> Session:

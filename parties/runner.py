@@ -76,6 +76,7 @@ def build_job(config: JobConfig, federation: Federation) -> Job:
         kind=config.kind,
         model=predict.model if predict else None,
         federation_digest=federation_digest(federation),
+        screen=config.options("screen") if config.kind == "screen" else None,
     )
 
 

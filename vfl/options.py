@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from vfl.constraints import (
+    Boolean,
     ConstraintList,
     FolderName,
     Interval,
@@ -148,4 +149,44 @@ class PredictOptions(OptionsTable):
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PredictOptions:
+        return super().from_dict(values)
+
+
+SCREEN_METHODS = ("quantile", "monotone")
+MIN_BIN_SIZE_FLOOR = 5  # the documented floor of [screen] min_bin_size (DESIGN.md §15)
+
+
+@dataclass(frozen=True)
+class ScreenOptions(OptionsTable):
+    """The ``[screen]`` section of a feature-screening job (WOE / IV across parties, DESIGN.md §15).
+
+    ``bins`` quantile bins per column (``method = "monotone"`` then merges adjacent bins until WOE is
+    monotone); every bin describes at least ``min_bin_size`` customers or none (smaller ones are
+    merged before anything leaves the party that owns the column; the floor is 5). ``share_iv``
+    sends each host the IV of its own columns at the end. ``key_bits``: the guest's Paillier key.
+    """
+
+    bins: int = 10
+    method: str = "quantile"
+    min_bin_size: int = 20
+    share_iv: bool = False
+    guest_columns: bool = True  # screen the guest's own columns too (in plaintext, locally)
+    key_bits: int = 2048
+    min_intersection: int = 100
+
+    _option_label: ClassVar[str] = "screen option"
+    _parameter_constraints: ClassVar[dict[str, ConstraintList]] = {
+        "bins": [Interval(int, 2, 100, closed="both")],
+        "method": [Options(str, SCREEN_METHODS)],
+        "min_bin_size": [
+            Interval(int, MIN_BIN_SIZE_FLOOR, None, closed="left", note="no bin may describe fewer customers")
+        ],
+        "share_iv": [Boolean()],
+        "guest_columns": [Boolean()],
+        "key_bits": [Options(int, KEY_BITS)],
+        "min_intersection": [Interval(int, MIN_INTERSECTION_FLOOR, None, closed="left")],
+    }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ScreenOptions:
         return super().from_dict(values)
