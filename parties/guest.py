@@ -185,7 +185,7 @@ def train(
     def prepare() -> tuple:
         aligned = data.iloc[rows].reset_index(drop=True)
         labels = target_values(aligned[label], label, positive_label or None, o.model)
-        if binary:
+        if o.model in ("binary-lr", "multiclass-lr"):  # classifiers: stratified by the class
             train_rows, held_rows = split_rows(labels, o.test_size, o.seed)
         else:
             train_rows, held_rows = random_split(len(labels), o.test_size, o.seed)
@@ -219,7 +219,7 @@ def train(
     if progress:
         progress("train", trained.epochs, trained.epochs, f"done, loss {trained.losses[-1]:.5f}")
     scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="train-score")
-    z = session.guard(lambda: predict.joint_logits(session, scoring, matrix @ trained.weights))
+    z = session.guard(lambda: predict.joint_logit_matrix(session, scoring, matrix @ trained.weights))
     if not binary:
         return _finish_regression(
             session, job, aligned, labels, train_rows, held_rows, z, offset, scaler, names, trained, info,
@@ -270,6 +270,14 @@ def train(
     return outcome
 
 
+def class_columns(probabilities: np.ndarray, classes: Any) -> dict[str, Any]:
+    """The predicted class (``score``) and one probability column per class of a multi-class model."""
+    cls = np.asarray(classes)
+    out: dict[str, Any] = {"score": cls[np.argmax(probabilities, axis=1)]}
+    out.update({f"p_{c}": probabilities[:, i] for i, c in enumerate(cls)})
+    return out
+
+
 def _finish_regression(
     session: Session,
     job: Job,
@@ -291,30 +299,32 @@ def _finish_regression(
     source: str | None,
     rows_in: int,
 ) -> GuestOutcome:
-    """The end of a linear or poisson training job: predictions, held-out metrics, shard, outputs."""
+    """The end of a linear, poisson or multi-class job: predictions, held-out metrics, shard, outputs."""
     o = job.options
     kind = model_kind(o.model)
     exposure = None if offset is None else np.exp(offset)
     predictions = kind.link(z, exposure)
     metrics = session.guard(lambda: kind.evaluate(labels[held_rows], predictions[held_rows]))
     train_metrics = kind.evaluate(labels[train_rows], predictions[train_rows])
+    classes = kind.check_labels(aligned[label].to_numpy()).classes if o.model == "multiclass-lr" else None
     metrics["train"] = {
         ("rows" if k == "held_out_rows" else k): v
         for k, v in train_metrics.items()
         if isinstance(v, int | float)
     }
     extras: dict[str, Any] = {"exposure": o.exposure} if o.exposure else {}
+    if classes is not None:
+        extras["classes"] = list(classes)
+        metrics["classes"] = list(classes)
     shard = session.guard(lambda: make_shard(session, job, "guest", names, trained.weights, scaler, extras))
     held_out = np.zeros(len(aligned), dtype=bool)
     held_out[held_rows] = True
-    table = pd.DataFrame(
-        {
-            id_column: aligned[id_column].to_numpy(),
-            "score": predictions,
-            "target": labels,
-            "held_out": held_out,
-        }
-    )
+    if classes is None:
+        columns: dict[str, Any] = {"score": predictions, "target": labels}
+    else:
+        columns = class_columns(predictions, classes)
+        columns["target"] = np.asarray(classes)[labels.astype(int)]
+    table = pd.DataFrame({id_column: aligned[id_column].to_numpy(), **columns, "held_out": held_out})
     notes = training_notes(info, trained.generations)
     notes.append(f"model: {o.model} (label column '{label}')")
     if job.scoring_reveal == "partial" or len(job.hosts) == 1:
@@ -425,12 +435,15 @@ def score(
 
     own = session.guard(partial)
     plan = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="predict")
-    z = session.guard(lambda: predict.joint_logits(session, plan, own))
+    z = session.guard(lambda: predict.joint_logit_matrix(session, plan, own))
     session.barrier("predict")
     if shard.model_kind != "binary-lr":
         column = shard.extras.get("exposure")
         exposure = exposures(aligned[column], column) if column else None
         prediction = model_kind(shard.model_kind).link(z, exposure)
+        if shard.model_kind == "multiclass-lr":
+            frame = class_columns(prediction, shard.extras["classes"])
+            return pd.DataFrame({id_column: aligned[id_column].to_numpy(), **frame})
         return pd.DataFrame({id_column: aligned[id_column].to_numpy(), "score": prediction})
     table = pd.DataFrame({id_column: aligned[id_column].to_numpy(), "score": sigmoid(z)})
     if "calibrator" in shard.extras:

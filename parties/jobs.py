@@ -147,7 +147,8 @@ def _predict_guest(ctx: RoleContext) -> Outcome:
     if ctx.output_dir is not None:
         outputs["scores"] = atomic_write_text(ctx.output_dir / "scores.csv", scores.to_csv(index=False))
     outputs.update(write_outputs(ctx.output_dir, None, ledger_for(ctx.session)))
-    mean = float(scores["score"].mean()) if len(scores) else 0.0
+    numeric = pd.api.types.is_numeric_dtype(scores["score"]) and not any(c.startswith("p_") for c in scores)
+    mean = float(scores["score"].mean()) if len(scores) and numeric else 0.0
     return Outcome(outputs, {"rows": len(scores), "mean_score": mean}, scores)
 
 
