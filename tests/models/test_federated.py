@@ -14,7 +14,7 @@ import pytest
 import vfl
 from tests.test_declared_messages import _run, assert_all_declared
 from vfl.crypto import generate_keypair, prepare_matrix
-from vfl.errors import ConfigError, DataError
+from vfl.errors import ConfigError, DataError, VflError
 from vfl.models.kinds import from_name
 from vfl.models.reference import train_linear_reference, train_poisson_reference
 from vfl.options import TrainOptions
@@ -164,3 +164,68 @@ def test_federated_poisson_regression_reaches_scikit_learns_deviance(fate, keypa
     theirs = from_name("poisson").evaluate(y[held], sk.predict(x[held]))["mean_poisson_deviance"]
     ours = result.metrics["mean_poisson_deviance"]
     assert ours <= 1.02 * theirs, (ours, theirs)
+
+
+def _four_classes(n=600, seed=0):
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(n_samples=n, n_features=10, n_informative=6, n_classes=4, random_state=seed)
+    ids = np.arange(n) * 7 + 3
+    guest = pd.DataFrame(x[:, :4], columns=[f"g{i}" for i in range(4)]).assign(id=ids, y=y)
+    host = pd.DataFrame(x[:, 4:], columns=[f"h{i}" for i in range(6)]).assign(id=ids)
+    return guest, host
+
+
+def test_multiclass_packed_training_equals_the_one_vs_rest_reference(keypair):
+    from vfl.models.reference import train_ovr_reference
+
+    guest, host = _four_classes()
+    opts = dict(model="multiclass-lr", max_epochs=3, batch_size=128, learning_rate=0.1, tol=0.0)
+    result = vfl.simulate(guest, host, id="id", label="y", key_bits=1024, keypair=keypair, workers=1, **opts)
+    blocks, y, _, names = _blocks(result, [guest, host], "id", "y")
+    weights, losses = train_ovr_reference(blocks, y.astype(int), 4, TrainOptions(**opts), names)
+    np.testing.assert_allclose(np.asarray(result.shards["guest"].weights), weights[0], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(result.shards["host1"].weights), weights[1], atol=1e-6)
+    np.testing.assert_allclose(result.losses, losses, rtol=1e-6)
+    m = result.metrics
+    assert {"accuracy", "f1_macro", "f1_micro", "log_loss", "auc_ovr"} <= set(m)
+    assert (
+        np.asarray(m["confusion_matrix"]).shape == (4, 4)
+        and np.sum(m["confusion_matrix"]) == m["held_out_rows"]
+    )
+
+    # One packed ciphertext per row and batch from the host, one masked gradient message per party and batch.
+    job = Job("t", "guest", ("host1",), "arbiter")
+    seen = assert_all_declared(result.network, job)
+    assert {"lr.classes", "lr.kloss", "lr.u", "lr.d", "lr.masked"} <= seen and "lr.loss" not in seen
+    u = [t for t in result.network.transcript if t.tag.endswith("/u") and t.sender == "host1"]
+    assert len(u) == 3 * 4  # 3 epochs x 4 batches of 128 of the 480 training rows
+    from vfl.transport import decode_table
+
+    assert decode_table(u[0].payload).num_rows == 128  # K = 4 partial scores per row in one ciphertext
+    assert "the number of classes of a multi-class model" in result.ledgers["host1"].learns
+
+    # Scoring: K masked partial scores per row; the predicted class and one probability per class.
+    pjob = Job("p", "guest", ("host1",), "arbiter", kind="predict", model="t")
+    network, outcome = _run(pjob, {"guest": guest, "host1": host}, model_of=result.shards)
+    scored = outcome["guest"].result.set_index("id")
+    trained = result.scores.set_index("id")
+    np.testing.assert_allclose(scored.loc[trained.index, "p_2"], trained["p_2"], rtol=1e-6)
+    assert (scored.loc[trained.index, "score"] == trained["score"]).all()
+
+
+def test_multiclass_bad_labels_are_refused(keypair):
+    guest, host = _four_classes(300)
+    with pytest.raises(DataError, match="one class only"):
+        vfl.simulate(guest.assign(y=2), host, id="id", label="y", key_bits=1024, keypair=keypair,
+                     model="multiclass-lr")  # fmt: skip
+    many = guest.assign(y=np.arange(len(guest)) % 17)
+    with pytest.raises(DataError, match="supports at most 16"):
+        vfl.simulate(many, host, id="id", label="y", key_bits=1024, keypair=keypair, model="multiclass-lr")
+    words = guest.assign(y=np.where(guest["y"] == 0, "cat", "dog"))
+    with pytest.raises(DataError, match="numeric class codes"):
+        vfl.simulate(words, host, id="id", label="y", key_bits=1024, keypair=keypair, model="multiclass-lr")
+    six = guest.assign(y=np.arange(len(guest)) % 6)  # fits one 1024-bit plaintext, not the loss slots
+    with pytest.raises(VflError, match="at most 4 classes with this key"):
+        vfl.simulate(six, host, id="id", label="y", key_bits=1024, keypair=keypair, model="multiclass-lr",
+                     max_epochs=1)  # fmt: skip
