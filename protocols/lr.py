@@ -639,7 +639,7 @@ X_BOUND = (1 << 19) - 1
 
 def slot_layout(options: TrainOptions, n_rows: int, n_classes: int, key_bits: int) -> SlotLayout:
     """The packing every party of a multi-class job uses (the same from the shared options and row count)."""
-    batch = min(options.batch_size or n_rows, n_rows)
+    batch = max(len(b) for b in epoch_batches(n_rows, options, 0))  # the same sizes every epoch
     layout = SlotLayout.for_problem(
         n_classes, batch, X_BOUND, LOGIT_BOUND + 2.0, key_bits, mask_bits=MASK_BITS
     )

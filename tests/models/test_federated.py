@@ -180,7 +180,7 @@ def test_multiclass_packed_training_equals_the_one_vs_rest_reference(keypair):
     from vfl.models.reference import train_ovr_reference
 
     guest, host = _four_classes()
-    opts = dict(model="multiclass-lr", max_epochs=3, batch_size=128, learning_rate=0.1, tol=0.0)
+    opts = dict(model="multiclass-lr", max_epochs=3, batch_size=150, learning_rate=0.1, tol=0.0)
     result = vfl.simulate(guest, host, id="id", label="y", key_bits=1024, keypair=keypair, workers=1, **opts)
     blocks, y, _, names = _blocks(result, [guest, host], "id", "y")
     weights, losses = train_ovr_reference(blocks, y.astype(int), 4, TrainOptions(**opts), names)
@@ -199,10 +199,10 @@ def test_multiclass_packed_training_equals_the_one_vs_rest_reference(keypair):
     seen = assert_all_declared(result.network, job)
     assert {"lr.classes", "lr.kloss", "lr.u", "lr.d", "lr.masked"} <= seen and "lr.loss" not in seen
     u = [t for t in result.network.transcript if t.tag.endswith("/u") and t.sender == "host1"]
-    assert len(u) == 3 * 4  # 3 epochs x 4 batches of 128 of the 480 training rows
+    assert len(u) == 3 * 3  # 3 epochs x batches of 150, 150 and 180 (the rest folded in) of 480 rows
     from vfl.transport import decode_table
 
-    assert decode_table(u[0].payload).num_rows == 128  # K = 4 partial scores per row in one ciphertext
+    assert decode_table(u[0].payload).num_rows == 150  # K = 4 partial scores per row in one ciphertext
     assert "the number of classes of a multi-class model" in result.ledgers["host1"].learns
 
     # Scoring: K masked partial scores per row; the predicted class and one probability per class.
