@@ -193,6 +193,8 @@ def train(
         return aligned, labels, train_rows, held_rows, scaler, matrix, names
 
     aligned, labels, train_rows, held_rows, scaler, matrix, names = session.guard(prepare)
+    if o.model == "multiclass-lr":
+        session.guard(lambda: lr.check_multiclass(o, len(train_rows), int(labels.max()) + 1))
     offset = np.log(exposures(aligned[o.exposure], o.exposure)) if o.exposure else None
     if saved is None and start.interrupted is None:
         send_held_out(session, job.hosts, held_rows)

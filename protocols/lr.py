@@ -651,6 +651,17 @@ def slot_layout(options: TrainOptions, n_rows: int, n_classes: int, key_bits: in
     return layout
 
 
+def check_multiclass(options: TrainOptions, n_rows: int, n_classes: int) -> None:
+    """Refuse, before any peer is contacted, K classes that the key's plaintexts cannot carry."""
+    layout = slot_layout(options, n_rows, n_classes, options.key_bits)
+    top = (options.key_bits - 1) // layout.slot_bits
+    if 2 * n_classes - 1 > top:
+        raise ConfigError(
+            f"multiclass-lr with a {options.key_bits}-bit key takes at most {(top + 1) // 2} classes (its loss "
+            f"needs 2K - 1 slots of {layout.slot_bits} bits), the label has {n_classes}; use a larger key_bits"
+        )
+
+
 def _class_optimizers(
     o: TrainOptions, k: int, state: dict[str, Any], intercept: int | None
 ) -> list[ShardOptimizer]:

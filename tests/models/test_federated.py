@@ -14,7 +14,7 @@ import pytest
 import vfl
 from tests.test_declared_messages import _run, assert_all_declared
 from vfl.crypto import generate_keypair, prepare_matrix
-from vfl.errors import ConfigError, DataError, VflError
+from vfl.errors import ConfigError, DataError
 from vfl.models.kinds import from_name
 from vfl.models.reference import train_linear_reference, train_poisson_reference
 from vfl.options import TrainOptions
@@ -226,6 +226,6 @@ def test_multiclass_bad_labels_are_refused(keypair):
     with pytest.raises(DataError, match="numeric class codes"):
         vfl.simulate(words, host, id="id", label="y", key_bits=1024, keypair=keypair, model="multiclass-lr")
     six = guest.assign(y=np.arange(len(guest)) % 6)  # fits one 1024-bit plaintext, not the loss slots
-    with pytest.raises(VflError, match="at most 4 classes with this key"):
+    with pytest.raises(ConfigError, match="1024-bit key takes at most 4 classes"):
         vfl.simulate(six, host, id="id", label="y", key_bits=1024, keypair=keypair, model="multiclass-lr",
                      max_epochs=1)  # fmt: skip

@@ -132,3 +132,27 @@ def test_screening_refuses_bins_below_the_floor_and_one_class_labels(frames, key
     job = Job("s", "guest", ("host1",), kind="screen", screen=ScreenOptions(key_bits=1024))
     with pytest.raises(DataError, match="exactly two distinct values, found 1"):
         _run(job, {"guest": one_class, "host1": host1}, keypair=keypair)
+
+
+def test_screen_section_of_job_toml(tmp_path):
+    from vfl.config import JobConfig
+
+    path = tmp_path / "job.toml"
+    path.write_text(
+        '[job]\nid = "s1"\nkind = "screen"\n[screen]\nbins = 8\nmethod = "monotone"\nshare_iv = true\n'
+    )
+    options = JobConfig.load(path).options("screen")
+    assert (options.bins, options.method, options.share_iv, options.min_bin_size) == (8, "monotone", True, 20)
+    path.write_text('[job]\nid = "s1"\nkind = "screen"\n[screen]\nmin_bin_size = 1\n')
+    with pytest.raises(
+        ConfigError, match=r"\[screen\]: screen option min_bin_size must be an int in \[5, inf\)"
+    ):
+        JobConfig.load(path)
+    path.write_text('[job]\nid = "s1"\nkind = "screen"\n[psi]\nreveal = "guest-only"\n')
+    with pytest.raises(ConfigError, match='screening job needs reveal = "all"'):
+        JobConfig.load(path)
+    path.write_text('[job]\nid = "s1"\nkind = "screen"\n[train]\nmax_epochs = 2\n')
+    with pytest.raises(ConfigError, match="has no section"):
+        JobConfig.load(path)
+    settings = Job("s1", "g", ("h",), kind="screen", screen=ScreenOptions(bins=8)).settings()
+    assert settings["screen.bins"] == 8 and "train.max_epochs" not in settings
