@@ -229,3 +229,30 @@ def test_multiclass_bad_labels_are_refused(keypair):
     with pytest.raises(ConfigError, match="1024-bit key takes at most 4 classes"):
         vfl.simulate(six, host, id="id", label="y", key_bits=1024, keypair=keypair, model="multiclass-lr",
                      max_epochs=1)  # fmt: skip
+
+
+def test_outputs_per_kind_metrics_json_and_report(keypair, tmp_path):
+    import json
+
+    guest, host = _four_classes(400)
+    vfl.simulate(
+        guest, host, id="id", label="y", key_bits=1024, keypair=keypair, workers=1, model="multiclass-lr",
+        max_epochs=2, batch_size=0, output_dir=tmp_path / "mc",
+    )  # fmt: skip
+    metrics = json.loads((tmp_path / "mc" / "guest" / "metrics.json").read_text())
+    assert metrics["model"] == "multiclass-lr" and len(metrics["metrics"]["confusion_matrix"]) == 4
+    html = (tmp_path / "mc" / "guest" / "report.html").read_text()
+    assert "Confusion matrix" in html and "One-vs-rest AUC" in html and "data:image/png;base64," in html
+    scores = pd.read_csv(tmp_path / "mc" / "guest" / "scores.csv")
+    assert {"score", "p_0", "p_3", "target", "held_out"} <= set(scores.columns)
+    shard = json.loads((tmp_path / "mc" / "host1" / "model.json").read_text())
+    assert shard["model_kind"] == "multiclass-lr" and np.asarray(shard["weights"]).shape == (6, 4)
+
+    lin = guest.assign(y=guest["g0"] * 3 + 1)
+    vfl.simulate(
+        lin, host, id="id", label="y", key_bits=1024, keypair=keypair, workers=1, model="linear",
+        max_epochs=2, batch_size=0, output_dir=tmp_path / "lin",
+    )  # fmt: skip
+    metrics = json.loads((tmp_path / "lin" / "guest" / "metrics.json").read_text())
+    assert {"rmse", "mae", "r2"} <= set(metrics["metrics"]) and len(metrics["losses"]) == 2
+    assert "Predicted against actual" in (tmp_path / "lin" / "guest" / "report.html").read_text()
