@@ -18,7 +18,7 @@ from vfl.errors import ConfigError, DataError
 from vfl.io import check_writable
 from vfl.ledger import Ledger
 from vfl.model import INTERCEPT, ModelShard
-from vfl.options import MIN_INTERSECTION_FLOOR, TrainOptions
+from vfl.options import MIN_INTERSECTION_FLOOR, ScreenOptions, TrainOptions
 from vfl.parties.state import Alignment, StateStore, job_fingerprint
 from vfl.protocols import lr, lr_two_key
 from vfl.protocols.catalog import ALL_PROTOCOLS
@@ -49,6 +49,7 @@ class Job:
     kind: str = "train"
     model: str | None = None  # predict: the training job whose model scores
     federation_digest: str = ""  # hash of the federation file, agreed before any work
+    screen: ScreenOptions | None = None  # [screen] of a screening job
 
     def __post_init__(self) -> None:
         if not self.hosts:
@@ -59,6 +60,11 @@ class Job:
         if self.kind == "train":
             # "topology" unset: coordinated with an arbiter, arbiter-free without (DESIGN.md §14).
             object.__setattr__(self, "options", self.options.resolved_for(self.arbiter is not None))
+            if self.topology == "arbiter-free" and self.options.model != "binary-lr":
+                raise ConfigError(
+                    f'[train] model = "{self.options.model}" trains in the coordinated topology only (it needs an '
+                    'arbiter); arbiter-free training fits model = "binary-lr"'
+                )
 
     @property
     def topology(self) -> str:
@@ -91,6 +97,8 @@ class Job:
             shared["predict.reveal"] = self.scoring_reveal
         if self.kind == "predict":
             shared["predict.model"] = self.model
+        if self.kind == "screen":
+            shared.update({f"screen.{k}": v for k, v in (self.screen or ScreenOptions()).to_dict().items()})
         return shared
 
     def session(self, channel: Any, *, first_contact: float | None = None) -> Session:
@@ -302,6 +310,7 @@ def make_shard(
         weights=weights.tolist(),
         preprocessor=scaler.to_dict(),
         options=job.options.to_dict(),
+        model_kind=job.options.model,
         extras=dict(extras or {}),
     )
     shard.peer_digests = exchange_digests(session, shard.digest())

@@ -20,6 +20,8 @@ from vfl.io import atomic_write_json, atomic_write_text
 from vfl.ledger import Ledger
 from vfl.metrics import Evaluation, evaluate, jsonable
 from vfl.model import ModelShard
+from vfl.model_reports import kind_report_html
+from vfl.models.kinds import from_name as model_kind
 from vfl.parties.common import (
     Job,
     ProgressFn,
@@ -38,7 +40,7 @@ from vfl.parties.common import (
     write_outputs,
 )
 from vfl.parties.state import Alignment
-from vfl.protocols import predict, psi
+from vfl.protocols import lr, predict, psi
 from vfl.protocols.session import Session
 from vfl.protocols.split import send_held_out
 from vfl.report import build_report_data, write_report
@@ -51,7 +53,7 @@ class GuestOutcome:
     """Everything the guest ends a training job with."""
 
     shard: ModelShard
-    evaluation: Evaluation
+    evaluation: Evaluation | None  # binary-lr; the other kinds have kind_metrics only
     scores: pd.DataFrame  # id column, score, held_out
     losses: list[float]
     epochs: int
@@ -63,10 +65,12 @@ class GuestOutcome:
     data_files: list[dict[str, Any]] = field(default_factory=list)
     input_rows: np.ndarray | None = None  # each score's row in the guest's input (scores are in shared order)
     outputs: dict[str, Path] = field(default_factory=dict)
+    model: str = "binary-lr"
+    kind_metrics: dict[str, Any] = field(default_factory=dict)  # held-out metrics of a non-binary kind
 
     @property
-    def metrics(self) -> dict[str, float]:
-        return self.evaluation.metrics
+    def metrics(self) -> dict[str, Any]:
+        return self.evaluation.metrics if self.evaluation is not None else self.kind_metrics
 
 
 def split_rows(labels: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,14 +87,59 @@ def split_rows(labels: np.ndarray, test_size: float, seed: int) -> tuple[np.ndar
 
 
 def check_guest_data(
-    data: pd.DataFrame, id_column: str, label: str, columns: list[str] | None, positive: str | None
+    data: pd.DataFrame,
+    id_column: str,
+    label: str,
+    columns: list[str] | None,
+    positive: str | None,
+    *,
+    model: str = "binary-lr",
+    exposure: str | None = None,
 ) -> list[str]:
     """Everything about the guest's data that can be checked before any peer is contacted."""
-    require_columns(data, [id_column, label], what="the guest's data")
-    features = feature_columns(data, id_column, label, columns)
-    binary_labels(data[label], column=label, positive=positive)
+    require_columns(data, [id_column, label, *([exposure] if exposure else [])], what="the guest's data")
+    features = [c for c in feature_columns(data, id_column, label, columns) if c != exposure]
+    if not features:
+        raise DataError("the guest's data has no feature columns besides the id, the label and the exposure")
+    target_values(data[label], label, positive, model)
+    if exposure is not None:
+        exposures(data[exposure], exposure)
     check_columns(data[features], what="the guest's data")
     return features
+
+
+def target_values(values: pd.Series, label: str, positive: str | None, model: str) -> np.ndarray:
+    """The label column as the model kind trains on it (0/1 for binary-lr), or a one-line DataError."""
+    if model == "binary-lr":
+        return binary_labels(values, column=label, positive=positive)
+    if values.isna().any():
+        raise DataError(
+            f"label column '{label}' has {int(values.isna().sum())} missing values; every row needs a label"
+        )
+    try:
+        return np.asarray(model_kind(model).check_labels(values.to_numpy()).values, dtype=float)
+    except DataError as exc:
+        raise DataError(f"label column '{label}': {exc}") from None
+
+
+def exposures(values: pd.Series, column: str) -> np.ndarray:
+    """Poisson exposures: positive finite numbers for every row."""
+    x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(x) | (x <= 0)
+    if bad.any():
+        raise DataError(
+            f"exposure column '{column}' must hold a positive number for every row; {int(bad.sum())} do not "
+            f"(first at row {int(np.flatnonzero(bad)[0])})"
+        )
+    return x
+
+
+def random_split(n: int, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train / held-out positions for a regression (not stratified), sorted so they keep the shared order."""
+    if n * test_size < 2 or n * (1 - test_size) < 2:
+        raise DataError("too few aligned rows for a held-out split; align more rows or change test_size")
+    train, held = train_test_split(np.arange(n), test_size=test_size, random_state=seed)
+    return np.sort(train), np.sort(held)
 
 
 def train(
@@ -117,9 +166,14 @@ def train(
     resynchronizes at once, as the arbiter does in coordinated training (DESIGN.md §12, §14).
     """
     o = job.options
-    training = trainer(job)
-    features = session.guard(lambda: check_guest_data(data, id_column, label, columns, positive))
-    positive_label = positive_class(data[label], column=label, positive=positive)
+    training = session.guard(lambda: trainer(job))
+    binary = o.model == "binary-lr"
+    features = session.guard(
+        lambda: check_guest_data(
+            data, id_column, label, columns, positive, model=o.model, exposure=o.exposure
+        )
+    )
+    positive_label = positive_class(data[label], column=label, positive=positive) if binary else ""
     store = open_store(output_dir, job, data[id_column]) if resumable else None
     own = store.load_alignment() if store is not None and training.coordinator == session.party else None
     if own is not None and store is not None and store.checkpoints():
@@ -140,12 +194,18 @@ def train(
 
     def prepare() -> tuple:
         aligned = data.iloc[rows].reset_index(drop=True)
-        labels = binary_labels(aligned[label], column=label, positive=positive_label)
-        train_rows, held_rows = split_rows(labels, o.test_size, o.seed)
+        labels = target_values(aligned[label], label, positive_label or None, o.model)
+        if o.model in ("binary-lr", "multiclass-lr"):  # classifiers: stratified by the class
+            train_rows, held_rows = split_rows(labels, o.test_size, o.seed)
+        else:
+            train_rows, held_rows = random_split(len(labels), o.test_size, o.seed)
         scaler, matrix, names = prepare_features(aligned, features, train_rows, o, intercept=True)
         return aligned, labels, train_rows, held_rows, scaler, matrix, names
 
     aligned, labels, train_rows, held_rows, scaler, matrix, names = session.guard(prepare)
+    if o.model == "multiclass-lr":
+        session.guard(lambda: lr.check_multiclass(o, len(train_rows), int(labels.max()) + 1))
+    offset = np.log(exposures(aligned[o.exposure], o.exposure)) if o.exposure else None
     if saved is None and start.interrupted is None:
         send_held_out(session, job.hosts, held_rows)
         if store is not None:
@@ -164,13 +224,19 @@ def train(
             workers=workers,
             progress=on_epoch,
             interrupted=start.interrupted,
+            **({} if offset is None else {"offset": offset[train_rows]}),
             **checkpointing(store, resuming=saved is not None or start.interrupted is not None),
         )
     )
     if progress:
         progress("train", trained.epochs, trained.epochs, f"done, loss {trained.losses[-1]:.5f}")
     scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="train-score")
-    z = session.guard(lambda: predict.joint_logits(session, scoring, matrix @ trained.weights))
+    z = session.guard(lambda: predict.joint_logit_matrix(session, scoring, matrix @ trained.weights))
+    if not binary:
+        return _finish_regression(
+            session, job, aligned, labels, train_rows, held_rows, z, offset, scaler, names, trained, info,
+            id_column=id_column, label=label, output_dir=output_dir, store=store, source=source, rows_in=len(data),
+        )  # fmt: skip
     scores = sigmoid(z)
 
     def evaluate_locally() -> tuple:
@@ -217,8 +283,86 @@ def train(
     return outcome
 
 
+def class_columns(probabilities: np.ndarray, classes: Any) -> dict[str, Any]:
+    """The predicted class (``score``) and one probability column per class of a multi-class model."""
+    cls = np.asarray(classes)
+    out: dict[str, Any] = {"score": cls[np.argmax(probabilities, axis=1)]}
+    out.update({f"p_{c}": probabilities[:, i] for i, c in enumerate(cls)})
+    return out
+
+
+def _finish_regression(
+    session: Session,
+    job: Job,
+    aligned: pd.DataFrame,
+    labels: np.ndarray,
+    train_rows: np.ndarray,
+    held_rows: np.ndarray,
+    z: np.ndarray,
+    offset: np.ndarray | None,
+    scaler: Any,
+    names: list[str],
+    trained: lr.TrainedShard,
+    info: dict[str, Any],
+    *,
+    id_column: str,
+    label: str,
+    output_dir: Path | None,
+    store: Any,
+    source: str | None,
+    rows_in: int,
+) -> GuestOutcome:
+    """The end of a linear, poisson or multi-class job: predictions, held-out metrics, shard, outputs."""
+    o = job.options
+    kind = model_kind(o.model)
+    exposure = None if offset is None else np.exp(offset)
+    predictions = kind.link(z, exposure)
+    metrics = session.guard(lambda: kind.evaluate(labels[held_rows], predictions[held_rows]))
+    train_metrics = kind.evaluate(labels[train_rows], predictions[train_rows])
+    classes = kind.check_labels(aligned[label].to_numpy()).classes if o.model == "multiclass-lr" else None
+    metrics["train"] = {
+        ("rows" if k == "held_out_rows" else k): v
+        for k, v in train_metrics.items()
+        if isinstance(v, int | float)
+    }
+    extras: dict[str, Any] = {"exposure": o.exposure} if o.exposure else {}
+    if classes is not None:
+        extras["classes"] = list(classes)
+        metrics["classes"] = list(classes)
+    shard = session.guard(lambda: make_shard(session, job, "guest", names, trained.weights, scaler, extras))
+    held_out = np.zeros(len(aligned), dtype=bool)
+    held_out[held_rows] = True
+    if classes is None:
+        columns: dict[str, Any] = {"score": predictions, "target": labels}
+    else:
+        columns = class_columns(predictions, classes)
+        columns["target"] = np.asarray(classes)[labels.astype(int)]
+    table = pd.DataFrame({id_column: aligned[id_column].to_numpy(), **columns, "held_out": held_out})
+    notes = training_notes(info, trained.generations)
+    notes.append(f"model: {o.model} (label column '{label}')")
+    if job.scoring_reveal == "partial" or len(job.hosts) == 1:
+        notes.append(
+            "with a single host, the guest can derive the host's partial scores from the final scores"
+        )
+    if output_dir is not None:
+        session.guard(lambda: output_dir.mkdir(parents=True, exist_ok=True))
+    session.barrier("train")
+    ledger = ledger_for(session, notes)
+    outcome = GuestOutcome(
+        shard, None, table, trained.losses, trained.epochs, info["size"], ledger, "",
+        data_files=[{"name": source or "(in memory)", "rows": rows_in}], model=o.model, kind_metrics=metrics,
+    )  # fmt: skip
+    if output_dir is not None:
+        outcome.outputs = write_guest_outputs(output_dir, outcome, job)
+    if store is not None:
+        store.clear()
+    return outcome
+
+
 def write_guest_outputs(directory: Path, outcome: GuestOutcome, job: Job) -> dict[str, Path]:
     """Model shard, ledger, scores, metrics, the report's data and the HTML report, each written atomically."""
+    if outcome.evaluation is None:
+        return _write_kind_outputs(directory, outcome, job)
     written = write_outputs(directory, outcome.shard, outcome.ledger)
     # In the order of the guest's input file, with its ids exactly as written there.
     in_input_order = (
@@ -261,6 +405,27 @@ def write_guest_outputs(directory: Path, outcome: GuestOutcome, job: Job) -> dic
     return written
 
 
+def _write_kind_outputs(directory: Path, outcome: GuestOutcome, job: Job) -> dict[str, Path]:
+    """Outputs of a non-binary model kind: shard, ledger, scores, metrics.json and its HTML report."""
+    written = write_outputs(directory, outcome.shard, outcome.ledger)
+    written["scores"] = atomic_write_text(directory / "scores.csv", outcome.scores.to_csv(index=False))
+    summary = {
+        "model": outcome.model,
+        "metrics": jsonable(outcome.kind_metrics),
+        "losses": outcome.losses,
+        "epochs": outcome.epochs,
+        "intersection_size": outcome.intersection_size,
+    }
+    written["metrics"] = atomic_write_json(directory / "metrics.json", summary)
+    written["report"] = atomic_write_text(
+        directory / "report.html",
+        kind_report_html(
+            job.id, outcome.model, outcome.kind_metrics, outcome.losses, outcome.scores, outcome.ledger
+        ),
+    )
+    return written
+
+
 def score(
     session: Session,
     job: Job,
@@ -270,8 +435,11 @@ def score(
     id_column: str,
 ) -> pd.DataFrame:
     """Score new ids with a trained model: PSI on the new ids, then joint scoring. Returns id and score."""
+    exposure_column = [shard.extras["exposure"]] if shard.extras.get("exposure") else []
     session.guard(
-        lambda: require_columns(data, [id_column, *shard.scaler().input_names], what="the guest's data")
+        lambda: require_columns(
+            data, [id_column, *shard.scaler().input_names, *exposure_column], what="the guest's data"
+        )
     )
     session.guard(lambda: session.agree(job.settings()))
     result = psi.run_guest(session, data[id_column], list(job.hosts), job.psi, column=id_column)
@@ -286,8 +454,16 @@ def score(
 
     own = session.guard(partial)
     plan = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="predict")
-    z = session.guard(lambda: predict.joint_logits(session, plan, own))
+    z = session.guard(lambda: predict.joint_logit_matrix(session, plan, own))
     session.barrier("predict")
+    if shard.model_kind != "binary-lr":
+        column = shard.extras.get("exposure")
+        exposure = exposures(aligned[column], column) if column else None
+        prediction = model_kind(shard.model_kind).link(z, exposure)
+        if shard.model_kind == "multiclass-lr":
+            frame = class_columns(prediction, shard.extras["classes"])
+            return pd.DataFrame({id_column: aligned[id_column].to_numpy(), **frame})
+        return pd.DataFrame({id_column: aligned[id_column].to_numpy(), "score": prediction})
     table = pd.DataFrame({id_column: aligned[id_column].to_numpy(), "score": sigmoid(z)})
     if "calibrator" in shard.extras:
         table["probability"] = Calibrator.from_dict(shard.extras["calibrator"]).apply(z)

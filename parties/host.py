@@ -121,7 +121,7 @@ def train(
     if progress:
         progress("train", trained.epochs, trained.epochs, "done")
     scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="train-score")
-    session.guard(lambda: predict.send_partial_scores(session, scoring, matrix @ trained.weights))
+    session.guard(lambda: predict.send_partial_matrix(session, scoring, matrix @ trained.weights))
     shard = session.guard(lambda: make_shard(session, job, "host", names, trained.weights, scaler))
     if output_dir is not None:
         session.guard(lambda: output_dir.mkdir(parents=True, exist_ok=True))
@@ -145,6 +145,6 @@ def score(session: Session, job: Job, data: pd.DataFrame, shard: ModelShard, *, 
     aligned = result.align(data)
     partial = session.guard(lambda: shard.scaler().transform(aligned) @ shard.weight_vector)
     plan = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="predict")
-    session.guard(lambda: predict.send_partial_scores(session, plan, partial))
+    session.guard(lambda: predict.send_partial_matrix(session, plan, partial))
     session.barrier("predict")
     return len(aligned)

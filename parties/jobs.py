@@ -25,6 +25,7 @@ from vfl.model import ModelShard
 from vfl.parties import arbiter as arbiter_party
 from vfl.parties import guest as guest_party
 from vfl.parties import host as host_party
+from vfl.parties import screen as screen_party
 from vfl.parties.common import Job, ProgressFn, ledger_for, write_outputs
 from vfl.protocols import psi
 from vfl.protocols.session import Session
@@ -158,7 +159,8 @@ def _predict_guest(ctx: RoleContext) -> Outcome:
     if ctx.output_dir is not None:
         outputs["scores"] = atomic_write_text(ctx.output_dir / "scores.csv", scores.to_csv(index=False))
     outputs.update(write_outputs(ctx.output_dir, None, ledger_for(ctx.session)))
-    mean = float(scores["score"].mean()) if len(scores) else 0.0
+    numeric = pd.api.types.is_numeric_dtype(scores["score"]) and not any(c.startswith("p_") for c in scores)
+    mean = float(scores["score"].mean()) if len(scores) and numeric else 0.0
     return Outcome(outputs, {"rows": len(scores), "mean_score": mean}, scores)
 
 
@@ -168,6 +170,31 @@ def _predict_host(ctx: RoleContext) -> Outcome:
     notes = host_party.revealed_notes(ctx.job)
     outputs = write_outputs(ctx.output_dir, None, ledger_for(ctx.session, notes))
     return Outcome(outputs, {"rows": rows}, rows)
+
+
+# --- screen ----------------------------------------------------------------------------------------
+
+
+def _screen_guest(ctx: RoleContext) -> Outcome:
+    assert ctx.data is not None and ctx.label is not None
+    result = screen_party.guest(
+        ctx.session, ctx.job, ctx.data, id_column=ctx.id_column, label=ctx.label, columns=ctx.columns,
+        positive=ctx.positive, output_dir=ctx.output_dir, workers=ctx.workers, keypair=ctx.keypair,
+    )  # fmt: skip
+    return Outcome(result.outputs, result.summary, result)
+
+
+def _screen_host(ctx: RoleContext) -> Outcome:
+    assert ctx.data is not None
+    result = screen_party.host(
+        ctx.session,
+        ctx.job,
+        ctx.data,
+        id_column=ctx.id_column,
+        columns=ctx.columns,
+        output_dir=ctx.output_dir,
+    )
+    return Outcome(result.outputs, result.summary, result)
 
 
 JOB_KINDS: dict[str, JobKind] = {
@@ -181,6 +208,7 @@ JOB_KINDS: dict[str, JobKind] = {
             uses_arbiter=True,
         ),
         JobKind("predict", {"guest": _predict_guest, "host": _predict_host}, needs_model=True),
+        JobKind("screen", {"guest": _screen_guest, "host": _screen_host}, needs_label=True),
     )
 }
 

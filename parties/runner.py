@@ -76,6 +76,7 @@ def build_job(config: JobConfig, federation: Federation) -> Job:
         kind=config.kind,
         model=predict.model if predict else None,
         federation_digest=federation_digest(federation),
+        screen=config.options("screen") if config.kind == "screen" else None,
     )
 
 
@@ -98,7 +99,10 @@ def _load_data(party: PartyConfig, job: Job, data: Path | None, *, with_label: b
     )
     if with_label and party.role == "guest":
         assert party.label_column is not None
-        check_guest_data(frame, party.id_column, party.label_column, party.columns, party.positive)
+        check_guest_data(
+            frame, party.id_column, party.label_column, party.columns, party.positive,
+            model=job.options.model, exposure=job.options.exposure,
+        )  # fmt: skip
     elif with_label:
         check_host_data(frame, party.id, party.id_column, party.columns)
     return frame

@@ -7,10 +7,11 @@ from vfl.protocols.lr_two_key import LR_TWO_KEY
 from vfl.protocols.messages import Protocol, find
 from vfl.protocols.predict import PREDICT
 from vfl.protocols.psi import PSI
+from vfl.protocols.screen import SCREEN
 from vfl.protocols.session import SESSION
 from vfl.protocols.shards import SHARDS
 from vfl.protocols.split import SPLIT
 
-ALL_PROTOCOLS: tuple[Protocol, ...] = (SESSION, PSI, SPLIT, LR, PREDICT, SHARDS, LR_TWO_KEY)
+ALL_PROTOCOLS: tuple[Protocol, ...] = (SESSION, PSI, SPLIT, LR, PREDICT, SHARDS, LR_TWO_KEY, SCREEN)
 
 __all__ = ["ALL_PROTOCOLS", "find"]

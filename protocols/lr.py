@@ -69,18 +69,30 @@ from vfl.crypto import (
     prepare_matrix,
 )
 from vfl.errors import ConfigError, PeerTimeoutError, ProtocolError, TransportError
+from vfl.models.kinds import MAX_CLASSES
+from vfl.models.packing import (
+    DiagonalLoss,
+    SlotLayout,
+    add_packed,
+    column_sums,
+    encrypt_packed,
+    offset_packed,
+    packed_rdot,
+    read_slot,
+)
 from vfl.optim import EarlyStopping, ShardOptimizer, epoch_batches, initial_weights
 from vfl.options import TrainOptions
 from vfl.protocols.messages import BOOL, DATA_ROLES, FIXED, FLOAT, INT, Protocol, message, one
+from vfl.protocols.objectives import LOGIT_BOUND, Objective, objective_for  # noqa: F401 - re-exported
 from vfl.protocols.session import Generations, Session
 from vfl.transport.channel import Interrupted
 
 log = logging.getLogger(__name__)
 
-# A priori bound on |z| (the joint logit) used to size the gradient masks: masks are 40 bits wider
-# than the largest gradient this bound allows, so even a logit 2**10 times larger keeps 30 bits of
-# statistical hiding. Logits of standardized, clipped data stay far below it.
-LOGIT_BOUND = 2.0**16
+# LOGIT_BOUND (protocols/objectives.py): the a priori bound on |z| (the joint logit) used to size the
+# gradient masks: masks are 40 bits wider than the largest gradient this bound allows, so even a logit
+# 2**10 times larger keeps 30 bits of statistical hiding. Logits of standardized, clipped data stay far
+# below it. Each model kind's bound on its residual is Objective.residual_bound.
 MASK_BITS = 40
 KEEP_STATES = 3  # epoch boundaries a party keeps, so it can roll back to where the slowest party is
 
@@ -106,6 +118,14 @@ LR = Protocol(
                 "the training loss per epoch and when training stops", rows=1, stop=BOOL, loss=FLOAT),
         message("lr.stop", "lr/g{gen}/e{epoch}/stop", "arbiter", "host", "when training stops",
                 rows=1, stop=BOOL),
+        message("lr.expu", BATCH + "/expu", "host", "guest",
+                "nothing: the exponentials of the host's partial scores of the batch, encrypted (poisson)",
+                ciphertext=FIXED),
+        message("lr.classes", "lr/classes", "guest", "host", "the number of classes of a multi-class model",
+                rows=1, n_classes=INT),
+        message("lr.kloss", "lr/g{gen}/e{epoch}/kloss", "guest", "arbiter",
+                "the training loss per epoch and the number of classes (one slot; every other slot masked)",
+                rows=1, ciphertext=FIXED, slot_bits=INT, slot=INT, frac_bits=INT, n_classes=INT),
     ),
     never={
         "guest": ("any host column", "any host weight", "any host gradient"),
@@ -113,7 +133,8 @@ LR = Protocol(
         "arbiter": ("anything per row", "any weight", "any gradient", "any label or feature"),
     },
 )  # fmt: skip
-SETUP, U, D, WG, MASKED, UNMASKED, LOSS, CONTROL, STOP = LR.messages
+SETUP, U, D, WG, MASKED, UNMASKED, LOSS, CONTROL, STOP, EXPU, CLASSES, KLOSS = LR.messages
+HOST_VECTORS = {"u": U, "expu": EXPU}  # what a host encrypts for a batch, by Objective.host_vectors
 
 Progress = Callable[[int, int, float | None], None]  # (epoch, batches done in epoch, loss or None)
 
@@ -131,6 +152,13 @@ class LrPlan:
     def __post_init__(self) -> None:
         if not self.hosts:
             raise ConfigError("training needs at least one host")
+        if self.options.model != "multiclass-lr":  # multi-class has its own batch loop (below)
+            self.objective.check_plan(len(self.hosts))
+
+    @property
+    def objective(self) -> Objective:
+        """The steps of the batch loop that differ per model kind (protocols/objectives.py)."""
+        return objective_for(self.options)
 
     @property
     def data_parties(self) -> tuple[str, ...]:
@@ -266,6 +294,7 @@ class _DataParty:
         self.interrupted = interrupted
         self.public_key: PublicKey | None = None
         self.randomness: RandomnessPool | None = None
+        self.classes: int | None = None
         self.generations = Generations(
             session, plan.arbiter, digest=plan.options.digest(), n_rows=self.n, on_resume=self._receive_key
         )
@@ -287,6 +316,13 @@ class _DataParty:
         self._receive_key(0)
         o = self.plan.options
         optimizer = ShardOptimizer(o, self.k, 0 if self.intercept else None)
+        if self.classes is not None:  # multi-class: one weight vector and one optimizer per class
+            w0 = np.stack(
+                [initial_weights(self.k, o, self.session.party) for _ in range(self.classes)], axis=1
+            )
+            first = PartyState(0, w0, {"classes": [optimizer.state() for _ in range(self.classes)]})
+            self._keep(first)
+            return first
         first = PartyState(0, initial_weights(self.k, o, self.session.party), optimizer.state())
         self._keep(first)
         return first
@@ -308,7 +344,7 @@ class _DataParty:
     # per-batch helpers
     def masked_decrypt_send(self, gradient: EncryptedVector, rows: int, tag: dict[str, int]) -> Any:
         """Mask, pack and send ``gradient`` to the arbiter; returns what ``masked_decrypt_receive`` needs."""
-        bound = rows * self.matrix.max_abs * (LOGIT_BOUND + 2.0)
+        bound = rows * self.matrix.max_abs * self.plan.objective.residual_bound
         packed, mask = mask_and_pack(gradient, bound=bound, mask_bits=MASK_BITS, randomness=self.randomness)
         self.session.send(MASKED, self.plan.arbiter, packed.to_arrow(), **tag)
         return mask
@@ -352,14 +388,26 @@ def run_guest(
     resume: list[PartyState] | None = None,
     on_epoch: Callable[[PartyState], None] | None = None,
     interrupted: Interrupted | None = None,
+    offset: np.ndarray | None = None,
 ) -> TrainedShard:
-    """Guest role. ``features`` are the guest's standardized training rows with the intercept column first."""
+    """Guest role. ``features`` are the guest's standardized training rows with the intercept column first.
+
+    ``labels`` are the training targets of the plan's model kind (0/1 for binary-lr, numbers for
+    linear, counts for poisson); ``offset`` is poisson's ``log(exposure)`` per training row, if any.
+    """
     o = plan.options
+    if o.model == "multiclass-lr":
+        return _multiclass_guest(
+            session, plan, features, labels, workers=workers, progress=progress, resume=resume,
+            on_epoch=on_epoch, interrupted=interrupted,
+        )  # fmt: skip
+    obj = plan.objective
+    obj.check_targets(np.asarray(labels, dtype=float))
     party = _DataParty(
         session, plan, features, intercept=True, workers=workers, resume=resume, on_epoch=on_epoch,
         interrupted=interrupted,
     )  # fmt: skip
-    s = 2.0 * np.asarray(labels, dtype=float) - 1.0
+    s = obj.guest_target(labels)  # binary-lr: s = 2y - 1; regression: y
 
     def epoch_fn(state: PartyState) -> PartyState:
         epoch, gen, pk = state.epoch, party.generation, party.public_key
@@ -373,26 +421,29 @@ def run_guest(
             m = len(rows)
             tag = {"gen": gen, "epoch": epoch, "batch": b}
             u_g = party.xq[rows] @ w
-            host_u = [EncryptedVector.from_arrow(session.recv(U, h, **tag), pk) for h in plan.hosts]
-            total = host_u[0]
-            for u_h in host_u[1:]:
-                total = total + u_h
+            off = None if offset is None else offset[rows]
+            host_in = [
+                {
+                    name: EncryptedVector.from_arrow(session.recv(HOST_VECTORS[name], h, **tag), pk)
+                    for name in obj.host_vectors
+                }
+                for h in plan.hosts
+            ]
             # Fresh randomness before it leaves: a host could otherwise divide out its own [[u_k]].
-            d4 = (total + (u_g - 2.0 * s[rows])).rerandomize(randomness=party.randomness)
+            d4 = obj.guest_residual(host_in, u_g, s[rows], off).rerandomize(randomness=party.randomness)
             session.broadcast(D, plan.hosts, d4.to_arrow(), **tag)
             gradient = d4.rdot(party.matrix, rows=rows, workers=workers, randomness=party.randomness)
             mask = party.masked_decrypt_send(gradient, m, tag)
             party.refill(batches, b)
-            # While the arbiter decrypts: this batch's encrypted Taylor-loss terms.
-            plain = np.column_stack([u_g, s[rows]])
-            q_b: EncryptedVector | float = float(u_g @ u_g) - 4.0 * float(s[rows] @ u_g)
-            for h, u_h in zip(plan.hosts, host_u, strict=True):
-                terms = u_h.rdot(plain, workers=workers, rerandomize=False)  # [[u_h.u_g]], [[u_h.s]]
-                wg = EncryptedVector.from_arrow(session.recv(WG, h, **tag), pk)
-                q_b = wg + terms[0:1] - terms[1:2] * 2 + q_b
+            # While the arbiter decrypts: this batch's encrypted loss terms.
+            wgs = [
+                EncryptedVector.from_arrow(session.recv(WG, h, **tag), pk) if obj.host_sends_wg else None
+                for h in plan.hosts
+            ]
+            q_b = obj.guest_loss_terms(host_in, wgs, u_g, s[rows], d4, off, workers=workers)
             q_total = q_b if q_total is None else q_total + q_b
             g = party.masked_decrypt_receive(mask, tag)
-            w = optimizer.update(w, g / (4.0 * m), epoch)
+            w = optimizer.update(w, g / obj.gradient_divisor(m), epoch)
             if progress:
                 progress(epoch, b + 1, None)
         assert isinstance(q_total, EncryptedVector)
@@ -420,6 +471,12 @@ def run_host(
 ) -> TrainedShard:
     """Host role. ``features`` are the host's standardized training rows, in the shared order."""
     o = plan.options
+    if o.model == "multiclass-lr":
+        return _multiclass_host(
+            session, plan, features, workers=workers, progress=progress, resume=resume, on_epoch=on_epoch,
+            interrupted=interrupted,
+        )  # fmt: skip
+    obj = plan.objective
     party = _DataParty(
         session, plan, features, intercept=False, workers=workers, resume=resume, on_epoch=on_epoch,
         interrupted=interrupted,
@@ -435,16 +492,18 @@ def run_host(
         for b, rows in enumerate(batches):
             m = len(rows)
             tag = {"gen": gen, "epoch": epoch, "batch": b}
-            u = encrypt(pk, party.xq[rows] @ w, randomness=party.randomness, workers=workers)
-            session.send(U, plan.guest, u.to_arrow(), **tag)
+            for name, plain in obj.host_plain(party.xq[rows] @ w).items():
+                vector = encrypt(pk, plain, randomness=party.randomness, workers=workers)
+                session.send(HOST_VECTORS[name], plan.guest, vector.to_arrow(), **tag)
             d4 = EncryptedVector.from_arrow(session.recv(D, plan.guest, **tag), pk)
             gradient = d4.rdot(party.matrix, rows=rows, workers=workers, randomness=party.randomness)
-            wg = gradient.dot(w).rerandomize(randomness=party.randomness)
-            session.send(WG, plan.guest, wg.to_arrow(), **tag)
+            if obj.host_sends_wg:
+                wg = gradient.dot(w).rerandomize(randomness=party.randomness)
+                session.send(WG, plan.guest, wg.to_arrow(), **tag)
             mask = party.masked_decrypt_send(gradient, m, tag)
             party.refill(batches, b)
             g = party.masked_decrypt_receive(mask, tag)
-            w = optimizer.update(w, g / (4.0 * m), epoch)
+            w = optimizer.update(w, g / obj.gradient_divisor(m), epoch)
             if progress:
                 progress(epoch, b + 1, None)
         stop = bool(one(session.recv(STOP, plan.arbiter, gen=gen, epoch=epoch), "stop"))
@@ -516,10 +575,15 @@ class _Arbiter:
                 packed = PackedCiphertexts.from_arrow(session.recv(MASKED, p, **tag), self.public_key)
                 plain = decrypt_packed(self.private_key, packed, workers=self.workers)
                 session.send(UNMASKED, p, ints_to_arrow(plain), **tag)
-        q = EncryptedVector.from_arrow(
-            session.recv(LOSS, self.plan.guest, gen=gen, epoch=epoch), self.public_key
-        )
-        loss = math.log(2.0) + float(decrypt(self.private_key, q)[0]) / (8.0 * state.n_rows)
+        if o.model == "multiclass-lr":
+            loss = multiclass_loss(
+                self.private_key, session.recv(KLOSS, self.plan.guest, gen=gen, epoch=epoch), state.n_rows
+            )
+        else:
+            q = EncryptedVector.from_arrow(
+                session.recv(LOSS, self.plan.guest, gen=gen, epoch=epoch), self.public_key
+            )
+            loss = self.plan.objective.loss(float(decrypt(self.private_key, q)[0]), state.n_rows)
         losses = [*state.losses, loss]
         stop = EarlyStopping.replay(o, losses)
         log.info("epoch %d: loss %.6f%s", epoch + 1, loss, " (stop)" if stop else "")
@@ -564,3 +628,208 @@ def run_arbiter(
     return ArbiterSummary(
         state.losses, state.epoch, stopped, arbiter.public_key.fingerprint, state.generation + 1
     )
+
+
+# --- multi-class (one-vs-rest, K residuals packed per ciphertext; DESIGN.md §15) -----------------------
+
+# Every party's quantized columns satisfy |q| <= 2^19 - 1 (at most 20-bit fixed point, vfl/crypto/multiexp.py),
+# so one slot layout, known to all parties from the shared options, fits every party's X^T [[D]].
+X_BOUND = (1 << 19) - 1
+
+
+def slot_layout(options: TrainOptions, n_rows: int, n_classes: int, key_bits: int) -> SlotLayout:
+    """The packing every party of a multi-class job uses (the same from the shared options and row count)."""
+    batch = max(len(b) for b in epoch_batches(n_rows, options, 0))  # the same sizes every epoch
+    layout = SlotLayout.for_problem(
+        n_classes, batch, X_BOUND, LOGIT_BOUND + 2.0, key_bits, mask_bits=MASK_BITS
+    )
+    if layout.n_plaintexts != 1:
+        raise ConfigError(
+            f"{n_classes} classes do not fit one {key_bits}-bit plaintext ({layout.slots_per_plaintext} slots "
+            f"of {layout.slot_bits} bits); use a larger key_bits or smaller batches"
+        )
+    return layout
+
+
+def check_multiclass(options: TrainOptions, n_rows: int, n_classes: int) -> None:
+    """Refuse, before any peer is contacted, K classes that the key's plaintexts cannot carry."""
+    layout = slot_layout(options, n_rows, n_classes, options.key_bits)
+    top = (options.key_bits - 1) // layout.slot_bits
+    if 2 * n_classes - 1 > top:
+        raise ConfigError(
+            f"multiclass-lr with a {options.key_bits}-bit key takes at most {(top + 1) // 2} classes (its loss "
+            f"needs 2K - 1 slots of {layout.slot_bits} bits), the label has {n_classes}; use a larger key_bits"
+        )
+
+
+def _class_optimizers(
+    o: TrainOptions, k: int, state: dict[str, Any], intercept: int | None
+) -> list[ShardOptimizer]:
+    optimizers = []
+    for saved in state["classes"]:
+        opt = ShardOptimizer(o, k, intercept_index=intercept)
+        opt.load_state(saved)
+        optimizers.append(opt)
+    return optimizers
+
+
+def _step(optimizers: list[ShardOptimizer], w: np.ndarray, g: np.ndarray, epoch: int) -> np.ndarray:
+    return np.stack([opt.update(w[:, c], g[:, c], epoch) for c, opt in enumerate(optimizers)], axis=1)
+
+
+def _packed_gradient(
+    party: _DataParty, layout: SlotLayout, packed: EncryptedVector, rows: np.ndarray, tag: dict[str, int]
+) -> np.ndarray:
+    """``X_p[rows]^T 4D`` as a (columns, K) float matrix: one multi-exponentiation, masked for the arbiter."""
+    out = packed_rdot(packed, party.matrix, rows, randomness=party.randomness)
+    messages, mask = layout.mask([out], randomness=party.randomness)
+    party.session.send(MASKED, party.plan.arbiter, messages[0].to_arrow(), **tag)
+    slots = ints_from_arrow(party.session.recv(UNMASKED, party.plan.arbiter, **tag))
+    ints = mask.unmask([slots], column_sums(party.matrix, rows))
+    return layout.gradient(ints, party.matrix.shifts)
+
+
+def _multiclass_guest(
+    session: Session,
+    plan: LrPlan,
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    workers: WorkerPool | None,
+    progress: Progress | None,
+    resume: list[PartyState] | None,
+    on_epoch: Callable[[PartyState], None] | None,
+    interrupted: Interrupted | None,
+) -> TrainedShard:
+    """Guest role of one-vs-rest multi-class LR: ``labels`` are class indices ``0..K-1``."""
+    o = plan.options
+    y = np.asarray(labels).astype(np.int64)
+    n_classes = int(y.max()) + 1
+    signs = 2.0 * np.eye(n_classes)[y] - 1.0  # s_ic
+    party = _DataParty(
+        session, plan, features, intercept=True, workers=workers, resume=resume, on_epoch=on_epoch,
+        interrupted=interrupted,
+    )  # fmt: skip
+    party.classes = n_classes
+    if not resume and interrupted is None:
+        session.broadcast(CLASSES, plan.hosts, pa.table({"n_classes": [n_classes]}))
+    hosts = len(plan.hosts)
+
+    def epoch_fn(state: PartyState) -> PartyState:
+        epoch, gen, pk = state.epoch, party.generation, party.public_key
+        assert pk is not None and party.randomness is not None
+        layout = slot_layout(o, party.n, n_classes, pk.bits)
+        offsets = hosts * offset_packed(layout)
+        optimizers = _class_optimizers(o, party.k, state.optimizer, 0)
+        w = state.weights
+        loss = DiagonalLoss(layout, pk)
+        batches = epoch_batches(party.n, o, epoch)
+        for b, rows in enumerate(batches):
+            m = len(rows)
+            tag = {"gen": gen, "epoch": epoch, "batch": b}
+            u_g = party.xq[rows] @ w  # (m, K)
+            total = None
+            for h in plan.hosts:
+                u_h = EncryptedVector.from_arrow(session.recv(U, h, **tag), pk)
+                total = u_h if total is None else total + u_h
+            assert total is not None
+            # Slots: sum_h (u_h 2^f + E) + (u_g - 2s) 2^f + E - H E = 4D 2^f + E.
+            mine = [p - offsets for p in layout.pack(u_g - 2.0 * signs[rows])]
+            d4 = add_packed(total, mine).rerandomize(randomness=party.randomness)
+            session.broadcast(D, plan.hosts, d4.to_arrow(), **tag)
+            g = _packed_gradient(party, layout, d4, rows, tag)
+            party.refill(batches, b)
+            # The loss: sum_c |4D_c|^2 - 4mK = sum_c (w_c.g_c - 2 s_c.4D_c) + sum_h t_h - 4mK, at 2^f.
+            loss.add_label_terms(d4, signs[rows].astype(np.int64), -2)
+            e = layout.residual_offset
+            plain = float(np.sum(w * g)) - 4.0 * m * n_classes
+            loss.add_top(int(round(plain * 2.0**layout.frac_bits)) + 2 * e * int(signs[rows].sum()))
+            for h in plan.hosts:
+                loss.add_top(EncryptedVector.from_arrow(session.recv(WG, h, **tag), pk))
+            w = _step(optimizers, w, g / (4.0 * m), epoch)
+            if progress:
+                progress(epoch, b + 1, None)
+        record = pa.table(
+            {
+                "ciphertext": pa.array([int(loss.seal(party.randomness)).to_bytes(2 * pk.key_bytes, "big")],
+                                       pa.binary(2 * pk.key_bytes)),
+                "slot_bits": [layout.slot_bits],
+                "slot": [n_classes - 1],
+                "frac_bits": [layout.frac_bits],
+                "n_classes": [n_classes],
+            }
+        )  # fmt: skip
+        session.send(KLOSS, plan.arbiter, record, gen=gen, epoch=epoch)
+        control = session.recv(CONTROL, plan.arbiter, gen=gen, epoch=epoch)
+        losses = [*state.losses, float(one(control, "loss"))]
+        if progress:
+            progress(epoch, len(batches), losses[-1])
+        states = {"classes": [opt.state() for opt in optimizers]}
+        return PartyState(epoch + 1, w, states, losses, bool(one(control, "stop")))
+
+    final = party.run(epoch_fn)
+    return TrainedShard(final.weights, final.epoch, final.losses, final.stopped, party.generation + 1)
+
+
+def _multiclass_host(
+    session: Session,
+    plan: LrPlan,
+    features: np.ndarray,
+    *,
+    workers: WorkerPool | None,
+    progress: Progress | None,
+    resume: list[PartyState] | None,
+    on_epoch: Callable[[PartyState], None] | None,
+    interrupted: Interrupted | None,
+) -> TrainedShard:
+    """Host role of one-vs-rest multi-class LR: K partial scores per row packed in one ciphertext."""
+    o = plan.options
+    party = _DataParty(
+        session, plan, features, intercept=False, workers=workers, resume=resume, on_epoch=on_epoch,
+        interrupted=interrupted,
+    )  # fmt: skip
+    if resume:
+        party.classes = int(np.asarray(resume[0].weights).shape[1])
+    else:
+        party.classes = int(one(session.recv(CLASSES, plan.guest), "n_classes"))
+        if not 2 <= party.classes <= MAX_CLASSES:
+            raise ProtocolError(f"party '{plan.guest}' announced {party.classes} classes (2..{MAX_CLASSES})")
+    n_classes = party.classes
+
+    def epoch_fn(state: PartyState) -> PartyState:
+        epoch, gen, pk = state.epoch, party.generation, party.public_key
+        assert pk is not None and party.randomness is not None
+        layout = slot_layout(o, party.n, n_classes, pk.bits)
+        optimizers = _class_optimizers(o, party.k, state.optimizer, None)
+        w = state.weights
+        batches = epoch_batches(party.n, o, epoch)
+        for b, rows in enumerate(batches):
+            m = len(rows)
+            tag = {"gen": gen, "epoch": epoch, "batch": b}
+            u = encrypt_packed(pk, layout.pack(party.xq[rows] @ w), randomness=party.randomness)
+            session.send(U, plan.guest, u.to_arrow(), **tag)
+            d4 = EncryptedVector.from_arrow(session.recv(D, plan.guest, **tag), pk)
+            g = _packed_gradient(party, layout, d4, rows, tag)
+            party.refill(batches, b)
+            # Its loss term sum_c u_c . 4D_c = sum_c w_c . g_c, encrypted for the arbiter's one slot.
+            t = encrypt(
+                pk, [float(np.sum(w * g))], exponent=-(layout.frac_bits // 4), randomness=party.randomness
+            )
+            session.send(WG, plan.guest, t.to_arrow(), **tag)
+            w = _step(optimizers, w, g / (4.0 * m), epoch)
+            if progress:
+                progress(epoch, b + 1, None)
+        stop = bool(one(session.recv(STOP, plan.arbiter, gen=gen, epoch=epoch), "stop"))
+        states = {"classes": [opt.state() for opt in optimizers]}
+        return PartyState(epoch + 1, w, states, [], stop)
+
+    final = party.run(epoch_fn)
+    return TrainedShard(final.weights, final.epoch, [], final.stopped, party.generation + 1)
+
+
+def multiclass_loss(private_key: PrivateKey, record: pa.Table, n_rows: int) -> float:
+    """The arbiter's side: ``K log 2 + Q / 8n`` from the one unmasked slot of the guest's loss ciphertext."""
+    ct = int.from_bytes(one(record, "ciphertext"), "big")
+    q = read_slot(private_key, ct, int(one(record, "slot_bits")), int(one(record, "slot")))
+    k = int(one(record, "n_classes"))
+    return k * math.log(2.0) + q / 2.0 ** int(one(record, "frac_bits")) / (8.0 * n_rows)

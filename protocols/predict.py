@@ -132,3 +132,27 @@ def guest_scores(session: Session, plan: ScoringPlan, own_partial: np.ndarray) -
 def joint_logits(session: Session, plan: ScoringPlan, own_partial: np.ndarray) -> np.ndarray:
     """Guest side: ``z = u_g + sum_k u_k`` for every aligned row (what calibration and metrics start from)."""
     return own_partial + receive_host_sum(session, plan, len(own_partial))
+
+
+def _class_plan(plan: ScoringPlan, c: int) -> ScoringPlan:
+    return ScoringPlan(plan.guest, plan.hosts, plan.reveal, stage=f"{plan.stage}-c{c}")
+
+
+def send_partial_matrix(session: Session, plan: ScoringPlan, partial: np.ndarray) -> None:
+    """Host side for any model kind: one round per column of a multi-class model's ``(rows, K)`` scores."""
+    partial = np.asarray(partial)
+    if partial.ndim == 1:
+        send_partial_scores(session, plan, partial)
+        return
+    for c in range(partial.shape[1]):
+        send_partial_scores(session, _class_plan(plan, c), partial[:, c])
+
+
+def joint_logit_matrix(session: Session, plan: ScoringPlan, own_partial: np.ndarray) -> np.ndarray:
+    """Guest side for any model kind: ``z`` per row, or ``(rows, K)`` per class (masked sums as for binary)."""
+    own = np.asarray(own_partial)
+    if own.ndim == 1:
+        return joint_logits(session, plan, own)
+    return np.column_stack(
+        [joint_logits(session, _class_plan(plan, c), own[:, c]) for c in range(own.shape[1])]
+    )

@@ -35,6 +35,7 @@ JOB_SECTIONS: dict[str, dict[str, type | str]] = {
     "psi": {"psi": _PSI},
     "train": {"psi": _PSI, "train": "vfl.options:TrainOptions"},
     "predict": {"psi": _PSI, "predict": "vfl.options:PredictOptions"},
+    "screen": {"psi": _PSI, "screen": "vfl.options:ScreenOptions"},
 }
 JOB_KINDS = tuple(JOB_SECTIONS)
 
@@ -411,6 +412,10 @@ def _check_job_table(job: Mapping[str, Any], where: str) -> None:
 
 
 def _cross_section_rules(kind: str, options: dict[str, Any], where: str) -> None:
+    if kind == "screen" and options["psi"].reveal != "all":
+        raise ConfigError(
+            f'{where} [psi]: a screening job needs reveal = "all" (the hosts bin their aligned rows)'
+        )
     if kind == "train" and options["psi"].reveal != "all":
         raise ConfigError(
             f'{where} [psi]: a training job needs reveal = "all" (with "guest-only" the hosts '

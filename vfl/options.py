@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from vfl.constraints import (
+    Boolean,
     ConstraintList,
     FolderName,
     Interval,
     Options,
     OptionsTable,
     Sentinel,
+    String,
 )
 from vfl.errors import ConfigError
 
@@ -34,6 +36,8 @@ KEY_BITS = (1024, 2048, 3072)
 PREDICT_REVEALS = ("sum", "partial")
 CALIBRATIONS = ("platt", "isotonic", "none")
 TOPOLOGIES = ("coordinated", "arbiter-free")
+#: What a training job fits (vfl/models/kinds.py holds each kind's math; DESIGN.md §15).
+MODEL_KINDS = ("binary-lr", "multiclass-lr", "linear", "poisson")
 
 _POSITIVE_INT = Interval(int, 1, None, closed="left")
 _FRACTION = Interval(float, 0, 1, closed="left")  # a decay rate of a moving average: 1 would never forget
@@ -74,6 +78,10 @@ class TrainOptions(OptionsTable):
     # "coordinated" (an arbiter holds the key, DESIGN.md §6) or "arbiter-free" (every data party its own
     # key, §14); None: coordinated when the federation has an arbiter, else arbiter-free (resolved_for).
     topology: str | None = None
+    # The model: "binary-lr" (DESIGN.md §6), "linear" or "poisson" regression (DESIGN.md §15).
+    model: str = "binary-lr"
+    # Poisson only: the guest's column of exposures (time at risk); enters as log(exposure).
+    exposure: str | None = None
 
     _option_label: ClassVar[str] = "job option"
     #: Every option's allowed values: types, ranges and choices (vfl/constraints.py).
@@ -101,7 +109,15 @@ class TrainOptions(OptionsTable):
         "min_intersection": [Interval(int, MIN_INTERSECTION_FLOOR, None, closed="left")],
         "calibration": [Options(str, CALIBRATIONS)],
         "topology": [Options(str, TOPOLOGIES), None],
+        "model": [Options(str, MODEL_KINDS)],
+        "exposure": [String(1, note="the guest's exposure column"), None],
     }
+
+    def _cross_field_rules(self) -> None:
+        if self.exposure is not None and self.model != "poisson":
+            raise ConfigError(
+                f'job option exposure is only for model = "poisson" (the model is {self.model!r}); remove it'
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainOptions:
@@ -150,4 +166,44 @@ class PredictOptions(OptionsTable):
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> PredictOptions:
+        return super().from_dict(values)
+
+
+SCREEN_METHODS = ("quantile", "monotone")
+MIN_BIN_SIZE_FLOOR = 5  # the documented floor of [screen] min_bin_size (DESIGN.md §16)
+
+
+@dataclass(frozen=True)
+class ScreenOptions(OptionsTable):
+    """The ``[screen]`` section of a feature-screening job (WOE / IV across parties, DESIGN.md §16).
+
+    ``bins`` quantile bins per column (``method = "monotone"`` then merges adjacent bins until WOE is
+    monotone); every bin describes at least ``min_bin_size`` customers or none (smaller ones are
+    merged before anything leaves the party that owns the column; the floor is 5). ``share_iv``
+    sends each host the IV of its own columns at the end. ``key_bits``: the guest's Paillier key.
+    """
+
+    bins: int = 10
+    method: str = "quantile"
+    min_bin_size: int = 20
+    share_iv: bool = False
+    guest_columns: bool = True  # screen the guest's own columns too (in plaintext, locally)
+    key_bits: int = 2048
+    min_intersection: int = 100
+
+    _option_label: ClassVar[str] = "screen option"
+    _parameter_constraints: ClassVar[dict[str, ConstraintList]] = {
+        "bins": [Interval(int, 2, 100, closed="both")],
+        "method": [Options(str, SCREEN_METHODS)],
+        "min_bin_size": [
+            Interval(int, MIN_BIN_SIZE_FLOOR, None, closed="left", note="no bin may describe fewer customers")
+        ],
+        "share_iv": [Boolean()],
+        "guest_columns": [Boolean()],
+        "key_bits": [Options(int, KEY_BITS)],
+        "min_intersection": [Interval(int, MIN_INTERSECTION_FLOOR, None, closed="left")],
+    }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ScreenOptions:
         return super().from_dict(values)

@@ -141,3 +141,34 @@ def test_user_mistakes_are_one_line_errors(demo_dir, args, message):
     assert done.returncode != 0
     assert message in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_screen_job_over_mtls_processes(demo_dir):
+    """`vfl run` of a screen job: the guest and the host as processes, the arbiter takes no part."""
+    job = demo_dir / "screen.toml"
+    job.write_text(
+        '[job]\nid = "screen-breast"\nkind = "screen"\n[screen]\nkey_bits = 1024\nshare_iv = true\n'
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "vfl.cli", "run", str(job), "--party", str(demo_dir / p), "--quiet"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+        )  # fmt: skip
+        for p in ("guest", "host")
+    ]
+    for proc in procs:
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output
+    out = demo_dir / "guest" / "out" / "screen-breast"
+    iv = pd.read_csv(out / "iv.csv")
+    assert len(iv) == 30 and set(iv["owner"]) == {"guest", "host"}
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    shared = pd.read_csv(demo_dir / "host" / "out" / "screen-breast" / "iv.csv")
+    host_iv = iv[iv["owner"] == "host"].set_index("column")["iv"]
+    np.testing.assert_allclose(shared.set_index("column")["iv"], host_iv.loc[shared["column"]])
+    ledger = json.loads((demo_dir / "host" / "out" / "screen-breast" / "ledger.json").read_text())
+    assert "labels" in ledger["never_learns"] and "screen" in ledger["protocols"]

@@ -51,6 +51,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
+import gmpy2
 import numpy as np
 from gmpy2 import mpz
 
@@ -381,3 +382,119 @@ def x_bound_of(prepared: PreparedMatrix) -> int:
 def decrypt_outputs(private_key: PrivateKey, outputs: Sequence[EncryptedVector]) -> list[list[int]]:
     """Signed ``V_j`` per group (tests and single-key settings; the arbiter sees only masked values)."""
     return [decrypt_int(private_key, v) for v in outputs]
+
+
+# -- the multi-class loss: every class's label term in one slot, the others masked --------------------
+def add_packed(vector: EncryptedVector, values: Sequence[int]) -> EncryptedVector:
+    """``[[P_i + v_i]]`` for signed integers ``v_i`` (exponent 0): ``c_i (1 + (v_i mod n) n) mod n^2``."""
+    pk = vector.public_key
+    n, n2 = pk.n, pk.n_square
+    if len(values) != len(vector):
+        raise CryptoError(f"{len(values)} packed values for {len(vector)} ciphertexts")
+    out = [ct * (1 + (mpz(int(v)) % n) * n) % n2 for ct, v in zip(vector.ciphertexts, values, strict=True)]
+    return vector._like(as_object_array(out), bound=None)
+
+
+def offset_packed(layout: SlotLayout) -> int:
+    """The packed integer with every slot equal to the residual offset ``E``."""
+    acc = 0
+    for _ in range(layout.k_classes):
+        acc = (acc << layout.slot_bits) + layout.residual_offset
+    return acc
+
+
+@dataclass
+class DiagonalLoss:
+    """``[[sum_c (sum_i s_ic e'_ic) + plain + encrypted terms]]`` in one slot, from packed residual rows.
+
+    With ``P_i`` holding class ``c`` in slot position ``K-1-c`` (Horner), ``sum_i s_ic [[P_i]]`` raised
+    to ``2^(S c)`` moves class ``c``'s slot to position ``K-1`` for every ``c``; the product over classes
+    holds ``sum_c s_c . e'_c`` there and cross-class sums in positions ``0 .. 2K-2`` around it. Terms
+    added with :meth:`add_top` land in position ``K-1`` too. :meth:`seal` adds a fresh uniform mask to
+    every other position (``2^(S-2) + r``, ``r < 2^(S-1)``; each of their values stays below
+    ``2^(S-41)``, so 40 bits of statistical hiding) and ``2^(S-2)`` to position ``K-1``, so that the
+    key holder, decrypting, reads exactly one number (:func:`read_slot`) and nothing else.
+    """
+
+    layout: SlotLayout
+    public_key: PublicKey
+    _ct: mpz = dataclasses.field(default_factory=lambda: mpz(1))
+    _plain: int = 0
+    _cross_bound: int = 0
+
+    @property
+    def positions(self) -> int:
+        return 2 * self.layout.k_classes - 1
+
+    def __post_init__(self) -> None:
+        if self.layout.n_plaintexts != 1 or self.layout.slot_bits * self.positions > self.layout.key_bits - 1:
+            top = (self.layout.key_bits - 1) // self.layout.slot_bits
+            raise CryptoError(
+                f"the multi-class loss needs {self.positions} slots of {self.layout.slot_bits} bits; a "
+                f"{self.layout.key_bits}-bit key holds {top}: at most {(top + 1) // 2} classes with this key "
+                "(use a larger key_bits or fewer classes)"
+            )
+
+    def add_label_terms(self, packed: EncryptedVector, signs: np.ndarray, factor: int) -> None:
+        """Add ``factor * sum_c 2^(S c) sum_i s_ic P_i`` for ``signs`` (rows, K) of +-1."""
+        n2 = self.public_key.n_square
+        s = np.asarray(signs)
+        cts = list(packed.ciphertexts)
+        if s.shape != (len(cts), self.layout.k_classes) or not np.all(np.abs(s) == 1):
+            raise CryptoError(f"signs must be +-1 of shape ({len(cts)}, {self.layout.k_classes})")
+        total = mpz(1)
+        for c in range(self.layout.k_classes):
+            plus = (
+                _kernels.product([cts[i] for i in np.flatnonzero(s[:, c] > 0)], n2)
+                if np.any(s[:, c] > 0)
+                else mpz(1)
+            )
+            minus = (
+                _kernels.product([cts[i] for i in np.flatnonzero(s[:, c] < 0)], n2)
+                if np.any(s[:, c] < 0)
+                else mpz(1)
+            )
+            v = plus * gmpy2.invert(minus, n2) % n2
+            total = total * gmpy2.powmod(v, mpz(1) << (self.layout.slot_bits * c), n2) % n2
+        if factor < 0:
+            total = gmpy2.invert(total, n2)
+        self._ct = self._ct * gmpy2.powmod(total, abs(int(factor)), n2) % n2
+        self._cross_bound += (
+            abs(int(factor)) * self.layout.k_classes * len(cts) * 2 * self.layout.residual_offset
+        )
+
+    def add_top(self, value: int | EncryptedVector) -> None:
+        """Add a signed integer, or a length-1 encrypted integer (exponent ``-frac_bits/4``), at position K-1."""
+        shift = self.layout.slot_bits * (self.layout.k_classes - 1)
+        if isinstance(value, EncryptedVector):
+            if len(value) != 1 or 4 * -value.exponent != self.layout.frac_bits:
+                raise CryptoError(f"a loss term must be one value at exponent {-self.layout.frac_bits // 4}")
+            n2 = self.public_key.n_square
+            self._ct = self._ct * gmpy2.powmod(mpz(value.ciphertexts[0]), mpz(1) << shift, n2) % n2
+        else:
+            self._plain += int(value) << shift
+
+    def seal(self, randomness: RandomnessPool | None = None) -> mpz:
+        """The masked ciphertext for the key holder (fresh randomness)."""
+        s, pk = self.layout.slot_bits, self.public_key
+        if self._cross_bound >= 1 << (s - MIN_MASK_BITS - 1):
+            raise CryptoError(
+                "too many batches in one epoch for the multi-class loss slots; use larger batches"
+            )
+        mask = 0
+        for p in range(self.positions - 1, -1, -1):
+            low = 1 << (s - 2)
+            mask = (mask << s) + (
+                low if p == self.layout.k_classes - 1 else low + secrets.randbelow(1 << (s - 1))
+            )
+        n, n2 = pk.n, pk.n_square
+        r = (randomizers(pk, 1) if randomness is None else randomness.take(1))[0]
+        plain = (mpz(self._plain) + mask) % n
+        return self._ct * (1 + plain * n) % n2 * r % n2
+
+
+def read_slot(private_key: PrivateKey, ciphertext: int, slot_bits: int, slot: int) -> int:
+    """The key holder's side of :class:`DiagonalLoss`: the signed value in position ``slot``."""
+    w = int(private_key.decrypt_raw([mpz(int(ciphertext))])[0])
+    digit = (w >> (slot_bits * slot)) & ((1 << slot_bits) - 1)
+    return digit - (1 << (slot_bits - 2))

