@@ -119,3 +119,9 @@ def describe_abort(sender: str, code: str) -> str:
     """One line for the peers of a party that stopped: who, and the public meaning of its code."""
     meaning = ABORT_CODES.get(code, ABORT_CODES["error"])
     return f"party '{sender}' stopped the job ({code}: {meaning})"
+
+
+class JobCancelledError(VflError):
+    """A job was cancelled (at this party, or by a peer); nothing it would have written is left."""
+
+    code = "cancelled"
