@@ -424,15 +424,16 @@ class PartyService:
             return _no("proposer", f"refused: only the guest '{job.guest}' proposes jobs, not '{sender}'")
         if self.party.id not in job.members.parties:
             return _no("job", f"refused: '{self.party.id}' takes no part in {kind} jobs")
+        self.reload_policy()
+        decision = self.policy.check(sender, kind, self.columns, options=config.train)
+        if decision.refused:
+            return _no(decision.rule, decision.message)
         if (
             config.kind == "predict"
             and job.model is not None
             and not (self.party.output_dir / job.model / "model.json").exists()
         ):
             return _no("model", f"refused: '{self.party.id}' has no model of job '{job.model}'")
-        decision = self.policy.check(sender, kind, self.columns, options=config.train)
-        if decision.refused:
-            return _no(decision.rule, decision.message)
         for cap in self.policy.caps_for(sender):
             since = time.time() - PERIOD_SECONDS[cap.period]
             past = [
@@ -471,7 +472,15 @@ class PartyService:
             self.party.id, job_id, record.state, record.outcome, __version__, kinds, self._port_of(job_id)
         )
 
+    def reload_policy(self) -> None:
+        """Read the policy again (an edited policy.toml applies to the next proposal; a broken one is kept out)."""
+        try:
+            self.policy = Policy.load(self.workspace, [c.id for c in self.federation.parties], self.party.id)
+        except ConfigError as exc:
+            log.error("policy not reloaded, the previous one stays in force: %s", exc)
+
     def accepted_kinds(self, sender: str) -> dict[str, str]:
+        self.reload_policy()
         out = {}
         for kind in JOB_KINDS:
             d = self.policy.check(sender, kind, self.columns, {})
