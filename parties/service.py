@@ -50,6 +50,7 @@ from vfl.service.policy import Decision, Policy
 from vfl.service.store import (
     APPROVED,
     AWAITING_APPROVAL,
+    CANCELLED,
     REFUSED,
     RUNNING,
     DuplicateJobError,
@@ -548,6 +549,8 @@ class PartyService:
         with contextlib.suppress(ConfigError):
             self.ports.release(self._port_of(job_id))
         if record.final:
+            if record.state == CANCELLED:
+                remove_partial_outputs(self.party.output_dir / job_id)
             return
         try:
             if result is None:

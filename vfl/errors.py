@@ -108,6 +108,8 @@ ABORT_CODES: dict[str, str] = {
 
 def abort_code(exc: BaseException) -> str:
     """The reason code a peer may learn for ``exc`` (never its text)."""
+    if isinstance(exc, PeerAbortedError) and exc.peer_code == "cancelled":
+        return "cancelled"  # a cancel reaches every party as a cancel, whoever passes it on
     if isinstance(exc, VflError):
         return exc.code if exc.code in ABORT_CODES else "error"
     if isinstance(exc, KeyboardInterrupt):

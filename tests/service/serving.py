@@ -151,3 +151,13 @@ def saved_epoch(fed: Fed, party: str, job_id: str) -> int:
     except (FileNotFoundError, json.JSONDecodeError):
         return -1
     return max((c["epoch"] for c in meta["checkpoints"]), default=-1)
+
+
+def wait_result(fed: Fed, party: str, job_id: str, timeout: float = 60) -> dict:
+    """The result the party's worker wrote when it ended (it has stopped writing by then)."""
+    path = fed.ws[party] / "service" / "jobs" / job_id / "result.json"
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"the worker of {job_id} at {party} did not end"
+        time.sleep(0.1)
+    return json.loads(path.read_text())

@@ -19,6 +19,7 @@ from tests.service.serving import (
     start_vfl,
     state,
     vfl,
+    wait_result,
     wait_state,
 )
 from vfl.model import ModelShard
@@ -143,7 +144,7 @@ def test_a_proposal_from_an_unpinned_certificate_is_refused_and_recorded(tmp_pat
 def test_cancel_stops_the_job_everywhere_and_leaves_no_outputs(tmp_path, canceller):
     fed = served_federation(tmp_path)
     with Services(fed):
-        job = job_file(fed, "long", train={"max_epochs": 40, "tol": 0.0})
+        job = job_file(fed, "long", train={"max_epochs": 2000, "tol": 0.0})
         submit = start_vfl(
             "submit", str(job), "--party", str(fed.ws["guest"]), "-q", log=tmp_path / "submit.log"
         )
@@ -153,12 +154,14 @@ def test_cancel_stops_the_job_everywhere_and_leaves_no_outputs(tmp_path, cancell
                 tmp_path / "submit.log"
             ).read_text()
             time.sleep(0.1)
-        result = vfl("jobs", "cancel", "long", "--party", str(fed.ws[canceller]))
+        result = cli("jobs", "cancel", "long", "--party", str(fed.ws[canceller]))
         assert result.returncode == 0, result.stderr
         assert submit.wait(timeout=60) != 0
         assert "cancelled" in (tmp_path / "submit.log").read_text()
         for party in ("guest", "host", "arbiter"):
             wait_state(fed, party, "long", "cancelled", timeout=60)
+            assert wait_result(fed, party, "long")["state"] == "cancelled"
+            time.sleep(0.5)  # the service settles the record after its worker ends
             out = fed.ws[party] / "out" / "long"
             assert not (out / "model.json").exists() and not (out / "scores.csv").exists()
             assert not (out / "state").exists()
