@@ -28,6 +28,8 @@ from vfl.parties.service import JobFiles, cancel_locally, job_federation, member
 from vfl.protocols import service as control
 from vfl.protocols.session import Session
 from vfl.service.store import APPROVED, CANCELLED, REFUSED, JobStore
+from vfl.transport.address import parse_address
+from vfl.transport.probe import check_port_free
 from vfl.transport.rpc import SERVICE_JOB, RpcChannel
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,7 @@ def submit_job(
             raise ConfigError(f"jobs are submitted by the guest; '{ctl.party.id}' is a {ctl.party.role}")
         job = build_job(config, ctl.federation)
         partners = [p for p in job.members.parties if p != ctl.party.id]
+        check_port_free(ctl.party.id, *parse_address(ctl.party.listen))  # before any partner starts a worker
         digest = federation_digest(ctl.federation)
         store = JobStore.for_workspace(workspace)
         try:
@@ -118,6 +121,16 @@ def submit_job(
     result = run_job(
         workspace, files, listen=ctl.party.listen, progress=progress, settings=settings, data=data
     )
+    if result["state"] == "failed":  # partners whose workers never heard from us must not wait for us
+        with (
+            contextlib.suppress(VflError),
+            Control.open(workspace, federation_file, connect_deadline=2.0) as again,
+        ):
+            for p in partners:
+                with contextlib.suppress(VflError):
+                    control.cancel(
+                        again.session, p, job=config.id, reason="the guest's role of the job failed"
+                    )
     record = store.get(config.id)
     if not record.final:
         if result["state"] == "completed":
@@ -196,9 +209,8 @@ def _withdraw(ctl: Control, store: JobStore, job_id: str, partners: list[str], e
         with contextlib.suppress(VflError):
             control.cancel(ctl.session, p, job=job_id, reason=reason)
     with contextlib.suppress(VflError):
-        record = store.get(job_id)
-        if not record.final:
-            store.cancel(job_id, reason) if not isinstance(exc, ProposalRefusedError) else None
+        if not store.get(job_id).final:  # a refusal is recorded already
+            store.cancel(job_id, reason)
     store.close()
 
 

@@ -63,8 +63,9 @@ def test_policy_refusals_name_their_rule_and_the_federation_check_shows_the_serv
     with Services(fed):
         check = cli("federation", "check", "--party", str(fed.ws["guest"]))
         assert check.returncode == 0, check.stdout + check.stderr
-        host_row = next(line for line in check.stdout.splitlines() if line.strip().startswith("host"))
-        arbiter_row = next(line for line in check.stdout.splitlines() if line.strip().startswith("arbiter"))
+        services = check.stdout.split("party services", 1)[1].splitlines()
+        host_row = next(line for line in services if line.strip().startswith("host"))
+        arbiter_row = next(line for line in services if line.strip().startswith("arbiter"))
         assert "vfl 0." in host_row and host_row.rstrip().endswith("psi (auto)")  # train: column 'd' refused
         assert "vfl 0." in arbiter_row and arbiter_row.rstrip().endswith(
             "nothing"

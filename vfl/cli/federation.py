@@ -183,8 +183,6 @@ def check(
     table.add_column("reachable", no_wrap=True)
     table.add_column("certificate", no_wrap=True)
     table.add_column("status", no_wrap=True)
-    table.add_column("service", no_wrap=True)
-    table.add_column("accepts from us")
     for status in statuses:
         card = federation.get(status.party_id)
         pinned = normalize_fingerprint(card.fingerprint)
@@ -195,10 +193,20 @@ def check(
             Text("yes", style="green") if status.reachable else Text("no", style="red"),
             _certificate_cell(status.presented, pinned),
             _verdict(status, pinned),
-            *_service_cells(services.get(status.party_id)),
         )
     out = stdout()
     out.print(table)
+    if services:
+        served = Table(
+            title="party services ('vfl serve')", title_justify="left", box=box.SIMPLE_HEAD,
+            show_edge=False, pad_edge=False,
+        )  # fmt: skip
+        served.add_column("party", style="bold", no_wrap=True)
+        served.add_column("service", no_wrap=True)
+        served.add_column("accepts from us")
+        for peer, report in services.items():
+            served.add_row(escape(peer), *_service_cells(report))
+        out.print(served)
     for status in statuses:
         if not status.ok:
             out.print(Text(f"- {status.party_id}: {status.problem}", style="red"), soft_wrap=True)

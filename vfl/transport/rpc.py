@@ -244,7 +244,7 @@ class RpcChannel(Channel):
             except (flight.FlightError, pa.ArrowException) as exc:
                 self._clients.drop(to)
                 text = first_line(exc)
-                if "not implemented" in text.lower() or "unknown action" in text:
+                if "NotImplementedError" in str(exc) or "unknown action" in str(exc):
                     raise TransportError(f"{where} is not serving (it runs a job, not 'vfl serve')") from None
                 raise TransportError(f"{where} failed on '{tag}': {text}") from None
         if len(results) != 1:
