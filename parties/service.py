@@ -318,6 +318,7 @@ class PartyService:
         health_port: int | None = None,
         grace: float = 30.0,
         poll: float = 0.2,
+        warm: bool = True,
     ) -> None:
         self.workspace = Path(workspace)
         self.party = PartyConfig.load(self.workspace)
@@ -336,6 +337,8 @@ class PartyService:
         self.grace = grace
         self.poll = poll
         self.workers: dict[str, subprocess.Popen] = {}
+        self.warm = warm
+        self._spare: subprocess.Popen | None = None
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self.backend = control.Backend(self.propose, self.start_job, self.cancel, self.status)
@@ -524,17 +527,51 @@ class PartyService:
 
     # ---- workers
 
+    def _start_spare(self) -> None:
+        """One warm worker, imported and waiting for a job id (``vfl.parties.worker --warm``)."""
+        if self._stop.is_set() or not self.warm:
+            return
+        path = self.workspace / "logs" / "workers.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as out:
+            self._spare = subprocess.Popen(
+                [sys.executable, "-m", "vfl.parties.worker", "--warm", str(self.workspace)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, text=True,
+            )  # fmt: skip
+
+    def _take_spare(self, job_id: str) -> subprocess.Popen | None:
+        proc, self._spare = self._spare, None
+        if proc is None or proc.poll() is not None or proc.stdin is None:
+            return None
+        try:
+            proc.stdin.write(job_id + "\n")
+            proc.stdin.close()
+        except OSError:
+            return None
+        return proc
+
+    def _drop_spare(self) -> None:
+        proc, self._spare = self._spare, None
+        if proc is not None and proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()  # it reads an empty line and exits
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+
     def _spawn(self, job_id: str) -> JobRecord:
         files = JobFiles.of(self.workspace, job_id)
         with contextlib.suppress(FileNotFoundError):
             files.result.unlink()
         log_path = job_log_path(self.workspace, job_id)
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("a") as out:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "vfl.parties.worker", str(self.workspace), job_id],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+        proc = self._take_spare(job_id)
+        if proc is None:
+            with log_path.open("a") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "vfl.parties.worker", str(self.workspace), job_id],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                )  # fmt: skip
+        self._start_spare()
         self.workers[job_id] = proc
         log.info("job %s started in worker %d", job_id, proc.pid)
         return self.store.start(job_id, proc.pid)
@@ -630,6 +667,8 @@ class PartyService:
                     "health": health.url if health else None, "version": __version__,
                 },
             )  # fmt: skip
+            with self._lock:
+                self._start_spare()
             log.info("party '%s' serving on %s (vfl %s)", self.party.id, self.server.address, __version__)
             while not self._stop.wait(self.poll):
                 self._reap()
@@ -640,6 +679,8 @@ class PartyService:
             if self.server is not None:
                 with contextlib.suppress(Exception):
                     self.server.shutdown()
+            with self._lock:
+                self._drop_spare()
             deadline = time.monotonic() + self.grace
             while self.workers and time.monotonic() < deadline:
                 self._reap()
