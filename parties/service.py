@@ -390,7 +390,7 @@ class PartyService:
                 rule, message = reason
                 self.store.refuse(job_id, message)
                 log.warning("refused job %s from '%s': %s", job_id, sender, message)
-                return self._decision(job_id, "refuse", rule, message, REFUSED)
+                return self._decision(job_id, "refuse", rule, public_reason(rule, message, kind), REFUSED)
             files = JobFiles.of(self.workspace, job_id)
             files.directory.mkdir(parents=True, exist_ok=True)
             atomic_write_text(files.job, job_toml)
@@ -700,6 +700,16 @@ class PartyService:
             self.store.close()
             log.info("party '%s' service stopped", self.party.id)
             remove_handlers(root, handlers)
+
+
+def public_reason(rule: str, message: str, kind: str) -> str:
+    """What the proposer is told: the rule, but never our column names (the full line stays in our store)."""
+    if "columns" in rule:
+        return (
+            f"refused by policy rule {rule}: this party offers columns its policy does not allow for {kind} "
+            "jobs; its operator must change [data] columns or the policy"
+        )
+    return message
 
 
 def _no(rule: str, message: str) -> tuple[tuple[str, str], None]:

@@ -72,7 +72,12 @@ def test_policy_refusals_name_their_rule_and_the_federation_check_shows_the_serv
         )  # guest is not its partner
         cases = {
             "p-kind": ("predict", {"predict": {"model": "m"}}, "host", "[partners.guest] kinds"),
-            "t-cols": ("train", {}, "host", "[columns] train: column(s) 'd' may not be used by train jobs"),
+            "t-cols": (
+                "train",
+                {},
+                "host",
+                "[columns] train: this party offers columns its policy does not allow",
+            ),
             "psi-1": ("psi", {}, "host", None),  # accepted: the first job from guest today (cap 1)
             "psi-2": ("psi", {}, "host", "[caps.guest] jobs"),
         }
@@ -90,8 +95,11 @@ def test_policy_refusals_name_their_rule_and_the_federation_check_shows_the_serv
             )
             assert rule in lines[0], lines[0]
             assert state(fed, party, job_id) == "refused"
+            assert "'c'" not in lines[0] and "'d'" not in lines[0]  # the host's column names stay there
             assert state(fed, "guest", job_id) == "refused"
             assert not (fed.ws[party] / "out" / job_id).exists()
+        shown = cli("jobs", "show", "t-cols", "--party", str(fed.ws["host"]))
+        assert "column(s) 'd' may not be used by train jobs" in shown.stdout  # the full reason, kept locally
         # the wrong partner: the arbiter lists only another partner (a train job reaches it once the host agrees)
         (fed.ws["host"] / "policy.toml").write_text('[defaults]\napproval = "auto"\n')
         result = cli("submit", str(job_file(fed, "t-arb")), "--party", str(fed.ws["guest"]), "-q")
