@@ -139,8 +139,12 @@ def run_party(
     workers: int | None = None,
     force: bool = False,
     restart: bool = False,
+    listen: str | None = None,
 ) -> RunOutcome:
-    """Run this party's role of the job in ``job_file``; return what it wrote."""
+    """Run this party's role of the job in ``job_file``; return what it wrote.
+
+    ``listen`` overrides the inbox address of party.toml (a service runs each job on its own port).
+    """
     party = PartyConfig.load(workspace)
     federation = Federation.load(federation_file or party.workspace / "federation.toml")
     config = JobConfig.load(job_file)
@@ -166,7 +170,7 @@ def run_party(
     model = _load_model(party, job, frame) if kind.needs_model else None
 
     with (
-        open_channel(party, federation, job_id=config.id, settings=settings) as channel,
+        open_channel(party, federation, job_id=config.id, settings=settings, listen=listen) as channel,
         WorkerPool(workers) as pool,
     ):
         session = job.session(channel, first_contact=channel.settings.first_contact)

@@ -159,3 +159,72 @@ def keypair_1024():
     from vfl.crypto import generate_keypair
 
     return generate_keypair(1024)
+
+
+def test_the_service_control_calls_send_only_declared_messages(tmp_path):
+    """propose / decision / start / cancel / status / report between a guest and a real PartyService."""
+    from dataclasses import dataclass
+
+    from tests.faults.helpers import make_federation
+    from vfl.config import JobConfig
+    from vfl.parties.runner import federation_digest
+    from vfl.parties.service import PartyService, members_of
+    from vfl.protocols import service as control
+    from vfl.protocols.session import Session
+    from vfl.transport.channel import Channel
+
+    fed = make_federation(tmp_path)
+    (fed.ws["host"] / "policy.toml").write_text('[defaults]\napproval = { psi = "manual", train = "auto" }\n')
+    service = PartyService(fed.ws["host"])
+
+    @dataclass
+    class Captured:
+        sender: str
+        receiver: str
+        tag: str
+        payload: bytes
+
+    transcript: list[Captured] = []
+
+    class ToService(Channel):
+        """The guest's side: every call goes to the service's handler, as over the RPC transport."""
+
+        answers: dict = {}
+
+        def _send_bytes(self, to, tag, payload):
+            transcript.append(Captured(self.party, to, tag, payload))
+            answer_tag, answer = service.handle(self.party, tag, payload)
+            transcript.append(Captured(to, self.party, answer_tag, answer))
+            self.answers[(to, answer_tag)] = answer
+
+        def _recv_bytes(self, frm, tag, timeout):
+            return self.answers.pop((frm, tag))
+
+    members = members_of(fed.federation())
+    guest = Session(ToService("guest"), members, job_id="vfl-service")
+    digest = federation_digest(fed.federation())
+    psi_toml = JobConfig(id="p1", kind="psi").to_toml()
+    queued = control.propose(guest, "host", job="p1", kind="psi", job_toml=psi_toml, federation=digest)
+    assert (queued.action, queued.state) == ("queue", "awaiting-approval") and queued.port > 0
+    assert control.start(guest, "host", job="p1", addresses={}).state == "awaiting-approval"  # not approved
+    assert control.status(guest, "host", job="p1").kinds == {
+        "psi": "manual",
+        "train": "auto",
+        "predict": "manual",
+    }
+    assert control.cancel(guest, "host", job="p1", reason="test").state == "cancelled"
+    refused = control.propose(guest, "host", job="p2", kind="psi", job_toml=psi_toml, federation=digest)
+    assert refused.action == "refuse" and "differs from its job file" in refused.message
+    service.store.close()
+
+    seen = set()
+    for m in transcript:
+        found = find(ALL_PROTOCOLS, m.tag)
+        assert found is not None, m.tag
+        _, declared, _ = found
+        assert (
+            members.role_of(m.sender) in declared.sender and members.role_of(m.receiver) in declared.receiver
+        )
+        declared.check(decode_table(m.payload), peer=m.sender, tag=m.tag)
+        seen.add(declared.name)
+    assert seen == {f"service.{n}" for n in ("propose", "decision", "start", "cancel", "status", "report")}

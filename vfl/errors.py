@@ -108,6 +108,8 @@ ABORT_CODES: dict[str, str] = {
 
 def abort_code(exc: BaseException) -> str:
     """The reason code a peer may learn for ``exc`` (never its text)."""
+    if isinstance(exc, PeerAbortedError) and exc.peer_code == "cancelled":
+        return "cancelled"  # a cancel reaches every party as a cancel, whoever passes it on
     if isinstance(exc, VflError):
         return exc.code if exc.code in ABORT_CODES else "error"
     if isinstance(exc, KeyboardInterrupt):
@@ -119,3 +121,9 @@ def describe_abort(sender: str, code: str) -> str:
     """One line for the peers of a party that stopped: who, and the public meaning of its code."""
     meaning = ABORT_CODES.get(code, ABORT_CODES["error"])
     return f"party '{sender}' stopped the job ({code}: {meaning})"
+
+
+class JobCancelledError(VflError):
+    """A job was cancelled (at this party, or by a peer); nothing it would have written is left."""
+
+    code = "cancelled"

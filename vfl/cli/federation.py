@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vfl.config import Federation
-from vfl.errors import ConfigError, TransportError
+from vfl.errors import ConfigError, TransportError, VflError
 
 if TYPE_CHECKING:
     from vfl.transport.flight import PeerStatus
@@ -168,6 +168,7 @@ def check(
         party, federation, job_id=job_id, settings=settings, listen="127.0.0.1:0", where=str(path)
     ) as channel:
         statuses = [channel.probe(peer) for peer in channel.peers]
+    services = _service_reports(party_dir, [s.party_id for s in statuses if s.ok], timeout)
 
     table = Table(
         title=f"'{party.id}' ({party.role}) checking {path}",
@@ -195,6 +196,17 @@ def check(
         )
     out = stdout()
     out.print(table)
+    if services:
+        served = Table(
+            title="party services ('vfl serve')", title_justify="left", box=box.SIMPLE_HEAD,
+            show_edge=False, pad_edge=False,
+        )  # fmt: skip
+        served.add_column("party", style="bold", no_wrap=True)
+        served.add_column("service", no_wrap=True)
+        served.add_column("accepts from us")
+        for peer, report in services.items():
+            served.add_row(escape(peer), *_service_cells(report))
+        out.print(served)
     for status in statuses:
         if not status.ok:
             out.print(Text(f"- {status.party_id}: {status.problem}", style="red"), soft_wrap=True)
@@ -204,6 +216,29 @@ def check(
             f"{len(failed)} of {len(statuses)} peer(s) failed the check: {', '.join(failed)} (see the table above)"
         )
     out.print(Text(f"all {len(statuses)} peer(s) reachable with the pinned certificates", style="green"))
+
+
+def _service_reports(party_dir: Path, peers: list[str], timeout: float) -> dict[str, object]:
+    """What each reachable peer's ``vfl serve`` says (version, kinds its policy accepts from us)."""
+    if not peers:
+        return {}
+    from vfl.parties.control import service_reports
+
+    try:
+        reports = service_reports(party_dir, timeout=timeout)
+    except VflError as exc:
+        return {p: str(exc) for p in peers}
+    return {p: r for p, r in reports.items() if p in peers}
+
+
+def _service_cells(report: object) -> tuple[Text, Text]:
+    if report is None:
+        return Text("-", style="dim"), Text("-", style="dim")
+    if isinstance(report, str):
+        word = "not serving" if "not serving" in report or "did not answer" in report else "error"
+        return Text(word, style="dim"), Text("-", style="dim")
+    kinds = ", ".join(f"{k} ({mode})" for k, mode in report.kinds.items()) or "nothing"
+    return Text(f"vfl {report.version}", style="green"), Text(kinds)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,758 @@
+"""The long-running party service behind ``vfl serve`` (DESIGN.md §11, "the party service").
+
+A service keeps the party's mutual-TLS control endpoint up on the party's address
+(``vfl.transport.rpc``) and answers the calls of ``protocols/service.py``: a proposal is checked
+against the party's policy and its privacy-budget caps and recorded in the job store (accepted,
+queued for approval, or refused naming the rule); once the proposer has every partner's approval it
+sends ``start`` with every party's job inbox address, and the service starts the job as a **worker
+process** (``python -m vfl.parties.worker``) that runs the normal ``run_party`` of ``vfl run`` with
+its own Flight channel on its own port. The main loop reaps workers and settles their records from
+the result file each worker writes; at start it resumes (``JobStore.recover``) every training job a
+dead worker left running, from its checkpoints. SIGTERM stops accepting calls, lets running
+workers finish for ``grace`` seconds, then stops them (their checkpoints stay; the next start
+resumes them).
+
+Files of the service, under the workspace: ``jobs.db`` (the store), ``logs/`` (rotating service
+log, one log per job), ``service/service.json`` (pid, address, health URL), and per job
+``service/jobs/<id>/`` (job.toml, the job's federation with job inbox addresses, its port, the
+worker's result).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from vfl import __version__
+from vfl.config import JOB_KINDS, Federation, JobConfig, PartyConfig
+from vfl.errors import ConfigError, JobCancelledError, PeerAbortedError, ProtocolError, VflError
+from vfl.io import atomic_write_json, atomic_write_text
+from vfl.parties.network import load_party_identity, to_peers, verify_membership
+from vfl.parties.runner import build_job, federation_digest, run_party
+from vfl.protocols import service as control
+from vfl.protocols.session import Members, Session
+from vfl.service.health import HealthStatus, start_health_server
+from vfl.service.logs import add_service_log, job_log_path, remove_handlers
+from vfl.service.policy import Decision, Policy
+from vfl.service.store import (
+    APPROVED,
+    AWAITING_APPROVAL,
+    CANCELLED,
+    REFUSED,
+    RUNNING,
+    DuplicateJobError,
+    JobRecord,
+    JobStateError,
+    JobStore,
+    UnknownJobError,
+    process_alive,
+)
+from vfl.transport.address import format_address, parse_address
+from vfl.transport.rpc import SERVICE_JOB, AnswerChannel, RpcServer
+
+log = logging.getLogger(__name__)
+
+SERVICE_DIR = "service"
+PERIOD_SECONDS = {
+    "day": 86400,
+    "week": 7 * 86400,
+    "month": 30 * 86400,
+    "quarter": 91 * 86400,
+    "year": 365 * 86400,
+}
+# What a cancelled job may have written besides its ledger: removed at every party.
+JOB_OUTPUTS = ("model.json", "scores.csv", "metrics.json", "report.json", "report.html", "aligned_ids.csv")
+
+
+# ---- files ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobFiles:
+    """``<workspace>/service/jobs/<id>/``: what a worker needs to run one job and what it reports."""
+
+    directory: Path
+
+    @classmethod
+    def of(cls, workspace: str | Path, job_id: str) -> JobFiles:
+        job_log_path(workspace, job_id)  # refuses a job id that cannot name a file
+        return cls(Path(workspace) / SERVICE_DIR / "jobs" / job_id)
+
+    @property
+    def job(self) -> Path:
+        return self.directory / "job.toml"
+
+    @property
+    def federation(self) -> Path:
+        return self.directory / "federation.toml"
+
+    @property
+    def listen_file(self) -> Path:
+        return self.directory / "listen"
+
+    @property
+    def result(self) -> Path:
+        return self.directory / "result.json"
+
+    def listen(self) -> str:
+        return self.listen_file.read_text().strip()
+
+    def read_result(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.result.read_text())
+        except (OSError, ValueError):
+            return None
+
+
+def service_info_path(workspace: str | Path) -> Path:
+    return Path(workspace) / SERVICE_DIR / "service.json"
+
+
+def members_of(federation: Federation) -> Members:
+    guests = federation.with_role("guest")
+    if len(guests) != 1:
+        raise ConfigError(f"the federation needs exactly one guest, it has {len(guests)}")
+    arbiters = federation.with_role("arbiter")
+    return Members(
+        guests[0].id, tuple(c.id for c in federation.with_role("host")), arbiters[0].id if arbiters else None
+    )
+
+
+def job_federation(federation: Federation, addresses: dict[str, str]) -> Federation:
+    """The federation a served job runs in: every party at its job inbox address."""
+    cards = []
+    for card in federation.parties:
+        if card.id in addresses:
+            parse_address(addresses[card.id], f"the job address of '{card.id}'")
+            card = replace(card, address=addresses[card.id])
+        cards.append(card)
+    return Federation(cards)
+
+
+def with_port(address: str, port: int) -> str:
+    host, _ = parse_address(address)
+    return format_address(host, port)
+
+
+def offered_columns(party: PartyConfig) -> list[str]:
+    """The columns this party offers to jobs (``[data] columns``, else every column of its data file)."""
+    if party.role == "arbiter" or party.data is None:
+        return []
+    if party.columns is not None:
+        return list(party.columns)
+    try:
+        if party.data.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            names = list(pq.read_schema(party.data).names)
+        else:
+            import pandas as pd
+
+            names = list(pd.read_csv(party.data, nrows=0).columns)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"data file {party.data} cannot be read: {exc}") from exc
+    return [c for c in names if c not in (party.id_column, party.label_column)]
+
+
+def job_epsilon(config: JobConfig) -> float:
+    """The privacy budget a job spends (its sections' ``epsilon``; 0 for kinds that release no noisy aggregate)."""
+    total = 0.0
+    for name in ("psi", "train", "predict", *config.sections):
+        value = config.section(name).get("epsilon")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            total += float(value)
+    return total
+
+
+def remove_partial_outputs(output_dir: Path) -> None:
+    """A cancelled job leaves no model, scores or report (only its ledger), and no checkpoints."""
+    for name in JOB_OUTPUTS:
+        with contextlib.suppress(FileNotFoundError):
+            (output_dir / name).unlink()
+    shutil.rmtree(output_dir / "state", ignore_errors=True)
+
+
+# ---- running one job (the worker's code, and the guest's in 'vfl submit') -------------------------
+
+
+def _raise_cancelled(signum: int, frame: object) -> None:
+    raise JobCancelledError("the job was cancelled (SIGTERM)")
+
+
+def run_job(
+    workspace: str | Path,
+    files: JobFiles,
+    *,
+    listen: str,
+    progress: Any = None,
+    settings: Any = None,
+    data: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run this party's role of a served job; write and return its result (never raises a ``VflError``).
+
+    SIGTERM cancels the job: every peer is told (abort code ``cancelled``) and the partial outputs
+    are removed. A peer's cancel ends it the same way here.
+    """
+    party = PartyConfig.load(workspace)
+    config = JobConfig.load(files.job)
+    out = party.output_dir / config.id
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_cancelled)
+    result: dict[str, Any]
+    try:
+        outcome = run_party(
+            workspace, files.job, federation_file=files.federation, listen=listen, progress=progress,
+            settings=settings, data=data,
+        )  # fmt: skip
+        summary = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in outcome.summary.items()}
+        result = {
+            "state": "completed",
+            "outcome": ", ".join(f"{k} {v}" for k, v in summary.items()),
+            "outputs": [str(p) for p in outcome.outputs.values()],
+            "summary": summary,
+            "named_outputs": {k: str(p) for k, p in outcome.outputs.items()},
+        }
+    except JobCancelledError as exc:
+        _abort_peers(party, files, config.id, listen)
+        remove_partial_outputs(out)
+        result = {"state": "cancelled", "outcome": str(exc), "outputs": []}
+    except PeerAbortedError as exc:
+        if exc.peer_code == "cancelled":
+            remove_partial_outputs(out)
+            result = {"state": "cancelled", "outcome": str(exc), "outputs": []}
+        else:
+            result = {"state": "failed", "outcome": str(exc), "outputs": []}
+    except VflError as exc:
+        result = {"state": "failed", "outcome": str(exc), "outputs": []}
+    except Exception as exc:  # noqa: BLE001 - a worker reports, the service records
+        log.exception("job %s failed", config.id)
+        result = {"state": "failed", "outcome": f"internal error: {exc}", "outputs": []}
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    log.info("job %s %s: %s", config.id, result["state"], result["outcome"])
+    atomic_write_json(files.result, result)
+    return result
+
+
+def _abort_peers(party: PartyConfig, files: JobFiles, job_id: str, listen: str) -> None:
+    """Tell every other party of the job that it was cancelled (best effort: they may be gone)."""
+    from vfl.transport.flight import FlightChannel, FlightSettings
+
+    try:
+        federation = Federation.load(files.federation)
+        host, _ = parse_address(listen)
+        settings = FlightSettings(connect_deadline=2.0, probe_timeout=1.0)
+        with FlightChannel(
+            load_party_identity(party), to_peers(federation), job_id=job_id,
+            listen=format_address(host, 0), settings=settings,
+        ) as channel:  # fmt: skip
+            channel.notify_abort(channel.peers, "cancelled")
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not tell every party that job %s was cancelled: %s", job_id, exc)
+
+
+# ---- the service ---------------------------------------------------------------------------------
+
+
+class PortPool:
+    """Ports for job inboxes: from ``ports`` (a range the firewall opens) or any free one."""
+
+    def __init__(self, host: str, ports: range | None = None) -> None:
+        self.host = host
+        self.ports = ports
+        self._used: set[int] = set()
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        with self._lock:
+            candidates: Iterable[int] = self.ports if self.ports is not None else (0,) * 20
+            for port in candidates:
+                if port and port in self._used:
+                    continue
+                with socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET) as s:
+                    try:
+                        s.bind((self.host, port))
+                    except OSError:
+                        continue
+                    chosen = s.getsockname()[1]
+                if chosen not in self._used:
+                    self._used.add(chosen)
+                    return chosen
+        raise ConfigError(
+            f"no free port for a job inbox on {self.host} (job ports {self.ports}); widen --job-ports"
+        )
+
+    def keep(self, port: int) -> None:
+        with self._lock:
+            self._used.add(port)
+
+    def release(self, port: int) -> None:
+        with self._lock:
+            self._used.discard(port)
+
+
+class PartyService:
+    """One party's service: control endpoint, policy, job store, workers."""
+
+    def __init__(
+        self,
+        workspace: str | Path,
+        *,
+        federation_file: str | Path | None = None,
+        job_ports: range | None = None,
+        health_port: int | None = None,
+        grace: float = 30.0,
+        poll: float = 0.2,
+        warm: bool = True,
+    ) -> None:
+        self.workspace = Path(workspace)
+        self.party = PartyConfig.load(self.workspace)
+        self.federation_file = Path(federation_file or self.workspace / "federation.toml")
+        self.federation = Federation.load(self.federation_file)
+        self.identity = load_party_identity(self.party)
+        self.card = verify_membership(self.party, self.federation, self.identity, str(self.federation_file))
+        self.members = members_of(self.federation)
+        self.policy = Policy.load(self.workspace, [c.id for c in self.federation.parties], self.party.id)
+        self.columns = offered_columns(self.party)
+        self.digest = federation_digest(self.federation)
+        self.store = JobStore.for_workspace(self.workspace)
+        host, _ = parse_address(self.party.listen)
+        self.ports = PortPool(host, job_ports)
+        self.health_port = health_port
+        self.grace = grace
+        self.poll = poll
+        self.workers: dict[str, subprocess.Popen] = {}
+        self.warm = warm
+        self._spare: subprocess.Popen | None = None
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self.backend = control.Backend(self.propose, self.start_job, self.cancel, self.status)
+        self.server: RpcServer | None = None
+        self.started = time.monotonic()
+
+    # ---- calls
+
+    def handle(self, sender: str, tag: str, payload: bytes) -> tuple[str, bytes]:
+        channel = AnswerChannel(self.party.id, sender, tag, payload)
+        control.answer(Session(channel, self.members, job_id=SERVICE_JOB), sender, tag, self.backend)
+        assert channel.answer is not None
+        return channel.answer
+
+    def _decision(
+        self, job: str, action: str, rule: str, message: str, state: str, port: int = 0
+    ) -> control.Decision:
+        return control.Decision(self.party.id, job, action, rule, message, state, port)
+
+    def propose(
+        self, sender: str, job_id: str, kind: str, job_toml: str, digest: str, version: str
+    ) -> control.Decision:
+        with self._lock:
+            try:
+                existing = self.store.get(job_id)
+            except UnknownJobError:
+                existing = None
+            if existing is not None:
+                if existing.proposer == sender and existing.job_toml == job_toml:
+                    return self._decision(
+                        job_id,
+                        _action_of(existing),
+                        "",
+                        existing.outcome,
+                        existing.state,
+                        self._port_of(job_id),
+                    )
+                return self._decision(
+                    job_id, "refuse", "job id",
+                    f"job '{job_id}' exists already at '{self.party.id}' (state {existing.state}); a job id is used once: pick another",
+                    existing.state,
+                )  # fmt: skip
+            reason, decided = self._check(sender, job_id, kind, job_toml, digest)
+            try:
+                self.store.propose(job_id, kind, sender, job_toml, digest)
+            except DuplicateJobError as exc:  # another call won the race
+                return self._decision(job_id, "refuse", "job id", str(exc), "")
+            if reason is not None:
+                rule, message = reason
+                self.store.refuse(job_id, message)
+                log.warning("refused job %s from '%s': %s", job_id, sender, message)
+                return self._decision(job_id, "refuse", rule, public_reason(rule, message, kind), REFUSED)
+            files = JobFiles.of(self.workspace, job_id)
+            files.directory.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(files.job, job_toml)
+            port = self.ports.take()
+            atomic_write_text(files.listen_file, format_address(self.ports.host, port))
+            assert decided is not None
+            record = self.store.approve(job_id) if decided.accepted else self.store.queue(job_id)
+            log.info("job %s from '%s': %s", job_id, sender, decided.message)
+            return self._decision(job_id, decided.action, decided.rule, decided.message, record.state, port)
+
+    def _check(
+        self, sender: str, job_id: str, kind: str, job_toml: str, digest: str
+    ) -> tuple[tuple[str, str] | None, Decision | None]:
+        """``((rule, refusal), None)`` for a refused proposal, else ``(None, the policy's decision)``."""
+        if digest != self.digest:
+            return _no(
+                "federation",
+                f"refused: '{sender}' proposes job '{job_id}' with another federation file than "
+                f"'{self.party.id}' has; every party must use the same federation.toml",
+            )
+        incoming = self.workspace / SERVICE_DIR / "incoming"
+        incoming.mkdir(parents=True, exist_ok=True)
+        probe = incoming / f"{os.getpid()}-{threading.get_ident()}.toml"
+        try:
+            probe.write_text(job_toml)
+            config = JobConfig.load(probe)
+            job = build_job(config, self.federation)
+        except VflError as exc:
+            return _no("job.toml", f"refused: the job file is not usable at '{self.party.id}': {exc}")
+        finally:
+            probe.unlink(missing_ok=True)
+        if config.id != job_id or config.kind != kind:
+            return _no("job.toml", "refused: the proposal's id or kind differs from its job file")
+        if sender != job.guest:
+            return _no("proposer", f"refused: only the guest '{job.guest}' proposes jobs, not '{sender}'")
+        if self.party.id not in job.members.parties:
+            return _no("job", f"refused: '{self.party.id}' takes no part in {kind} jobs")
+        self.reload_policy()
+        decision = self.policy.check(sender, kind, self.columns, options=config.train)
+        if decision.refused:
+            return _no(decision.rule, decision.message)
+        if (
+            config.kind == "predict"
+            and job.model is not None
+            and not (self.party.output_dir / job.model / "model.json").exists()
+        ):
+            return _no("model", f"refused: '{self.party.id}' has no model of job '{job.model}'")
+        for cap in self.policy.caps_for(sender):
+            since = time.time() - PERIOD_SECONDS[cap.period]
+            past = [
+                r for r in self.store.list()
+                if r.proposer == sender and r.created >= since and r.state != REFUSED
+            ]  # fmt: skip
+            rule = f"[caps.{sender}]"
+            if cap.jobs is not None and len(past) + 1 > cap.jobs:
+                return _no(
+                    f"{rule} jobs",
+                    f"refused by policy rule {rule} jobs: '{sender}' has proposed {len(past)} job(s) this "
+                    f"{cap.period}, the cap is {cap.jobs}",
+                )
+            if cap.epsilon is not None:
+                spent = sum(job_epsilon(_config_of(r)) for r in past)
+                want = job_epsilon(config)
+                if spent + want > cap.epsilon + 1e-12:
+                    return _no(
+                        f"{rule} epsilon",
+                        f"refused by policy rule {rule} epsilon: this job spends epsilon {want:g}, "
+                        f"'{sender}' has spent {spent:g} of {cap.epsilon:g} this {cap.period}",
+                    )
+        return None, decision
+
+    def _port_of(self, job_id: str) -> int:
+        try:
+            return parse_address(JobFiles.of(self.workspace, job_id).listen())[1]
+        except (OSError, ConfigError):
+            return 0
+
+    def _report(self, record: JobRecord | None, job_id: str, sender: str) -> control.Report:
+        kinds = self.accepted_kinds(sender)
+        if record is None:
+            return control.Report(self.party.id, job_id, "", "", __version__, kinds, 0)
+        return control.Report(
+            self.party.id, job_id, record.state, record.outcome, __version__, kinds, self._port_of(job_id)
+        )
+
+    def reload_policy(self) -> None:
+        """Read the policy again (an edited policy.toml applies to the next proposal; a broken one is kept out)."""
+        try:
+            self.policy = Policy.load(self.workspace, [c.id for c in self.federation.parties], self.party.id)
+        except ConfigError as exc:
+            log.error("policy not reloaded, the previous one stays in force: %s", exc)
+
+    def accepted_kinds(self, sender: str) -> dict[str, str]:
+        self.reload_policy()
+        out = {}
+        for kind in JOB_KINDS:
+            d = self.policy.check(sender, kind, self.columns, {})
+            if not d.refused:
+                out[kind] = "auto" if d.accepted else "manual"
+        return out
+
+    def start_job(self, sender: str, job_id: str, addresses: dict[str, str]) -> control.Report:
+        with self._lock:
+            record = self.store.get(job_id)
+            if record.proposer != sender:
+                raise ProtocolError(f"job '{job_id}' was proposed by '{record.proposer}', not '{sender}'")
+            if record.state != APPROVED:
+                return self._report(record, job_id, sender)
+            files = JobFiles.of(self.workspace, job_id)
+            mine = addresses.get(self.party.id)
+            port = self._port_of(job_id)
+            if mine is None or parse_address(mine)[1] != port:
+                raise ProtocolError(
+                    f"the start of job '{job_id}' gives '{self.party.id}' another port than {port}"
+                )
+            job_federation(self.federation, addresses).save(files.federation)
+            record = self._spawn(job_id)
+            return self._report(record, job_id, sender)
+
+    def cancel(self, sender: str, job_id: str, reason: str) -> control.Report:
+        try:
+            record = self.store.get(job_id)
+        except UnknownJobError:
+            return self._report(None, job_id, sender)
+        record = cancel_locally(self.store, self.workspace, record, f"cancelled by '{sender}': {reason}")
+        return self._report(record, job_id, sender)
+
+    def status(self, sender: str, job_id: str) -> control.Report:
+        record = None
+        if job_id:
+            with contextlib.suppress(UnknownJobError):
+                record = self.store.get(job_id)
+        return self._report(record, job_id, sender)
+
+    # ---- workers
+
+    def _start_spare(self) -> None:
+        """One warm worker, imported and waiting for a job id (``vfl.parties.worker --warm``)."""
+        if self._stop.is_set() or not self.warm:
+            return
+        path = self.workspace / "logs" / "workers.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as out:
+            self._spare = subprocess.Popen(
+                [sys.executable, "-m", "vfl.parties.worker", "--warm", str(self.workspace)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, text=True,
+            )  # fmt: skip
+
+    def _take_spare(self, job_id: str) -> subprocess.Popen | None:
+        proc, self._spare = self._spare, None
+        if proc is None or proc.poll() is not None or proc.stdin is None:
+            return None
+        try:
+            proc.stdin.write(job_id + "\n")
+            proc.stdin.close()
+        except OSError:
+            return None
+        return proc
+
+    def _drop_spare(self) -> None:
+        proc, self._spare = self._spare, None
+        if proc is not None and proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()  # it reads an empty line and exits
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+
+    def _spawn(self, job_id: str) -> JobRecord:
+        files = JobFiles.of(self.workspace, job_id)
+        with contextlib.suppress(FileNotFoundError):
+            files.result.unlink()
+        log_path = job_log_path(self.workspace, job_id)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        proc = self._take_spare(job_id)
+        if proc is None:
+            with log_path.open("a") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "vfl.parties.worker", str(self.workspace), job_id],
+                    stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                )  # fmt: skip
+        self._start_spare()
+        self.workers[job_id] = proc
+        log.info("job %s started in worker %d", job_id, proc.pid)
+        return self.store.start(job_id, proc.pid)
+
+    def _settle(self, job_id: str, exit_code: int | None) -> None:
+        files = JobFiles.of(self.workspace, job_id)
+        result = files.read_result()
+        try:
+            record = self.store.get(job_id)
+        except UnknownJobError:
+            return
+        with contextlib.suppress(ConfigError):
+            self.ports.release(self._port_of(job_id))
+        if record.final:
+            if record.state == CANCELLED:
+                remove_partial_outputs(self.party.output_dir / job_id)
+            return
+        try:
+            if result is None:
+                if self._stop.is_set() and record.kind == "train":
+                    return  # stopped by our own shutdown: the next start resumes it
+                self.store.fail(job_id, f"its worker stopped (exit code {exit_code}) without a result")
+            elif result["state"] == "completed":
+                self.store.finish(job_id, result["outcome"], result["outputs"])
+            elif result["state"] == "cancelled":
+                self.store.cancel(job_id, result["outcome"])
+            else:
+                self.store.fail(job_id, result["outcome"])
+        except JobStateError as exc:
+            log.info("job %s: %s", job_id, exc)
+        log.info("job %s is %s", job_id, self.store.get(job_id).state)
+
+    def _reap(self) -> None:
+        with self._lock:
+            for job_id, proc in list(self.workers.items()):
+                code = proc.poll()
+                if code is not None:
+                    del self.workers[job_id]
+                    self._settle(job_id, code)
+            # workers left by a service that died: watch them until they end
+            for record in self.store.list([RUNNING]):
+                if record.id in self.workers or record.resume:
+                    continue
+                if record.pid is None or not process_alive(record.pid, record.pid_token):
+                    self._settle(record.id, None)
+
+    def _resume_recovered(self) -> None:
+        for record in self.store.recover():
+            log.info("job %s: %s", record.id, record.outcome)
+        for record in self.store.list([RUNNING]):
+            if record.resume:
+                files = JobFiles.of(self.workspace, record.id)
+                if not files.federation.exists():
+                    self.store.fail(record.id, "its job files are gone; run it again")
+                    continue
+                self.ports.keep(self._port_of(record.id))
+                log.info("job %s resumes from its checkpoints", record.id)
+                self._spawn(record.id)
+            elif record.pid is not None:
+                self.ports.keep(self._port_of(record.id))
+        for record in self.store.list([APPROVED, AWAITING_APPROVAL]):
+            self.ports.keep(self._port_of(record.id))
+
+    # ---- running
+
+    def health(self) -> HealthStatus:
+        return HealthStatus(True, len(self.store.list([RUNNING])))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def serve(self) -> None:
+        """Run until ``stop()`` (or SIGTERM / SIGINT when called in the main thread)."""
+        root = logging.getLogger("vfl")
+        handlers = add_service_log(root, self.workspace)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: self.stop())
+            signal.signal(signal.SIGINT, lambda *_: self.stop())
+        health = None
+        try:
+            self._resume_recovered()
+            self.server = RpcServer(
+                self.identity, to_peers(self.federation), self.party.listen, self.handle,
+                on_reject=lambda r: log.warning(
+                    "refused a call claimed from '%s' (%s): %s", r.claimed_sender, r.tag, r.reason
+                ),
+            )  # fmt: skip
+            health = start_health_server(self.health_port, self.health, started=self.started)
+            atomic_write_json(
+                service_info_path(self.workspace),
+                {
+                    "pid": os.getpid(), "party": self.party.id, "address": self.server.address,
+                    "health": health.url if health else None, "version": __version__,
+                },
+            )  # fmt: skip
+            with self._lock:
+                self._start_spare()
+            log.info("party '%s' serving on %s (vfl %s)", self.party.id, self.server.address, __version__)
+            while not self._stop.wait(self.poll):
+                self._reap()
+            log.info(
+                "stopping: no new calls; waiting up to %g s for %d job(s)", self.grace, len(self.workers)
+            )
+        finally:
+            if self.server is not None:
+                with contextlib.suppress(Exception):
+                    self.server.shutdown()
+            with self._lock:
+                self._drop_spare()
+            deadline = time.monotonic() + self.grace
+            while self.workers and time.monotonic() < deadline:
+                self._reap()
+                time.sleep(self.poll)
+            for job_id, proc in list(self.workers.items()):
+                log.warning(
+                    "job %s still runs after %g s: stopped; it resumes when the service starts",
+                    job_id,
+                    self.grace,
+                )
+                proc.kill()
+                proc.wait()
+            self._reap()
+            if health is not None:
+                health.close()
+            service_info_path(self.workspace).unlink(missing_ok=True)
+            self.store.close()
+            log.info("party '%s' service stopped", self.party.id)
+            remove_handlers(root, handlers)
+
+
+def public_reason(rule: str, message: str, kind: str) -> str:
+    """What the proposer is told: the rule, but never our column names (the full line stays in our store)."""
+    if "columns" in rule:
+        return (
+            f"refused by policy rule {rule}: this party offers columns its policy does not allow for {kind} "
+            "jobs; its operator must change [data] columns or the policy"
+        )
+    return message
+
+
+def _no(rule: str, message: str) -> tuple[tuple[str, str], None]:
+    return (rule, message), None
+
+
+def _action_of(record: JobRecord) -> str:
+    if record.state == REFUSED:
+        return "refuse"
+    if record.state == AWAITING_APPROVAL:
+        return "queue"
+    return "accept"
+
+
+def _config_of(record: JobRecord) -> JobConfig:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(record.job_toml)
+    try:
+        return JobConfig.load(f.name)
+    except VflError:
+        return JobConfig(id=record.id, kind=record.kind)
+    finally:
+        os.unlink(f.name)
+
+
+def cancel_locally(store: JobStore, workspace: Path, record: JobRecord, reason: str) -> JobRecord:
+    """Mark a job cancelled here and stop its worker (which tells every peer and removes its outputs)."""
+    if record.final:
+        return record
+    try:
+        record = store.cancel(record.id, reason)
+    except JobStateError:
+        return store.get(record.id)
+    if record.pid is not None and process_alive(record.pid, record.pid_token):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(record.pid, signal.SIGTERM)
+    else:
+        party = PartyConfig.load(workspace)
+        remove_partial_outputs(party.output_dir / record.id)
+    log.info("job %s cancelled: %s", record.id, reason)
+    return record
+
+
+__all__ = ["JobFiles", "PartyService", "cancel_locally", "job_federation", "run_job"]
