@@ -30,6 +30,7 @@ from vfl.parties.common import (
     make_shard,
     open_store,
     prepare_features,
+    psi_multiplier,
     require_intersection,
     require_min_intersection,
     training_notes,
@@ -118,7 +119,10 @@ def train(
     start = begin(session, job, store, coordinator=plan.arbiter)
     saved = start.saved
     if saved is None:
-        result = psi.run_guest(session, data[id_column], list(job.hosts), job.training_psi, column=id_column)
+        result = psi.run_guest(
+            session, data[id_column], list(job.hosts), job.training_psi, column=id_column,
+            multiplier=psi_multiplier(workers, job.training_psi),
+        )  # fmt: skip
         session.guard(lambda: require_intersection(result))
         rows, info = result.rows, {"size": result.size, "set_sizes": dict(result.set_sizes)}
     else:
@@ -251,13 +255,17 @@ def score(
     shard: ModelShard,
     *,
     id_column: str,
+    workers: WorkerPool | None = None,
 ) -> pd.DataFrame:
     """Score new ids with a trained model: PSI on the new ids, then joint scoring. Returns id and score."""
     session.guard(
         lambda: require_columns(data, [id_column, *shard.scaler().input_names], what="the guest's data")
     )
     session.guard(lambda: session.agree(job.settings()))
-    result = psi.run_guest(session, data[id_column], list(job.hosts), job.psi, column=id_column)
+    result = psi.run_guest(
+        session, data[id_column], list(job.hosts), job.psi, column=id_column,
+        multiplier=psi_multiplier(workers, job.psi),
+    )  # fmt: skip
     session.guard(result.require_nonempty)
     aligned = result.align(data)
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
+from vfl.compute import open_backend
 from vfl.config import Federation, JobConfig, PartyConfig
-from vfl.crypto import WorkerPool
 from vfl.data import load_table, require_columns
 from vfl.errors import ConfigError, OutputError
 from vfl.io import check_writable
@@ -160,9 +160,15 @@ def run_party(
         frame = _load_data(party, job, Path(data) if data else None, with_label=kind.needs_label)
     model = _load_model(party, job, frame) if kind.needs_model else None
 
+    # The compute backend first: a wrong Dask scheduler address fails here, before any peer is contacted.
+    backend = open_backend(
+        party.compute,
+        workers=workers or party.compute_workers,
+        where=f"{party.workspace / 'party.toml'} [compute] backend",
+    )
     with (
+        backend as pool,
         open_channel(party, federation, job_id=config.id, settings=settings) as channel,
-        WorkerPool(workers) as pool,
     ):
         session = job.session(channel)
         ctx = RoleContext(
