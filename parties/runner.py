@@ -32,6 +32,7 @@ from vfl.parties.jobs import RoleContext, job_kind, run_role
 from vfl.parties.network import open_channel
 from vfl.psi.ids import prepare_ids
 from vfl.psi.options import PsiOptions
+from vfl.streaming import read_ids
 from vfl.transport.flight import FlightSettings
 
 log = logging.getLogger(__name__)
@@ -86,9 +87,12 @@ def _load_data(party: PartyConfig, job: Job, data: Path | None, *, with_label: b
         raise ConfigError(
             f"party '{party.id}' has no data; set [data] path in {party.workspace / 'party.toml'}"
         )
-    frame = load_table(source)
+    if job.kind == "psi":  # only the ids, streamed in batches: memory bounded by the ids, not the table
+        frame = read_ids(source, party.id_column)
+    else:
+        frame = load_table(source)
     require_columns(frame, [party.id_column], what=f"data file {source}")
-    if party.columns:
+    if party.columns and job.kind != "psi":
         require_columns(frame, party.columns, what=f"data file {source} (see [data] columns in party.toml)")
     prepare_ids(
         frame[party.id_column],

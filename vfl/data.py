@@ -25,7 +25,9 @@ HEAVY_TAIL_SKEW = 3.0
 
 
 def load_table(source: pd.DataFrame | str | Path) -> pd.DataFrame:
-    """A party's data as a DataFrame, from a DataFrame or a CSV / Parquet file."""
+    """A party's data as a DataFrame, from a DataFrame, a CSV / Parquet file or a folder of Parquet files.
+
+    (PSI jobs read only the id column, in batches: :func:`vfl.streaming.read_ids`.)"""
     if isinstance(source, pd.DataFrame):
         return source
     path = Path(source)
@@ -33,11 +35,13 @@ def load_table(source: pd.DataFrame | str | Path) -> pd.DataFrame:
         raise DataError(
             f"data file {path} does not exist; check the path in party.toml or on the command line"
         )
-    if path.is_dir():
-        raise DataError(f"data path {path} is a directory; give a CSV or Parquet file")
     suffix = path.suffix.lower()
     try:
-        if suffix in (".parquet", ".pq"):
+        if path.is_dir():  # a Parquet dataset: a folder of .parquet files, read as one table
+            from vfl.streaming import open_dataset
+
+            frame = open_dataset(path).to_table().to_pandas()
+        elif suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         elif suffix in (".csv", ".txt", ".tsv"):
             frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")

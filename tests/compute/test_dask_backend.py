@@ -273,5 +273,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_dask_backend_type():
+def test_vfl_info_shows_backend_workers_and_cores(tmp_path, dask_url, cluster):
+    from typer.testing import CliRunner
+
+    from tests.faults.helpers import make_federation
+    from vfl.cli import app
+
+    cluster.wait_for_workers(2, timeout=60)
+    fed = make_federation(tmp_path / "fed")
+    runner = CliRunner()
+    local = runner.invoke(app, ["info", "--party", str(fed.ws["host"])])
+    assert local.exit_code == 0, local.output
+    assert "backend" in local.output and "local" in local.output
+    path = fed.ws["host"] / "party.toml"
+    path.write_text(path.read_text() + f'\n[compute]\nbackend = "{dask_url}"\n')
+    shown = runner.invoke(app, ["info", "--party", str(fed.ws["host"])])
+    assert shown.exit_code == 0, shown.output
+    lines = {line.split()[0]: line.split()[1:] for line in shown.output.splitlines() if line.strip()}
+    assert lines["backend"] == [dask_url] and lines["workers"] == ["2"] and lines["cores"] == ["2"]
     assert DaskBackend.remote is True
