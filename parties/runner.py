@@ -87,10 +87,8 @@ def _load_data(party: PartyConfig, job: Job, data: Path | None, *, with_label: b
         raise ConfigError(
             f"party '{party.id}' has no data; set [data] path in {party.workspace / 'party.toml'}"
         )
-    if job.kind == "psi":  # only the ids, streamed in batches: memory bounded by the ids, not the table
-        frame = read_ids(source, party.id_column)
-    else:
-        frame = load_table(source)
+    # A PSI job reads only the ids, streamed in batches: memory bounded by the ids, not the table.
+    frame = read_ids(source, party.id_column) if job.kind == "psi" else load_table(source)
     require_columns(frame, [party.id_column], what=f"data file {source}")
     if party.columns and job.kind != "psi":
         require_columns(frame, party.columns, what=f"data file {source} (see [data] columns in party.toml)")
