@@ -292,3 +292,39 @@ def test_vfl_info_shows_backend_workers_and_cores(tmp_path, dask_url, cluster):
     lines = {line.split()[0]: line.split()[1:] for line in shown.output.splitlines() if line.strip()}
     assert lines["backend"] == [dask_url] and lines["workers"] == ["2"] and lines["cores"] == ["2"]
     assert DaskBackend.remote is True
+
+
+def test_a_scheduler_that_goes_away_mid_job_is_one_line(keypair):
+    """A real ``dask scheduler`` and ``dask worker`` processes; the scheduler is killed mid-encryption."""
+    import shutil
+    import subprocess
+
+    from vfl.errors import ComputeError
+
+    if shutil.which("dask") is None:
+        pytest.skip("the dask command line is not installed")
+    port = _free_port()
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    scheduler = subprocess.Popen(["dask", "scheduler", "--port", str(port), "--no-dashboard"], **quiet)
+    worker = subprocess.Popen(
+        ["dask", "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1", "--nworkers", "2", "--no-dashboard"],
+        **quiet,
+    )
+    try:
+        backend = open_backend(f"dask://127.0.0.1:{port}", connect_timeout=30)
+        backend.client.wait_for_workers(2, timeout=60)
+        backend.workers = 2
+        threading.Timer(1.0, scheduler.kill).start()
+        with pytest.raises(ComputeError) as info:
+            encrypt(keypair[0], np.zeros(60_000), workers=backend)
+        message = str(info.value)
+        assert "\n" not in message and f"dask://127.0.0.1:{port}" in message and "resumes" in message
+        backend.close()
+    finally:
+        for proc in (worker, scheduler):  # SIGTERM: the worker command stops the processes it started
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
