@@ -41,7 +41,7 @@ distributed = pytest.importorskip("distributed")
 @pytest.fixture(scope="module")
 def cluster():
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=40
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=40
     ) as c:
         yield c
 
@@ -205,6 +205,19 @@ def test_psi_on_dask_aligns_like_the_local_pool(backend):
     local_guest, local_host = run(lambda: ScalarMultiplier(workers=2, chunk_size=256, parallel_threshold=64))
     assert set(dask_guest) == set(local_guest) == {f"u{i}" for i in range(1500, 3000)}
     assert dask_guest == dask_host and local_guest == local_host  # both parties agree on the shared order
+
+
+def test_streamed_column_statistics_on_dask_equal_the_local_pool(backend, tmp_path):
+    from vfl.streaming import column_moments
+
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame({"a": rng.lognormal(size=3000), "b": rng.integers(0, 5, 3000)})
+    path = tmp_path / "data.parquet"
+    frame.to_parquet(path, index=False)
+    with WorkerPool(2) as local:
+        expected = column_moments(path, ["a", "b"], batch_rows=256, workers=local)
+    assert column_moments(path, ["a", "b"], batch_rows=256, workers=backend) == expected
+    assert expected["a"].skew == pytest.approx(frame["a"].skew(), rel=1e-10)
 
 
 # --- training --------------------------------------------------------------------------------------
