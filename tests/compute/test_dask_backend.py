@@ -146,10 +146,12 @@ def test_describe_names_backend_workers_and_cores(backend):
 def test_encrypt_rdot_pack_decrypt_equal_the_local_pool(backend, keypair):
     pk, sk = keypair
     rng = np.random.default_rng(3)
-    d = rng.normal(size=900)
-    x = rng.normal(size=(900, 6))
+    d = rng.normal(size=300)
+    x = rng.normal(size=(300, 6))
     prepared = prepare_matrix(x)
-    with WorkerPool(2) as local:
+    backend.min_items = 4  # split even these small vectors (rdot too), on both backends
+    with WorkerPool(2, min_items=4) as local:
+        assert local.should_split(300 * 6, weight=0.015) and backend.should_split(300 * 6, weight=0.015)
         results = {}
         for name, workers in (("local", local), ("dask", backend)):
             enc = encrypt(pk, d, workers=workers)
