@@ -300,7 +300,7 @@ class DaskBackend:
         return out
 
     def warm_up(self, key: PublicKey | PrivateKey) -> None:
-        """Build the key's fixed-base (or, for the key owner, CRT) table on every worker now."""
+        """Build the key's fixed-base (or, for the key owner, CRT) table on every worker now (best effort)."""
         if isinstance(key, PrivateKey):
             pk = key.public_key
             fn: Callable[..., int] = _kernels.warm_crt_tables
@@ -310,11 +310,12 @@ class DaskBackend:
                 _kernels.warm_table,
                 (key.h_s, key.n_square, key.djn_exponent_bits, key.djn_window, 0.0),
             )
-        try:
-            pids = self.client.run(fn, *args)
+        try:  # best effort: a worker lost meanwhile builds its table on first use instead
+            results = self.client.run(fn, *args, on_error="return")
         except (OSError, TimeoutError) as exc:
             raise self.lost(exc) from exc
-        log.debug("warmed %d Dask workers", len(pids))
+        warmed = sum(1 for r in results.values() if isinstance(r, int))
+        log.debug("warmed %d of %d Dask workers", warmed, len(results))
 
     def worker_pids(self) -> dict[str, int]:
         """``{worker address: process id}`` of the cluster's workers."""
