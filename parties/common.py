@@ -26,6 +26,7 @@ from vfl.protocols.lr import LrPlan, PartyState
 from vfl.protocols.messages import find, learned_by
 from vfl.protocols.session import Generations, Members, Session
 from vfl.protocols.shards import exchange_digests
+from vfl.psi.ecdh import ScalarMultiplier
 from vfl.psi.options import PsiOptions, PsiResult
 from vfl.transport.channel import Interrupted
 
@@ -370,4 +371,17 @@ def ledger_for(session: Session, notes: list[str] | None = None, status: str = "
         protocols=[p.name for p in ran],
         name=name,
         status=status,
+    )
+
+
+def psi_multiplier(workers: Any, options: PsiOptions) -> ScalarMultiplier | None:
+    """The PSI curve operations on the party's compute backend when it is a cluster (``DaskBackend``);
+    None keeps the PSI's own local pool (``PsiOptions.workers``), as without a ``[compute]`` backend."""
+    if workers is None or not getattr(workers, "remote", False):
+        return None
+    return ScalarMultiplier(
+        workers=workers.workers,
+        chunk_size=options.chunk_size,
+        parallel_threshold=options.parallel_threshold,
+        executor=workers,
     )

@@ -33,6 +33,7 @@ from vfl.parties.common import (
     make_shard,
     open_store,
     prepare_features,
+    psi_multiplier,
     require_intersection,
     require_min_intersection,
     trainer,
@@ -182,7 +183,10 @@ def train(
         start = begin(session, job, store, coordinator=training.coordinator)
     saved = start.saved
     if saved is None:
-        result = psi.run_guest(session, data[id_column], list(job.hosts), job.training_psi, column=id_column)
+        result = psi.run_guest(
+            session, data[id_column], list(job.hosts), job.training_psi, column=id_column,
+            multiplier=psi_multiplier(workers, job.training_psi),
+        )  # fmt: skip
         session.guard(lambda: require_intersection(result))
         rows, info = result.rows, {"size": result.size, "set_sizes": dict(result.set_sizes)}
     else:
@@ -433,6 +437,7 @@ def score(
     shard: ModelShard,
     *,
     id_column: str,
+    workers: WorkerPool | None = None,
 ) -> pd.DataFrame:
     """Score new ids with a trained model: PSI on the new ids, then joint scoring. Returns id and score."""
     exposure_column = [shard.extras["exposure"]] if shard.extras.get("exposure") else []
@@ -442,7 +447,10 @@ def score(
         )
     )
     session.guard(lambda: session.agree(job.settings()))
-    result = psi.run_guest(session, data[id_column], list(job.hosts), job.psi, column=id_column)
+    result = psi.run_guest(
+        session, data[id_column], list(job.hosts), job.psi, column=id_column,
+        multiplier=psi_multiplier(workers, job.psi),
+    )  # fmt: skip
     session.guard(result.require_nonempty)
     aligned = result.align(data)
 

@@ -24,6 +24,7 @@ from vfl.parties.common import (
     make_shard,
     open_store,
     prepare_features,
+    psi_multiplier,
     require_intersection,
     require_min_intersection,
     trainer,
@@ -85,7 +86,10 @@ def train(
     start = begin(session, job, store, coordinator=training.coordinator)
     saved = start.saved if start.saved is not None and start.saved.held_out is not None else None
     if saved is None:
-        result = psi.run_host(session, data[id_column], job.guest, job.training_psi, column=id_column)
+        result = psi.run_host(
+            session, data[id_column], job.guest, job.training_psi, column=id_column,
+            multiplier=psi_multiplier(workers, job.training_psi),
+        )  # fmt: skip
         session.guard(lambda: require_intersection(result))
         rows, info = result.rows, {"size": result.size, "set_sizes": dict(result.set_sizes)}
         session.guard(lambda: require_min_intersection(info["size"], o))
@@ -135,12 +139,22 @@ def train(
     return outcome
 
 
-def score(session: Session, job: Job, data: pd.DataFrame, shard: ModelShard, *, id_column: str) -> int:
+def score(
+    session: Session, job: Job, data: pd.DataFrame, shard: ModelShard, *, id_column: str,
+    workers: WorkerPool | None = None,
+) -> int:  # fmt: skip
     """A host's side of scoring new ids: PSI, then its partial scores. Returns the number of rows scored."""
     needed = [id_column, *shard.scaler().input_names]
     session.guard(lambda: require_columns(data, needed, what=f"host '{session.party}' data"))
     session.guard(lambda: session.agree(job.settings()))
-    result = psi.run_host(session, data[id_column], job.guest, job.psi, column=id_column)
+    result = psi.run_host(
+        session,
+        data[id_column],
+        job.guest,
+        job.psi,
+        column=id_column,
+        multiplier=psi_multiplier(workers, job.psi),
+    )
     session.guard(result.require_nonempty)
     aligned = result.align(data)
     partial = session.guard(lambda: shard.scaler().transform(aligned) @ shard.weight_vector)

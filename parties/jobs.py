@@ -26,7 +26,7 @@ from vfl.parties import arbiter as arbiter_party
 from vfl.parties import guest as guest_party
 from vfl.parties import host as host_party
 from vfl.parties import screen as screen_party
-from vfl.parties.common import Job, ProgressFn, ledger_for, write_outputs
+from vfl.parties.common import Job, ProgressFn, ledger_for, psi_multiplier, write_outputs
 from vfl.protocols import psi
 from vfl.protocols.session import Session
 
@@ -86,10 +86,13 @@ def _psi(ctx: RoleContext) -> Outcome:
     assert data is not None
     session.guard(lambda: session.agree(job.settings()))
     ids = data[ctx.id_column]
+    multiplier = psi_multiplier(ctx.workers, job.psi)
     if ctx.role == "guest":
-        result = psi.run_guest(session, ids, list(job.hosts), job.psi, column=ctx.id_column)
+        result = psi.run_guest(
+            session, ids, list(job.hosts), job.psi, column=ctx.id_column, multiplier=multiplier
+        )
     else:
-        result = psi.run_host(session, ids, job.guest, job.psi, column=ctx.id_column)
+        result = psi.run_host(session, ids, job.guest, job.psi, column=ctx.id_column, multiplier=multiplier)
     if ctx.progress:
         ctx.progress("psi", 1, 1, f"{result.size} shared rows")
     session.barrier("psi")
@@ -154,7 +157,9 @@ def _train_arbiter(ctx: RoleContext) -> Outcome:
 
 def _predict_guest(ctx: RoleContext) -> Outcome:
     assert ctx.data is not None and ctx.model is not None
-    scores = guest_party.score(ctx.session, ctx.job, ctx.data, ctx.model, id_column=ctx.id_column)
+    scores = guest_party.score(
+        ctx.session, ctx.job, ctx.data, ctx.model, id_column=ctx.id_column, workers=ctx.workers
+    )
     outputs: dict[str, Path] = {}
     if ctx.output_dir is not None:
         outputs["scores"] = atomic_write_text(ctx.output_dir / "scores.csv", scores.to_csv(index=False))
@@ -166,7 +171,9 @@ def _predict_guest(ctx: RoleContext) -> Outcome:
 
 def _predict_host(ctx: RoleContext) -> Outcome:
     assert ctx.data is not None and ctx.model is not None
-    rows = host_party.score(ctx.session, ctx.job, ctx.data, ctx.model, id_column=ctx.id_column)
+    rows = host_party.score(
+        ctx.session, ctx.job, ctx.data, ctx.model, id_column=ctx.id_column, workers=ctx.workers
+    )
     notes = host_party.revealed_notes(ctx.job)
     outputs = write_outputs(ctx.output_dir, None, ledger_for(ctx.session, notes))
     return Outcome(outputs, {"rows": rows}, rows)

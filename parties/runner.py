@@ -18,8 +18,8 @@ from typing import Any
 
 import pandas as pd
 
+from vfl.compute import open_backend
 from vfl.config import Federation, JobConfig, PartyConfig
-from vfl.crypto import WorkerPool
 from vfl.data import load_table, require_columns
 from vfl.errors import ConfigError, OutputError
 from vfl.io import check_writable
@@ -32,6 +32,7 @@ from vfl.parties.jobs import RoleContext, idle_note, job_kind, run_role
 from vfl.parties.network import open_channel
 from vfl.psi.ids import prepare_ids
 from vfl.psi.options import PsiOptions
+from vfl.streaming import read_ids
 from vfl.transport.flight import FlightSettings
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,14 @@ def _load_data(party: PartyConfig, job: Job, data: Path | None, *, with_label: b
         raise ConfigError(
             f"party '{party.id}' has no data; set [data] path in {party.workspace / 'party.toml'}"
         )
-    frame = load_table(source, id_column=party.id_column)
+    # A PSI job reads only the ids, streamed in batches: memory bounded by the ids, not the table.
+    frame = (
+        read_ids(source, party.id_column)
+        if job.kind == "psi"
+        else load_table(source, id_column=party.id_column)
+    )
     require_columns(frame, [party.id_column], what=f"data file {source}")
-    if party.columns:
+    if party.columns and job.kind != "psi":
         require_columns(frame, party.columns, what=f"data file {source} (see [data] columns in party.toml)")
     prepare_ids(
         frame[party.id_column],
@@ -169,9 +175,15 @@ def run_party(
         frame = _load_data(party, job, Path(data) if data else None, with_label=kind.needs_label)
     model = _load_model(party, job, frame) if kind.needs_model else None
 
+    # The compute backend first: a wrong Dask scheduler address fails here, before any peer is contacted.
+    backend = open_backend(
+        party.compute,
+        workers=workers or party.compute_workers,
+        where=f"{party.workspace / 'party.toml'} [compute] backend",
+    )
     with (
+        backend as pool,
         open_channel(party, federation, job_id=config.id, settings=settings, listen=listen) as channel,
-        WorkerPool(workers) as pool,
     ):
         session = job.session(channel, first_contact=channel.settings.first_contact)
         ctx = RoleContext(

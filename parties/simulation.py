@@ -6,6 +6,7 @@ the real protocol code; only the transport differs.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -145,6 +146,13 @@ class SimulationResult:
         return self.evaluation.lift
 
 
+def _backend(workers: int | Any | None) -> Any:
+    """A local pool of ``workers`` processes, or a backend the caller owns (e.g. a ``DaskBackend``, left open)."""
+    if workers is None or isinstance(workers, int):
+        return WorkerPool(workers)
+    return contextlib.nullcontext(workers)
+
+
 def simulate(
     guest: pd.DataFrame,
     hosts: list[pd.DataFrame] | pd.DataFrame,
@@ -153,7 +161,7 @@ def simulate(
     label: str,
     psi: dict[str, Any] | None = None,
     reveal: str | None = None,
-    workers: int | None = None,
+    workers: int | Any | None = None,
     keypair: tuple[PublicKey, PrivateKey] | None = None,
     output_dir: str | Path | None = None,
     positive: str | None = None,
@@ -171,7 +179,8 @@ def simulate(
     ``learning_rate``, ``penalty``, ``key_bits``, ``seed``, ...); ``psi`` holds PSI options
     (``strip``, ``casefold``, ``dedupe``, ...). Every party runs in its own thread and every message
     goes through Arrow IPC; ``result.network.transcript`` holds them all. With ``output_dir``, each
-    party writes its outputs to ``output_dir/<party>``.
+    party writes its outputs to ``output_dir/<party>``. ``workers`` is a local pool size or a compute
+    backend the caller owns (``vfl.compute.open_backend("dask://HOST:PORT")``), shared by every party.
     """
     options = TrainOptions.from_dict({**job_options, "topology": topology or "coordinated"})
     if isinstance(hosts, pd.DataFrame):
@@ -197,7 +206,7 @@ def simulate(
     def where(party: str) -> Path | None:
         return out / party if out is not None else None
 
-    with WorkerPool(workers) as pool:
+    with _backend(workers) as pool:
 
         def context(party: str, frame: pd.DataFrame | None = None) -> RoleContext:
             own = (keypairs or {}).get(party) if job.topology == "arbiter-free" else keypair

@@ -134,6 +134,8 @@ class PartyConfig:
     label_column: str | None = None
     columns: list[str] | None = None  # offered feature columns; None = every column but id and label
     positive: str | None = None  # guest: the label value that is the positive class (needed unless 0/1)
+    compute: str = "local"  # [compute] backend: "local" (a process pool here) or "dask://HOST:PORT"
+    compute_workers: int | None = None  # [compute] workers: local pool size (default: every core)
 
     @classmethod
     def load(cls, workspace: str | Path) -> PartyConfig:
@@ -172,6 +174,17 @@ class PartyConfig:
             certificate=resolve(_get(tls, "certificate", str, f"{where} [tls]", "tls/cert.pem")),
             output_dir=resolve(_get(output, "dir", str, f"{where} [output]", "out")),
         )
+        compute = _get(raw, "compute", dict, where, {})
+        cfg.compute = _get(compute, "backend", str, f"{where} [compute]", "local").strip()
+        cfg.compute_workers = _get(compute, "workers", int, f"{where} [compute]", None)
+        unknown = sorted(set(compute) - {"backend", "workers"})
+        if unknown:
+            raise ConfigError(f"{where} [compute]: unknown key '{unknown[0]}'; known keys: backend, workers")
+        if cfg.compute_workers is not None and cfg.compute_workers < 1:
+            raise ConfigError(f"{where} [compute]: workers must be >= 1, got {cfg.compute_workers}")
+        from vfl.compute import parse_backend  # imports gmpy2: only once a party file is read
+
+        parse_backend(cfg.compute, f"{where} [compute] backend")
         if role != "arbiter":
             cfg.data = resolve(_get(data, "path", str, f"{where} [data]"))
             cfg.id_column = _get(data, "id_column", str, f"{where} [data]", "id")
@@ -195,6 +208,8 @@ class PartyConfig:
             "tls": {"key": rel(self.key), "certificate": rel(self.certificate)},
             "output": {"dir": rel(self.output_dir)},
         }
+        if self.compute != "local" or self.compute_workers is not None:
+            tables["compute"] = {"backend": self.compute, "workers": self.compute_workers}
         if self.data is not None:
             tables["data"] = {
                 "path": str(self.data),

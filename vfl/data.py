@@ -26,10 +26,11 @@ HEAVY_TAIL_SKEW = 3.0
 
 
 def load_table(source: pd.DataFrame | str | Path, *, id_column: str | None = None) -> pd.DataFrame:
-    """A party's data as a DataFrame, from a DataFrame or a CSV / Parquet file.
+    """A party's data as a DataFrame, from a DataFrame, a CSV / Parquet file or a folder of Parquet files.
 
     The ``id_column`` of a CSV file is read as text, exactly as written: ``000133`` stays
-    ``000133`` (not 133) and ``63`` never comes back as ``63.0``.
+    ``000133`` (not 133) and ``63`` never comes back as ``63.0``. (PSI jobs read only the id
+    column, in batches: :func:`vfl.streaming.read_ids`.)
     """
     if isinstance(source, pd.DataFrame):
         return source
@@ -38,11 +39,13 @@ def load_table(source: pd.DataFrame | str | Path, *, id_column: str | None = Non
         raise DataError(
             f"data file {path} does not exist; check the path in party.toml or on the command line"
         )
-    if path.is_dir():
-        raise DataError(f"data path {path} is a directory; give a CSV or Parquet file")
     suffix = path.suffix.lower()
     try:
-        if suffix in (".parquet", ".pq"):
+        if path.is_dir():  # a Parquet dataset: a folder of .parquet files, read as one table
+            from vfl.streaming import open_dataset
+
+            frame = open_dataset(path).to_table().to_pandas()
+        elif suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         elif suffix in (".csv", ".txt", ".tsv"):
             dtype = {id_column: str} if id_column is not None else None

@@ -81,6 +81,12 @@ class PeerTimeoutError(TransportError):
     """A peer did not send an expected message within the time-out."""
 
 
+class ComputeError(VflError):
+    """The compute backend (a Dask cluster) failed: its scheduler went away, or a task was lost on every worker."""
+
+    code = "compute"
+
+
 class OutputError(VflError):
     """An output could not be written (disk full, no permission); nothing half-written is left."""
 
@@ -97,6 +103,7 @@ ABORT_CODES: dict[str, str] = {
     "protocol": "it received a message it could not accept; see its log",
     "transport": "it lost the connection to a peer",
     "output": "it could not write its outputs; see its log",
+    "compute": "its compute cluster failed; see its log",
     "policy": "its policy refused the job",
     "small-intersection": "the intersection is smaller than the job's minimum",
     "disagreement": "the parties' job settings differ",

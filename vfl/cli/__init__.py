@@ -219,6 +219,7 @@ _COMMAND_MODULES = (
     "vfl.cli.jobs",
     "vfl.cli.demo",
     "vfl.cli.serve",
+    "vfl.cli.info",
 )
 
 for _name in _COMMAND_MODULES:

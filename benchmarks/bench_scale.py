@@ -1,0 +1,442 @@
+"""Benchmark: one party's heavy work on a Dask cluster against the local process pool (issue 17).
+
+Three parts, each measured against its baseline in the same run on the same machine:
+
+1. **kernels** (2048-bit key): throughput of DJN encryption and of ``X^T [[d]]`` (bucket
+   multi-exponentiation, 20 columns) per core, through the engine's own entry points
+   (``encrypt(pk, x, workers=B)``, ``EncryptedVector.rdot(..., workers=B)``) on the local pool of
+   2 processes and on a ``distributed.LocalCluster`` of 2 single-thread workers; and the same chunk
+   functions on 1 vs 2 Dask workers (``map_chunks`` with 8 chunks), for how time scales with workers.
+   Rounds are interleaved so that load from other users of the machine hits every backend alike; the
+   median round is shown.
+2. **psi**: guest and host in separate processes (a loopback pipe carries the Arrow messages), each
+   reading its ids from its own Parquet file in batches (``vfl.streaming.read_ids``), 50 % overlap;
+   wall time, time per id and peak resident memory of each party's main process and of its workers.
+3. **epoch**: one training epoch at 2048 bits, 10 + 10 columns, on a subsample (``--epoch-rows``),
+   all three parties in this process sharing one backend: epoch time = (2 epochs) - (1 epoch),
+   extrapolated linearly to 1M training rows (batches have a fixed size, so an epoch's cost is
+   proportional to its rows).
+
+    python benchmarks/bench_scale.py                  # everything (PSI at 1M x 1M)
+    python benchmarks/bench_scale.py --quick          # small sizes, ~3 min
+    python benchmarks/bench_scale.py --parts kernels --rounds 5
+
+Target: Dask per-core throughput >= 0.9x the local pool's (little overhead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from vfl.compute import DaskBackend  # noqa: E402
+from vfl.crypto import (  # noqa: E402
+    WorkerPool,
+    _kernels,  # noqa: E402
+    encrypt,
+    generate_keypair,
+    prepare_matrix,
+)
+
+
+def _cluster(workers: int) -> Any:
+    import logging
+
+    from distributed import LocalCluster
+
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.worker"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    return LocalCluster(
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=50
+    )
+
+
+def _dask(cluster: Any, workers: int) -> DaskBackend:
+    backend = DaskBackend(cluster.scheduler_address)
+    backend.client.wait_for_workers(workers, timeout=60)
+    backend.workers = workers
+    return backend
+
+
+def _timed(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+# --- 1. kernels -----------------------------------------------------------------------------------
+
+
+def _backend_pids(backend: Any) -> list[int]:
+    """The processes doing a backend's work besides this one: pool workers, or Dask workers and their nannies."""
+    import psutil
+
+    if isinstance(backend, DaskBackend):
+        workers = list(backend.client.run(os.getpid).values())
+        return workers + [psutil.Process(p).ppid() for p in workers]
+    return backend.pids()
+
+
+def _cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by this process (client, LocalCluster scheduler) and ``pids``."""
+    import psutil
+
+    total = sum(os.times()[:2])
+    for pid in pids:
+        t = psutil.Process(pid).cpu_times()
+        total += t.user + t.system
+    return total
+
+
+def _measure(backend: Any, fn: Any) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of every process involved) of ``fn()``."""
+    pids = _backend_pids(backend)
+    c0, t0 = _cpu(pids), time.perf_counter()
+    fn()
+    return time.perf_counter() - t0, _cpu(pids) - c0
+
+
+def bench_kernels(args: argparse.Namespace) -> None:
+    pk, _ = generate_keypair(2048)
+    rng = np.random.default_rng(0)
+    n_enc, m, k = args.enc, args.rdot_rows, 20
+    values = rng.normal(size=n_enc)
+    prepared = prepare_matrix(rng.normal(size=(m, k)))
+    d = encrypt(pk, rng.normal(size=m))
+    plains = [_kernels.mpz(i + 1) for i in range(n_enc)]
+    enc_args = (pk.n, pk.h_s, pk.djn_exponent_bits, pk.djn_window)
+    digits, _ = prepared.select(None)
+    groups = np.array_split(np.arange(k), 8)
+    cts = list(d.ciphertexts)
+
+    def chunked(backend: Any) -> list[tuple[float, float]]:
+        def rdot() -> None:
+            futures = [
+                backend.submit(_kernels.bucket_multiexp, cts, digits[g], prepared.window, pk.n_square)
+                for g in groups
+            ]
+            [f.result() for f in futures]
+
+        return [
+            _measure(
+                backend, lambda: backend.map_chunks(_kernels.worker_encrypt, plains, enc_args, chunks=8)
+            ),
+            _measure(backend, rdot),
+        ]
+
+    local = WorkerPool(2)
+    c2, c1 = _cluster(2), _cluster(1)
+    dask2, dask1 = _dask(c2, 2), _dask(c1, 1)
+    for b in (local, dask2, dask1):
+        b.warm_up(pk)
+    backends = {"local pool": local, "dask": dask2}
+    engine: dict[str, list[list[tuple[float, float]]]] = {name: [] for name in backends}
+    scale: dict[str, list[list[tuple[float, float]]]] = {"dask, 1 worker": [], "dask, 2 workers": []}
+    for r in range(args.rounds):
+        for name, b in backends.items():
+            engine[name].append(
+                [
+                    _measure(b, lambda b=b: encrypt(pk, values, workers=b)),
+                    _measure(b, lambda b=b: d.rdot(prepared, workers=b)),
+                ]
+            )
+        scale["dask, 1 worker"].append(chunked(dask1))
+        scale["dask, 2 workers"].append(chunked(dask2))
+        print(f"  kernels round {r + 1}/{args.rounds} done (load {os.getloadavg()[0]:.1f})", flush=True)
+    for b in (local, dask2, dask1):
+        b.close()
+    c2.close()
+    c1.close()
+
+    def med(runs: list[list[tuple[float, float]]], op: int, what: int) -> float:
+        return statistics.median(run[op][what] for run in runs)
+
+    terms = m * k
+    work = (n_enc, terms)
+    print(f"\n1. kernels, 2048-bit key: encryption of {n_enc:,} values, X^T[[d]] of {m:,} rows x {k} columns")
+    header = (
+        f"{'backend':<11} | {'cores':>5} | {'enc/s/core':>10} | {'ratio':>5} | {'enc/CPU-s':>9} | {'ratio':>5} | "
+        f"{'terms/s/core':>12} | {'ratio':>5} | {'terms/CPU-s':>11} | {'ratio':>5}"
+    )
+    print(header)
+    print("-" * len(header))
+    base = {(op, w): work[op] / med(engine["local pool"], op, w) for op in (0, 1) for w in (0, 1)}
+    for name, runs in engine.items():
+        cells = []
+        for op in (0, 1):
+            wall = work[op] / med(runs, op, 0)
+            cpu = work[op] / med(runs, op, 1)
+            width = 10 if op == 0 else 12
+            cells.append(f"{wall / 2:{width},.0f} | {wall / base[op, 0]:4.2f}x")
+            cells.append(f"{cpu:{9 if op == 0 else 11},.0f} | {cpu / base[op, 1]:4.2f}x")
+        print(f"{name:<11} | {2:>5} | " + " | ".join(cells))
+    print(
+        "per core = throughput (wall clock) / 2 cores; per CPU-s = work / CPU seconds of every process involved\n"
+        "(this one, pool workers, Dask workers and nannies; the LocalCluster scheduler runs in this process), which\n"
+        "other users of the machine do not distort. ratio = / the local pool's (target >= 0.9x)\n"
+    )
+    header = f"{'chunk functions':<16} | {'cores':>5} | {'enc s':>6} | {'speed-up':>8} | {'enc CPU-s':>9} | {'rdot s':>6} | {'speed-up':>8} | {'rdot CPU-s':>10}"
+    print(header)
+    print("-" * len(header))
+    one = scale["dask, 1 worker"]
+    for name, runs in scale.items():
+        cores = 1 if "1 worker" in name else 2
+        print(
+            f"{name:<16} | {cores:>5} | {med(runs, 0, 0):6.2f} | {med(one, 0, 0) / med(runs, 0, 0):7.2f}x | "
+            f"{med(runs, 0, 1):9.2f} | {med(runs, 1, 0):6.2f} | {med(one, 1, 0) / med(runs, 1, 0):7.2f}x | "
+            f"{med(runs, 1, 1):10.2f}"
+        )
+    print(
+        "speed-up = wall time on 1 Dask worker / on 2 (ideal 2.00x on an idle machine); CPU-s = the total work, which\n"
+        "stays flat when splitting costs nothing: time with N workers ~ CPU-s / N on N free cores"
+    )
+
+
+# --- 2. PSI ---------------------------------------------------------------------------------------
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_probe(_: Any = None) -> float:
+    time.sleep(0.2)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def psi_party(role: str, path: str, backend_kind: str, conn: Any, barrier: Any, out: Any) -> None:
+    from bench_psi import PipeChannel
+
+    from vfl.protocols.psi import run_guest, run_host
+    from vfl.psi import PsiOptions, ScalarMultiplier
+    from vfl.streaming import read_ids
+
+    peer = "host" if role == "guest" else "guest"
+    channel = PipeChannel(role, peer, conn)
+    options = PsiOptions(timeout=3600)
+    cluster = pool = None
+    if backend_kind == "dask":  # each party its own cluster of one worker: 2 cores for 2 parties
+        cluster = _cluster(1)
+        backend: Any = _dask(cluster, 1)
+        executor: Any = backend
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+
+        from vfl.crypto.pool import watch_parent
+
+        context = mp.get_context("forkserver")
+        pool = ProcessPoolExecutor(1, mp_context=context, initializer=watch_parent, initargs=(os.getpid(),))
+        list(pool.map(_rss_probe, range(1)))  # start the worker before the clock starts
+        executor = pool
+    multiplier = ScalarMultiplier(workers=1, chunk_size=options.chunk_size, executor=executor)
+    barrier.wait()
+    t0 = time.perf_counter()
+    ids = read_ids(path, "id")["id"]
+    t_read = time.perf_counter() - t0
+    if role == "guest":
+        result = run_guest(channel, ids, ["host"], options, multiplier=multiplier)
+    else:
+        result = run_host(channel, ids, "guest", options, multiplier=multiplier)
+    elapsed = time.perf_counter() - t0
+    if cluster is not None:
+        wrss = max(backend.client.run(_rss_probe).values())
+        backend.close()
+        cluster.close()
+    else:
+        wrss = max(pool.map(_rss_probe, range(2)))
+        pool.shutdown()
+    out.put((role, elapsed, t_read, result.size, _maxrss_mb(), wrss))
+
+
+def run_psi(n: int, backend_kind: str, folder: Path) -> dict[str, Any]:
+    paths = {}
+    for role, start in (("guest", 0), ("host", n // 2)):
+        path = folder / f"{role}-{n}.parquet"
+        if not path.exists():
+            ids = pd.Series([f"customer-{i:09d}@example.com" for i in range(start, start + n)])
+            pd.DataFrame({"id": ids}).to_parquet(path, index=False, row_group_size=262_144)
+        paths[role] = str(path)
+    context = mp.get_context("spawn")
+    left, right = context.Pipe(duplex=True)
+    barrier = context.Barrier(2)
+    out = context.Queue()
+    procs = [
+        context.Process(target=psi_party, args=(role, paths[role], backend_kind, conn, barrier, out))
+        for role, conn in (("guest", left), ("host", right))
+    ]
+    for p in procs:
+        p.start()
+    reports = {}
+    for _ in procs:
+        role, *rest = out.get(timeout=7200)
+        reports[role] = rest
+    for p in procs:
+        p.join()
+        if p.exitcode:
+            raise SystemExit(f"PSI party failed with exit code {p.exitcode}")
+    size = reports["guest"][2]
+    assert size == n // 2, f"PSI found {size} shared ids, expected {n // 2}"
+    return {"n": n, "backend": backend_kind, "wall": max(r[0] for r in reports.values()), "reports": reports}
+
+
+def bench_psi(args: argparse.Namespace) -> None:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.psi_sizes:
+            for kind in args.psi_backends:
+                run = run_psi(n, kind, Path(tmp))
+                print(f"  psi {n:,} x {n:,} on {kind}: {run['wall']:.1f} s", flush=True)
+                rows.append(run)
+    print(
+        "\n2. PSI, ids streamed from Parquet, guest and host in separate processes (1 core each), 50 % overlap"
+    )
+    header = (
+        f"{'n x n':>21} | {'backend':<7} | {'wall s':>7} | {'us/id':>6} | {'read s':>6} | "
+        f"{'peak MB guest':>13} | {'peak MB host':>12} | {'worker MB':>9}"
+    )
+    print(header)
+    print("-" * len(header))
+    for run in rows:
+        g, h = run["reports"]["guest"], run["reports"]["host"]
+        size = f"{run['n']:,} x {run['n']:,}"
+        print(
+            f"{size:>21} | {run['backend']:<7} | {run['wall']:7.1f} | "
+            f"{run['wall'] / run['n'] * 1e6:6.1f} | {max(g[1], h[1]):6.2f} | {g[3]:13.0f} | {h[3]:12.0f} | "
+            f"{max(g[4], h[4]):9.0f}"
+        )
+    print("us/id = wall time / ids per party; peak MB = max resident memory of the party's main process")
+
+
+# --- 3. one epoch -----------------------------------------------------------------------------------
+
+
+def timed_epochs(
+    guest: pd.DataFrame, host: pd.DataFrame, backend: Any, keypair: Any, epochs: int
+) -> list[float]:
+    """Train a guest + host + arbiter federation in this process; the time at which each epoch ended."""
+    from vfl.options import TrainOptions
+    from vfl.parties.common import Job
+    from vfl.parties.jobs import RoleContext, run_role
+    from vfl.parties.simulation import run_parties
+    from vfl.psi.options import PsiOptions
+    from vfl.transport.local import LocalNetwork
+
+    options = TrainOptions.from_dict(
+        dict(key_bits=2048, batch_size=512, tol=0.0, patience=10, max_epochs=epochs, seed=3)
+    )
+    job = Job(
+        id="bench", guest="guest", hosts=("host",), arbiter="arbiter", options=options, psi=PsiOptions()
+    )
+    network = LocalNetwork(list(job.parties))
+    ends: list[float] = []
+
+    def progress(stage: str, done: int, total: int, note: str) -> None:
+        if stage == "train" and note.startswith("loss"):
+            ends.append(time.perf_counter())
+
+    def context(party: str, frame: pd.DataFrame | None = None) -> RoleContext:
+        return RoleContext(
+            job.session(network.channel(party)), job, frame, id_column="id", label="y" if party == "guest" else None,
+            workers=backend, keypair=keypair, progress=progress if party == "guest" else None,
+        )  # fmt: skip
+
+    contexts = {
+        "guest": context("guest", guest),
+        "host": context("host", host),
+        "arbiter": context("arbiter"),
+    }
+    run_parties(network, {p: (lambda c=c: run_role("train", c)) for p, c in contexts.items()})
+    return ends
+
+
+def bench_epoch(args: argparse.Namespace) -> None:
+    rng = np.random.default_rng(1)
+    n = args.epoch_rows
+    x = rng.normal(size=(n, 20))
+    y = (x[:, :5].sum(axis=1) + rng.normal(size=n) > 0).astype(int)
+    ids = [f"c{i}" for i in range(n)]
+    guest = pd.DataFrame({"id": ids, "y": y, **{f"g{j}": x[:, j] for j in range(10)}})
+    host = pd.DataFrame({"id": ids, **{f"h{j}": x[:, 10 + j] for j in range(10)}})
+    keypair = generate_keypair(2048)
+    cluster = _cluster(2)
+    dask2 = _dask(cluster, 2)
+    local = WorkerPool(2)
+    for b in (local, dask2):
+        b.warm_up(keypair[0])
+        b.warm_up(keypair[1])
+    times: dict[str, list[float]] = {"local pool": [], "dask": []}
+    for _ in range(args.epoch_rounds):
+        for name, b in (("local pool", local), ("dask", dask2)):
+            ends = timed_epochs(guest, host, b, keypair, 3)
+            times[name].extend(np.diff(ends).tolist())  # epochs 2 and 3: steady state
+            print(f"  epoch on {name}: {np.diff(ends).round(1).tolist()} s", flush=True)
+    local.close()
+    dask2.close()
+    cluster.close()
+    train_rows = n - int(round(n * 0.2))
+    print(
+        f"\n3. one training epoch, 2048-bit key, 10 + 10 columns, batches of 512, {train_rows:,} training rows"
+    )
+    header = (
+        f"{'backend':<10} | {'epoch s':>7} | {'ms/row':>6} | {'1M rows, h (extrapolated)':>25} | {'ratio':>5}"
+    )
+    print(header)
+    print("-" * len(header))
+    base = None
+    for name, runs in times.items():
+        epoch = statistics.median(runs)
+        per_row = epoch / train_rows
+        base = base or per_row
+        print(
+            f"{name:<10} | {epoch:7.1f} | {per_row * 1e3:6.2f} | {per_row * 1e6 / 3600:25.2f} | {base / per_row:4.2f}x"
+        )
+    print(
+        "epoch s = median of epochs 2 and 3 (guest, host and arbiter share one backend and the machine's 2 cores);\n"
+        "1M rows = ms/row x 1,000,000 (an epoch's cost is linear in its rows: fixed 512-row batches)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (~3 min)")
+    parser.add_argument(
+        "--parts", nargs="+", default=["kernels", "psi", "epoch"], choices=["kernels", "psi", "epoch"]
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the kernel part")
+    parser.add_argument("--enc", type=int, default=4000, help="values encrypted per round")
+    parser.add_argument("--rdot-rows", type=int, default=2048, help="rows of X^T[[d]] per round")
+    parser.add_argument("--psi-sizes", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--psi-backends", nargs="+", default=["local", "dask"], choices=["local", "dask"])
+    parser.add_argument("--epoch-rows", type=int, default=2560, help="rows of the training subsample")
+    parser.add_argument("--epoch-rounds", type=int, default=1)
+    args = parser.parse_args()
+    if args.quick:
+        args.enc, args.rdot_rows, args.rounds = 1000, 1024, 2
+        args.psi_sizes, args.epoch_rows = [100_000], 1280
+    print(f"bench_scale: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at start", flush=True)
+    if "kernels" in args.parts:
+        bench_kernels(args)
+    if "psi" in args.parts:
+        bench_psi(args)
+    if "epoch" in args.parts:
+        bench_epoch(args)
+    print(f"\nload average {os.getloadavg()[0]:.2f} at the end", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,341 @@
+"""Compute backends: where a party's heavy chunked work runs (DESIGN.md §8, "Cores").
+
+Every heavy operation of the engine (randomness, encryption, re-randomization, ``X^T [[d]]``,
+packing, decryption, PSI curve operations and hashing) cuts its work into chunks and hands
+*plain functions* of integers and bytes (``vfl.crypto._kernels``, ``vfl.psi.ecdh``) to a backend:
+
+* :class:`~vfl.crypto.pool.WorkerPool` (``backend = "local"``, the default): a process pool on this
+  machine;
+* :class:`DaskBackend` (``backend = "dask://HOST:PORT"``): the workers of an existing Dask
+  scheduler (``dask scheduler`` / ``dask worker``, or a ``distributed.LocalCluster``).
+
+Both satisfy :class:`ComputeBackend`: ``workers`` (cores), ``submit(fn, *args)`` -> a future with
+``result()``, ``done()`` and ``cancel()``, ``map_chunks``, ``should_split``, ``warm_up`` and
+``close``. The same chunk functions run on both, so results are identical bit for bit (only the
+fresh Paillier randomness differs, which no decrypted value depends on).
+
+On Dask: large integers in a task's arguments (key material: ``n``, ``h_s``, and at the key owner
+``p``, ``q``) are scattered to every worker once and then passed by reference, not pickled into
+every task; the fixed-base tables are built once per worker process from them (``lru_cache`` in
+the kernels) and never shipped. Tasks are submitted with ``pure=False``: Dask would otherwise
+merge two identical randomness requests into one task and hand out the *same* randomizers twice.
+A worker lost mid-task is retried by Dask on another worker (up to ``retries`` times beyond the
+scheduler's own rescheduling); a lost scheduler is a one-line :class:`ComputeError`.
+
+The Dask cluster runs inside the party's trust boundary: at the arbiter (the key owner) the
+secret primes are scattered to its workers, exactly as they are sent to its local pool workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from gmpy2 import mpz
+
+from vfl.crypto import _kernels
+from vfl.crypto.keys import PrivateKey, PublicKey
+from vfl.crypto.pool import WorkerPool
+from vfl.errors import ComputeError, ConfigError
+from vfl.transport.address import parse_address
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+LOCAL = "local"
+DASK_PREFIX = "dask://"
+CONNECT_TIMEOUT = 10.0
+SCATTER_MIN_BITS = 256
+"""Integers at least this wide in a task's arguments are scattered once (key material), not pickled per task."""
+
+
+@runtime_checkable
+class ComputeFuture(Protocol[T]):
+    def result(self, timeout: float | None = None) -> T: ...
+    def done(self) -> bool: ...
+    def cancel(self) -> bool: ...
+
+
+@runtime_checkable
+class ComputeBackend(Protocol):
+    """What the engine needs from a pool of workers (``WorkerPool`` and ``DaskBackend`` both fit)."""
+
+    workers: int
+
+    def should_split(self, items: int, weight: float = 1.0) -> bool: ...
+    def submit(self, fn: Callable[..., T], *args: Any) -> ComputeFuture[T]: ...
+    def map_chunks(
+        self,
+        fn: Callable[..., list[T]],
+        items: Sequence[Any],
+        args: tuple[Any, ...] = (),
+        chunks: int | None = None,
+    ) -> list[T]: ...
+    def warm_up(self, key: PublicKey | PrivateKey) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What ``vfl info`` shows of a backend."""
+
+    kind: str  # "local" or "dask"
+    address: str | None
+    workers: int  # worker processes
+    cores: int  # cores (threads) the chunked work is spread over
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A parsed ``[compute] backend`` value."""
+
+    kind: str
+    address: str | None = None  # "tcp://HOST:PORT" for Dask
+
+    @property
+    def text(self) -> str:
+        return LOCAL if self.kind == LOCAL else f"{DASK_PREFIX}{self.address.removeprefix('tcp://')}"  # type: ignore[union-attr]
+
+
+def parse_backend(text: str, where: str = "[compute] backend") -> BackendSpec:
+    """``"local"`` or ``"dask://HOST:PORT"`` -> :class:`BackendSpec`; a one-line ``ConfigError`` otherwise."""
+    if not isinstance(text, str):
+        raise ConfigError(f'{where} must be a string, "local" or "dask://HOST:PORT", got {text!r}')
+    value = text.strip()
+    if value == LOCAL:
+        return BackendSpec(LOCAL)
+    if value.startswith(DASK_PREFIX):
+        host, port = parse_address(value[len(DASK_PREFIX) :], where)
+        if port == 0:
+            raise ConfigError(f"{where}: the Dask scheduler's port cannot be 0 in {value!r}")
+        shown = f"[{host}]" if ":" in host else host
+        return BackendSpec("dask", f"tcp://{shown}:{port}")
+    raise ConfigError(
+        f'{where} must be "local" or "dask://HOST:PORT" (the address of a Dask scheduler), got {text!r}'
+    )
+
+
+def open_backend(
+    spec: str | BackendSpec | None = None,
+    *,
+    workers: int | None = None,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    where: str = "[compute] backend",
+) -> WorkerPool | DaskBackend:
+    """The backend named by ``spec`` (default local). A Dask scheduler is contacted here, so a wrong
+    address is a one-line ``ConfigError`` before the caller contacts any peer."""
+    parsed = spec if isinstance(spec, BackendSpec) else parse_backend(spec or LOCAL, where)
+    if parsed.kind == LOCAL:
+        return WorkerPool(workers)
+    assert parsed.address is not None
+    return DaskBackend(parsed.address, connect_timeout=connect_timeout, where=where)
+
+
+def describe(backend: Any) -> BackendInfo:
+    """Backend, workers and cores of a backend (``WorkerPool`` or ``DaskBackend``)."""
+    if isinstance(backend, DaskBackend):
+        return backend.info()
+    workers = int(getattr(backend, "workers", 1))
+    return BackendInfo(LOCAL, None, workers, workers, {"machine cores": os.cpu_count() or 1})
+
+
+class _DaskFuture:
+    """A Dask future whose ``result`` turns the loss of the cluster into a one-line ``ComputeError``."""
+
+    def __init__(self, future: Any, backend: DaskBackend) -> None:
+        self._future = future
+        self._backend = backend
+
+    def result(self, timeout: float | None = None) -> Any:
+        from distributed.client import FutureCancelledError
+        from distributed.scheduler import KilledWorker
+
+        try:
+            return self._future.result(timeout=timeout)
+        except KilledWorker as exc:
+            raise ComputeError(
+                f"a task was lost on every Dask worker that tried it ({exc}); check the workers' logs "
+                f"and memory, then run the job again (it resumes from its checkpoint)"
+            ) from exc
+        except (FutureCancelledError, OSError) as exc:
+            raise self._backend.lost(exc) from exc
+
+    def done(self) -> bool:
+        return bool(self._future.done())
+
+    def cancel(self) -> bool:
+        try:
+            self._future.cancel()
+        except Exception:  # noqa: BLE001 - cancelling on a lost cluster must not hide the real error
+            return False
+        return True
+
+
+class DaskBackend:
+    """A party's chunked work on the workers of an existing Dask scheduler at ``address``.
+
+    ``workers`` is the number of cores (worker threads) the scheduler reports; run the workers
+    with one thread each (``dask worker --nthreads 1 --nworkers N``): the big-integer kernels hold
+    the GIL. ``min_items`` has the meaning of :class:`~vfl.crypto.pool.WorkerPool`'s.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        min_items: int = 64,
+        retries: int = 2,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        where: str = "[compute] backend",
+    ) -> None:
+        try:
+            from distributed import Client
+        except ImportError as exc:  # pragma: no cover - a dependency of the package
+            raise ConfigError(
+                f"{where} names a Dask scheduler but dask.distributed is not installed"
+            ) from exc
+        self.address = address
+        self.where = where
+        self.min_items = max(1, int(min_items))
+        self.retries = max(0, int(retries))
+        self._scattered: dict[Any, Any] = {}
+        self._closed = False
+        shown = address.removeprefix("tcp://")
+        try:
+            self.client = Client(address, timeout=connect_timeout, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ConfigError(
+                f"cannot reach the Dask scheduler at dask://{shown} ({where}) within {connect_timeout:g} s: "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; start it "
+                f"('dask scheduler' and 'dask worker') or fix the address"
+            ) from None
+        try:
+            self.client.wait_for_workers(1, timeout=connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            self.client.close()
+            raise ConfigError(
+                f"the Dask scheduler at dask://{shown} ({where}) has no worker; start one with "
+                f"'dask worker {address}'"
+            ) from exc
+        self.workers = max(1, self._cores())
+        log.debug("connected to Dask at %s: %d cores", address, self.workers)
+
+    remote = True  # runs on other processes or machines than the party's own pool
+
+    def __repr__(self) -> str:
+        return f"DaskBackend({self.address}, workers={self.workers})"
+
+    def _cores(self) -> int:
+        info = self.client.scheduler_info()
+        return sum(int(w.get("nthreads", 1)) for w in info.get("workers", {}).values())
+
+    def lost(self, exc: BaseException) -> ComputeError:
+        """The one-line error for a lost scheduler or connection."""
+        return ComputeError(
+            f"lost the Dask scheduler at dask://{self.address.removeprefix('tcp://')} ({self.where}) "
+            f"mid-job ({type(exc).__name__}); restart it and run the job again: it resumes from its checkpoint"
+        )
+
+    def info(self) -> BackendInfo:
+        info = self.client.scheduler_info()
+        workers = info.get("workers", {})
+        memory = sum(int(w.get("memory_limit", 0) or 0) for w in workers.values())
+        return BackendInfo(
+            "dask",
+            f"dask://{self.address.removeprefix('tcp://')}",
+            len(workers),
+            sum(int(w.get("nthreads", 1)) for w in workers.values()),
+            {"memory limit (GB)": round(memory / 1e9, 1)},
+        )
+
+    # --- the WorkerPool interface -----------------------------------------------------------
+
+    def should_split(self, items: int, weight: float = 1.0) -> bool:
+        """Same rule as ``WorkerPool.should_split``, over the cluster's cores."""
+        return not self._closed and self.workers > 1 and items * weight >= 2 * self.min_items
+
+    def _shared(self, arg: Any) -> Any:
+        """A scattered reference for key material (wide integers), the argument itself otherwise."""
+        if isinstance(arg, mpz) and arg.bit_length() >= SCATTER_MIN_BITS:
+            ref = self._scattered.get(arg)
+            if ref is None:
+                try:
+                    ref = self.client.scatter(arg, broadcast=True, hash=False)
+                except (OSError, TimeoutError) as exc:
+                    raise self.lost(exc) from exc
+                self._scattered[arg] = ref
+            return ref
+        return arg
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> _DaskFuture:
+        """Run ``fn(*args)`` on a Dask worker (key material by reference)."""
+        if self._closed:
+            raise RuntimeError("this DaskBackend has been closed")
+        shared = [self._shared(a) for a in args]
+        try:
+            future = self.client.submit(fn, *shared, pure=False, retries=self.retries)
+        except (OSError, TimeoutError) as exc:
+            raise self.lost(exc) from exc
+        return _DaskFuture(future, self)
+
+    def map_chunks(
+        self,
+        fn: Callable[..., list[T]],
+        items: Sequence[Any],
+        args: tuple[Any, ...] = (),
+        chunks: int | None = None,
+    ) -> list[T]:
+        """``fn(chunk, *args)`` over contiguous chunks of ``items``, results concatenated in order."""
+        count = len(items)
+        parts = max(1, min(chunks or self.workers, count))
+        bounds = [count * i // parts for i in range(parts + 1)]
+        futures = [self.submit(fn, list(items[bounds[i] : bounds[i + 1]]), *args) for i in range(parts)]
+        out: list[T] = []
+        for fut in futures:
+            out.extend(fut.result())
+        return out
+
+    def warm_up(self, key: PublicKey | PrivateKey) -> None:
+        """Build the key's fixed-base (or, for the key owner, CRT) table on every worker now (best effort)."""
+        if isinstance(key, PrivateKey):
+            pk = key.public_key
+            fn: Callable[..., int] = _kernels.warm_crt_tables
+            args: tuple[Any, ...] = (pk.h_s, key.p, key.q, pk.djn_exponent_bits, key.crt_window, 0.0)
+        else:
+            fn, args = (
+                _kernels.warm_table,
+                (key.h_s, key.n_square, key.djn_exponent_bits, key.djn_window, 0.0),
+            )
+        try:  # best effort: a worker lost meanwhile builds its table on first use instead
+            results = self.client.run(fn, *args, on_error="return")
+        except (OSError, TimeoutError) as exc:
+            raise self.lost(exc) from exc
+        warmed = sum(1 for r in results.values() if isinstance(r, int))
+        log.debug("warmed %d of %d Dask workers", warmed, len(results))
+
+    def worker_pids(self) -> dict[str, int]:
+        """``{worker address: process id}`` of the cluster's workers."""
+        return dict(self.client.run(os.getpid))
+
+    def close(self) -> None:
+        """Release scattered data and disconnect (the cluster itself keeps running). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        refs, self._scattered = list(self._scattered.values()), {}
+        try:
+            for ref in refs:
+                ref.release()
+            self.client.close(timeout=5)
+        except Exception as exc:  # noqa: BLE001 - closing a lost cluster must not hide the job's result
+            log.debug("closing the Dask client: %s", exc)
+
+    def __enter__(self) -> DaskBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
