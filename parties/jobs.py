@@ -25,6 +25,7 @@ from vfl.model import ModelShard
 from vfl.parties import arbiter as arbiter_party
 from vfl.parties import guest as guest_party
 from vfl.parties import host as host_party
+from vfl.parties import segment as segment_party
 from vfl.parties.common import Job, ProgressFn, ledger_for, write_outputs
 from vfl.protocols import psi
 from vfl.protocols.session import Session
@@ -48,6 +49,7 @@ class RoleContext:
     model: ModelShard | None = None
     keypair: tuple[PublicKey, PrivateKey] | None = None
     source: str | None = None  # the data file's name, for the report's provenance
+    segment_policy: Any = None  # segment jobs: this party's [segment] policy from party.toml
 
     @property
     def role(self) -> str:
@@ -161,6 +163,28 @@ def _predict_host(ctx: RoleContext) -> Outcome:
     return Outcome(outputs, {"rows": rows}, rows)
 
 
+# --- segment ---------------------------------------------------------------------------------------
+
+
+def _segment_guest(ctx: RoleContext) -> Outcome:
+    assert ctx.data is not None
+    run = segment_party.run_guest(
+        ctx.session, ctx.job, ctx.data, id_column=ctx.id_column, label=ctx.label, offered=ctx.columns,
+        output_dir=ctx.output_dir, workers=ctx.workers,
+    )  # fmt: skip
+    summary = {"intersection": run.intersection, "segments": int(len(run.profiles))}
+    return Outcome(run.outputs, summary, run)
+
+
+def _segment_host(ctx: RoleContext) -> Outcome:
+    assert ctx.data is not None
+    run = segment_party.run_host(
+        ctx.session, ctx.job, ctx.data, id_column=ctx.id_column, offered=ctx.columns,
+        policy=ctx.segment_policy, keypair=ctx.keypair, output_dir=ctx.output_dir, workers=ctx.workers,
+    )  # fmt: skip
+    return Outcome(run.outputs, {"intersection": run.intersection, "segments": int(len(run.profiles))}, run)
+
+
 JOB_KINDS: dict[str, JobKind] = {
     kind.name: kind
     for kind in (
@@ -172,6 +196,7 @@ JOB_KINDS: dict[str, JobKind] = {
             uses_arbiter=True,
         ),
         JobKind("predict", {"guest": _predict_guest, "host": _predict_host}, needs_model=True),
+        JobKind("segment", {"guest": _segment_guest, "host": _segment_host}),
     )
 }
 

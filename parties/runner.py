@@ -76,6 +76,7 @@ def build_job(config: JobConfig, federation: Federation) -> Job:
         kind=config.kind,
         model=predict.model if predict else None,
         federation_digest=federation_digest(federation),
+        segment=config.options("segment") if config.kind == "segment" else None,
     )
 
 
@@ -169,6 +170,7 @@ def run_party(
             session, job, frame, id_column=party.id_column, label=party.label_column, columns=party.columns,
             positive=party.positive, output_dir=out, workers=pool, progress=progress, resumable=True, model=model,
             source=Path(data or party.data).name if (data or party.data) else None,
+            segment_policy=party.segment_policy,
         )  # fmt: skip
         try:
             result = run_role(config.kind, ctx)
