@@ -54,6 +54,7 @@ class SegmentRun:
     labels: pd.DataFrame | None = None  # guest, membership release: id column + segment
     result: Any = None  # GuestSegments / HostSegments
     ledger: Ledger | None = None
+    ids: np.ndarray | None = field(default=None, repr=False)  # this party's aligned ids (never sent)
 
 
 def segment_columns(
@@ -177,7 +178,8 @@ def run_guest(
     if result.labels is not None:
         labels = pd.DataFrame({id_column: aligned_psi.ids.to_numpy(), "segment": result.labels})
     session.barrier("segment")
-    run = SegmentRun(session.party, "guest", n, columns, local, profiles, labels=labels, result=result)
+    run = SegmentRun(session.party, "guest", n, columns, local, profiles, labels=labels, result=result,
+                     ids=aligned_psi.ids.to_numpy())  # fmt: skip
     notes = _notes(n, local, result.n_segments)
     notes.append(f"host policies: {json.dumps(protocol.policies_table(result.policies), sort_keys=True)}")
     if labels is not None:
@@ -216,7 +218,8 @@ def run_host(
     options: SegmentOptions = job.segment
     policy = policy or SegmentPolicy()
     columns = session.guard(lambda: segment_columns(data, id_column, offered, (), session.party))
-    aligned = _prepare(session, job, data, id_column).align(data)
+    aligned_psi = _prepare(session, job, data, id_column)
+    aligned = aligned_psi.align(data)
     n = len(aligned)
     k_rule = local_k(options, len(job.hosts) + 1, n)
     local, _ = session.guard(lambda: _local(aligned, columns, options, k_rule, session.party))
@@ -231,7 +234,9 @@ def run_host(
     own.insert(0, "size", result.sizes)
     own.index.name = "segment"
     session.barrier("segment")
-    run = SegmentRun(session.party, "host", n, columns, local, own, result=result)
+    run = SegmentRun(
+        session.party, "host", n, columns, local, own, result=result, ids=aligned_psi.ids.to_numpy()
+    )
     notes = _notes(n, local, result.n_segments)
     notes.append(f"policy: release_membership={policy.release_membership}, share_means={policy.share_means}")
     run.ledger = ledger_for(session, notes)

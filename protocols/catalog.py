@@ -6,10 +6,11 @@ from vfl.protocols.lr import LR
 from vfl.protocols.messages import Protocol, find
 from vfl.protocols.predict import PREDICT
 from vfl.protocols.psi import PSI
+from vfl.protocols.segment import SEGMENT
 from vfl.protocols.session import SESSION
 from vfl.protocols.shards import SHARDS
 from vfl.protocols.split import SPLIT
 
-ALL_PROTOCOLS: tuple[Protocol, ...] = (SESSION, PSI, SPLIT, LR, PREDICT, SHARDS)
+ALL_PROTOCOLS: tuple[Protocol, ...] = (SESSION, PSI, SPLIT, LR, PREDICT, SHARDS, SEGMENT)
 
 __all__ = ["ALL_PROTOCOLS", "find"]

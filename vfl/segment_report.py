@@ -74,8 +74,13 @@ def render_report(profiles: pd.DataFrame, *, job_id: str, party: str, outcome: s
     for seg, rec in profiles.iterrows():
         cells = "".join(f"<td>{'' if pd.isna(v) else format(float(v), '.4g')}</td>" for v in rec.to_numpy())
         rows.append(f"<tr><td>{html.escape(str(seg))}</td>{cells}</tr>")
+    captions = {
+        "sizes": "Segment sizes (noised)",
+        "rate": "Outcome rate by segment, with its interval (sampling and DP noise)",
+        "profiles": "Segment profiles: column means, standardized across segments",
+    }
     imgs = "".join(
-        f'<figure><img src="{figures[k]}" alt="{k}"></figure>'
+        f'<figure><img src="{figures[k]}" alt="{k}"><figcaption>{captions[k]}</figcaption></figure>'
         for k in ("sizes", "rate", "profiles")
         if k in figures
     )
