@@ -29,6 +29,7 @@ from vfl.parties import segment as segment_party
 from vfl.parties.common import Job, ProgressFn, ledger_for, write_outputs
 from vfl.protocols import psi
 from vfl.protocols.session import Session
+from vfl.segmentation.model import SegmentModel
 
 
 @dataclass
@@ -146,6 +147,8 @@ def _train_arbiter(ctx: RoleContext) -> Outcome:
 
 def _predict_guest(ctx: RoleContext) -> Outcome:
     assert ctx.data is not None and ctx.model is not None
+    if isinstance(ctx.model, SegmentModel):
+        return _assign_guest(ctx)
     scores = guest_party.score(ctx.session, ctx.job, ctx.data, ctx.model, id_column=ctx.id_column)
     outputs: dict[str, Path] = {}
     if ctx.output_dir is not None:
@@ -157,6 +160,8 @@ def _predict_guest(ctx: RoleContext) -> Outcome:
 
 def _predict_host(ctx: RoleContext) -> Outcome:
     assert ctx.data is not None and ctx.model is not None
+    if isinstance(ctx.model, SegmentModel):
+        return _assign_host(ctx)
     rows = host_party.score(ctx.session, ctx.job, ctx.data, ctx.model, id_column=ctx.id_column)
     notes = host_party.revealed_notes(ctx.job)
     outputs = write_outputs(ctx.output_dir, None, ledger_for(ctx.session, notes))
@@ -183,6 +188,29 @@ def _segment_host(ctx: RoleContext) -> Outcome:
         policy=ctx.segment_policy, keypair=ctx.keypair, output_dir=ctx.output_dir, workers=ctx.workers,
     )  # fmt: skip
     return Outcome(run.outputs, {"intersection": run.intersection, "segments": int(len(run.profiles))}, run)
+
+
+def _assign_guest(ctx: RoleContext) -> Outcome:
+    """``vfl predict`` with a segment model: the segment of every new shared customer, at the guest."""
+    assert ctx.data is not None and isinstance(ctx.model, SegmentModel)
+    segments = segment_party.assign_guest(
+        ctx.session, ctx.job, ctx.data, ctx.model, id_column=ctx.id_column, output_dir=ctx.output_dir,
+        workers=ctx.workers,
+    )  # fmt: skip
+    outputs = {}
+    if ctx.output_dir is not None:
+        outputs = {"segments": ctx.output_dir / "segments.csv", "ledger": ctx.output_dir / "ledger.json"}
+    return Outcome(outputs, {"rows": len(segments)}, segments)
+
+
+def _assign_host(ctx: RoleContext) -> Outcome:
+    assert ctx.data is not None and isinstance(ctx.model, SegmentModel)
+    rows = segment_party.assign_host(
+        ctx.session, ctx.job, ctx.data, ctx.model, id_column=ctx.id_column, policy=ctx.segment_policy,
+        keypair=ctx.keypair, output_dir=ctx.output_dir, workers=ctx.workers,
+    )  # fmt: skip
+    outputs = {"ledger": ctx.output_dir / "ledger.json"} if ctx.output_dir is not None else {}
+    return Outcome(outputs, {"rows": rows}, rows)
 
 
 JOB_KINDS: dict[str, JobKind] = {

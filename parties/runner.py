@@ -32,6 +32,7 @@ from vfl.parties.jobs import RoleContext, job_kind, run_role
 from vfl.parties.network import open_channel
 from vfl.psi.ids import prepare_ids
 from vfl.psi.options import PsiOptions
+from vfl.segmentation.model import MODEL_FILE, SegmentModel
 from vfl.transport.flight import FlightSettings
 
 log = logging.getLogger(__name__)
@@ -191,8 +192,14 @@ def _write_failure_ledger(session: Any, out: Path) -> None:
         log.warning("could not write the ledger of the failed job: %s", exc)
 
 
-def _load_model(party: PartyConfig, job: Job, frame: pd.DataFrame | None) -> ModelShard:
+def _load_model(party: PartyConfig, job: Job, frame: pd.DataFrame | None) -> ModelShard | SegmentModel:
     assert job.model is not None
+    segment_model = party.output_dir / job.model / MODEL_FILE
+    if segment_model.exists() and not (party.output_dir / job.model / "model.json").exists():
+        model = SegmentModel.load(segment_model)
+        if frame is not None:
+            require_columns(frame, list(model.columns), what=f"the data assigned with model '{job.model}'")
+        return model
     shard = ModelShard.load(party.output_dir / job.model / "model.json")
     if frame is not None:
         require_columns(frame, shard.scaler().input_names, what=f"the data scored with model '{job.model}'")

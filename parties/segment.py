@@ -34,6 +34,7 @@ from vfl.protocols.session import Session
 from vfl.psi.options import PsiResult
 from vfl.segmentation.joint import merge_small_clusters
 from vfl.segmentation.local import LocalClustering, as_matrix, cluster_locally, default_local_k
+from vfl.segmentation.model import SegmentModel
 from vfl.segmentation.options import SegmentOptions, SegmentPolicy
 from vfl.segmentation.profiles import profile_segments, wilson_interval
 
@@ -339,3 +340,64 @@ def simulate_segment(
             )  # fmt: skip
         results = run_parties(network, roles)
     return SegmentSimulation(results["guest"], {h: results[h] for h in names}, network, job)
+
+
+# --- scoring: assign new shared customers with a segment model ------------------------------------
+
+
+def assign_guest(
+    session: Session,
+    job: Job,
+    data: pd.DataFrame,
+    model: SegmentModel,
+    *,
+    id_column: str = "id",
+    output_dir: Path | None = None,
+    workers: WorkerPool | None = None,
+) -> pd.DataFrame:
+    """PSI on the new ids, then the joint assignment step: the guest gets every shared customer's segment."""
+    if model.lookup is None or model.role != "guest":
+        raise ConfigError(f"the segment model of job '{model.job_id}' here is not a guest's model")
+    if len(job.hosts) != 1:
+        raise ConfigError("assigning customers to segments supports one host for now")
+    session.guard(lambda: model.local_clusters(data))
+    session.guard(lambda: session.agree(job.settings()))
+    result = psi.run_guest(session, data[id_column], list(job.hosts), job.psi, column=id_column)
+    session.guard(result.require_nonempty)
+    labels = model.local_clusters(result.align(data))
+    seg = protocol.assign_guest(session, job.hosts[0], labels, model.lookup, workers=workers)
+    session.barrier("segment-assign")
+    out = pd.DataFrame({id_column: result.ids.to_numpy(), "segment": seg})
+    if output_dir is not None:
+        atomic_write_text(output_dir / "segments.csv", out.to_csv(index=False))
+        notes = [f"intersection size {result.size}; the segment of every shared customer is known here"]
+        write_outputs(output_dir, None, ledger_for(session, notes))
+    return out
+
+
+def assign_host(
+    session: Session,
+    job: Job,
+    data: pd.DataFrame,
+    model: SegmentModel,
+    *,
+    id_column: str = "id",
+    policy: SegmentPolicy | None = None,
+    keypair: tuple[PublicKey, PrivateKey] | None = None,
+    output_dir: Path | None = None,
+    workers: WorkerPool | None = None,
+) -> int:
+    policy = policy or SegmentPolicy()
+    session.guard(lambda: model.local_clusters(data))
+    session.guard(lambda: session.agree(job.settings()))
+    result = psi.run_host(session, data[id_column], job.guest, job.psi, column=id_column)
+    session.guard(result.require_nonempty)
+    labels = model.local_clusters(result.align(data))
+    keypair = keypair or generate_keypair(int(model.options.get("key_bits", 2048)))
+    protocol.assign_host(
+        session, job.guest, labels, model.centroids.shape[0], policy, keypair, workers=workers
+    )
+    session.barrier("segment-assign")
+    if output_dir is not None:
+        write_outputs(output_dir, None, ledger_for(session, [f"intersection size {result.size}"]))
+    return result.size

@@ -538,6 +538,57 @@ def _labels_host(
     session.send(LABEL, guest, ints_to_arrow([int(p) for p in plain]))
 
 
+def assign_guest(
+    session: Session,
+    host: str,
+    labels: np.ndarray,
+    lookup: np.ndarray,
+    *,
+    workers: WorkerPool | None = None,
+) -> np.ndarray:
+    """Scoring: the segment of every aligned new row, from a segment model (one host, policy allowing it)."""
+    session.uses(SEGMENT)
+    t = session.recv(POLICY, host)
+
+    def check() -> None:
+        if not bool(one(t, "release_membership")):
+            raise ConfigError(
+                f"assigning customers to segments releases each one's segment at the guest, and the policy "
+                f"of {host!r} does not allow it ([segment] release_membership = true in its party.toml)"
+            )
+
+    session.guard(check)
+    pk = session.receive_key(host)
+    return _labels_guest(session, host, pk, labels, lookup, lookup.shape[1], workers)
+
+
+def assign_host(
+    session: Session,
+    guest: str,
+    labels: np.ndarray,
+    k_h: int,
+    policy: SegmentPolicy,
+    keypair: tuple[PublicKey, PrivateKey],
+    *,
+    workers: WorkerPool | None = None,
+) -> None:
+    """Scoring, host side: our local cluster of every aligned new row, encrypted and selected by the guest."""
+    session.uses(SEGMENT)
+    session.send(POLICY, guest, pa.table({"release_membership": [policy.release_membership],
+                                          "share_means": [policy.share_means]}))  # fmt: skip
+
+    def check() -> None:
+        if not policy.release_membership:
+            raise ConfigError(
+                "assigning customers to segments releases each one's segment at the guest, which this "
+                "party's policy does not allow ([segment] release_membership in party.toml)"
+            )
+
+    session.guard(check)
+    session.hand_out_key(keypair[0], [guest])
+    _labels_host(session, guest, labels, k_h, keypair, workers)
+
+
 def policies_table(policies: Mapping[str, SegmentPolicy]) -> dict[str, dict[str, bool]]:
     return {
         h: {"release_membership": p.release_membership, "share_means": p.share_means}

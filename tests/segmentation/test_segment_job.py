@@ -204,3 +204,44 @@ def test_outputs_report_and_model_files(tmp_path, keypairs):
     assert "lookup" not in host_model and len(host_model["centroids"]) >= 3
     assert json.loads((h / "ledger.json").read_text())["status"] == "completed"
     assert not (g / "segments.csv").exists()
+
+
+def test_a_segment_model_assigns_new_shared_customers_through_predict(tmp_path, keypairs):
+    from vfl.parties.common import Job
+    from vfl.parties.jobs import RoleContext, run_role
+    from vfl.parties.simulation import run_parties
+    from vfl.segmentation.model import SegmentModel
+    from vfl.transport.local import LocalNetwork
+
+    data = vertical_blobs(1000, [2, 3], centers=3, seed=8)
+    frames = frames_of(data.parts)
+    train = [f.iloc[:800] for f in frames]
+    sim = simulate_segment(train[0], train[1:], id="id", k=3, key_bits=1024, keypairs=keypairs[:1],
+                           membership="guest", policies=[RELEASE], output_dir=tmp_path)  # fmt: skip
+    job = Job("assign", "guest", ("host1",), kind="predict", model="segment-simulation")
+    models = {p: SegmentModel.load(tmp_path / p / "segment_model.json") for p in ("guest", "host1")}
+    datas = {"guest": frames[0], "host1": frames[1]}
+
+    def run(policy):
+        network = LocalNetwork(list(job.parties))
+        roles = {}
+        for party in job.parties:
+            ctx = RoleContext(job.session(network.channel(party)), job, datas[party], model=models[party],
+                              keypair=keypairs[0], segment_policy=policy)  # fmt: skip
+            roles[party] = lambda ctx=ctx: run_role("predict", ctx)
+        return run_parties(network, roles), network
+
+    out, network = run(SegmentPolicy(release_membership=True))
+    segments = out["guest"].result
+    assert len(segments) == 1000
+    # the customers of the segment job get the segment they got there
+    known = sim.guest.labels.set_index("id")["segment"]
+    again = segments.set_index("id")["segment"].reindex(known.index)
+    assert (again == known).mean() == 1.0
+    # and every new customer the segment of its cell (nearest local centroids at each party)
+    truth = data.truth[(segments["id"].to_numpy() - 3) // 7]
+    from sklearn.metrics import adjusted_rand_score
+
+    assert adjusted_rand_score(truth, segments["segment"]) >= 0.9
+    with pytest.raises(ConfigError, match="release_membership"):
+        run(SegmentPolicy())
