@@ -51,6 +51,7 @@ class RoleContext:
     keypair: tuple[PublicKey, PrivateKey] | None = None
     source: str | None = None  # the data file's name, for the report's provenance
     segment_policy: Any = None  # segment jobs: this party's [segment] policy from party.toml
+    budget: Any = None  # segment (and audience) jobs: the party's PrivacyBudget (None: no budget is kept)
 
     @property
     def role(self) -> str:
@@ -175,7 +176,7 @@ def _segment_guest(ctx: RoleContext) -> Outcome:
     assert ctx.data is not None
     run = segment_party.run_guest(
         ctx.session, ctx.job, ctx.data, id_column=ctx.id_column, label=ctx.label, offered=ctx.columns,
-        output_dir=ctx.output_dir, workers=ctx.workers,
+        output_dir=ctx.output_dir, workers=ctx.workers, budget=ctx.budget,
     )  # fmt: skip
     summary = {"intersection": run.intersection, "segments": int(len(run.profiles))}
     return Outcome(run.outputs, summary, run)
@@ -186,6 +187,7 @@ def _segment_host(ctx: RoleContext) -> Outcome:
     run = segment_party.run_host(
         ctx.session, ctx.job, ctx.data, id_column=ctx.id_column, offered=ctx.columns,
         policy=ctx.segment_policy, keypair=ctx.keypair, output_dir=ctx.output_dir, workers=ctx.workers,
+        budget=ctx.budget,
     )  # fmt: skip
     return Outcome(run.outputs, {"intersection": run.intersection, "segments": int(len(run.profiles))}, run)
 

@@ -161,6 +161,7 @@ def run_party(
     if party.role != "arbiter":
         frame = _load_data(party, job, Path(data) if data else None, with_label=kind.needs_label)
     model = _load_model(party, job, frame) if kind.needs_model else None
+    budget = _segment_budget(party) if config.kind == "segment" and party.role != "arbiter" else None
 
     with (
         open_channel(party, federation, job_id=config.id, settings=settings) as channel,
@@ -171,15 +172,24 @@ def run_party(
             session, job, frame, id_column=party.id_column, label=party.label_column, columns=party.columns,
             positive=party.positive, output_dir=out, workers=pool, progress=progress, resumable=True, model=model,
             source=Path(data or party.data).name if (data or party.data) else None,
-            segment_policy=party.segment_policy,
+            segment_policy=party.segment_policy, budget=budget,
         )  # fmt: skip
         try:
             result = run_role(config.kind, ctx)
         except BaseException:
             _write_failure_ledger(session, out)
             raise
+        finally:
+            if budget is not None:
+                budget.close()
     outcome.outputs, outcome.summary = result.outputs, result.summary
     return outcome
+
+
+def _segment_budget(party: PartyConfig) -> Any:
+    from vfl.parties.segment import open_budget
+
+    return open_budget(party.workspace, getattr(party, "budget", None))
 
 
 def _write_failure_ledger(session: Any, out: Path) -> None:

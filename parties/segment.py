@@ -1,4 +1,4 @@
-"""The role runtime of a ``segment`` job (joint segmentation, DESIGN.md §13).
+"""The role runtime of a ``segment`` job (joint segmentation, DESIGN.md §14).
 
 Every data party: pick and check its segmentation columns (before any peer is contacted), agree,
 align with PSI, standardize and cluster its own columns locally, run ``protocols/segment.py``, and
@@ -13,9 +13,11 @@ centroids, and at the guest the cell -> segment lookup: what assigns new shared 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vfl.analytics.budget import PrivacyBudget
 from vfl.crypto import PrivateKey, PublicKey, WorkerPool, generate_keypair
 from vfl.errors import ConfigError, DataError
 from vfl.io import atomic_write_text
@@ -33,7 +36,13 @@ from vfl.protocols import segment as protocol
 from vfl.protocols.session import Session
 from vfl.psi.options import PsiResult
 from vfl.segmentation.joint import merge_small_clusters
-from vfl.segmentation.local import LocalClustering, as_matrix, cluster_locally, default_local_k
+from vfl.segmentation.local import (
+    LocalClustering,
+    Standardizer,
+    as_matrix,
+    cluster_locally,
+    default_local_k,
+)
 from vfl.segmentation.model import SegmentModel
 from vfl.segmentation.options import SegmentOptions, SegmentPolicy
 from vfl.segmentation.profiles import profile_segments, wilson_interval
@@ -119,9 +128,13 @@ def require_audience(options: SegmentOptions, size: int) -> None:
 def _local(
     frame: pd.DataFrame, columns: list[str], options: SegmentOptions, k: int, party: str
 ) -> tuple[LocalClustering, np.ndarray]:
-    local = cluster_locally(frame[columns], k, seed=options.seed, party=party)
-    assert local.scaler is not None
-    matrix = local.scaler.transform(as_matrix(frame[columns], party=party)[0])
+    """Standardize, clip at ``CLIP`` standard deviations (what bounds one customer's share of any mean
+    that crosses), k-means, and dissolve local clusters below ``k_threshold`` rows."""
+    raw, names = as_matrix(frame[columns], party=party)
+    scaler = Standardizer.fit(raw, names)
+    matrix = np.clip(scaler.transform(raw), -protocol.CLIP, protocol.CLIP)
+    local = cluster_locally(matrix, k, seed=options.seed, standardized=True, party=party)
+    local = dataclasses.replace(local, scaler=scaler)
     return merge_small_clusters(local, matrix, options.k_threshold), matrix
 
 
@@ -147,6 +160,7 @@ def run_guest(
     offered: Sequence[str] | None = None,
     output_dir: Path | None = None,
     workers: WorkerPool | None = None,
+    budget: PrivacyBudget | None = None,
 ) -> SegmentRun:
     options: SegmentOptions = job.segment
     exclude = [c for c in (label, options.outcome) if c]
@@ -157,11 +171,14 @@ def run_guest(
     aligned = aligned_psi.align(data)
     n = len(aligned)
     k_rule = local_k(options, len(job.hosts) + 1, n)
-    local, _ = session.guard(lambda: _local(aligned, columns, options, k_rule, session.party))
-    outcome = check_outcome(aligned, options.outcome, session.party) if options.outcome else None
-    result = protocol.run_guest(
-        session, list(job.hosts), local.labels, local.centroids, options, outcome=outcome, workers=workers
-    )
+    _reserve(session, job, budget, dict.fromkeys(job.hosts, options.epsilon))
+    with _spending(budget, job.id) as spend:
+        local, _ = session.guard(lambda: _local(aligned, columns, options, k_rule, session.party))
+        outcome = check_outcome(aligned, options.outcome, session.party) if options.outcome else None
+        spend.exposed = True  # from here on noised numbers move: a failure keeps the epsilon spent
+        result = protocol.run_guest(
+            session, list(job.hosts), local.labels, local.centroids, options, outcome=outcome, workers=workers
+        )
     assert local.scaler is not None
     own = local.scaler.inverse(result.own_means)
     column_sums = {session.party: own * result.sizes[:, None]}
@@ -215,6 +232,7 @@ def run_host(
     keypair: tuple[PublicKey, PrivateKey] | None = None,
     output_dir: Path | None = None,
     workers: WorkerPool | None = None,
+    budget: PrivacyBudget | None = None,
 ) -> SegmentRun:
     options: SegmentOptions = job.segment
     policy = policy or SegmentPolicy()
@@ -226,11 +244,15 @@ def run_host(
     local, _ = session.guard(lambda: _local(aligned, columns, options, k_rule, session.party))
     keypair = keypair or generate_keypair(options.key_bits)
     assert local.scaler is not None
-    result = protocol.run_host(
-        session, job.guest, local.labels, local.centroids, options, policy, keypair,
-        guest_clusters=k_rule, has_outcome=options.outcome is not None, column_names=columns,
-        scaler=(local.scaler.mean, local.scaler.std), workers=workers,
-    )  # fmt: skip
+    spent = options.epsilon + (options.means_epsilon if policy.share_means else 0.0)
+    _reserve(session, job, budget, {job.guest: spent})
+    with _spending(budget, job.id) as spend:
+        spend.exposed = True
+        result = protocol.run_host(
+            session, job.guest, local.labels, local.centroids, options, policy, keypair,
+            guest_clusters=k_rule, has_outcome=options.outcome is not None, column_names=columns,
+            scaler=(local.scaler.mean, local.scaler.std), workers=workers,
+        )  # fmt: skip
     own = pd.DataFrame(local.scaler.inverse(result.own_means), columns=columns)
     own.insert(0, "size", result.sizes)
     own.index.name = "segment"
@@ -247,6 +269,55 @@ def run_host(
         out["model"] = _save_model(output_dir, job, session, columns, local)
         out.update(write_outputs(output_dir, None, run.ledger))
     return run
+
+
+# --- the privacy budget (the same ledger and rules as audience jobs) ----------------------------------
+
+
+def open_budget(workspace: Path, caps: dict[str, Any] | None = None) -> PrivacyBudget:
+    """The party's privacy budget ledger, ``<workspace>/budget.sqlite`` (shared with audience jobs)."""
+    return PrivacyBudget(Path(workspace) / "budget.sqlite", caps)
+
+
+def _reserve(session: Session, job: Job, budget: PrivacyBudget | None, spends: dict[str, float]) -> None:
+    """Reserve this job's epsilon with every partner before any noised number moves (refused: every party stops)."""
+    if budget is None:
+        return
+
+    def reserve() -> None:
+        done = []
+        try:
+            for partner, eps in spends.items():
+                budget.reserve(job.id, partner, eps)
+                done.append(partner)
+        except BaseException:
+            if done:
+                budget.release(job.id)
+            raise
+
+    session.guard(reserve)
+
+
+@dataclass
+class _Spend:
+    exposed: bool = False
+
+
+@contextlib.contextmanager
+def _spending(budget: PrivacyBudget | None, job_id: str) -> Iterator[_Spend]:
+    """Commit the reservation on success; a failure before any noised number moved gives it back."""
+    spend = _Spend()
+    try:
+        yield spend
+    except BaseException:
+        if budget is not None and not spend.exposed:
+            try:
+                budget.release(job_id)
+            except Exception as exc:  # noqa: BLE001 - never hide the job's own error
+                log.warning("could not release the privacy budget of job %s: %s", job_id, exc)
+        raise
+    if budget is not None:
+        budget.commit(job_id)
 
 
 def _notes(n: int, local: LocalClustering, k: int) -> list[str]:
@@ -300,12 +371,16 @@ def simulate_segment(
     output_dir: str | Path | None = None,
     workers: int | None = 1,
     psi: dict[str, Any] | None = None,
+    budgets: dict[str, str | Path] | None = None,
+    budget_caps: dict[str, Any] | None = None,
+    job_id: str = "segment-simulation",
     **options: Any,
 ) -> SegmentSimulation:
     """A guest and hosts run a real segment job in this process (threads over the in-process network).
 
     ``options`` are ``[segment]`` options (``k``, ``epsilon``, ``outcome``, ``membership``, ...);
-    ``policies`` each host's ``[segment]`` policy (default: nothing released).
+    ``policies`` each host's ``[segment]`` policy (default: nothing released); ``budgets`` a privacy
+    budget ledger file per party (opened in the party's own thread, with ``budget_caps``).
     """
     from vfl.parties.simulation import run_parties
     from vfl.psi.options import PsiOptions
@@ -315,29 +390,38 @@ def simulate_segment(
         hosts = [hosts]
     seg = SegmentOptions.from_dict(options)
     names = tuple(f"host{i + 1}" for i in range(len(hosts)))
-    job = Job(id="segment-simulation", guest="guest", hosts=names, kind="segment",
+    job = Job(id=job_id, guest="guest", hosts=names, kind="segment",
               psi=PsiOptions.from_mapping(psi or {}), segment=seg)  # fmt: skip
     network = LocalNetwork(list(job.parties))
     pols = [p if isinstance(p, SegmentPolicy) or p is None else SegmentPolicy.from_dict(p)
             for p in (policies or [None] * len(hosts))]  # fmt: skip
     out = Path(output_dir) if output_dir is not None else None
+
+    def with_budget(party: str, role: Any) -> Any:
+        path = (budgets or {}).get(party)
+        if path is None:
+            return role(None)
+        with contextlib.closing(PrivacyBudget(path, budget_caps)) as budget:  # SQLite: one per thread
+            return role(budget)
+
+    def guest_role(budget: PrivacyBudget | None) -> SegmentRun:
+        return run_guest(
+            job.session(network.channel("guest")), job, guest, id_column=id,
+            output_dir=out / "guest" if out else None, workers=pool, budget=budget,
+        )  # fmt: skip
+
+    def host_role(i: int, budget: PrivacyBudget | None) -> SegmentRun:
+        name = names[i]
+        return run_host(
+            job.session(network.channel(name)), job, hosts[i], id_column=id, policy=pols[i],
+            keypair=keypairs[i] if keypairs else None, output_dir=out / name if out else None,
+            workers=pool, budget=budget,
+        )  # fmt: skip
+
     with WorkerPool(workers) as pool:
-        roles = {
-            "guest": lambda: run_guest(
-                job.session(network.channel("guest")),
-                job,
-                guest,
-                id_column=id,
-                output_dir=out / "guest" if out else None,
-                workers=pool,
-            )  # fmt: skip
-        }
-        for i, (name, frame) in enumerate(zip(names, hosts, strict=True)):
-            roles[name] = lambda i=i, name=name, frame=frame: run_host(
-                job.session(network.channel(name)), job, frame, id_column=id, policy=pols[i],
-                keypair=keypairs[i] if keypairs else None, output_dir=out / name if out else None,
-                workers=pool,
-            )  # fmt: skip
+        roles: dict[str, Any] = {"guest": lambda: with_budget("guest", guest_role)}
+        for i, name in enumerate(names):
+            roles[name] = lambda i=i, name=name: with_budget(name, lambda b: host_role(i, b))
         results = run_parties(network, roles)
     return SegmentSimulation(results["guest"], {h: results[h] for h in names}, network, job)
 

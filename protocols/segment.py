@@ -1,4 +1,4 @@
-"""Joint segmentation (job kind ``segment``, DESIGN.md §13): grid k-means across a guest and 1..N hosts.
+"""Joint segmentation (job kind ``segment``, DESIGN.md §14): grid k-means across a guest and 1..N hosts.
 
 Every party has standardized its own segmentation columns, clustered them locally into ``k_p``
 clusters and dissolved local clusters below ``k_threshold`` rows (``vfl.segmentation``); all of that
@@ -76,6 +76,7 @@ from vfl.protocols.messages import BOOL, FIXED, FLOAT, INT, TEXT, Protocol, mess
 from vfl.protocols.session import Session
 from vfl.segmentation.grid import GridSegmentation, fit_grid
 from vfl.segmentation.joint import (
+    CLIP_SIGMA,
     embed_distances,
     pairwise_to_grid,
     segment_marginals,
@@ -130,7 +131,7 @@ GUEST_CODE = "guest_cluster"
 HOST_CODE = "host_cluster"
 OUTCOME = "outcome"
 MASK_BITS = 40  # statistical hiding of a masked segment label
-CLIP = 5.0  # standardized values are clipped here for the sensitivity of a shared mean
+CLIP = CLIP_SIGMA  # standardized values are clipped here (the sensitivity of a shared mean)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -245,3 +245,21 @@ def test_a_segment_model_assigns_new_shared_customers_through_predict(tmp_path, 
     assert adjusted_rand_score(truth, segments["segment"]) >= 0.9
     with pytest.raises(ConfigError, match="release_membership"):
         run(SegmentPolicy())
+
+
+def test_the_privacy_budget_is_spent_per_partner_and_refuses_beyond_its_cap(tmp_path, keypairs):
+    from vfl.analytics.budget import BudgetExceededError, PrivacyBudget
+
+    data = vertical_blobs(600, [2, 2], centers=3, seed=9)
+    guest, host = frames_of(data.parts)
+    caps = {"*": {"epsilon": 1.5, "period": "30d"}}
+    budgets = {"guest": tmp_path / "g.sqlite", "host1": tmp_path / "h.sqlite"}
+    common = {"id": "id", "k": 3, "key_bits": 1024, "keypairs": keypairs[:1], "budgets": budgets}
+    simulate_segment(guest, host, budget_caps=caps, **common)
+    with PrivacyBudget(budgets["guest"], caps) as g, PrivacyBudget(budgets["host1"], caps) as h:
+        assert g.spent("host1") == pytest.approx(1.0) and h.spent("guest") == pytest.approx(1.0)
+        assert [e.state for e in g.entries()] == ["committed"]
+    with pytest.raises(BudgetExceededError, match="privacy budget with partner"):
+        simulate_segment(guest, host, budget_caps=caps, epsilon=0.9, job_id="second", **common)
+    with PrivacyBudget(budgets["guest"], caps) as g:
+        assert g.spent("host1") == pytest.approx(1.0)  # the refused job spent nothing

@@ -25,6 +25,10 @@ from vfl.errors import DataError
 from vfl.segmentation.grid import party_distances
 from vfl.segmentation.local import LocalClustering, group_sums
 
+#: Standardized values are clipped at this many standard deviations before local k-means (and when a
+#: segment model assigns new rows): it bounds what one customer adds to any mean that crosses.
+CLIP_SIGMA = 5.0
+
 
 def merge_small_clusters(local: LocalClustering, matrix: np.ndarray, min_rows: int) -> LocalClustering:
     """Dissolve local clusters below ``min_rows`` rows into the nearest remaining centroid (recomputed means).

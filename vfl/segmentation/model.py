@@ -17,9 +17,11 @@ import pandas as pd
 
 from vfl.errors import ConfigError, DataError
 from vfl.segmentation.grid import party_distances
+from vfl.segmentation.joint import CLIP_SIGMA
 from vfl.segmentation.local import as_matrix
 
 MODEL_FILE = "segment_model.json"
+CLIP = CLIP_SIGMA
 
 
 @dataclass(frozen=True)
@@ -67,5 +69,5 @@ class SegmentModel:
                 f"the data scored with segment model '{self.job_id}' lacks the column(s) {missing}"
             )
         matrix, _ = as_matrix(frame[list(self.columns)], party=self.party)
-        x = (matrix - self.mean) / self.std
+        x = np.clip((matrix - self.mean) / self.std, -CLIP, CLIP)
         return np.argmin(party_distances(x, self.centroids), axis=1).astype(np.int64)

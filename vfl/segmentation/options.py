@@ -31,7 +31,7 @@ KEY_BITS = (1024, 2048, 3072)
 
 @dataclass(frozen=True)
 class SegmentOptions(OptionsTable):
-    """Options of a ``segment`` job (DESIGN.md §13).
+    """Options of a ``segment`` job (DESIGN.md §14).
 
     * ``k``: the number of joint segments.
     * ``weights``: ``{party: weight}`` scaling each party's share of the distance (default 1 each).
