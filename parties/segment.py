@@ -110,10 +110,14 @@ def dp_rate_interval(
 
 
 def local_k(options: SegmentOptions, n_parties: int, n_rows: int) -> int:
-    """``k_p``: the option, or the rule of ``default_local_k``; at most the rows available."""
+    """``k_p``: the option, or the rule of ``default_local_k``; at most the rows available.
+
+    The noised counts are always pairwise tables (guest x one host), so the rule sizes ``k_p`` for
+    ``k_p ** 2`` cells whatever the number of hosts.
+    """
     if options.local_k:
         return min(options.local_k, n_rows)
-    return default_local_k(options.k, n_parties, n_rows, min_mean_cell=options.min_mean_cell)
+    return default_local_k(options.k, min(n_parties, 2), n_rows, min_mean_cell=options.min_mean_cell)
 
 
 def require_audience(options: SegmentOptions, size: int) -> None:

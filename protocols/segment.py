@@ -74,7 +74,7 @@ from vfl.crypto.randomness import randomizers
 from vfl.errors import ConfigError, IntegrityError, ProtocolError
 from vfl.protocols.messages import BOOL, FIXED, FLOAT, INT, TEXT, Protocol, message, one
 from vfl.protocols.session import Session
-from vfl.segmentation.grid import GridSegmentation, fit_grid
+from vfl.segmentation.grid import NOISE_THRESHOLD, GridSegmentation, fit_grid
 from vfl.segmentation.joint import (
     CLIP_SIGMA,
     embed_distances,
@@ -326,13 +326,21 @@ def run_guest(
         matrix = np.zeros((k_h, k_h))
         matrix[i, j] = d2
         embedded.append(embed_distances(matrix))
-    grid_counts = pairwise_to_grid([tables[h] for h in hosts])
     pw = [options.party_weight(guest), *(options.party_weight(h) for h in hosts)]
+    if len(hosts) == 1:
+        grid_counts = tables[hosts[0]]
+        fit_threshold: dict[str, float | None] = {"epsilon": eps_count}
+    else:
+        # The noise threshold applies to the noised pairwise cells; the product estimate of the grid
+        # is not noised cell by cell, so the fit then only drops its empty cells.
+        limit = NOISE_THRESHOLD / eps_count
+        grid_counts = pairwise_to_grid([np.where(tables[h] > limit, tables[h], 0.0) for h in hosts])
+        fit_threshold = {"min_count": 0.0}
 
     def fit() -> GridSegmentation:
         return fit_grid(
-            [centroids, *embedded], grid_counts, options.k, party_weights=pw, epsilon=eps_count,
-            min_size=options.min_size, n_init=options.n_init, seed=options.seed,
+            [centroids, *embedded], grid_counts, options.k, party_weights=pw, min_size=options.min_size,
+            n_init=options.n_init, seed=options.seed, **fit_threshold,
         )  # fmt: skip
 
     grid = session.guard(fit)
