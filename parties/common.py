@@ -51,6 +51,7 @@ class Job:
     model: str | None = None  # predict: the training job whose model scores
     federation_digest: str = ""  # hash of the federation file, agreed before any work
     screen: ScreenOptions | None = None  # [screen] of a screening job
+    segment: Any = None  # segment jobs: the [segment] options (vfl.segmentation.options.SegmentOptions)
 
     def __post_init__(self) -> None:
         if not self.hosts:
@@ -100,6 +101,8 @@ class Job:
             shared["predict.model"] = self.model
         if self.kind == "screen":
             shared.update({f"screen.{k}": v for k, v in (self.screen or ScreenOptions()).to_dict().items()})
+        if self.kind == "segment" and self.segment is not None:
+            shared.update({f"segment.{k}": v for k, v in self.segment.to_dict().items()})
         return shared
 
     def session(self, channel: Any, *, first_contact: float | None = None) -> Session:

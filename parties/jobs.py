@@ -26,9 +26,11 @@ from vfl.parties import arbiter as arbiter_party
 from vfl.parties import guest as guest_party
 from vfl.parties import host as host_party
 from vfl.parties import screen as screen_party
+from vfl.parties import segment as segment_party
 from vfl.parties.common import Job, ProgressFn, ledger_for, psi_multiplier, write_outputs
 from vfl.protocols import psi
 from vfl.protocols.session import Session
+from vfl.segmentation.model import SegmentModel
 
 
 @dataclass
@@ -49,6 +51,8 @@ class RoleContext:
     model: ModelShard | None = None
     keypair: tuple[PublicKey, PrivateKey] | None = None
     source: str | None = None  # the data file's name, for the report's provenance
+    segment_policy: Any = None  # segment jobs: this party's [segment] policy from party.toml
+    budget: Any = None  # segment (and audience) jobs: the party's PrivacyBudget (None: no budget is kept)
 
     @property
     def role(self) -> str:
@@ -157,6 +161,8 @@ def _train_arbiter(ctx: RoleContext) -> Outcome:
 
 def _predict_guest(ctx: RoleContext) -> Outcome:
     assert ctx.data is not None and ctx.model is not None
+    if isinstance(ctx.model, SegmentModel):
+        return _assign_guest(ctx)
     scores = guest_party.score(
         ctx.session, ctx.job, ctx.data, ctx.model, id_column=ctx.id_column, workers=ctx.workers
     )
@@ -171,6 +177,8 @@ def _predict_guest(ctx: RoleContext) -> Outcome:
 
 def _predict_host(ctx: RoleContext) -> Outcome:
     assert ctx.data is not None and ctx.model is not None
+    if isinstance(ctx.model, SegmentModel):
+        return _assign_host(ctx)
     rows = host_party.score(
         ctx.session, ctx.job, ctx.data, ctx.model, id_column=ctx.id_column, workers=ctx.workers
     )
@@ -204,6 +212,52 @@ def _screen_host(ctx: RoleContext) -> Outcome:
     return Outcome(result.outputs, result.summary, result)
 
 
+# --- segment ---------------------------------------------------------------------------------------
+
+
+def _segment_guest(ctx: RoleContext) -> Outcome:
+    assert ctx.data is not None
+    run = segment_party.run_guest(
+        ctx.session, ctx.job, ctx.data, id_column=ctx.id_column, label=ctx.label, offered=ctx.columns,
+        output_dir=ctx.output_dir, workers=ctx.workers, budget=ctx.budget,
+    )  # fmt: skip
+    summary = {"intersection": run.intersection, "segments": int(len(run.profiles))}
+    return Outcome(run.outputs, summary, run)
+
+
+def _segment_host(ctx: RoleContext) -> Outcome:
+    assert ctx.data is not None
+    run = segment_party.run_host(
+        ctx.session, ctx.job, ctx.data, id_column=ctx.id_column, offered=ctx.columns,
+        policy=ctx.segment_policy, keypair=ctx.keypair, output_dir=ctx.output_dir, workers=ctx.workers,
+        budget=ctx.budget,
+    )  # fmt: skip
+    return Outcome(run.outputs, {"intersection": run.intersection, "segments": int(len(run.profiles))}, run)
+
+
+def _assign_guest(ctx: RoleContext) -> Outcome:
+    """``vfl predict`` with a segment model: the segment of every new shared customer, at the guest."""
+    assert ctx.data is not None and isinstance(ctx.model, SegmentModel)
+    segments = segment_party.assign_guest(
+        ctx.session, ctx.job, ctx.data, ctx.model, id_column=ctx.id_column, output_dir=ctx.output_dir,
+        workers=ctx.workers,
+    )  # fmt: skip
+    outputs = {}
+    if ctx.output_dir is not None:
+        outputs = {"segments": ctx.output_dir / "segments.csv", "ledger": ctx.output_dir / "ledger.json"}
+    return Outcome(outputs, {"rows": len(segments)}, segments)
+
+
+def _assign_host(ctx: RoleContext) -> Outcome:
+    assert ctx.data is not None and isinstance(ctx.model, SegmentModel)
+    rows = segment_party.assign_host(
+        ctx.session, ctx.job, ctx.data, ctx.model, id_column=ctx.id_column, policy=ctx.segment_policy,
+        keypair=ctx.keypair, output_dir=ctx.output_dir, workers=ctx.workers,
+    )  # fmt: skip
+    outputs = {"ledger": ctx.output_dir / "ledger.json"} if ctx.output_dir is not None else {}
+    return Outcome(outputs, {"rows": rows}, rows)
+
+
 JOB_KINDS: dict[str, JobKind] = {
     kind.name: kind
     for kind in (
@@ -216,6 +270,7 @@ JOB_KINDS: dict[str, JobKind] = {
         ),
         JobKind("predict", {"guest": _predict_guest, "host": _predict_host}, needs_model=True),
         JobKind("screen", {"guest": _screen_guest, "host": _screen_host}, needs_label=True),
+        JobKind("segment", {"guest": _segment_guest, "host": _segment_host}),
     )
 }
 

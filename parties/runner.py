@@ -32,6 +32,7 @@ from vfl.parties.jobs import RoleContext, idle_note, job_kind, run_role
 from vfl.parties.network import open_channel
 from vfl.psi.ids import prepare_ids
 from vfl.psi.options import PsiOptions
+from vfl.segmentation.model import MODEL_FILE, SegmentModel
 from vfl.streaming import read_ids
 from vfl.transport.flight import FlightSettings
 
@@ -78,6 +79,7 @@ def build_job(config: JobConfig, federation: Federation) -> Job:
         model=predict.model if predict else None,
         federation_digest=federation_digest(federation),
         screen=config.options("screen") if config.kind == "screen" else None,
+        segment=config.options("segment") if config.kind == "segment" else None,
     )
 
 
@@ -174,6 +176,7 @@ def run_party(
     if party.role != "arbiter":
         frame = _load_data(party, job, Path(data) if data else None, with_label=kind.needs_label)
     model = _load_model(party, job, frame) if kind.needs_model else None
+    budget = _segment_budget(party) if config.kind == "segment" and party.role != "arbiter" else None
 
     # The compute backend first: a wrong Dask scheduler address fails here, before any peer is contacted.
     backend = open_backend(
@@ -190,14 +193,24 @@ def run_party(
             session, job, frame, id_column=party.id_column, label=party.label_column, columns=party.columns,
             positive=party.positive, output_dir=out, workers=pool, progress=progress, resumable=True, model=model,
             source=Path(data or party.data).name if (data or party.data) else None,
+            segment_policy=party.segment_policy, budget=budget,
         )  # fmt: skip
         try:
             result = run_role(config.kind, ctx)
         except BaseException:
             _write_failure_ledger(session, out)
             raise
+        finally:
+            if budget is not None:
+                budget.close()
     outcome.outputs, outcome.summary = result.outputs, result.summary
     return outcome
+
+
+def _segment_budget(party: PartyConfig) -> Any:
+    from vfl.parties.segment import open_budget
+
+    return open_budget(party.workspace, getattr(party, "budget", None))
 
 
 def _write_failure_ledger(session: Any, out: Path) -> None:
@@ -210,8 +223,14 @@ def _write_failure_ledger(session: Any, out: Path) -> None:
         log.warning("could not write the ledger of the failed job: %s", exc)
 
 
-def _load_model(party: PartyConfig, job: Job, frame: pd.DataFrame | None) -> ModelShard:
+def _load_model(party: PartyConfig, job: Job, frame: pd.DataFrame | None) -> ModelShard | SegmentModel:
     assert job.model is not None
+    segment_model = party.output_dir / job.model / MODEL_FILE
+    if segment_model.exists() and not (party.output_dir / job.model / "model.json").exists():
+        model = SegmentModel.load(segment_model)
+        if frame is not None:
+            require_columns(frame, list(model.columns), what=f"the data assigned with model '{job.model}'")
+        return model
     shard = ModelShard.load(party.output_dir / job.model / "model.json")
     if frame is not None:
         require_columns(frame, shard.scaler().input_names, what=f"the data scored with model '{job.model}'")

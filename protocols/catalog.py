@@ -8,11 +8,23 @@ from vfl.protocols.messages import Protocol, find
 from vfl.protocols.predict import PREDICT
 from vfl.protocols.psi import PSI
 from vfl.protocols.screen import SCREEN
+from vfl.protocols.segment import SEGMENT
 from vfl.protocols.service import SERVICE
 from vfl.protocols.session import SESSION
 from vfl.protocols.shards import SHARDS
 from vfl.protocols.split import SPLIT
 
-ALL_PROTOCOLS: tuple[Protocol, ...] = (SESSION, PSI, SPLIT, LR, PREDICT, SHARDS, LR_TWO_KEY, SCREEN, SERVICE)
+ALL_PROTOCOLS: tuple[Protocol, ...] = (
+    SESSION,
+    PSI,
+    SPLIT,
+    LR,
+    PREDICT,
+    SHARDS,
+    LR_TWO_KEY,
+    SCREEN,
+    SEGMENT,
+    SERVICE,
+)
 
 __all__ = ["ALL_PROTOCOLS", "find"]

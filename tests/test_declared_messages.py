@@ -230,3 +230,34 @@ def test_the_service_control_calls_send_only_declared_messages(tmp_path):
         declared.check(decode_table(m.payload), peer=m.sender, tag=m.tag)
         seen.add(declared.name)
     assert seen == {f"service.{n}" for n in ("propose", "decision", "start", "cancel", "status", "report")}
+
+
+def test_segment_job_sends_only_declared_messages(keypair_1024):
+    """A segment job (guest + 2 hosts, one host sharing its means) through run_role."""
+    from vfl.segmentation.options import SegmentOptions, SegmentPolicy
+    from vfl.segmentation.synthetic import vertical_blobs
+
+    data = vertical_blobs(600, [2, 2, 2], centers=3, seed=0)
+    datas = {}
+    for name, part in zip(("guest", "host1", "host2"), data.parts, strict=True):
+        frame = pd.DataFrame(part, columns=[f"{name}_{j}" for j in range(part.shape[1])])
+        frame.insert(0, "id", range(len(frame)))
+        datas[name] = frame
+    job = Job("s", "guest", ("host1", "host2"), kind="segment", segment=SegmentOptions(k=3, key_bits=1024))
+    network = LocalNetwork(list(job.parties))
+    roles = {}
+    for party in job.parties:
+        ctx = RoleContext(job.session(network.channel(party)), job, datas[party], keypair=keypair_1024)
+        ctx.segment_policy = SegmentPolicy(share_means=party == "host2")
+        roles[party] = lambda ctx=ctx: run_role("segment", ctx)
+    outcome = run_parties(network, roles)
+    seen = assert_all_declared(network, job)
+    assert {
+        "segment.policy",
+        "segment.xt-rows",
+        "segment.xt-reply",
+        "segment.geometry",
+        "segment.result",
+    } <= seen
+    assert "segment.means" in seen and "segment.label" not in seen
+    assert outcome["guest"].summary["segments"] == 3

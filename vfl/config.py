@@ -36,6 +36,7 @@ JOB_SECTIONS: dict[str, dict[str, type | str]] = {
     "train": {"psi": _PSI, "train": "vfl.options:TrainOptions"},
     "predict": {"psi": _PSI, "predict": "vfl.options:PredictOptions"},
     "screen": {"psi": _PSI, "screen": "vfl.options:ScreenOptions"},
+    "segment": {"psi": _PSI, "segment": "vfl.segmentation.options:SegmentOptions"},
 }
 JOB_KINDS = tuple(JOB_SECTIONS)
 
@@ -136,6 +137,7 @@ class PartyConfig:
     positive: str | None = None  # guest: the label value that is the positive class (needed unless 0/1)
     compute: str = "local"  # [compute] backend: "local" (a process pool here) or "dask://HOST:PORT"
     compute_workers: int | None = None  # [compute] workers: local pool size (default: every core)
+    segment_policy: Any = None  # [segment] of party.toml (vfl.segmentation.options.SegmentPolicy)
 
     @classmethod
     def load(cls, workspace: str | Path) -> PartyConfig:
@@ -193,6 +195,14 @@ class PartyConfig:
                 cfg.label_column = _get(data, "label_column", str, f"{where} [data]")
                 positive = _get(data, "positive", (str, int, bool), f"{where} [data]", None)
                 cfg.positive = None if positive is None else str(positive)
+        segment = _get(raw, "segment", dict, where, {})
+        if segment:
+            from vfl.segmentation.options import SegmentPolicy
+
+            try:
+                cfg.segment_policy = SegmentPolicy.from_dict(segment)
+            except ConfigError as exc:
+                raise ConfigError(f"{where} [segment]: {exc}") from exc
         return cfg
 
     def to_toml(self) -> str:
@@ -435,4 +445,8 @@ def _cross_section_rules(kind: str, options: dict[str, Any], where: str) -> None
         raise ConfigError(
             f'{where} [psi]: a training job needs reveal = "all" (with "guest-only" the hosts '
             "would not know their rows); use a psi job for overlap analysis"
+        )
+    if kind == "segment" and options["psi"].reveal != "all":
+        raise ConfigError(
+            f'{where} [psi]: a segment job needs reveal = "all" (every party clusters its own aligned rows)'
         )

@@ -1,0 +1,617 @@
+"""Joint segmentation (job kind ``segment``, DESIGN.md §14): grid k-means across a guest and 1..N hosts.
+
+Every party has standardized its own segmentation columns, clustered them locally into ``k_p``
+clusters and dissolved local clusters below ``k_threshold`` rows (``vfl.segmentation``); all of that
+stays at the party. This module moves what the grid k-means of Ding et al. (ICML 2016) needs, and
+nothing else:
+
+1. **policy**: each host tells the guest whether its party.toml allows membership release and shared
+   means (``SegmentPolicy``); a job asking for membership that a host does not allow stops here.
+2. **grid counts** (per host, :func:`crosstab_host` / :func:`crosstab_guest`, the generic "encrypted
+   cross-tab of a guest code x a host code with two noise shares" round of ``vfl.analytics.crosstab``):
+   the host encrypts, under its own Paillier key, a packed one-hot vector of its local cluster per
+   aligned row; the guest folds the rows by its own local cluster (and raises them to its 0/1 outcome
+   for the outcome sums), adds its noise share and a uniform mask; the host decrypts the masked values
+   and adds its own noise share; the guest removes its mask. The guest obtains the DP-noised count
+   (and noised positive outcomes) of every (guest local cluster, host local cluster) cell.
+3. **geometry**: each host sends the ``k_h x k_h`` squared distances between its local cluster means
+   (standardized units, no column names); the guest embeds them isometrically and runs the weighted
+   k-means over the grid (with 2+ hosts the grid is estimated from the pairwise tables,
+   ``vfl.segmentation.joint.pairwise_to_grid``), merges (or withholds) segments below ``min_size``
+   by their noised size.
+4. **result**: each host gets the noised weight per (its local cluster, segment) and computes its own
+   part of the segment centroids, i.e. its own-column means per segment.
+5. **means** (only where the host's policy allows): the host sends DP-noised means of its columns
+   per segment (discrete Laplace on the sums, sensitivity of one clipped standardized row).
+6. **labels** (only with ``membership = "guest"``, one host, every host's policy allowing it): the
+   host sends its local cluster per row as an *unpacked* encrypted one-hot vector; the guest selects
+   under encryption ``[[T[g_i, h_i] + 1]] = prod_b [[1{h_i = b}]]^(T[g_i, b] + 1)`` (``T`` the cell ->
+   segment lookup), adds a 40-bit-wider mask ``r_i`` and rerandomizes; the host decrypts ``s_i + r_i``
+   (statistically hiding) and returns it; the guest removes ``r_i``. The guest learns the final
+   segment of every row and nothing about the host's local cluster beyond it.
+
+Message table (``SEGMENT``; ``{step}`` names a cross-tab round, ``counts`` here):
+
+| message | from -> to | carries | the receiver learns |
+|---|---|---|---|
+| ``segment.policy`` | host -> guest | release_membership, share_means | the host's segmentation policy |
+| ``session.public-key`` | host -> guest | the host's Paillier public key | the key |
+| ``segment.xt-layout`` | host -> guest | the cross-tab layout (row bound, number of host local clusters, slot width, epsilon) | how many local clusters the host has |
+| ``segment.xt-rows`` | host -> guest | one packed encrypted one-hot per aligned row | nothing (encrypted under the host's key) |
+| ``segment.xt-sealed`` | guest -> host | per guest local cluster: folded ciphertexts + guest noise share + uniform mask | nothing (uniformly masked) |
+| ``segment.xt-reply`` | host -> guest | the masked values + host noise share | the DP-noised count (and positive outcomes) of every (guest local cluster, host local cluster) cell |
+| ``segment.geometry`` | host -> guest | ``k_h x k_h`` squared distances between the host's local cluster means | the shape of the host's local clusters up to rotation (no column, no row) |
+| ``segment.result`` | guest -> host | noised weight per (host local cluster, segment) | the noised size of every segment split by its own local clusters |
+| ``segment.means`` | host -> guest (policy) | DP-noised means of the host's columns per segment | the host's noised column means per segment |
+| ``segment.onehot`` | host -> guest (membership) | unpacked encrypted one-hot of the host's local cluster per row | nothing (encrypted) |
+| ``segment.masked-label`` | guest -> host (membership) | ``[[segment_i + 1 + r_i]]`` per row | nothing (statistically masked) |
+| ``segment.label`` | host -> guest (membership) | ``segment_i + 1 + r_i`` per row | the final segment of every shared customer |
+
+Never: the guest never sees a host column value, a host's local cluster of a row, or a per-row
+distance; a host never sees the guest's columns, outcome, local clusters, the lookup table, or any
+row's segment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import gmpy2
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from gmpy2 import mpz
+
+from vfl.analytics import crosstab as ct
+from vfl.analytics.dp import AudienceOptions, discrete_laplace, noise_variance
+from vfl.crypto import PrivateKey, PublicKey, RandomnessPool, WorkerPool, ints_from_arrow, ints_to_arrow
+from vfl.crypto.arrow import KIND, ciphertext_table, table_ciphertexts
+from vfl.crypto.randomness import randomizers
+from vfl.errors import ConfigError, IntegrityError, ProtocolError
+from vfl.protocols.messages import BOOL, FIXED, FLOAT, INT, TEXT, Protocol, message, one
+from vfl.protocols.session import Session
+from vfl.segmentation.grid import NOISE_THRESHOLD, GridSegmentation, fit_grid
+from vfl.segmentation.joint import (
+    CLIP_SIGMA,
+    embed_distances,
+    pairwise_to_grid,
+    segment_marginals,
+    segment_means,
+    squared_distances,
+)
+from vfl.segmentation.options import SegmentOptions, SegmentPolicy
+from vfl.segmentation.profiles import enforce_min_size
+
+SEGMENT = Protocol(
+    "segment",
+    (
+        message("segment.policy", "segment/policy", "host", "guest",
+                "each host's segmentation policy (membership release, shared means)",
+                rows=1, release_membership=BOOL, share_means=BOOL),
+        message("segment.xt-layout", "segment/{step}/xt-layout", "host", "guest",
+                "the number of each host's local clusters and the cross-tab layout", rows=1, layout=TEXT),
+        message("segment.xt-rows", "segment/{step}/xt-rows", "host", "guest",
+                "nothing from the encrypted rows (under the host's key)", ciphertext=FIXED),
+        message("segment.xt-sealed", "segment/{step}/xt-sealed", "guest", "host",
+                "nothing (uniformly masked values)", ciphertext=FIXED),
+        message("segment.xt-reply", "segment/{step}/xt-reply", "host", "guest",
+                "the DP-noised count (and noised positive outcomes) of every (guest local cluster, "
+                "host local cluster) cell", value=FIXED),
+        message("segment.geometry", "segment/geometry", "host", "guest",
+                "the squared distances between each host's local cluster means (their shape up to "
+                "rotation; no column, no row)", i=INT, j=INT, d2=FLOAT),
+        message("segment.result", "segment/result", "guest", "host",
+                "the noised size of every segment split by its own local clusters",
+                cluster=INT, segment=INT, weight=FLOAT),
+        message("segment.means", "segment/means", "host", "guest",
+                "DP-noised means of a host's columns per segment (only where its policy allows)",
+                segment=INT, column=TEXT, mean=FLOAT),
+        message("segment.onehot", "segment/labels/onehot", "host", "guest",
+                "nothing from the encrypted one-hot local clusters (membership release only)",
+                ciphertext=FIXED),
+        message("segment.masked-label", "segment/labels/masked", "guest", "host",
+                "nothing (statistically masked segment labels)", ciphertext=FIXED),
+        message("segment.label", "segment/labels/unmasked", "host", "guest",
+                "the final segment of every shared customer (only when every host's policy allows "
+                "membership release)", value=FIXED),
+    ),
+    never={
+        "guest": ("any host column value", "a host's local cluster of any row", "any per-row distance"),
+        "host": ("guest columns", "the outcome", "the guest's local clusters", "any row's segment"),
+    },
+)  # fmt: skip
+(POLICY, XT_LAYOUT, XT_ROWS, XT_SEALED, XT_REPLY, GEOMETRY, RESULT, MEANS, ONEHOT, MASKED_LABEL,
+ LABEL) = SEGMENT.messages  # fmt: skip
+
+GUEST_CODE = "guest_cluster"
+HOST_CODE = "host_cluster"
+OUTCOME = "outcome"
+MASK_BITS = 40  # statistical hiding of a masked segment label
+CLIP = CLIP_SIGMA  # standardized values are clipped here (the sensitivity of a shared mean)
+
+
+# ---------------------------------------------------------------------------------------------
+# the reusable round: encrypted cross-tab of a guest code x a host code, two noise shares
+# ---------------------------------------------------------------------------------------------
+
+
+def crosstab_options(
+    guest: str, host: str, *, epsilon: float, k: int, cells: int, outcome: bool
+) -> AudienceOptions:
+    """Audience options of a (guest code x host code) count table, with an optional 0/1 guest metric."""
+    return AudienceOptions(
+        epsilon=epsilon,
+        k=k,
+        segments={guest: (GUEST_CODE,), host: (HOST_CODE,)},
+        metrics={guest: (OUTCOME,)} if outcome else {},
+        bounds={OUTCOME: (0.0, 1.0)} if outcome else {},
+        max_categories=max(1, cells),
+        fraction_bits=0,
+    )
+
+
+def crosstab_host(
+    session: Session,
+    guest: str,
+    codes: np.ndarray,
+    n_cells: int,
+    options: AudienceOptions,
+    keypair: tuple[PublicKey, PrivateKey],
+    guest_cells: int,
+    *,
+    step: str,
+    workers: WorkerPool | None = None,
+) -> ct.Layout:
+    """Host side of one cross-tab round: encrypted one-hot rows out, masked accumulators decrypted back."""
+    pk, sk = keypair
+    layout = ct.make_layout(
+        options, guest=guest, host=session.party,
+        guest_categories={GUEST_CODE: tuple(range(guest_cells))},
+        host_categories={HOST_CODE: tuple(range(n_cells))},
+        rows=len(codes), key_bits=pk.bits,
+    )  # fmt: skip
+    session.send(XT_LAYOUT, guest, pa.table({"layout": [json.dumps(layout.to_dict())]}), step=step)
+    plains = ct.encode_rows(pd.DataFrame({HOST_CODE: np.asarray(codes, dtype=np.int64)}), None, layout)
+    pool = RandomnessPool(sk, workers)
+    pool.fill(len(plains))
+    rows = ct.encrypt_rows(pk, plains, randomness=pool)
+    session.send(XT_ROWS, guest, ciphertext_table(rows, pk, {KIND: b"segment.xt-rows"}), step=step)
+    sealed = table_ciphertexts(session.recv(XT_SEALED, guest, step=step), pk, "segment accumulators")
+    reply = ct.respond(sk, sealed, layout)
+    session.send(XT_REPLY, guest, ints_to_arrow(reply), step=step)
+    return layout
+
+
+def crosstab_guest(
+    session: Session,
+    host: str,
+    codes: np.ndarray,
+    options: AudienceOptions,
+    public_key: PublicKey,
+    *,
+    step: str,
+    outcome: np.ndarray | None = None,
+    workers: WorkerPool | None = None,
+) -> ct.CrossTab:
+    """Guest side: fold the host's rows by our code, seal with our noise share and a mask, decode the reply."""
+    received = json.loads(one(session.recv(XT_LAYOUT, host, step=step), "layout"))
+    layout = ct.verify_layout(
+        received, options, guest=session.party, host=host, key_bits=public_key.bits, max_rows=len(codes)
+    )
+    rows = table_ciphertexts(session.recv(XT_ROWS, host, step=step), public_key, f"rows from {host!r}")
+    metrics = pd.DataFrame({OUTCOME: outcome}) if outcome is not None else None
+    acc = ct.fold(rows, codes, layout, public_key, guest_metrics=metrics, workers=workers)
+    sealed, state = ct.seal(acc)
+    session.send(
+        XT_SEALED, host, ciphertext_table(sealed, public_key, {KIND: b"segment.xt-sealed"}), step=step
+    )
+    reply = ints_from_arrow(session.recv(XT_REPLY, host, step=step))
+    return ct.decode(state, reply)
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GuestSegments:
+    """What the guest knows at the end (all aggregates noised; labels only with membership release)."""
+
+    grid: GridSegmentation
+    lookup: np.ndarray  # final segment (-1: withheld) of every grid cell
+    sizes: np.ndarray  # (K',) noised segment sizes
+    positives: np.ndarray | None  # (K',) noised positive outcomes
+    own_means: np.ndarray  # (K', d_g) the guest's own segment centroids, standardized units
+    host_means: dict[str, pd.DataFrame]  # host -> noised means per segment (original units), shared only
+    labels: np.ndarray | None  # (n,) final segment per aligned row, membership release only
+    policies: dict[str, SegmentPolicy]
+    tables: dict[str, np.ndarray]  # host -> noised (k_g, k_h) counts
+    noise_var: np.ndarray | None = None  # (K',) variance of the DP noise in each size (and outcome) sum
+
+    @property
+    def n_segments(self) -> int:
+        return int(self.sizes.shape[0])
+
+
+@dataclass
+class HostSegments:
+    """What a host knows at the end: its own part of the segments."""
+
+    marginal: np.ndarray  # (k_h, K') noised weight per (own local cluster, segment)
+    sizes: np.ndarray  # (K',)
+    own_means: np.ndarray  # (K', d_h) standardized units
+
+    @property
+    def n_segments(self) -> int:
+        return int(self.sizes.shape[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# guest
+# ---------------------------------------------------------------------------------------------
+
+
+def run_guest(
+    session: Session,
+    hosts: Sequence[str],
+    labels: np.ndarray,
+    centroids: np.ndarray,
+    options: SegmentOptions,
+    *,
+    outcome: np.ndarray | None = None,
+    workers: WorkerPool | None = None,
+) -> GuestSegments:
+    """The guest's part: ``labels``/``centroids`` are its local clustering (standardized units)."""
+    session.uses(SEGMENT)
+    guest = session.party
+    policies = {}
+    for h in hosts:
+        t = session.recv(POLICY, h)
+        policies[h] = SegmentPolicy(bool(one(t, "release_membership")), bool(one(t, "share_means")))
+
+    def check_membership() -> None:
+        if options.membership != "guest":
+            return
+        if len(hosts) > 1:
+            raise ConfigError(
+                "membership release with more than one host is not supported yet; "
+                'use membership = "off" or a single host'
+            )
+        refusing = [h for h, p in policies.items() if not p.release_membership]
+        if refusing:
+            raise ConfigError(
+                f'membership = "guest" but the policy of {", ".join(refusing)} does not allow it '
+                "([segment] release_membership = true in that party's party.toml)"
+            )
+
+    session.guard(check_membership)
+    k_g = int(centroids.shape[0])
+    tables: dict[str, np.ndarray] = {}
+    positives_tables: dict[str, np.ndarray] = {}
+    eps_count = math.inf
+    keys: dict[str, PublicKey] = {}
+    for h in hosts:
+        pk = session.receive_key(h)
+        xt_options = crosstab_options(
+            guest,
+            h,
+            epsilon=options.epsilon,
+            k=options.k_threshold,
+            cells=1 << 16,
+            outcome=outcome is not None,
+        )
+        keys[h] = pk
+        table = crosstab_guest(
+            session, h, labels, xt_options, pk, step="counts", outcome=outcome, workers=workers
+        )
+        counts, sums = table.values()
+        tables[h] = counts[:k_g]  # the host's layout admits up to the rule's k_p guest clusters
+        if outcome is not None:
+            positives_tables[h] = sums[OUTCOME][:k_g]
+        eps_count = min(eps_count, table.layout.epsilon["count"])
+    embedded = []
+    for h in hosts:
+        g = session.recv(GEOMETRY, h)
+        i, j, d2 = (np.asarray(g.column(c).to_numpy()) for c in ("i", "j", "d2"))
+        k_h = tables[h].shape[1]
+        if g.num_rows != k_h * k_h or i.max(initial=0) >= k_h or j.max(initial=0) >= k_h:
+            raise ProtocolError(
+                f"party '{h}' sent a distance table that does not fit its {k_h} local clusters"
+            )
+        matrix = np.zeros((k_h, k_h))
+        matrix[i, j] = d2
+        embedded.append(embed_distances(matrix))
+    pw = [options.party_weight(guest), *(options.party_weight(h) for h in hosts)]
+    if len(hosts) == 1:
+        grid_counts = tables[hosts[0]]
+        fit_threshold: dict[str, float | None] = {"epsilon": eps_count}
+    else:
+        # The noise threshold applies to the noised pairwise cells; the product estimate of the grid
+        # is not noised cell by cell, so the fit then only drops its empty cells.
+        limit = NOISE_THRESHOLD / eps_count
+        grid_counts = pairwise_to_grid([np.where(tables[h] > limit, tables[h], 0.0) for h in hosts])
+        fit_threshold = {"min_count": 0.0}
+
+    def fit() -> GridSegmentation:
+        return fit_grid(
+            [centroids, *embedded], grid_counts, options.k, party_weights=pw, min_size=options.min_size,
+            n_init=options.n_init, seed=options.seed, **fit_threshold,
+        )  # fmt: skip
+
+    grid = session.guard(fit)
+    raw_sizes = grid.segment_weights
+    mapping = session.guard(
+        lambda: enforce_min_size(
+            raw_sizes,
+            options.min_size,
+            centroids=grid.centroids,
+            party_weights=pw,
+            policy=options.small_segments,
+        )  # fmt: skip
+    )
+    lookup = np.where(grid.cell_segment >= 0, mapping[grid.cell_segment], -1)
+    k_final = int(mapping.max()) + 1 if (mapping >= 0).any() else 0
+    # Released sizes sum the noised counts of *every* cell of a segment: the fit drops cells below the
+    # noise threshold, but a sum over only the cells that noise pushed above it would be biased upwards.
+    released = lookup >= 0
+    sizes = np.bincount(lookup[released], weights=np.asarray(grid_counts)[released], minlength=k_final)
+    cells_per_segment = np.bincount(lookup[released], minlength=k_final).astype(float)
+    share_var = noise_variance(eps_count, 1) if math.isfinite(eps_count) else 0.0
+    noise_var = 2.0 * share_var * cells_per_segment  # two shares per cell (guest x one host's cells)
+    positives = None
+    if outcome is not None:
+        if len(hosts) == 1:
+            cell_pos = positives_tables[hosts[0]]
+        else:
+            rates = []
+            for k, h in enumerate(hosts):
+                rate = np.clip(positives_tables[h] / np.maximum(tables[h], 1.0), 0.0, 1.0)
+                shape = [k_g] + [1] * len(hosts)
+                shape[k + 1] = rate.shape[1]
+                rates.append(rate.reshape(shape))
+            cell_pos = grid_counts * np.mean(np.broadcast_arrays(*rates), axis=0)
+        positives = np.bincount(lookup[released], weights=np.asarray(cell_pos)[released], minlength=k_final)
+    own = segment_means(centroids, segment_marginals(lookup, grid.weights, 0, k_final))
+    for axis, h in enumerate(hosts, start=1):
+        marg = segment_marginals(lookup, grid.weights, axis, k_final)
+        cl, sg = np.divmod(np.arange(marg.size), k_final)
+        session.send(RESULT, h, pa.table({"cluster": cl, "segment": sg, "weight": marg.ravel()}))
+    host_means = {}
+    for h in hosts:
+        if policies[h].share_means:
+            t = session.recv(MEANS, h)
+            frame = t.to_pandas().pivot(index="segment", columns="column", values="mean")
+            host_means[h] = frame.reindex(range(k_final))
+    seg_labels = None
+    if options.membership == "guest":
+        seg_labels = _labels_guest(
+            session, hosts[0], keys[hosts[0]], labels, lookup, tables[hosts[0]].shape[1], workers
+        )
+    return GuestSegments(
+        grid, lookup, sizes, positives, own, host_means, seg_labels, policies, tables, noise_var
+    )
+
+
+def _labels_guest(
+    session: Session,
+    host: str,
+    pk: PublicKey,
+    labels: np.ndarray,
+    lookup: np.ndarray,
+    k_h: int,
+    workers: WorkerPool | None,
+) -> np.ndarray:
+    onehot = table_ciphertexts(session.recv(ONEHOT, host), pk, f"one-hot rows from {host!r}")
+    n_rows = len(labels)
+    if len(onehot) != n_rows * k_h:
+        raise IntegrityError(f"expected {n_rows * k_h} one-hot ciphertexts from {host!r}, got {len(onehot)}")
+    table = lookup + 1  # 0: withheld segment
+    k_plus = int(table.max()) + 1
+    bound = 1 << (MASK_BITS + k_plus.bit_length())
+    n, n2 = pk.n, pk.n_square
+    masks = [secrets.randbelow(bound) for _ in range(n_rows)]
+    rands = randomizers(pk, n_rows, workers)
+    out = []
+    for i, g in enumerate(np.asarray(labels).tolist()):
+        c = mpz(1)
+        base = i * k_h
+        for b, e in enumerate(table[g].tolist()):
+            if e:
+                c = c * gmpy2.powmod(onehot[base + b], e, n2) % n2
+        c = c * (1 + masks[i] * n) % n2 * rands[i] % n2
+        out.append(c)
+    session.send(MASKED_LABEL, host, ciphertext_table(out, pk, {KIND: b"segment.masked-label"}))
+    values = ints_from_arrow(session.recv(LABEL, host))
+    if len(values) != n_rows:
+        raise IntegrityError(f"expected {n_rows} labels from {host!r}, got {len(values)}")
+    seg = np.array([v - m for v, m in zip(values, masks, strict=True)], dtype=np.int64) - 1
+    if seg.size and (seg.min() < -1 or seg.max() >= k_plus - 1):
+        raise IntegrityError(f"the labels from {host!r} do not decode to segments")
+    return seg
+
+
+# ---------------------------------------------------------------------------------------------
+# host
+# ---------------------------------------------------------------------------------------------
+
+
+def run_host(
+    session: Session,
+    guest: str,
+    labels: np.ndarray,
+    centroids: np.ndarray,
+    options: SegmentOptions,
+    policy: SegmentPolicy,
+    keypair: tuple[PublicKey, PrivateKey],
+    *,
+    guest_clusters: int,  # the most local clusters the guest may have (the k_p rule's value)
+    has_outcome: bool,
+    column_names: Sequence[str] = (),
+    scaler: tuple[np.ndarray, np.ndarray] | None = None,
+    workers: WorkerPool | None = None,
+) -> HostSegments:
+    """A host's part: ``labels``/``centroids`` are its local clustering (standardized units).
+
+    ``guest_clusters`` (k_g) follows from the agreed options and the intersection size; ``scaler``
+    (mean, std) converts shared means back to the host's original units.
+    """
+    session.uses(SEGMENT)
+    pk, _ = keypair
+    session.send(POLICY, guest, pa.table({"release_membership": [policy.release_membership],
+                                          "share_means": [policy.share_means]}))  # fmt: skip
+    k_h = int(centroids.shape[0])
+    session.hand_out_key(pk, [guest])
+    xt_options = crosstab_options(
+        guest,
+        session.party,
+        epsilon=options.epsilon,
+        k=options.k_threshold,
+        cells=1 << 16,
+        outcome=has_outcome,
+    )
+    crosstab_host(
+        session, guest, labels, k_h, xt_options, keypair, guest_clusters, step="counts", workers=workers
+    )
+    d2 = squared_distances(centroids)
+    ii, jj = np.divmod(np.arange(k_h * k_h), k_h)
+    session.send(GEOMETRY, guest, pa.table({"i": ii, "j": jj, "d2": d2.ravel()}))
+    res = session.recv(RESULT, guest)
+    cl, sg, w = (np.asarray(res.column(c).to_numpy()) for c in ("cluster", "segment", "weight"))
+    k_final = int(sg.max()) + 1 if len(sg) else 0
+    if len(cl) != k_h * k_final or (len(cl) and cl.max() >= k_h):
+        raise ProtocolError(
+            f"party '{guest}' sent a segment result that does not fit our {k_h} local clusters"
+        )
+    marginal = np.zeros((k_h, k_final))
+    marginal[cl, sg] = w
+    sizes = marginal.sum(axis=0)
+    own = segment_means(centroids, marginal)
+    if policy.share_means:
+        session.send(MEANS, guest, _noised_means(own, sizes, options, column_names, scaler))
+    if options.membership == "guest":
+        _labels_host(session, guest, labels, k_h, keypair, workers)
+    return HostSegments(marginal, sizes, own)
+
+
+def _noised_means(
+    means: np.ndarray,
+    sizes: np.ndarray,
+    options: SegmentOptions,
+    names: Sequence[str],
+    scaler: tuple[np.ndarray, np.ndarray] | None,
+) -> pa.Table:
+    """Discrete Laplace on every segment's (standardized, clipped) column sums; means in original units.
+
+    One customer moves one segment's sum of each column by at most ``CLIP`` standard deviations
+    (resolution 2^-8); the columns compose sequentially, the segments in parallel, so every number
+    gets ``means_epsilon / d``.
+    """
+    k, d = means.shape
+    names = list(names) or [f"x{j}" for j in range(d)]
+    eps = options.means_epsilon / max(d, 1)
+    scale = 256
+    sens = int(CLIP * scale)
+    sums = np.nan_to_num(np.clip(means, -CLIP, CLIP)) * sizes[:, None]
+    noisy = (np.rint(sums * scale) + discrete_laplace(eps, sens, size=k * d).reshape(k, d)) / scale
+    out = noisy / np.maximum(sizes, 1.0)[:, None]
+    if scaler is not None:
+        out = out * scaler[1] + scaler[0]
+    seg, col = np.divmod(np.arange(k * d), d)
+    return pa.table({"segment": seg, "column": [names[c] for c in col], "mean": out.ravel().astype(float)})
+
+
+def _labels_host(
+    session: Session,
+    guest: str,
+    labels: np.ndarray,
+    k_h: int,
+    keypair: tuple[PublicKey, PrivateKey],
+    workers: WorkerPool | None,
+) -> None:
+    pk, sk = keypair
+    flat = np.zeros((len(labels), k_h), dtype=np.int64)
+    flat[np.arange(len(labels)), np.asarray(labels)] = 1
+    pool = RandomnessPool(sk, workers)
+    pool.fill(flat.size)
+    cts = ct.encrypt_rows(pk, flat.ravel().tolist(), randomness=pool)
+    session.send(ONEHOT, guest, ciphertext_table(cts, pk, {KIND: b"segment.onehot"}))
+    masked = table_ciphertexts(session.recv(MASKED_LABEL, guest), pk, "masked labels")
+    if len(masked) != len(labels):
+        raise IntegrityError(f"expected {len(labels)} masked labels from {guest!r}, got {len(masked)}")
+    plain = sk.decrypt_raw(masked, workers)
+    session.send(LABEL, guest, ints_to_arrow([int(p) for p in plain]))
+
+
+def assign_guest(
+    session: Session,
+    host: str,
+    labels: np.ndarray,
+    lookup: np.ndarray,
+    *,
+    workers: WorkerPool | None = None,
+) -> np.ndarray:
+    """Scoring: the segment of every aligned new row, from a segment model (one host, policy allowing it)."""
+    session.uses(SEGMENT)
+    t = session.recv(POLICY, host)
+
+    def check() -> None:
+        if not bool(one(t, "release_membership")):
+            raise ConfigError(
+                f"assigning customers to segments releases each one's segment at the guest, and the policy "
+                f"of {host!r} does not allow it ([segment] release_membership = true in its party.toml)"
+            )
+
+    session.guard(check)
+    pk = session.receive_key(host)
+    return _labels_guest(session, host, pk, labels, lookup, lookup.shape[1], workers)
+
+
+def assign_host(
+    session: Session,
+    guest: str,
+    labels: np.ndarray,
+    k_h: int,
+    policy: SegmentPolicy,
+    keypair: tuple[PublicKey, PrivateKey],
+    *,
+    workers: WorkerPool | None = None,
+) -> None:
+    """Scoring, host side: our local cluster of every aligned new row, encrypted and selected by the guest."""
+    session.uses(SEGMENT)
+    session.send(POLICY, guest, pa.table({"release_membership": [policy.release_membership],
+                                          "share_means": [policy.share_means]}))  # fmt: skip
+
+    def check() -> None:
+        if not policy.release_membership:
+            raise ConfigError(
+                "assigning customers to segments releases each one's segment at the guest, which this "
+                "party's policy does not allow ([segment] release_membership in party.toml)"
+            )
+
+    session.guard(check)
+    session.hand_out_key(keypair[0], [guest])
+    _labels_host(session, guest, labels, k_h, keypair, workers)
+
+
+def policies_table(policies: Mapping[str, SegmentPolicy]) -> dict[str, dict[str, bool]]:
+    return {
+        h: {"release_membership": p.release_membership, "share_means": p.share_means}
+        for h, p in policies.items()
+    }
+
+
+__all__ = [
+    "SEGMENT",
+    "GuestSegments",
+    "HostSegments",
+    "crosstab_guest",
+    "crosstab_host",
+    "crosstab_options",
+    "run_guest",
+    "run_host",
+]

@@ -1,0 +1,89 @@
+"""End to end: a segment job between two real processes over loopback mTLS (``vfl run``), then
+``vfl predict`` with the segment model; outputs, ledgers and the host's policy from its party.toml."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from vfl import datasets
+from vfl.cli.demo import free_port
+from vfl.cli.workspace import DataSpec, create_workspace
+from vfl.config import Federation, JobConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run_all(commands: dict[str, list[str]]) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRPC_VERBOSITY": "ERROR"}
+    procs = {
+        p: subprocess.Popen(
+            [sys.executable, "-m", "vfl.cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=ROOT,
+        )  # fmt: skip
+        for p, args in commands.items()
+    }
+    out = {}
+    for p, proc in procs.items():
+        out[p], _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"{p}: {out[p]}"
+    return out
+
+
+@pytest.mark.slow
+def test_segment_job_and_assignment_between_two_processes(tmp_path):
+    data = {
+        "guest": DataSpec(datasets.path("breast_hetero_guest.csv"), "id", "y", None),
+        "host": DataSpec(datasets.path("breast_hetero_host.csv"), "id", None, [f"x{i}" for i in range(6)]),
+    }
+    federation = Federation()
+    workspaces = {}
+    for party, role in (("guest", "guest"), ("host", "host")):
+        ws = tmp_path / party
+        _, card, _ = create_workspace(ws, party_id=party, role=role, listen=f"127.0.0.1:{free_port()}",
+                                      data=data[party], force=True)  # fmt: skip
+        federation.add(card)
+        workspaces[party] = ws
+    for ws in workspaces.values():
+        federation.save(ws / "federation.toml")
+    with (workspaces["host"] / "party.toml").open("a") as f:
+        f.write("\n[segment]\nrelease_membership = true\nshare_means = true\n")
+    job = tmp_path / "job.toml"
+    section = {"k": 3, "key_bits": 1024, "outcome": "y", "membership": "guest", "min_size": 40}
+    job.write_text(JobConfig(id="seg", kind="segment", sections={"segment": section}).to_toml())
+    _run_all({p: ["run", str(job), "--party", str(ws), "--quiet"] for p, ws in workspaces.items()})
+
+    g = workspaces["guest"] / "out" / "seg"
+    profiles = pd.read_csv(g / "segment_profiles.csv")
+    assert len(profiles) == 3 and abs(profiles["size"].sum() - 569) < 60
+    assert {"rate", "rate_low", "rate_high", "guest:x0", "host:x0"} <= set(profiles.columns)
+    assert profiles["rate"].max() - profiles["rate"].min() > 0.3  # segments differ in outcome
+    segments = pd.read_csv(g / "segments.csv")
+    assert len(segments) == 569 and set(segments["segment"]) == {0, 1, 2}
+    assert "data:image/png;base64" in (g / "segment_report.html").read_text()
+    host_ledger = json.loads((workspaces["host"] / "out" / "seg" / "ledger.json").read_text())
+    assert host_ledger["status"] == "completed" and "the outcome" in host_ledger["never_learns"]
+
+    new = {"guest": tmp_path / "guest_new.csv", "host": tmp_path / "host_new.csv"}
+    pd.read_csv(datasets.path("breast_hetero_guest.csv")).iloc[:200].drop(columns=["y"]).to_csv(
+        new["guest"], index=False
+    )
+    pd.read_csv(datasets.path("breast_hetero_host.csv")).iloc[100:300].to_csv(new["host"], index=False)
+    _run_all({
+        p: ["predict", "--party", str(ws), "--model", "seg", "--data", str(new[p]), "--quiet"]
+        for p, ws in workspaces.items()
+    })  # fmt: skip
+    assigned = pd.read_csv(workspaces["guest"] / "out" / "predict-seg" / "segments.csv")
+    assert len(assigned) == 100
+    known = segments.set_index("id")["segment"]
+    assert (assigned.set_index("id")["segment"] == known.loc[assigned["id"]]).all()
