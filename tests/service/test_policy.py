@@ -199,7 +199,7 @@ BAD = [
     ("[partners]\nbank = 1\n", r"\[partners.bank\] must be a table"),
     ("[partners.bank.columns]\nstats = ['a']\n", r"\[partners.bank.columns\]: unknown key 'stats'"),
     ("[columns]\ntrain = 'age'\n", r"\[columns\]: 'train' must be a list of column names or \"\*\""),
-    ("[columns]\nsegment = ['a']\n", r"\[columns\]: unknown key 'segment'"),
+    ("[columns]\nclustering = ['a']\n", r"\[columns\]: unknown key 'clustering'"),
     ("[caps.bank]\nperiod = 'fortnight'\njobs = 1\n", r"\[caps.bank\]: 'period' must be one of day"),
     ("[caps.bank]\nperiod = 'day'\nbudget = 1\n", r"\[caps.bank\]: unknown key 'budget'"),
     ("[caps.bank]\nperiod = 'day'\n", r"a cap needs at least one of epsilon"),
