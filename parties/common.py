@@ -47,6 +47,7 @@ class Job:
     kind: str = "train"
     model: str | None = None  # predict: the training job whose model scores
     federation_digest: str = ""  # hash of the federation file, agreed before any work
+    audience: Any = None  # audience jobs: the [audience] options (vfl.analytics.options.AudienceJobOptions)
 
     def __post_init__(self) -> None:
         if not self.hosts:
@@ -79,6 +80,8 @@ class Job:
             shared["predict.reveal"] = self.scoring_reveal
         if self.kind == "predict":
             shared["predict.model"] = self.model
+        if self.kind == "audience" and self.audience is not None:
+            shared.update({f"audience.{k}": v for k, v in self.audience.to_dict().items()})
         return shared
 
     def session(self, channel: Any) -> Session:

@@ -76,6 +76,7 @@ def build_job(config: JobConfig, federation: Federation) -> Job:
         kind=config.kind,
         model=predict.model if predict else None,
         federation_digest=federation_digest(federation),
+        audience=config.options("audience") if config.kind == "audience" else None,
     )
 
 
@@ -154,11 +155,14 @@ def run_party(
     if party.role not in kind.roles:
         outcome.summary["note"] = f"the {party.role} takes no part in {config.kind} jobs"
         return outcome
-    out = _prepare_output(out, force=force, restart=restart)
     frame = None
     if party.role != "arbiter":
         frame = _load_data(party, job, Path(data) if data else None, with_label=kind.needs_label)
+    if kind.precheck is not None:  # before anything is written
+        kind.precheck(job, party.id, frame, party.id_column, party.label_column, party.columns)
+    out = _prepare_output(out, force=force, restart=restart)
     model = _load_model(party, job, frame) if kind.needs_model else None
+    budget = _open_budget(party) if config.kind == "audience" else None
 
     with (
         open_channel(party, federation, job_id=config.id, settings=settings) as channel,
@@ -168,15 +172,24 @@ def run_party(
         ctx = RoleContext(
             session, job, frame, id_column=party.id_column, label=party.label_column, columns=party.columns,
             positive=party.positive, output_dir=out, workers=pool, progress=progress, resumable=True, model=model,
-            source=Path(data or party.data).name if (data or party.data) else None,
+            source=Path(data or party.data).name if (data or party.data) else None, budget=budget,
         )  # fmt: skip
         try:
             result = run_role(config.kind, ctx)
         except BaseException:
             _write_failure_ledger(session, out)
             raise
+        finally:
+            if budget is not None:
+                budget.close()
     outcome.outputs, outcome.summary = result.outputs, result.summary
     return outcome
+
+
+def _open_budget(party: PartyConfig) -> Any:
+    from vfl.parties.audience import open_budget
+
+    return open_budget(party.workspace, party.budget)
 
 
 def _write_failure_ledger(session: Any, out: Path) -> None:

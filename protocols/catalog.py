@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vfl.protocols.audience import AUDIENCE
 from vfl.protocols.lr import LR
 from vfl.protocols.messages import Protocol, find
 from vfl.protocols.predict import PREDICT
@@ -10,6 +11,6 @@ from vfl.protocols.session import SESSION
 from vfl.protocols.shards import SHARDS
 from vfl.protocols.split import SPLIT
 
-ALL_PROTOCOLS: tuple[Protocol, ...] = (SESSION, PSI, SPLIT, LR, PREDICT, SHARDS)
+ALL_PROTOCOLS: tuple[Protocol, ...] = (SESSION, PSI, SPLIT, LR, PREDICT, SHARDS, AUDIENCE)
 
 __all__ = ["ALL_PROTOCOLS", "find"]

@@ -35,6 +35,7 @@ JOB_SECTIONS: dict[str, dict[str, type | str]] = {
     "psi": {"psi": _PSI},
     "train": {"psi": _PSI, "train": "vfl.options:TrainOptions"},
     "predict": {"psi": _PSI, "predict": "vfl.options:PredictOptions"},
+    "audience": {"psi": _PSI, "audience": "vfl.analytics.options:AudienceJobOptions"},
 }
 JOB_KINDS = tuple(JOB_SECTIONS)
 
@@ -133,6 +134,9 @@ class PartyConfig:
     label_column: str | None = None
     columns: list[str] | None = None  # offered feature columns; None = every column but id and label
     positive: str | None = None  # guest: the label value that is the positive class (needed unless 0/1)
+    # [budget]: privacy budget caps per partner ({partner: {epsilon, period}}, "*" for any other);
+    # None: the safe default cap of vfl.analytics.budget.DEFAULT_CAP
+    budget: dict[str, dict[str, Any]] | None = None
 
     @classmethod
     def load(cls, workspace: str | Path) -> PartyConfig:
@@ -171,6 +175,9 @@ class PartyConfig:
             certificate=resolve(_get(tls, "certificate", str, f"{where} [tls]", "tls/cert.pem")),
             output_dir=resolve(_get(output, "dir", str, f"{where} [output]", "out")),
         )
+        budget = _get(raw, "budget", dict, where, None)
+        if budget is not None:
+            cfg.budget = _budget_caps(budget, f"{where} [budget]")
         if role != "arbiter":
             cfg.data = resolve(_get(data, "path", str, f"{where} [data]"))
             cfg.id_column = _get(data, "id_column", str, f"{where} [data]", "id")
@@ -202,10 +209,27 @@ class PartyConfig:
                 "columns": self.columns,
                 "positive": self.positive,
             }
+        if self.budget:
+            tables["budget"] = {("default" if k == "*" else k): v for k, v in self.budget.items()}
         return dump_toml(tables)
 
     def save(self) -> Path:
         return atomic_write_text(self.workspace / "party.toml", self.to_toml())
+
+
+def _budget_caps(table: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
+    """``[budget]``: ``partner = { epsilon = 3.0, period = "30d" }`` per partner; ``default`` (or "*") for the rest."""
+    from vfl.analytics.budget import _cap_from
+
+    caps: dict[str, dict[str, Any]] = {}
+    for partner, spec in table.items():
+        name = "*" if partner in ("default", "*") else str(partner)
+        try:
+            _cap_from(name, spec)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        caps[name] = dict(spec)
+    return caps
 
 
 @dataclass(frozen=True)
@@ -411,6 +435,11 @@ def _check_job_table(job: Mapping[str, Any], where: str) -> None:
 
 
 def _cross_section_rules(kind: str, options: dict[str, Any], where: str) -> None:
+    if kind == "audience" and options["psi"].reveal != "all":
+        raise ConfigError(
+            f'{where} [psi]: an audience job needs reveal = "all" (each host encrypts its shared rows '
+            "in the shared order)"
+        )
     if kind == "train" and options["psi"].reveal != "all":
         raise ConfigError(
             f'{where} [psi]: a training job needs reveal = "all" (with "guest-only" the hosts '
