@@ -106,7 +106,9 @@ def _plots(run: Any, guest_columns: list[str], k: int) -> dict[str, str]:
                     ax.text(j, i, f"{counts[i, j]:.0f}", ha="center", va="center", fontsize=7, color="white")
         ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right", fontsize=8)
         ax.set_yticks(range(len(rows)), rows, fontsize=8)
-        ax.set_title(f"Shared customers by segment: guest x {host} (hatched: withheld, noised count < {k})")
+        ax.set_title(
+            f"Shared customers by segment: {run.party} x {host} (hatched: withheld, noised count < {k})"
+        )
         fig.colorbar(im, ax=ax, label="noised count")
         images[host] = _png(fig)
         plt.close(fig)

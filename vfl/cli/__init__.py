@@ -213,7 +213,13 @@ def main(
 
 
 # Each module has register(app).
-_COMMAND_MODULES = ("vfl.cli.workspace", "vfl.cli.federation", "vfl.cli.jobs", "vfl.cli.demo")
+_COMMAND_MODULES = (
+    "vfl.cli.workspace",
+    "vfl.cli.federation",
+    "vfl.cli.jobs",
+    "vfl.cli.demo",
+    "vfl.cli.budget",
+)
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name).register(app)
