@@ -214,6 +214,14 @@ def run_guest(
         })  # fmt: skip
     for host, pair in pairs.items():
         released.extend(released_numbers(pair.crosstab.layout, pair.released, me, host))
+    if by_segment is not None:
+        for rec in by_segment.to_dict(orient="records"):
+            released.append({
+                "table": "overlap by guest segment", "kind": "shared customers",
+                "cell": _cell_name(list(categories), tuple(rec[c] for c in categories)) + f" ∩ {rec['host']}",
+                "epsilon": 0.0, "noise": "none: from the guest's own PSI rows, never sent",
+                "suppressed": bool(rec["suppressed"]), "seen_by": [me],
+            })  # fmt: skip
     run = AudienceRun(
         me, "guest", overlap, {h: p.released for h, p in pairs.items()}, by_segment, released,
         noise_disabled_for_tests=disable_noise_for_tests,
@@ -255,7 +263,7 @@ def run_host(
         if keypair is None or keypair[0].bits != options.key_bits:
             keypair = generate_keypair(options.key_bits)
         exposed = True
-        released_frame = session.guard(
+        layout, released_frame = session.guard(
             lambda: protocol.run_host(
                 session, guest, mech, keypair, host_categories=categories,
                 host_segments=aligned[segments] if segments else None,
@@ -276,17 +284,7 @@ def run_host(
          "noise": "none: the PSI reveals the intersection size to both parties", "suppressed": False,
          "seen_by": [guest, me]},
     ]  # fmt: skip
-    shown = released_frame[~released_frame["suppressed"].astype(bool)]
-    measures = ["count", *[c[4:] for c in released_frame.columns if c.startswith("sum_")]]
-    for rec in shown.to_dict(orient="records"):
-        for m in measures:
-            released.append({
-                "table": f"{guest} x {me}", "kind": "count" if m == "count" else f"sum of {m}",
-                "cell": ", ".join(f"{c}={rec[c]}" for c in released_frame.columns
-                                  if c not in ("count", "suppressed") and not c.startswith(("sum_", "mean_"))),
-                "epsilon": None, "noise": "discrete Laplace, includes the guest's share (unknown here)",
-                "suppressed": False, "seen_by": [guest, me],
-            })  # fmt: skip
+    released.extend(released_numbers(layout, released_frame, guest, me))
     run = AudienceRun(
         me, "host", overlap, {guest: released_frame}, None, released,
         noise_disabled_for_tests=disable_noise_for_tests,

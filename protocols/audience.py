@@ -221,8 +221,9 @@ def run_host(
     rows: int,
     workers: WorkerPool | None = None,
     disable_noise_for_tests: bool = False,
-) -> pd.DataFrame:
-    """A host's side: encrypt its shared rows (shared order) under its own key; returns the released table."""
+) -> tuple[ct.Layout, pd.DataFrame]:
+    """A host's side: encrypt its shared rows (shared order) under its own key; returns the layout and the
+    released table."""
     session.uses(AUDIENCE)
     me = session.party
     public_key, private_key = keypair
@@ -257,9 +258,12 @@ def run_host(
     session.send(REPLY, guest, _ints_table(reply, public_key.key_bytes), host=me)
     released = session.recv(RELEASE, guest, host=me)
     try:
-        return frame_from_json(one(released, "table"))
+        table = frame_from_json(one(released, "table"))
     except (ValueError, KeyError, TypeError) as exc:
         raise ProtocolError(f"party '{guest}' sent an unreadable released table") from exc
+    if len(table) != layout.guest_cells * layout.host_cells or "suppressed" not in table.columns:
+        raise ProtocolError(f"party '{guest}' sent a released table that does not match the layout")
+    return layout, table
 
 
 def frame_to_json(frame: pd.DataFrame) -> str:

@@ -67,6 +67,12 @@ def test_no_per_row_value_or_segment_leaves_its_owner(market, host_keypairs):
     assert {tuple(e["seen_by"]) for e in counts if e["suppressed"]} == {("retailer",)}
     assert {tuple(e["seen_by"]) for e in counts if not e["suppressed"]} == {("retailer", "bank")}
     assert sum(layout.epsilon.values()) <= 1.0 + 1e-12
+    host_counts = [e for e in host_ledger.released if e["kind"] == "count"]
+    assert len(host_counts) == len(counts) and all(
+        e["epsilon"] == layout.epsilon["count"] for e in host_counts
+    )
+    by_segment = [e for e in guest_ledger.released if e["table"] == "overlap by guest segment"]
+    assert len(by_segment) == layout.guest_cells and all(e["seen_by"] == ["retailer"] for e in by_segment)
     learns = " ".join(host_ledger.learns)
     assert "released cross-tab" in learns and "guest's noise share" in " ".join(host_ledger.never_learns)
     assert set(AUDIENCE.never) == {"guest", "host"}
