@@ -39,7 +39,7 @@ import pandas as pd  # noqa: E402
 GUEST_SEGMENTS, HOST_SEGMENTS = 10, 20
 
 
-def make_data(role: str, n: int) -> pd.DataFrame:
+def make_data(role: str, n: int, metric_owners: str = "split") -> pd.DataFrame:
     """Both parties: ids 0..n-1 (all shared); a segment column and a metric, correlated through a latent."""
     rng = np.random.default_rng([13, n])
     latent = rng.normal(size=n)
@@ -52,7 +52,18 @@ def make_data(role: str, n: int) -> pd.DataFrame:
     metric = np.exp(4 + 0.5 * noisy + own.normal(scale=0.5, size=n))
     ids = [f"customer-{i:09d}@example.com" for i in own.permutation(n)]
     name = "gseg" if role == "guest" else "hseg"
-    return pd.DataFrame({"id": ids, name: segment, "gm" if role == "guest" else "hm": metric})
+    frame = pd.DataFrame({"id": ids, name: segment})
+    if metric_owners == "split":  # one metric at each party
+        frame["gm" if role == "guest" else "hm"] = metric
+    elif role == "host":  # both metrics at the host
+        frame["hm"], frame["hm2"] = metric, np.sqrt(metric)
+    return frame
+
+
+def metric_table(metric_owners: str) -> tuple[dict[str, list[str]], dict[str, list[float]]]:
+    if metric_owners == "split":
+        return {"guest": ["gm"], "host": ["hm"]}, {"gm": [0.0, 1000.0], "hm": [0.0, 1000.0]}
+    return {"guest": [], "host": ["hm", "hm2"]}, {"hm": [0.0, 1000.0], "hm2": [0.0, 40.0]}
 
 
 def _maxrss_mb() -> float:
@@ -64,7 +75,9 @@ def _worker_rss(_: int) -> tuple[int, float]:
     return os.getpid(), _maxrss_mb()
 
 
-def party(role: str, n: int, workers: int, key_bits: int, conn: Any, barrier: Any, out: Any) -> None:
+def party(
+    role: str, n: int, workers: int, key_bits: int, owners: str, conn: Any, barrier: Any, out: Any
+) -> None:
     from bench_psi import PipeChannel
 
     from vfl.analytics.options import AudienceJobOptions
@@ -74,12 +87,13 @@ def party(role: str, n: int, workers: int, key_bits: int, conn: Any, barrier: An
     from vfl.protocols import psi
     from vfl.psi import PsiOptions
 
-    data = make_data(role, n)
+    data = make_data(role, n, owners)
+    metrics, bounds = metric_table(owners)
     options = AudienceJobOptions.from_dict(
         {
             "segments": {"guest": ["gseg"], "host": ["hseg"]},
-            "metrics": {"guest": ["gm"], "host": ["hm"]},
-            "bounds": {"gm": [0.0, 1000.0], "hm": [0.0, 1000.0]},
+            "metrics": metrics,
+            "bounds": bounds,
             "key_bits": key_bits,
             "max_categories": max(GUEST_SEGMENTS, HOST_SEGMENTS),
         }
@@ -118,14 +132,18 @@ def party(role: str, n: int, workers: int, key_bits: int, conn: Any, barrier: An
     out.put((role, t_audience, t_psi, result.size, rss_audience, worker_rss, keygen, cells))
 
 
-def run_sizes(n: int, workers: int, key_bits: int) -> dict[str, tuple]:
+def run_sizes(n: int, workers: int, key_bits: int, owners: str) -> dict[str, tuple]:
     context = mp.get_context("spawn")
     left, right = context.Pipe(duplex=True)
     barrier = context.Barrier(2)
     out = context.Queue()
     procs = [
-        context.Process(target=party, args=("guest", n, workers, key_bits, left, barrier, out), name="guest"),
-        context.Process(target=party, args=("host", n, workers, key_bits, right, barrier, out), name="host"),
+        context.Process(
+            target=party, args=("guest", n, workers, key_bits, owners, left, barrier, out), name="guest"
+        ),
+        context.Process(
+            target=party, args=("host", n, workers, key_bits, owners, right, barrier, out), name="host"
+        ),
     ]
     for p in procs:
         p.start()
@@ -154,6 +172,13 @@ def main() -> None:
     parser.add_argument("--sizes", type=str, default=None, help="comma-separated numbers of shared customers")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="pool workers per party")
     parser.add_argument("--key-bits", type=int, default=2048)
+    parser.add_argument(
+        "--metrics",
+        choices=("split", "host", "both"),
+        default="split",
+        help="split: one metric at each party (the guest's needs count-only blocks and one exponentiation per "
+        "row); host: both metrics at the host (one ciphertext per row); both: run each",
+    )
     args = parser.parse_args()
     sizes = (
         [int(s) for s in args.sizes.split(",")]
@@ -167,28 +192,34 @@ def main() -> None:
         flush=True,
     )
     rows = []
+    owners = ("split", "host") if args.metrics == "both" else (args.metrics,)
     for n in sizes:
-        r = run_sizes(n, args.workers, args.key_bits)
-        g, h = r["guest"], r["host"]
-        assert g[2] == n and h[2] == n, f"PSI found {g[2]} shared ids, expected {n}"
-        wall_audience, wall_psi = max(g[0], h[0]), max(g[1], h[1])
-        rows.append((n, wall_audience, wall_psi, g, h))
-        print(f"  {n:>9,}: audience {wall_audience:.1f} s, PSI alone {wall_psi:.1f} s", flush=True)
+        for who in owners:
+            r = run_sizes(n, args.workers, args.key_bits, who)
+            g, h = r["guest"], r["host"]
+            assert g[2] == n and h[2] == n, f"PSI found {g[2]} shared ids, expected {n}"
+            wall_audience, wall_psi = max(g[0], h[0]), max(g[1], h[1])
+            rows.append((n, who, wall_audience, wall_psi, g, h))
+            print(
+                f"  {n:>9,} ({who} metrics): audience {wall_audience:.1f} s, PSI alone {wall_psi:.1f} s, "
+                f"load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
     header = (
-        f"{'shared':>10} | {'audience s':>10} | {'PSI alone s':>11} | {'ratio':>6} | {'guest MB':>8} | "
+        f"{'shared':>10} | {'metrics':>7} | {'audience s':>10} | {'PSI alone s':>11} | {'ratio':>6} | {'guest MB':>8} | "
         f"{'host MB':>7} | {'worker MB':>9} | {'keygen s':>8} | {'released cells':>14}"
     )
     print()
     print(header)
     print("-" * len(header))
-    for n, wa, wp, g, h in rows:
+    for n, who, wa, wp, g, h in rows:
         print(
-            f"{n:>10,} | {wa:10.1f} | {wp:11.1f} | {wa / wp:5.2f}x | {g[3]:8.0f} | {h[3]:7.0f} | "
+            f"{n:>10,} | {who:>7} | {wa:10.1f} | {wp:11.1f} | {wa / wp:5.2f}x | {g[3]:8.0f} | {h[3]:7.0f} | "
             f"{max(g[4], h[4]):9.0f} | {h[5]:8.1f} | {g[6]:>14}"
         )
     print(
         "\nratio = audience job wall time (its own PSI + the encrypted cross-tab + release) / the PSI alone on the "
-        "same ids in the same run (target <= 3x at 1M); MB = peak resident memory of each party's main process"
+        "same ids in the same run (target <= 3x at 1M); metrics: split = one at each party, host = both at the host; MB = peak resident memory of each party's main process"
     )
 
 

@@ -292,7 +292,7 @@ def test_a_good_job_file_round_trips(tmp_path):
 def test_job_section_errors_name_file_section_and_key(tmp_path):
     cases = [
         ('[job]\nid = "j1"\nkind = "train"\nowner = "me"\n', r" \[job\]: unknown key\(s\) owner; known keys: id, kind"),
-        ('[job]\nid = "j1"\nkind = "stats"\n', r" \[job\]: key kind must be one of psi, train, predict, got 'stats'"),
+        ('[job]\nid = "j1"\nkind = "stats"\n', r" \[job\]: key kind must be one of psi, train, predict(, [a-z-]+)*, got 'stats'"),
         ('[job]\nid = "a/b"\nkind = "psi"\n', r" \[job\]: key id must be a folder name .*got 'a/b'"),
         ('[job]\nkind = "psi"\n', r" \[job\]: missing key id; it must be a folder name"),
         (TRAIN + "[psi]\nlowercase = true\n", r" \[psi\]: unknown PSI option\(s\) lowercase; known options: casefold, chunk_size"),
