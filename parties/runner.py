@@ -162,13 +162,13 @@ def run_party(
         kind.precheck(job, party.id, frame, party.id_column, party.label_column, party.columns)
     out = _prepare_output(out, force=force, restart=restart)
     model = _load_model(party, job, frame) if kind.needs_model else None
-    budget = _open_budget(party) if config.kind == "audience" else None
 
     with (
         open_channel(party, federation, job_id=config.id, settings=settings) as channel,
         WorkerPool(workers) as pool,
     ):
         session = job.session(channel)
+        budget = _open_budget(party) if config.kind == "audience" else None
         ctx = RoleContext(
             session, job, frame, id_column=party.id_column, label=party.label_column, columns=party.columns,
             positive=party.positive, output_dir=out, workers=pool, progress=progress, resumable=True, model=model,
