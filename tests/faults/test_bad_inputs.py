@@ -298,7 +298,7 @@ LIBRARY = [
     Case("job: learning rate is text", job_text_learning_rate, ConfigError, r"\[train\]: job option learning_rate must be a float in \(0, inf\), got 'fast'"),
     Case("job: key_bits 1000", job_bad_key_bits, ConfigError, r"job option key_bits must be one of 1024, 2048, 3072, got 1000"),
     Case("job: missing [job] kind", job_missing_kind, ConfigError, r"job\.toml \[job\]: missing key kind; it must be one of psi, train, predict"),
-    Case("job: unknown kind", job_unknown_kind, ConfigError, r"kind must be one of psi, train, predict, got 'deep-learning'"),
+    Case("job: unknown kind", job_unknown_kind, ConfigError, r"kind must be one of psi, train, predict(, [a-z-]+)*, got 'deep-learning'"),
     Case("job: id escapes the output folder", job_id_escapes_output_dir, ConfigError, r"\[job\]: key id must be a folder name .*\(it names the job's output folder\), got '\.\./\.\./elsewhere'"),
     Case("job: unknown PSI option", job_unknown_psi_option, ConfigError, r"\[psi\]: unknown PSI option\(s\) lowercase"),
     Case("missing federation file", missing_federation_file, ConfigError, r"federation file .*federation\.toml does not exist; create it with 'vfl federation add CARD\.\.\.'"),
