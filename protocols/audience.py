@@ -239,15 +239,15 @@ def run_host(
     )  # fmt: skip
     frame = host_segments if host_segments is not None else pd.DataFrame(index=range(rows))
     plains = ct.encode_rows(frame, host_metrics, layout)
-    cts = ct.encrypt_rows(private_key, plains, workers=workers)
-    del plains
-    parts = -(-len(cts) // ROWS_PER_PART)
+    parts = -(-len(plains) // ROWS_PER_PART)
     info = pa.table({"layout": [json.dumps(layout.to_dict())], "parts": [parts]})
     session.send(LAYOUT, guest, info, host=me)
+    # Encrypted and sent part by part: the guest never waits for all rows at once, memory stays bounded.
     for part in range(parts):
-        chunk = cts[part * ROWS_PER_PART : (part + 1) * ROWS_PER_PART]
-        session.send(ROWS, guest, _cipher_table(chunk, public_key), host=me, part=part)
-    del cts
+        chunk = plains[part * ROWS_PER_PART : (part + 1) * ROWS_PER_PART]
+        cts = ct.encrypt_rows(private_key, chunk, workers=workers)
+        session.send(ROWS, guest, _cipher_table(cts, public_key), host=me, part=part)
+    del plains
     sealed_msg = session.recv(SEALED, guest, host=me)
     n2 = int(public_key.n_square)
     sealed = [
