@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vfl.analytics.budget import PrivacyBudget
 from vfl.data import Preprocessor, require_columns
 from vfl.errors import ConfigError, DataError
 from vfl.io import check_writable
@@ -52,6 +53,7 @@ class Job:
     federation_digest: str = ""  # hash of the federation file, agreed before any work
     screen: ScreenOptions | None = None  # [screen] of a screening job
     segment: Any = None  # segment jobs: the [segment] options (vfl.segmentation.options.SegmentOptions)
+    audience: Any = None  # audience jobs: the [audience] options (vfl.analytics.options.AudienceJobOptions)
 
     def __post_init__(self) -> None:
         if not self.hosts:
@@ -103,6 +105,8 @@ class Job:
             shared.update({f"screen.{k}": v for k, v in (self.screen or ScreenOptions()).to_dict().items()})
         if self.kind == "segment" and self.segment is not None:
             shared.update({f"segment.{k}": v for k, v in self.segment.to_dict().items()})
+        if self.kind == "audience" and self.audience is not None:
+            shared.update({f"audience.{k}": v for k, v in self.audience.to_dict().items()})
         return shared
 
     def session(self, channel: Any, *, first_contact: float | None = None) -> Session:
@@ -388,3 +392,8 @@ def psi_multiplier(workers: Any, options: PsiOptions) -> ScalarMultiplier | None
         parallel_threshold=options.parallel_threshold,
         executor=workers,
     )
+
+
+def open_budget(workspace: Path, caps: dict[str, Any] | None = None) -> PrivacyBudget:
+    """The party's privacy budget ledger, ``<workspace>/budget.sqlite`` (one for every kind of job that spends it)."""
+    return PrivacyBudget(Path(workspace) / "budget.sqlite", caps)

@@ -23,6 +23,7 @@ from vfl.errors import ConfigError
 from vfl.io import atomic_write_text
 from vfl.model import ModelShard
 from vfl.parties import arbiter as arbiter_party
+from vfl.parties import audience as audience_party
 from vfl.parties import guest as guest_party
 from vfl.parties import host as host_party
 from vfl.parties import screen as screen_party
@@ -52,7 +53,8 @@ class RoleContext:
     keypair: tuple[PublicKey, PrivateKey] | None = None
     source: str | None = None  # the data file's name, for the report's provenance
     segment_policy: Any = None  # segment jobs: this party's [segment] policy from party.toml
-    budget: Any = None  # segment (and audience) jobs: the party's PrivacyBudget (None: no budget is kept)
+    budget: Any = None  # audience and segment jobs: the party's PrivacyBudget (None: no budget is kept)
+    disable_noise_for_tests: bool = False  # audience jobs: exactness tests only; no option maps to it
 
     @property
     def role(self) -> str:
@@ -80,6 +82,10 @@ class JobKind:
     needs_label: bool = False  # the guest's data must have its label column
     needs_model: bool = False  # every data party loads its shard of [predict] model
     uses_arbiter: bool = False
+    # checks a party makes alone before anything is written or any peer contacted:
+    # precheck(job, party, frame, id_column, label, offered columns)
+    precheck: Callable[..., Any] | None = None
+    spends_budget: bool = False  # releases noised aggregates: opens the party's privacy budget
 
 
 # --- psi -------------------------------------------------------------------------------------------
@@ -258,6 +264,31 @@ def _assign_host(ctx: RoleContext) -> Outcome:
     return Outcome(outputs, {"rows": rows}, rows)
 
 
+# --- audience --------------------------------------------------------------------------------------
+
+
+def _audience_guest(ctx: RoleContext) -> Outcome:
+    assert ctx.data is not None
+    run = audience_party.run_guest(
+        ctx.session, ctx.job, ctx.data, id_column=ctx.id_column, label=ctx.label, offered=ctx.columns,
+        output_dir=ctx.output_dir, workers=ctx.workers, budget=ctx.budget,
+        disable_noise_for_tests=ctx.disable_noise_for_tests,
+    )  # fmt: skip
+    summary = {"overlap": dict(zip(run.overlap["between"], run.overlap["size"], strict=True))}
+    return Outcome(run.outputs, summary, run)
+
+
+def _audience_host(ctx: RoleContext) -> Outcome:
+    assert ctx.data is not None
+    run = audience_party.run_host(
+        ctx.session, ctx.job, ctx.data, id_column=ctx.id_column, offered=ctx.columns,
+        output_dir=ctx.output_dir, workers=ctx.workers, budget=ctx.budget, keypair=ctx.keypair,
+        disable_noise_for_tests=ctx.disable_noise_for_tests,
+    )  # fmt: skip
+    summary = {"overlap": dict(zip(run.overlap["between"], run.overlap["size"], strict=True))}
+    return Outcome(run.outputs, summary, run)
+
+
 JOB_KINDS: dict[str, JobKind] = {
     kind.name: kind
     for kind in (
@@ -270,7 +301,13 @@ JOB_KINDS: dict[str, JobKind] = {
         ),
         JobKind("predict", {"guest": _predict_guest, "host": _predict_host}, needs_model=True),
         JobKind("screen", {"guest": _screen_guest, "host": _screen_host}, needs_label=True),
-        JobKind("segment", {"guest": _segment_guest, "host": _segment_host}),
+        JobKind("segment", {"guest": _segment_guest, "host": _segment_host}, spends_budget=True),
+        JobKind(
+            "audience",
+            {"guest": _audience_guest, "host": _audience_host},
+            precheck=audience_party.precheck,
+            spends_budget=True,
+        ),
     )
 }
 

@@ -25,7 +25,7 @@ from vfl.errors import ConfigError, OutputError
 from vfl.io import check_writable
 from vfl.model import ModelShard
 from vfl.options import PredictOptions, TrainOptions
-from vfl.parties.common import Job, ProgressFn, ledger_for, write_outputs
+from vfl.parties.common import Job, ProgressFn, ledger_for, open_budget, write_outputs
 from vfl.parties.guest import check_guest_data
 from vfl.parties.host import check_host_data
 from vfl.parties.jobs import RoleContext, idle_note, job_kind, run_role
@@ -80,6 +80,7 @@ def build_job(config: JobConfig, federation: Federation) -> Job:
         federation_digest=federation_digest(federation),
         screen=config.options("screen") if config.kind == "screen" else None,
         segment=config.options("segment") if config.kind == "segment" else None,
+        audience=config.options("audience") if config.kind == "audience" else None,
     )
 
 
@@ -171,12 +172,17 @@ def run_party(
     if party.id not in job.members.parties:
         outcome.summary["note"] = idle_note(job)
         return outcome
-    out = _prepare_output(out, force=force, restart=restart)
     frame = None
     if party.role != "arbiter":
         frame = _load_data(party, job, Path(data) if data else None, with_label=kind.needs_label)
+    if kind.precheck is not None:  # before anything is written
+        kind.precheck(job, party.id, frame, party.id_column, party.label_column, party.columns)
+    out = _prepare_output(out, force=force, restart=restart)
     model = _load_model(party, job, frame) if kind.needs_model else None
-    budget = _segment_budget(party) if config.kind == "segment" and party.role != "arbiter" else None
+    # Jobs that release noised aggregates spend this party's privacy budget (vfl/analytics/budget.py).
+    budget = (
+        open_budget(party.workspace, party.budget) if kind.spends_budget and party.role != "arbiter" else None
+    )
 
     # The compute backend first: a wrong Dask scheduler address fails here, before any peer is contacted.
     backend = open_backend(
@@ -205,12 +211,6 @@ def run_party(
                 budget.close()
     outcome.outputs, outcome.summary = result.outputs, result.summary
     return outcome
-
-
-def _segment_budget(party: PartyConfig) -> Any:
-    from vfl.parties.segment import open_budget
-
-    return open_budget(party.workspace, getattr(party, "budget", None))
 
 
 def _write_failure_ledger(session: Any, out: Path) -> None:

@@ -278,11 +278,6 @@ def run_host(
 # --- the privacy budget (the same ledger and rules as audience jobs) ----------------------------------
 
 
-def open_budget(workspace: Path, caps: dict[str, Any] | None = None) -> PrivacyBudget:
-    """The party's privacy budget ledger, ``<workspace>/budget.sqlite`` (shared with audience jobs)."""
-    return PrivacyBudget(Path(workspace) / "budget.sqlite", caps)
-
-
 def _reserve(session: Session, job: Job, budget: PrivacyBudget | None, spends: dict[str, float]) -> None:
     """Reserve this job's epsilon with every partner before any noised number moves (refused: every party stops)."""
     if budget is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from vfl.protocols.audience import AUDIENCE
 from vfl.protocols.lr import LR
 from vfl.protocols.lr_two_key import LR_TWO_KEY
 from vfl.protocols.messages import Protocol, find
@@ -23,6 +24,7 @@ ALL_PROTOCOLS: tuple[Protocol, ...] = (
     SHARDS,
     LR_TWO_KEY,
     SCREEN,
+    AUDIENCE,
     SEGMENT,
     SERVICE,
 )

@@ -261,3 +261,33 @@ def test_segment_job_sends_only_declared_messages(keypair_1024):
     } <= seen
     assert "segment.means" in seen and "segment.label" not in seen
     assert outcome["guest"].summary["segments"] == 3
+
+
+def test_an_audience_job_sends_only_declared_messages(keypair_1024):
+    from vfl.analytics.options import AudienceJobOptions
+    from vfl.datasets import marketing
+
+    d = marketing(400, seed=2)
+    options = AudienceJobOptions.from_dict(
+        {
+            "segments": {"retailer": ["channel"], "bank": ["income_band"], "publisher": ["interest_segment"]},
+            "metrics": {"retailer": ["spend"], "bank": ["balance"]},
+            "bounds": {"spend": [0, 300], "balance": [0, 20000]},
+            "key_bits": 1024,
+        }
+    )
+    job = Job("aud", "retailer", ("bank", "publisher"), kind="audience", audience=options)
+    network = LocalNetwork(list(job.parties))
+    roles = {}
+    for party in job.parties:
+        ctx = RoleContext(job.session(network.channel(party)), job, d[party], keypair=keypair_1024)
+        roles[party] = lambda ctx=ctx: run_role("audience", ctx)
+    outcome = run_parties(network, roles)
+    seen = assert_all_declared(network, job)
+    assert {"audience.cells", "audience.layout", "audience.rows", "audience.sealed", "audience.reply",
+            "audience.release", "psi.result", "session.public-key", "session.done"} <= seen  # fmt: skip
+    assert set(outcome["retailer"].summary["overlap"]) == {
+        "retailer ∩ bank",
+        "retailer ∩ publisher",
+        "all parties",
+    }

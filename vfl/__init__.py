@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "simulate_psi": "vfl.parties.simulation",
     "simulate": "vfl.parties.simulation",
+    "simulate_audience": "vfl.parties.audience_simulation",
 }
 
 
@@ -35,4 +36,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'vfl' has no attribute '{name}'")
 
 
-__all__ = ["VflError", "__version__", "simulate", "simulate_psi"]
+__all__ = ["VflError", "__version__", "simulate", "simulate_audience", "simulate_psi"]

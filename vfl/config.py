@@ -37,6 +37,7 @@ JOB_SECTIONS: dict[str, dict[str, type | str]] = {
     "predict": {"psi": _PSI, "predict": "vfl.options:PredictOptions"},
     "screen": {"psi": _PSI, "screen": "vfl.options:ScreenOptions"},
     "segment": {"psi": _PSI, "segment": "vfl.segmentation.options:SegmentOptions"},
+    "audience": {"psi": _PSI, "audience": "vfl.analytics.options:AudienceJobOptions"},
 }
 JOB_KINDS = tuple(JOB_SECTIONS)
 
@@ -138,6 +139,9 @@ class PartyConfig:
     compute: str = "local"  # [compute] backend: "local" (a process pool here) or "dask://HOST:PORT"
     compute_workers: int | None = None  # [compute] workers: local pool size (default: every core)
     segment_policy: Any = None  # [segment] of party.toml (vfl.segmentation.options.SegmentPolicy)
+    # [budget]: privacy budget caps per partner ({partner: {epsilon, period}}, "*" for any other);
+    # None: the safe default cap of vfl.analytics.budget.DEFAULT_CAP
+    budget: dict[str, dict[str, Any]] | None = None
 
     @classmethod
     def load(cls, workspace: str | Path) -> PartyConfig:
@@ -187,6 +191,9 @@ class PartyConfig:
         from vfl.compute import parse_backend  # imports gmpy2: only once a party file is read
 
         parse_backend(cfg.compute, f"{where} [compute] backend")
+        budget = _get(raw, "budget", dict, where, None)
+        if budget is not None:
+            cfg.budget = _budget_caps(budget, f"{where} [budget]")
         if role != "arbiter":
             cfg.data = resolve(_get(data, "path", str, f"{where} [data]"))
             cfg.id_column = _get(data, "id_column", str, f"{where} [data]", "id")
@@ -228,10 +235,27 @@ class PartyConfig:
                 "columns": self.columns,
                 "positive": self.positive,
             }
+        if self.budget:
+            tables["budget"] = {("default" if k == "*" else k): v for k, v in self.budget.items()}
         return dump_toml(tables)
 
     def save(self) -> Path:
         return atomic_write_text(self.workspace / "party.toml", self.to_toml())
+
+
+def _budget_caps(table: dict[str, Any], where: str) -> dict[str, dict[str, Any]]:
+    """``[budget]``: ``partner = { epsilon = 3.0, period = "30d" }`` per partner; ``default`` (or "*") for the rest."""
+    from vfl.analytics.budget import _cap_from
+
+    caps: dict[str, dict[str, Any]] = {}
+    for partner, spec in table.items():
+        name = "*" if partner in ("default", "*") else str(partner)
+        try:
+            _cap_from(name, spec)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        caps[name] = dict(spec)
+    return caps
 
 
 @dataclass(frozen=True)
@@ -440,6 +464,11 @@ def _cross_section_rules(kind: str, options: dict[str, Any], where: str) -> None
     if kind == "screen" and options["psi"].reveal != "all":
         raise ConfigError(
             f'{where} [psi]: a screening job needs reveal = "all" (the hosts bin their aligned rows)'
+        )
+    if kind == "audience" and options["psi"].reveal != "all":
+        raise ConfigError(
+            f'{where} [psi]: an audience job needs reveal = "all" (each host encrypts its shared rows '
+            "in the shared order)"
         )
     if kind == "train" and options["psi"].reveal != "all":
         raise ConfigError(

@@ -31,6 +31,8 @@ class Ledger:
     notes: list[str] = field(default_factory=list)
     protocols: list[str] = field(default_factory=list)
     status: str = "completed"  # or "failed": a ledger is written for every job, also one that stopped
+    # audience jobs: every released number (its kind, cell, epsilon, noise and who saw it)
+    released: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_log(

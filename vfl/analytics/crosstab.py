@@ -52,7 +52,7 @@ from vfl.analytics.dp import AudienceOptions, Released, noise_limit, noise_share
 from vfl.crypto import _kernels
 from vfl.crypto.keys import PrivateKey, PublicKey
 from vfl.crypto.pool import WorkerPool
-from vfl.crypto.randomness import RandomnessPool, randomizers
+from vfl.crypto.randomness import RandomnessPool, key_owner_args, key_owner_encrypt, randomizers
 from vfl.errors import CryptoError, DataError, IntegrityError, ProtocolError
 
 Slot = tuple  # ("count", h) | ("sum", metric, h)
@@ -407,15 +407,27 @@ def encode_rows(
 
 
 def encrypt_rows(
-    public_key: PublicKey,
+    key: PublicKey | PrivateKey,
     plaintexts: Sequence[int],
     *,
     randomness: RandomnessPool | None = None,
     workers: WorkerPool | None = None,
 ) -> list[mpz]:
-    """DJN-encrypt raw signed plaintexts (``P mod n``), one fresh randomizer each (on ``workers`` if large)."""
+    """DJN-encrypt raw signed plaintexts (``P mod n``), one fresh randomizer each (on ``workers`` if large).
+
+    With the :class:`PrivateKey` (the host owns its key) and no pool, the key owner's CRT path
+    (DESIGN.md §8: ~1.8x faster, same ciphertext distribution under the public key).
+    """
+    if isinstance(key, PrivateKey):
+        private_key, public_key = key, key.public_key
+    else:
+        private_key, public_key = None, key
     n = public_key.n
     plains = [mpz(p) % n for p in plaintexts]
+    if private_key is not None and randomness is None:
+        if workers is not None and workers.should_split(len(plains)):
+            return workers.map_chunks(_kernels.crt_encrypt, plains, key_owner_args(private_key))
+        return key_owner_encrypt(private_key, plains)
     if randomness is None and workers is not None and workers.should_split(len(plains)):
         args = (n, public_key.h_s, public_key.djn_exponent_bits, public_key.djn_window)
         return workers.map_chunks(_kernels.worker_encrypt, plains, args)

@@ -220,6 +220,7 @@ _COMMAND_MODULES = (
     "vfl.cli.demo",
     "vfl.cli.serve",
     "vfl.cli.info",
+    "vfl.cli.budget",
 )
 
 for _name in _COMMAND_MODULES:

@@ -82,9 +82,19 @@ def run_demo(
 ) -> dict:
     """Set up and run the federation as three processes (two without ``arbiter``); return the guest's metrics."""
     workspaces, job_file = setup_demo(base, key_bits=key_bits, max_epochs=max_epochs, arbiter=arbiter)
+    run_processes(base, workspaces, job_file, timeout=timeout)
+    metrics_file = workspaces["guest"] / "out" / "demo-breast" / "metrics.json"
+    return json.loads(metrics_file.read_text())
+
+
+def run_processes(base: Path, workspaces: dict[str, Path], job_file: Path, *, timeout: float) -> None:
+    """Run one job at every party, each party its own ``vfl run`` process; the guest's is the one shown."""
     env = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
     procs: dict[str, subprocess.Popen] = {}
     logs: dict[str, Path] = {}
+    from vfl.config import PartyConfig
+
+    guest = next((p for p, w in workspaces.items() if PartyConfig.load(w).role == "guest"), "")
     try:
         for party_id in workspaces:
             logs[party_id] = base / f"{party_id}.log"
@@ -97,13 +107,13 @@ def run_demo(
                 "--party",
                 str(workspaces[party_id]),
             ]
-            if party_id != "guest":
+            if party_id != guest:
                 command.append("--quiet")
             with logs[party_id].open("w") as log:
                 procs[party_id] = subprocess.Popen(
                     command,
                     stdout=log,
-                    stderr=None if party_id == "guest" else subprocess.STDOUT,
+                    stderr=None if party_id == guest else subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     env=env,
                 )
@@ -129,8 +139,69 @@ def run_demo(
             f"the demo's {first} process failed (exit {failed[first]}): {_last_error(logs[first])} "
             f"(logs in {base})"
         )
-    metrics_file = workspaces["guest"] / "out" / "demo-breast" / "metrics.json"
-    return json.loads(metrics_file.read_text())
+
+
+MARKETING_ROLES = (("retailer", "guest"), ("bank", "host"), ("publisher", "host"), ("arbiter", "arbiter"))
+
+
+def setup_marketing(
+    base: Path, *, key_bits: int, max_epochs: int | None, rows: int
+) -> tuple[dict[str, Path], list[Path]]:
+    """Workspaces of a retailer (guest), a bank and a publisher (hosts) and an arbiter on
+    ``vfl.datasets.marketing``, and two jobs: an audience job, then a training job."""
+    from vfl.cli.workspace import DataSpec, create_workspace
+    from vfl.config import Federation, JobConfig
+    from vfl.datasets import marketing
+
+    frames = marketing(rows, seed=7)
+    federation = Federation()
+    workspaces: dict[str, Path] = {}
+    for party_id, role in MARKETING_ROLES:
+        spec = None
+        if role != "arbiter":
+            path = base / f"{party_id}.csv"
+            frames[party_id].to_csv(path, index=False)
+            spec = DataSpec(path, "id", "purchase" if role == "guest" else None, None)
+        workspace = base / party_id
+        _, card, _ = create_workspace(
+            workspace, party_id=party_id, role=role, listen=f"127.0.0.1:{free_port()}", data=spec, force=True
+        )
+        federation.add(card)
+        workspaces[party_id] = workspace
+    for workspace in workspaces.values():
+        federation.save(workspace / "federation.toml")
+    audience = {
+        "epsilon": 1.0,
+        "k": 20,
+        "key_bits": key_bits,
+        "segments": {"retailer": ["age_band"], "bank": ["income_band"], "publisher": ["interest_segment"]},
+        "metrics": {"retailer": ["spend"], "bank": ["balance"]},
+        "bounds": {"spend": [0.0, 500.0], "balance": [0.0, 50000.0]},
+    }
+    audience_job = base / "audience.toml"
+    audience_job.write_text(
+        JobConfig(id="demo-audience", kind="audience", sections={"audience": audience}).to_toml()
+    )
+    train: dict[str, int] = {"key_bits": key_bits, "batch_size": 256}
+    if max_epochs is not None:
+        train["max_epochs"] = max_epochs
+    train_job = base / "train.toml"
+    train_job.write_text(JobConfig(id="demo-marketing", kind="train", train=train).to_toml())
+    return workspaces, [audience_job, train_job]
+
+
+def run_marketing(base: Path, *, key_bits: int, max_epochs: int | None, timeout: float, rows: int) -> dict:
+    """The marketing scenario: an audience job, then a training job, every party its own process."""
+    workspaces, jobs = setup_marketing(base, key_bits=key_bits, max_epochs=max_epochs, rows=rows)
+    for job_file in jobs:
+        run_processes(base, workspaces, job_file, timeout=timeout)
+    guest_out = workspaces["retailer"] / "out"
+    return {
+        "overlap": (guest_out / "demo-audience" / "overlap.csv").read_text(),
+        "audience_report": guest_out / "demo-audience" / "audience_report.html",
+        "metrics": json.loads((guest_out / "demo-marketing" / "metrics.json").read_text()),
+        "report": guest_out / "demo-marketing" / "report.html",
+    }
 
 
 def demo(
@@ -151,15 +222,44 @@ def demo(
             "--no-arbiter", help="Guest and host only: arbiter-free training, each party under its own key."
         ),
     ] = False,
+    scenario: Annotated[
+        str,
+        typer.Option(
+            "--scenario",
+            help="breast (training on the bundled breast data) or marketing (a retailer, a bank and a "
+            "publisher on vfl.datasets.marketing: an audience job, then a training job).",
+        ),
+    ] = "breast",
+    rows: Annotated[int, typer.Option("--rows", help="marketing: the retailer's customers.")] = 4000,
 ) -> None:
     """Run a real three-party federation on this machine: PSI, training and evaluation over mTLS."""
     from vfl.cli import stdout
 
+    if scenario not in ("breast", "marketing"):
+        raise ConfigError(f"--scenario must be breast or marketing, got {scenario!r}")
     base = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="vfl-demo-"))
-    if directory and base.exists() and any(base.iterdir()) and not (base / "job.toml").exists():
+    marker = "job.toml" if scenario == "breast" else "audience.toml"
+    if directory and base.exists() and any(base.iterdir()) and not (base / marker).exists():
         raise ConfigError(f"{base} exists and is not a vfl demo folder; choose an empty or new directory")
     base.mkdir(parents=True, exist_ok=True)
     out = stdout()
+    if scenario == "marketing":
+        out.print(
+            f"vfl demo (marketing): retailer, bank, publisher and arbiter as four processes on 127.0.0.1 "
+            f"with mutual TLS, in [bold]{base}[/]",
+            soft_wrap=True,
+        )
+        started = time.monotonic()
+        result = run_marketing(base, key_bits=key_bits, max_epochs=max_epochs, timeout=timeout, rows=rows)
+        out.print("audience overlap:\n" + result["overlap"], soft_wrap=True)
+        out.print(f"audience report: [bold]{result['audience_report']}[/]", soft_wrap=True)
+        out.print(
+            f"training: AUC {result['metrics']['metrics']['auc']:.4f} on {result['metrics']['intersection_size']} "
+            f"shared customers; report: [bold]{result['report']}[/] ({time.monotonic() - started:.1f} s in all)",
+            soft_wrap=True,
+        )
+        out.print(f"privacy budget: vfl budget --party {base / 'retailer'}", soft_wrap=True)
+        return
     who = (
         "guest and host as two processes (arbiter-free)"
         if no_arbiter

@@ -1,0 +1,227 @@
+"""Benchmark: an audience job (PSI + encrypted cross-tab) against the PSI alone on the same ids, same run.
+
+Guest and host each run in their own process (a multiprocessing Pipe carrying Arrow IPC bytes, the
+loopback ``PipeChannel`` of ``bench_psi.py``). Both hold the same ``n`` customers (all shared), the
+guest a 10-category segment column and one metric, the host a 20-category segment column and one
+metric (2 metric columns, 2048-bit key, epsilon 1, k = 20). Each party runs the real role runtime
+(``vfl.parties.audience.run_guest`` / ``run_host``: local checks, agreement, PSI, cross-tab, release),
+then, on the same session, the PSI alone on the same ids (the baseline). The host's key is generated
+before the clock starts (its time is printed apart). The table shows wall time (the slower party,
+from a barrier both pass), each party's peak resident memory (main
+process; pool workers apart), and the ratio audience / PSI measured in the same run.
+
+    python benchmarks/bench_audience.py             # 100k and 1M shared customers
+    python benchmarks/bench_audience.py --quick     # 10k and 100k
+    python benchmarks/bench_audience.py --sizes 20000 --key-bits 1024
+
+Target (issue 13): audience job <= 3x the PSI time on the same ids, at 1M shared customers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import queue
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+GUEST_SEGMENTS, HOST_SEGMENTS = 10, 20
+
+
+def make_data(role: str, n: int, metric_owners: str = "split") -> pd.DataFrame:
+    """Both parties: ids 0..n-1 (all shared); a segment column and a metric, correlated through a latent."""
+    rng = np.random.default_rng([13, n])
+    latent = rng.normal(size=n)
+    own = np.random.default_rng([13, n, 0 if role == "guest" else 1])
+    noisy = latent + own.normal(scale=0.7, size=n)
+    cats = GUEST_SEGMENTS if role == "guest" else HOST_SEGMENTS
+    cuts = np.quantile(noisy, np.linspace(0, 1, cats + 1)[1:-1])
+    labels = [f"{'g' if role == 'guest' else 'h'}{i:02d}" for i in range(cats)]
+    segment = pd.Categorical.from_codes(np.searchsorted(cuts, noisy), categories=labels)
+    metric = np.exp(4 + 0.5 * noisy + own.normal(scale=0.5, size=n))
+    ids = [f"customer-{i:09d}@example.com" for i in own.permutation(n)]
+    name = "gseg" if role == "guest" else "hseg"
+    frame = pd.DataFrame({"id": ids, name: segment})
+    if metric_owners == "split":  # one metric at each party
+        frame["gm" if role == "guest" else "hm"] = metric
+    elif role == "host":  # both metrics at the host
+        frame["hm"], frame["hm2"] = metric, np.sqrt(metric)
+    return frame
+
+
+def metric_table(metric_owners: str) -> tuple[dict[str, list[str]], dict[str, list[float]]]:
+    if metric_owners == "split":
+        return {"guest": ["gm"], "host": ["hm"]}, {"gm": [0.0, 1000.0], "hm": [0.0, 1000.0]}
+    return {"guest": [], "host": ["hm", "hm2"]}, {"hm": [0.0, 1000.0], "hm2": [0.0, 40.0]}
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _worker_rss(_: int) -> tuple[int, float]:
+    time.sleep(0.3)
+    return os.getpid(), _maxrss_mb()
+
+
+def party(
+    role: str, n: int, workers: int, key_bits: int, owners: str, conn: Any, barrier: Any, out: Any
+) -> None:
+    from bench_psi import PipeChannel
+
+    from vfl.analytics.options import AudienceJobOptions
+    from vfl.crypto import WorkerPool, generate_keypair
+    from vfl.parties import audience
+    from vfl.parties.common import Job
+    from vfl.protocols import psi
+    from vfl.psi import PsiOptions
+
+    data = make_data(role, n, owners)
+    metrics, bounds = metric_table(owners)
+    options = AudienceJobOptions.from_dict(
+        {
+            "segments": {"guest": ["gseg"], "host": ["hseg"]},
+            "metrics": metrics,
+            "bounds": bounds,
+            "key_bits": key_bits,
+            "max_categories": max(GUEST_SEGMENTS, HOST_SEGMENTS),
+        }
+    )
+    job = Job("bench-audience", "guest", ("host",), kind="audience", audience=options,
+              psi=PsiOptions(workers=workers, timeout=3600))  # fmt: skip
+    channel = PipeChannel(role, "host" if role == "guest" else "guest", conn)
+    session = job.session(channel)
+    keygen = 0.0
+    keypair = None
+    if role == "host":
+        t = time.perf_counter()
+        keypair = generate_keypair(key_bits)
+        keygen = time.perf_counter() - t
+    with WorkerPool(workers) as pool:
+        list(pool.executor.map(_worker_rss, range(workers)))  # start the workers before the clock starts
+        barrier.wait()
+        t0 = time.perf_counter()
+        if role == "guest":
+            run = audience.run_guest(session, job, data, id_column="id", workers=pool)
+            cells = int((~run.crosstabs["host"]["suppressed"].astype(bool)).sum())
+        else:
+            run = audience.run_host(session, job, data, id_column="id", workers=pool, keypair=keypair)
+            cells = 0
+        t_audience = time.perf_counter() - t0
+        worker_rss = max(dict(pool.executor.map(_worker_rss, range(workers * 2))).values())
+    rss_audience = _maxrss_mb()
+    barrier.wait()
+    t1 = time.perf_counter()
+    options_psi = PsiOptions(workers=workers, timeout=3600, tag="bench-psi")
+    if role == "guest":
+        result = psi.run_guest(session, data["id"], ["host"], options_psi, column="id")
+    else:
+        result = psi.run_host(session, data["id"], "guest", options_psi, column="id")
+    t_psi = time.perf_counter() - t1
+    out.put((role, t_audience, t_psi, result.size, rss_audience, worker_rss, keygen, cells))
+
+
+def run_sizes(n: int, workers: int, key_bits: int, owners: str) -> dict[str, tuple]:
+    context = mp.get_context("spawn")
+    left, right = context.Pipe(duplex=True)
+    barrier = context.Barrier(2)
+    out = context.Queue()
+    procs = [
+        context.Process(
+            target=party, args=("guest", n, workers, key_bits, owners, left, barrier, out), name="guest"
+        ),
+        context.Process(
+            target=party, args=("host", n, workers, key_bits, owners, right, barrier, out), name="host"
+        ),
+    ]
+    for p in procs:
+        p.start()
+    reports = {}
+    while len(reports) < len(procs):
+        try:
+            report = out.get(timeout=2)
+        except queue.Empty:
+            dead = [p.name for p in procs if p.exitcode not in (None, 0)]
+            if dead:
+                for p in procs:
+                    p.terminate()
+                raise SystemExit(f"{', '.join(dead)} failed (see its traceback above)") from None
+            continue
+        reports[report[0]] = report[1:]
+    for p in procs:
+        p.join()
+        if p.exitcode:
+            raise SystemExit(f"{p.name} failed with exit code {p.exitcode}")
+    return reports
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="10k and 100k only")
+    parser.add_argument("--sizes", type=str, default=None, help="comma-separated numbers of shared customers")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="pool workers per party")
+    parser.add_argument("--key-bits", type=int, default=2048)
+    parser.add_argument(
+        "--metrics",
+        choices=("split", "host", "both"),
+        default="split",
+        help="split: one metric at each party (the guest's needs count-only blocks and one exponentiation per "
+        "row); host: both metrics at the host (one ciphertext per row); both: run each",
+    )
+    args = parser.parse_args()
+    sizes = (
+        [int(s) for s in args.sizes.split(",")]
+        if args.sizes
+        else ([10_000, 100_000] if args.quick else [100_000, 1_000_000])
+    )
+    print(
+        f"audience benchmark: {os.cpu_count()} cores, {args.workers} workers per party, {args.key_bits}-bit key, "
+        f"{GUEST_SEGMENTS} guest x {HOST_SEGMENTS} host segments, 2 metrics, guest and host as two processes; "
+        f"load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    rows = []
+    owners = ("split", "host") if args.metrics == "both" else (args.metrics,)
+    for n in sizes:
+        for who in owners:
+            r = run_sizes(n, args.workers, args.key_bits, who)
+            g, h = r["guest"], r["host"]
+            assert g[2] == n and h[2] == n, f"PSI found {g[2]} shared ids, expected {n}"
+            wall_audience, wall_psi = max(g[0], h[0]), max(g[1], h[1])
+            rows.append((n, who, wall_audience, wall_psi, g, h))
+            print(
+                f"  {n:>9,} ({who} metrics): audience {wall_audience:.1f} s, PSI alone {wall_psi:.1f} s, "
+                f"load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+    header = (
+        f"{'shared':>10} | {'metrics':>7} | {'audience s':>10} | {'PSI alone s':>11} | {'ratio':>6} | {'guest MB':>8} | "
+        f"{'host MB':>7} | {'worker MB':>9} | {'keygen s':>8} | {'released cells':>14}"
+    )
+    print()
+    print(header)
+    print("-" * len(header))
+    for n, who, wa, wp, g, h in rows:
+        print(
+            f"{n:>10,} | {who:>7} | {wa:10.1f} | {wp:11.1f} | {wa / wp:5.2f}x | {g[3]:8.0f} | {h[3]:7.0f} | "
+            f"{max(g[4], h[4]):9.0f} | {h[5]:8.1f} | {g[6]:>14}"
+        )
+    print(
+        "\nratio = audience job wall time (its own PSI + the encrypted cross-tab + release) / the PSI alone on the "
+        "same ids in the same run (target <= 3x at 1M); metrics: split = one at each party, host = both at the host; MB = peak resident memory of each party's main process"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Exactness through the test-only hook (no noise): the cross-tab equals pandas groupby on the joined data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import vfl
+from tests.audience.conftest import BOUNDS, audience_options
+
+
+def _quantized(x: pd.Series, column: str) -> pd.Series:
+    lo, hi = BOUNDS[column]
+    return np.rint(np.clip(x.astype(float), lo, hi) * 256) / 256
+
+
+def _expected(
+    guest: pd.DataFrame, host: pd.DataFrame, g_col: str, h_col: str, metrics: list[str]
+) -> pd.DataFrame:
+    j = guest.merge(host, on="id")
+    for m in metrics:
+        j[m] = _quantized(j[m], m)
+    agg = {"count": ("id", "size"), **{f"sum_{m}": (m, "sum") for m in metrics}}
+    out = j.groupby([g_col, h_col], observed=False).agg(**agg).reset_index()
+    out[g_col] = out[g_col].astype(str)
+    out[h_col] = out[h_col].astype(str)
+    return out
+
+
+def _check(
+    released: pd.DataFrame, expected: pd.DataFrame, g_col: str, h_col: str, metrics: list[str]
+) -> None:
+    got = released.copy()
+    got[g_col], got[h_col] = got[g_col].astype(str), got[h_col].astype(str)
+    merged = expected.merge(got, on=[g_col, h_col], suffixes=("_want", "_got"), how="outer", validate="1:1")
+    assert len(merged) == len(expected) == len(got)
+    shown = ~merged["suppressed"].astype(bool)
+    assert shown.sum() > 0.8 * len(merged)
+    np.testing.assert_array_equal(merged.loc[shown, "count_got"], merged.loc[shown, "count_want"])
+    assert (merged.loc[~shown, "count_want"] < 2).all()  # withheld only below k = 2
+    for m in metrics:
+        np.testing.assert_allclose(
+            merged.loc[shown, f"sum_{m}_got"], merged.loc[shown, f"sum_{m}_want"], atol=1e-6
+        )
+
+
+def test_one_host_counts_and_sums_equal_groupby(market, host_keypairs, tmp_path):
+    r, b = market["retailer"], market["bank"]
+    result = vfl.simulate_audience(
+        r, {"bank": b}, id="id", guest_name="retailer", keypairs=host_keypairs, workers=1,
+        _noise_off_for_tests=("retailer", "bank"), output_dir=tmp_path, **audience_options(),
+    )  # fmt: skip
+    expected = _expected(r, b, "age_band", "income_band", ["spend", "balance"])
+    _check(result.crosstabs["bank"], expected, "age_band", "income_band", ["spend", "balance"])
+    # the host receives the same released table
+    _check(
+        result.hosts["bank"].crosstabs["retailer"], expected, "age_band", "income_band", ["spend", "balance"]
+    )
+    shared = len(r.merge(b, on="id"))
+    assert result.overlap["size"].tolist() == [shared]
+    by_segment = result.guest.overlap_by_segment
+    want = r[r["id"].isin(b["id"])].groupby("age_band", observed=False).size()
+    got = by_segment.set_index("age_band")["shared"]
+    assert got.astype(float).to_dict() == pytest.approx(want.astype(float).to_dict())
+    for name in ("overlap.csv", "overlap.parquet", "crosstab_bank.csv", "crosstab_bank.parquet",
+                 "audience_report.html", "ledger.json"):  # fmt: skip
+        assert (tmp_path / "retailer" / name).exists(), name
+    assert (
+        pd.read_parquet(tmp_path / "retailer" / "crosstab_bank.parquet").shape
+        == result.crosstabs["bank"].shape
+    )
+    report = (tmp_path / "retailer" / "audience_report.html").read_text()
+    assert "heat map bank" in report and "NOISE WAS DISABLED" not in report and "test hook" in report
+
+
+def test_two_hosts_each_table_and_the_overlap_of_all(market, host_keypairs):
+    r, b, p = market["retailer"], market["bank"], market["publisher"]
+    result = vfl.simulate_audience(
+        r, {"bank": b, "publisher": p}, id="id", guest_name="retailer", keypairs=host_keypairs, workers=1,
+        _noise_off_for_tests=("retailer", "bank", "publisher"), **audience_options(("bank", "publisher")),
+    )  # fmt: skip
+    _check(result.crosstabs["bank"], _expected(r, b, "age_band", "income_band", ["spend", "balance"]),
+           "age_band", "income_band", ["spend", "balance"])  # fmt: skip
+    _check(result.crosstabs["publisher"],
+           _expected(r, p, "age_band", "interest_segment", ["spend", "page_visits"]),
+           "age_band", "interest_segment", ["spend", "page_visits"])  # fmt: skip
+    sizes = dict(zip(result.overlap["between"], result.overlap["size"], strict=True))
+    assert sizes["retailer ∩ bank"] == len(r.merge(b, on="id"))
+    assert sizes["retailer ∩ publisher"] == len(r.merge(p, on="id"))
+    assert sizes["all parties"] == len(r.merge(b, on="id").merge(p, on="id"))
+    # a host sees its own table only
+    assert set(result.hosts["bank"].crosstabs) == {"retailer"}
+    assert "page_visits" not in " ".join(result.hosts["bank"].crosstabs["retailer"].columns)
