@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vfl.data import Preprocessor, require_columns
+from vfl.data import Preprocessor, Whitening, require_columns
 from vfl.errors import ConfigError, DataError
 from vfl.io import check_writable
 from vfl.ledger import Ledger
@@ -140,6 +140,23 @@ def prepare_features(
         matrix = np.hstack([np.ones((len(matrix), 1)), matrix])
         names = [INTERCEPT, *names]
     return scaler, matrix, names
+
+
+def precondition_features(
+    matrix: np.ndarray, train_rows: np.ndarray, options: TrainOptions, *, intercept: bool
+) -> tuple[np.ndarray, Whitening]:
+    """The training matrix the protocol sees and how to map its weights back to this party's columns.
+
+    With ``precondition = "whiten"`` (the default) the party whitens its own columns on its own
+    training rows (``Whitening``, a block-Jacobi preconditioner of the joint Taylor loss): local,
+    no communication, nothing new sent. The saved model, its reports and scoring use
+    ``whitening.to_original(weights)`` on the unwhitened ``matrix``.
+    """
+    skip = 1 if intercept else 0
+    if options.precondition == "none":
+        return matrix[train_rows], Whitening(np.eye(matrix.shape[1]))
+    whitening = Whitening.fit(matrix[train_rows], skip=skip)
+    return whitening.apply(matrix[train_rows]), whitening
 
 
 @dataclass

@@ -29,6 +29,7 @@ from vfl.parties.common import (
     ledger_for,
     make_shard,
     open_store,
+    precondition_features,
     prepare_features,
     require_intersection,
     require_min_intersection,
@@ -144,13 +145,16 @@ def train(
 
     def on_epoch(epoch: int, batch: int, loss: float | None) -> None:
         if progress and loss is not None:
-            progress("train", epoch + 1, o.max_epochs, f"loss {loss:.5f}")
+            progress("train", epoch + 1, o.max_rounds, f"loss {loss:.5f}")
 
+    train_matrix, whitening = session.guard(
+        lambda: precondition_features(matrix, train_rows, o, intercept=True)
+    )
     trained = session.guard(
         lambda: lr.run_guest(
             session,
             plan,
-            matrix[train_rows],
+            train_matrix,
             labels[train_rows],
             workers=workers,
             progress=on_epoch,
@@ -160,8 +164,9 @@ def train(
     )
     if progress:
         progress("train", trained.epochs, trained.epochs, f"done, loss {trained.losses[-1]:.5f}")
+    weights = whitening.to_original(trained.weights)  # on the guest's own (standardized) columns
     scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="train-score")
-    z = session.guard(lambda: predict.joint_logits(session, scoring, matrix @ trained.weights))
+    z = session.guard(lambda: predict.joint_logits(session, scoring, matrix @ weights))
     scores = sigmoid(z)
 
     def evaluate_locally() -> tuple:
@@ -175,7 +180,7 @@ def train(
 
     calibrator, evaluation, baseline = session.guard(evaluate_locally)
     extras = {"calibrator": calibrator.to_dict(), "positive_class": positive_label}
-    shard = session.guard(lambda: make_shard(session, job, "guest", names, trained.weights, scaler, extras))
+    shard = session.guard(lambda: make_shard(session, job, "guest", names, weights, scaler, extras))
     held_out = np.zeros(len(aligned), dtype=bool)
     held_out[held_rows] = True
     table = pd.DataFrame(

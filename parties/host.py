@@ -22,6 +22,7 @@ from vfl.parties.common import (
     ledger_for,
     make_shard,
     open_store,
+    precondition_features,
     prepare_features,
     require_intersection,
     require_min_intersection,
@@ -101,13 +102,16 @@ def train(
 
     def on_epoch(epoch: int, batch: int, loss: float | None) -> None:
         if progress:
-            progress("train", epoch + 1, o.max_epochs, f"batch {batch}")
+            progress("train", epoch + 1, o.max_rounds, f"batch {batch}")
 
+    train_matrix, whitening = session.guard(
+        lambda: precondition_features(matrix, train_rows, o, intercept=False)
+    )
     trained = session.guard(
         lambda: lr.run_host(
             session,
             job.lr_plan,
-            matrix[train_rows],
+            train_matrix,
             workers=workers,
             progress=on_epoch,
             interrupted=start.interrupted,
@@ -116,9 +120,10 @@ def train(
     )
     if progress:
         progress("train", trained.epochs, trained.epochs, "done")
+    weights = whitening.to_original(trained.weights)  # on the host's own (standardized) columns
     scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="train-score")
-    session.guard(lambda: predict.send_partial_scores(session, scoring, matrix @ trained.weights))
-    shard = session.guard(lambda: make_shard(session, job, "host", names, trained.weights, scaler))
+    session.guard(lambda: predict.send_partial_scores(session, scoring, matrix @ weights))
+    shard = session.guard(lambda: make_shard(session, job, "host", names, weights, scaler))
     if output_dir is not None:
         session.guard(lambda: output_dir.mkdir(parents=True, exist_ok=True))
     session.barrier("train")

@@ -69,7 +69,7 @@ from vfl.crypto import (
     prepare_matrix,
 )
 from vfl.errors import ConfigError, PeerTimeoutError, ProtocolError, TransportError
-from vfl.optim import EarlyStopping, ShardOptimizer, epoch_batches, initial_weights
+from vfl.optim import EarlyStopping, IterateAverage, ShardOptimizer, epoch_batches, initial_weights
 from vfl.options import TrainOptions
 from vfl.protocols.messages import BOOL, DATA_ROLES, FIXED, FLOAT, INT, Protocol, message, one
 from vfl.protocols.session import Generations, Session
@@ -327,7 +327,7 @@ class _DataParty:
         state = self.start()
         while True:
             try:
-                while not state.stopped and state.epoch < self.plan.options.max_epochs:
+                while not state.stopped and state.epoch < self.plan.options.max_rounds:
                     state = epoch_fn(state)
                     self._keep(state)
                 # Tell the arbiter we have the final decision, so it stays up until every party does.
@@ -366,7 +366,7 @@ def run_guest(
         assert pk is not None and party.randomness is not None
         optimizer = ShardOptimizer(o, party.k, intercept_index=0)
         optimizer.load_state(state.optimizer)
-        w = state.weights
+        w, average = state.weights, IterateAverage()
         q_total: EncryptedVector | None = None
         batches = epoch_batches(party.n, o, epoch)
         for b, rows in enumerate(batches):
@@ -393,8 +393,10 @@ def run_guest(
             q_total = q_b if q_total is None else q_total + q_b
             g = party.masked_decrypt_receive(mask, tag)
             w = optimizer.update(w, g / (4.0 * m), epoch)
+            average.add(w)
             if progress:
                 progress(epoch, b + 1, None)
+        w = average.result(w, o)
         assert isinstance(q_total, EncryptedVector)
         session.send(LOSS, plan.arbiter, q_total.to_arrow(), gen=gen, epoch=epoch)
         control = session.recv(CONTROL, plan.arbiter, gen=gen, epoch=epoch)
@@ -430,7 +432,7 @@ def run_host(
         assert pk is not None and party.randomness is not None
         optimizer = ShardOptimizer(o, party.k, intercept_index=None)
         optimizer.load_state(state.optimizer)
-        w = state.weights
+        w, average = state.weights, IterateAverage()
         batches = epoch_batches(party.n, o, epoch)
         for b, rows in enumerate(batches):
             m = len(rows)
@@ -445,8 +447,10 @@ def run_host(
             party.refill(batches, b)
             g = party.masked_decrypt_receive(mask, tag)
             w = optimizer.update(w, g / (4.0 * m), epoch)
+            average.add(w)
             if progress:
                 progress(epoch, b + 1, None)
+        w = average.result(w, o)
         stop = bool(one(session.recv(STOP, plan.arbiter, gen=gen, epoch=epoch), "stop"))
         return PartyState(epoch + 1, w, optimizer.state(), [], stop)
 
@@ -510,7 +514,8 @@ class _Arbiter:
     def epoch(self, state: ArbiterState) -> ArbiterState:
         assert self.private_key is not None and self.public_key is not None
         gen, epoch, o, session = state.generation, state.epoch, self.plan.options, self.session
-        for b, _rows in enumerate(epoch_batches(state.n_rows, o, epoch)):
+        batches = epoch_batches(state.n_rows, o, epoch)
+        for b, _rows in enumerate(batches):
             for p in self.plan.data_parties:
                 tag = {"gen": gen, "epoch": epoch, "batch": b}
                 packed = PackedCiphertexts.from_arrow(session.recv(MASKED, p, **tag), self.public_key)
@@ -519,7 +524,8 @@ class _Arbiter:
         q = EncryptedVector.from_arrow(
             session.recv(LOSS, self.plan.guest, gen=gen, epoch=epoch), self.public_key
         )
-        loss = math.log(2.0) + float(decrypt(self.private_key, q)[0]) / (8.0 * state.n_rows)
+        rows = sum(len(r) for r in batches)  # the round's rows (a share of the pass with loss_checks > 1)
+        loss = math.log(2.0) + float(decrypt(self.private_key, q)[0]) / (8.0 * rows)
         losses = [*state.losses, loss]
         stop = EarlyStopping.replay(o, losses)
         log.info("epoch %d: loss %.6f%s", epoch + 1, loss, " (stop)" if stop else "")
@@ -531,7 +537,7 @@ class _Arbiter:
 
     def finished(self, state: ArbiterState) -> bool:
         o = self.plan.options
-        return state.epoch >= o.max_epochs or (bool(state.losses) and EarlyStopping.replay(o, state.losses))
+        return state.epoch >= o.max_rounds or (bool(state.losses) and EarlyStopping.replay(o, state.losses))
 
 
 def run_arbiter(
@@ -559,7 +565,7 @@ def run_arbiter(
             if exc.notice.kind != "rejoin":
                 raise
             state = arbiter.resync()
-    stopped = state.epoch < plan.options.max_epochs
+    stopped = state.epoch < plan.options.max_rounds
     assert arbiter.public_key is not None
     return ArbiterSummary(
         state.losses, state.epoch, stopped, arbiter.public_key.fingerprint, state.generation + 1

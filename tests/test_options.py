@@ -31,7 +31,7 @@ from vfl.psi.options import PsiOptions
 
 #: sha256 of the default TrainOptions (it was a4c6c600... before min_intersection and calibration were added): parties
 #: compare checkpoints by this digest, so a change to it must be deliberate.
-DEFAULT_DIGEST = "5e4b569ab6613cb7d63276f92e6395dc9e41f10b2d48f115954949d0669b05a6"
+DEFAULT_DIGEST = "c6b567752442c399ae38117ca83714eaf8638846df12ed89571dbf425a5203ad"
 
 
 def ok(constraints, value):
@@ -213,7 +213,8 @@ def test_batch_size_zero_means_full_batch():
 
 def test_unknown_train_option_lists_known_ones():
     with pytest.raises(
-        ConfigError, match=r"^unknown job option\(s\) lerning_rate; known options: alpha, batch_size"
+        ConfigError,
+        match=r"^unknown job option\(s\) lerning_rate; known options: alpha, averaging, batch_size",
     ):
         TrainOptions.from_dict({"lerning_rate": 0.1})
 
