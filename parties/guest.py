@@ -20,6 +20,7 @@ from vfl.io import atomic_write_json, atomic_write_text
 from vfl.ledger import Ledger
 from vfl.metrics import Evaluation, evaluate, jsonable
 from vfl.model import ModelShard
+from vfl.optim import max_rounds
 from vfl.parties.common import (
     Job,
     ProgressFn,
@@ -145,7 +146,7 @@ def train(
 
     def on_epoch(epoch: int, batch: int, loss: float | None) -> None:
         if progress and loss is not None:
-            progress("train", epoch + 1, o.max_rounds, f"loss {loss:.5f}")
+            progress("train", epoch + 1, max_rounds(len(train_rows), o), f"loss {loss:.5f}")
 
     train_matrix, whitening = session.guard(
         lambda: precondition_features(matrix, train_rows, o, intercept=True)

@@ -13,6 +13,7 @@ from vfl.crypto import WorkerPool
 from vfl.data import check_columns, require_columns
 from vfl.ledger import Ledger
 from vfl.model import ModelShard
+from vfl.optim import max_rounds
 from vfl.parties.common import (
     Job,
     ProgressFn,
@@ -102,7 +103,7 @@ def train(
 
     def on_epoch(epoch: int, batch: int, loss: float | None) -> None:
         if progress:
-            progress("train", epoch + 1, o.max_rounds, f"batch {batch}")
+            progress("train", epoch + 1, max_rounds(len(train_rows), o), f"batch {batch}")
 
     train_matrix, whitening = session.guard(
         lambda: precondition_features(matrix, train_rows, o, intercept=False)

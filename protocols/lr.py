@@ -69,7 +69,15 @@ from vfl.crypto import (
     prepare_matrix,
 )
 from vfl.errors import ConfigError, PeerTimeoutError, ProtocolError, TransportError
-from vfl.optim import EarlyStopping, IterateAverage, ShardOptimizer, epoch_batches, initial_weights
+from vfl.optim import (
+    EarlyStopping,
+    IterateAverage,
+    ShardOptimizer,
+    epoch_batches,
+    initial_weights,
+    max_rounds,
+    passes,
+)
 from vfl.options import TrainOptions
 from vfl.protocols.messages import BOOL, DATA_ROLES, FIXED, FLOAT, INT, Protocol, message, one
 from vfl.protocols.session import Generations, Session
@@ -327,7 +335,7 @@ class _DataParty:
         state = self.start()
         while True:
             try:
-                while not state.stopped and state.epoch < self.plan.options.max_rounds:
+                while not state.stopped and state.epoch < max_rounds(self.n, self.plan.options):
                     state = epoch_fn(state)
                     self._keep(state)
                 # Tell the arbiter we have the final decision, so it stays up until every party does.
@@ -392,7 +400,7 @@ def run_guest(
                 q_b = wg + terms[0:1] - terms[1:2] * 2 + q_b
             q_total = q_b if q_total is None else q_total + q_b
             g = party.masked_decrypt_receive(mask, tag)
-            w = optimizer.update(w, g / (4.0 * m), epoch)
+            w = optimizer.update(w, g / (4.0 * m), passes(party.n, o, epoch))
             average.add(w)
             if progress:
                 progress(epoch, b + 1, None)
@@ -446,7 +454,7 @@ def run_host(
             mask = party.masked_decrypt_send(gradient, m, tag)
             party.refill(batches, b)
             g = party.masked_decrypt_receive(mask, tag)
-            w = optimizer.update(w, g / (4.0 * m), epoch)
+            w = optimizer.update(w, g / (4.0 * m), passes(party.n, o, epoch))
             average.add(w)
             if progress:
                 progress(epoch, b + 1, None)
@@ -537,7 +545,9 @@ class _Arbiter:
 
     def finished(self, state: ArbiterState) -> bool:
         o = self.plan.options
-        return state.epoch >= o.max_rounds or (bool(state.losses) and EarlyStopping.replay(o, state.losses))
+        return state.epoch >= max_rounds(state.n_rows, o) or (
+            bool(state.losses) and EarlyStopping.replay(o, state.losses)
+        )
 
 
 def run_arbiter(
@@ -565,7 +575,7 @@ def run_arbiter(
             if exc.notice.kind != "rejoin":
                 raise
             state = arbiter.resync()
-    stopped = state.epoch < plan.options.max_rounds
+    stopped = state.epoch < max_rounds(state.n_rows, plan.options)
     assert arbiter.public_key is not None
     return ArbiterSummary(
         state.losses, state.epoch, stopped, arbiter.public_key.fingerprint, state.generation + 1

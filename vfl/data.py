@@ -316,7 +316,8 @@ class Whitening:
     ``M_p = C_p^{-1/2}`` (ZCA, symmetric) makes that block the identity, so a plain gradient step of
     size ~1 is close to a Newton step within the party's columns; cross-party correlations remain.
     ``C_p`` is the second-moment matrix of the training rows shrunk toward a multiple of the identity
-    by the Ledoit-Wolf estimate (few rows per column: more shrinkage, less amplified noise), with
+    by the Ledoit-Wolf estimate, and at least by ``SHRINK_PER_COLUMN * columns / rows`` (few rows
+    per column: more shrinkage, less amplified noise), with
     eigenvalues floored at ``EIGEN_FLOOR`` of the largest. A weight vector ``w`` on the whitened
     columns is ``M_p w`` on the party's own (standardized) columns, which is what the model saves.
     The intercept column (the guest's first, when ``skip`` is 1) is left as it is.
@@ -326,6 +327,9 @@ class Whitening:
     shrinkage: float = 0.0
 
     EIGEN_FLOOR: ClassVar[float] = 1e-3
+    # At least this many times columns / rows of shrinkage: on few rows per column a full whitening
+    # fits the training rows' noise (measured: ionosphere, 280 rows, 34 columns).
+    SHRINK_PER_COLUMN: ClassVar[float] = 5.0
 
     @classmethod
     def fit(cls, x: np.ndarray, *, skip: int = 0) -> Whitening:
@@ -338,7 +342,13 @@ class Whitening:
         if rest.shape[1] == 0 or len(rest) < 2:
             return cls(matrix, 0.0)
         moment = rest.T @ rest / len(rest)
-        rho = float(ledoit_wolf_shrinkage(rest, assume_centered=True))
+        rho = min(
+            1.0,
+            max(
+                float(ledoit_wolf_shrinkage(rest, assume_centered=True)),
+                cls.SHRINK_PER_COLUMN * rest.shape[1] / len(rest),
+            ),
+        )
         moment = (1.0 - rho) * moment + rho * float(np.trace(moment)) / len(moment) * np.eye(len(moment))
         matrix[skip:, skip:] = inverse_sqrt(moment, cls.EIGEN_FLOOR)
         return cls(matrix, rho)

@@ -12,14 +12,29 @@ import numpy as np
 
 from vfl.options import TrainOptions
 
+# A round has at least this many rows: on fewer, the loss of a share of the rows is too noisy to
+# compare with the next share's (it differs by which rows it holds), so small data has one round per pass.
+MIN_ROUND_ROWS = 5000
 
-def learning_rate(options: TrainOptions, epoch: int) -> float:
-    """The step size for round ``epoch`` (0-based) under the job's schedule.
 
-    The schedule runs on passes over the rows: round ``epoch`` is pass ``epoch / loss_checks``.
-    """
+def rounds_per_pass(n_rows: int, options: TrainOptions) -> int:
+    """How many rounds (loss checks, checkpoints) one pass over ``n_rows`` training rows has."""
+    return max(1, min(options.loss_checks, n_rows // MIN_ROUND_ROWS))
+
+
+def max_rounds(n_rows: int, options: TrainOptions) -> int:
+    """The most rounds a job runs: ``max_epochs`` passes."""
+    return options.max_epochs * rounds_per_pass(n_rows, options)
+
+
+def passes(n_rows: int, options: TrainOptions, epoch: int) -> float:
+    """Round ``epoch`` as a position in passes over the rows (what the learning-rate schedule runs on)."""
+    return epoch / rounds_per_pass(n_rows, options)
+
+
+def learning_rate(options: TrainOptions, passes: float) -> float:
+    """The step size at ``passes`` (0-based, in passes over the rows) under the job's schedule."""
     lr = options.learning_rate
-    passes = epoch / options.loss_checks
     if options.schedule == "step":
         return lr * options.decay ** (passes // options.decay_epochs)
     if options.schedule == "inverse-time":
@@ -30,13 +45,13 @@ def learning_rate(options: TrainOptions, epoch: int) -> float:
 def epoch_batches(n_rows: int, options: TrainOptions, epoch: int) -> list[np.ndarray]:
     """Row positions of each mini-batch of round ``epoch``, reshuffled every pass from the job seed.
 
-    A pass over the rows is ``loss_checks`` rounds (the arbiter checks the loss after every round):
-    round ``epoch`` is part ``epoch % loss_checks`` of pass ``epoch // loss_checks``, a contiguous
+    A pass over the rows is ``rounds_per_pass`` rounds (the arbiter checks the loss after every
+    round): round ``epoch`` is part ``epoch % r`` of pass ``epoch // r``, a contiguous
     share of that pass's permutation, cut into mini-batches. Every party computes the same batches
     from the shared seed, so batch membership never has to be sent; the last batch of a round is
     folded into the previous one when it would be smaller than half a batch.
     """
-    checks = options.loss_checks
+    checks = rounds_per_pass(n_rows, options)
     if checks > 1:
         part = epoch % checks
         order = np.random.default_rng([options.seed, 3, epoch // checks]).permutation(n_rows)
@@ -95,8 +110,10 @@ class ShardOptimizer:
             mask[self.intercept_index] = 0.0
         return mask
 
-    def update(self, weights: np.ndarray, gradient: np.ndarray, epoch: int) -> np.ndarray:
-        """New weights after one step on ``gradient`` (the mean Taylor-loss gradient of a batch)."""
+    def update(self, weights: np.ndarray, gradient: np.ndarray, epoch: float) -> np.ndarray:
+        """New weights after one step on ``gradient`` (the mean Taylor-loss gradient of a batch).
+
+        ``epoch`` is the position in passes over the rows (:func:`passes` of the round)."""
         o = self.options
         lr = learning_rate(o, epoch)
         mask = self._penalty_mask()

@@ -76,7 +76,8 @@ class TrainOptions(OptionsTable):
     # Local block-Jacobi preconditioning: each party whitens its own columns on its training rows
     # (Ledoit-Wolf-shrunk second moments); its weights are mapped back to its columns for the model.
     precondition: str = "whiten"
-    # Rounds per pass over the rows: the arbiter checks the loss (and parties checkpoint) after each.
+    # Rounds per pass over the rows: the arbiter checks the loss (and parties checkpoint) after each
+    # (fewer on small data: every round has at least vfl.optim.MIN_ROUND_ROWS rows).
     loss_checks: int = 2
     # "round": each party continues from (and keeps) the mean of its weights over the round's batches.
     averaging: str = "round"
@@ -110,11 +111,6 @@ class TrainOptions(OptionsTable):
         "loss_checks": [_POSITIVE_INT],
         "averaging": [Options(str, AVERAGINGS)],
     }
-
-    @property
-    def max_rounds(self) -> int:
-        """The most rounds (loss checks) a job runs: ``max_epochs`` passes of ``loss_checks`` rounds."""
-        return self.max_epochs * self.loss_checks
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainOptions:

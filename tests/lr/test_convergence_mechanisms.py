@@ -6,7 +6,15 @@ from sklearn.covariance import ledoit_wolf_shrinkage
 
 from tests.lr.reference import train_reference
 from vfl.data import Whitening, inverse_sqrt
-from vfl.optim import IterateAverage, epoch_batches, learning_rate
+from vfl.optim import (
+    MIN_ROUND_ROWS,
+    IterateAverage,
+    epoch_batches,
+    learning_rate,
+    max_rounds,
+    passes,
+    rounds_per_pass,
+)
 from vfl.options import TrainOptions
 
 
@@ -20,12 +28,13 @@ def test_whitening_makes_second_moments_identity_and_maps_weights_back():
     x = _correlated(rng)
     white = Whitening.fit(x)
     moment = white.apply(x).T @ white.apply(x) / len(x)
-    assert white.shrinkage == pytest.approx(ledoit_wolf_shrinkage(x, assume_centered=True))
+    lw = ledoit_wolf_shrinkage(x, assume_centered=True)
+    assert white.shrinkage == pytest.approx(max(lw, Whitening.SHRINK_PER_COLUMN * 5 / len(x)))
     # The shrunk moment is whitened exactly; the data's own moment becomes well conditioned.
     c = x.T @ x / len(x)
     shrunk = (1 - white.shrinkage) * c + white.shrinkage * np.trace(c) / 5 * np.eye(5)
     np.testing.assert_allclose(white.matrix @ shrunk @ white.matrix, np.eye(5), atol=1e-9)
-    assert np.linalg.cond(moment) < 2.0 < np.linalg.cond(c) / 10
+    assert np.linalg.cond(moment) < 5.0 < np.linalg.cond(c) / 100
     w = rng.normal(size=5)
     np.testing.assert_allclose(white.apply(x) @ w, x @ white.to_original(w), rtol=1e-10)
 
@@ -36,7 +45,7 @@ def test_whitening_matches_a_numpy_reference_and_leaves_the_intercept():
     white = Whitening.fit(x, skip=1)
     rest = x[:, 1:]
     c = rest.T @ rest / len(rest)
-    rho = ledoit_wolf_shrinkage(rest, assume_centered=True)
+    rho = max(ledoit_wolf_shrinkage(rest, assume_centered=True), Whitening.SHRINK_PER_COLUMN * 4 / 300)
     c = (1 - rho) * c + rho * np.trace(c) / 4 * np.eye(4)
     lam, v = np.linalg.eigh(c)
     expected = v @ np.diag(lam**-0.5) @ v.T
@@ -52,17 +61,20 @@ def test_inverse_sqrt_floors_a_rank_deficient_moment():
 
 
 def test_a_pass_is_loss_checks_rounds_covering_every_row_once():
-    o = TrainOptions(batch_size=64, seed=3, loss_checks=3)
-    rounds = [epoch_batches(1000, o, r) for r in range(3)]
+    o = TrainOptions(batch_size=512, seed=3, loss_checks=3)
+    n = 3 * MIN_ROUND_ROWS
+    assert rounds_per_pass(n, o) == 3 and max_rounds(n, o) == 3 * o.max_epochs
+    rounds = [epoch_batches(n, o, r) for r in range(3)]
     rows = np.concatenate([b for r in rounds for b in r])
-    assert sorted(rows.tolist()) == list(range(1000))
+    assert sorted(rows.tolist()) == list(range(n))
     assert all(np.all(np.diff(b) > 0) for r in rounds for b in r)  # each batch in row order
-    assert not np.array_equal(epoch_batches(1000, o, 3)[0], rounds[0][0])  # reshuffled every pass
-    small = epoch_batches(100, TrainOptions(batch_size=512, loss_checks=2), 1)
-    assert len(small) == 1 and len(small[0]) == 50
-    # The schedule runs on passes: round 2 of 2 checks per pass is pass 1.
-    assert learning_rate(TrainOptions(loss_checks=2), 2) == pytest.approx(1.0 / 1.5)
-    assert TrainOptions(max_epochs=7, loss_checks=2).max_rounds == 14
+    assert not np.array_equal(epoch_batches(n, o, 3)[0], rounds[0][0])  # reshuffled every pass
+    # Small data: one round per pass (the loss of a small share of the rows is too noisy to compare).
+    assert rounds_per_pass(MIN_ROUND_ROWS - 1, o) == 1
+    assert epoch_batches(100, o, 1)[0].tolist() == list(range(100))
+    # The schedule runs on passes: round 2 of 3 per pass is 2/3 of the way through pass 0.
+    assert passes(n, o, 2) == pytest.approx(2 / 3)
+    assert learning_rate(o, passes(n, o, 3)) == pytest.approx(1.0 / 1.5)
 
 
 def test_iterate_average_is_the_mean_of_the_round():
@@ -88,6 +100,6 @@ def test_whitened_defaults_converge_in_fewer_passes_than_the_old_defaults():
     new = TrainOptions()
     wg, wh = Whitening.fit(xg, skip=1), Whitening.fit(xh)
     _, new_losses = train_reference([wg.apply(xg), wh.apply(xh)], y, new, ["g", "h"])
-    old_passes, new_passes = len(old_losses), len(new_losses) / new.loss_checks
+    old_passes, new_passes = len(old_losses), len(new_losses) / rounds_per_pass(4000, new)
     assert new_passes < old_passes
     assert new_losses[-1] <= old_losses[-1] + 1e-3

@@ -13,6 +13,7 @@ from tests.lr.reference import train_reference
 from vfl.crypto import generate_keypair, prepare_matrix
 from vfl.data import Whitening
 from vfl.errors import ConfigError, DataError, VflError
+from vfl.optim import max_rounds
 from vfl.options import TrainOptions
 
 
@@ -107,7 +108,7 @@ def test_federated_weights_equal_centralized_taylor_training(breast, keypair, op
         )
     # The arbiter's loss comes from one decryption of the guest's encrypted Taylor terms.
     np.testing.assert_allclose(result.losses, losses, rtol=1e-4)
-    assert result.epochs == TrainOptions(**options).max_rounds
+    assert result.epochs == max_rounds(len(y), TrainOptions(**options))
 
 
 def _sklearn_auc(frames, result, id_column="id", label="y"):
