@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from vfl.protocols.lr import LR
+from vfl.protocols.lr import LR, LR_STREAM
 from vfl.protocols.messages import Protocol, find
 from vfl.protocols.predict import PREDICT
 from vfl.protocols.psi import PSI
@@ -10,6 +10,6 @@ from vfl.protocols.session import SESSION
 from vfl.protocols.shards import SHARDS
 from vfl.protocols.split import SPLIT
 
-ALL_PROTOCOLS: tuple[Protocol, ...] = (SESSION, PSI, SPLIT, LR, PREDICT, SHARDS)
+ALL_PROTOCOLS: tuple[Protocol, ...] = (SESSION, PSI, SPLIT, LR, PREDICT, SHARDS, LR_STREAM)
 
 __all__ = ["ALL_PROTOCOLS", "find"]

@@ -35,6 +35,7 @@ KEY_BITS = (1024, 2048, 3072)
 PREDICT_REVEALS = ("sum", "partial")
 PRECONDITIONS = ("whiten", "none")
 AVERAGINGS = ("round", "none")
+RANDOMIZER_STREAMS = ("arbiter", "none")
 CALIBRATIONS = ("platt", "isotonic", "none")
 
 _POSITIVE_INT = Interval(int, 1, None, closed="left")
@@ -81,6 +82,8 @@ class TrainOptions(OptionsTable):
     loss_checks: int = 2
     # "round": each party continues from (and keeps) the mean of its weights over the round's batches.
     averaging: str = "round"
+    # "arbiter": the key owner streams DJN randomizers (CRT, ~1.8x cheaper) to each data party.
+    randomizer_stream: str = "arbiter"
 
     _option_label: ClassVar[str] = "job option"
     #: Every option's allowed values: types, ranges and choices (vfl/constraints.py).
@@ -110,6 +113,7 @@ class TrainOptions(OptionsTable):
         "precondition": [Options(str, PRECONDITIONS)],
         "loss_checks": [_POSITIVE_INT],
         "averaging": [Options(str, AVERAGINGS)],
+        "randomizer_stream": [Options(str, RANDOMIZER_STREAMS)],
     }
 
     @classmethod

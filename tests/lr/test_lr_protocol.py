@@ -88,9 +88,9 @@ def test_every_message_is_declared_and_hosts_see_only_ciphertexts(keypair):
         if m.tag.startswith("vfl/"):
             continue
         protocol, declared, _ = find(ALL_PROTOCOLS, m.tag)
-        assert protocol.name in ("lr", "session"), m.tag
+        assert protocol.name in ("lr", "lr-stream", "session"), m.tag
         table = declared.check(decode_table(m.payload), peer=m.sender, tag=m.tag)
-        if m.receiver.startswith("host") and declared.name in ("lr.d",):
+        if m.receiver.startswith("host") and declared.name in ("lr.d", "lr.randomizers"):
             assert all(str(t).startswith("fixed_size_binary") for t in table.schema.types)
 
 
