@@ -144,7 +144,7 @@ LR_STREAM = Protocol(
     },
 )  # fmt: skip
 (RANDOMIZERS,) = LR_STREAM.messages
-STREAM_SPARE = 64  # randomizers per batch beyond one per row: rdot's outputs, packing, the loss term
+STREAM_SPARE = 16  # per batch beyond one per row: one per gradient column (rdot), packing, the loss term
 
 
 def stream_size(batches: list[np.ndarray], b: int) -> int:
