@@ -373,9 +373,10 @@ class _DataParty:
         self.randomness.fill(max(0, self._next_need - self.randomness.available))
 
     def masked_decrypt_receive(self, mask: Any, tag: dict[str, int]) -> np.ndarray:
+        gradient = mask.unmask(ints_from_arrow(self.session.recv(UNMASKED, self.plan.arbiter, **tag)))
         if self.stream:
             self.receive_stream(tag)
-        return mask.unmask(ints_from_arrow(self.session.recv(UNMASKED, self.plan.arbiter, **tag)))
+        return gradient
 
     def run(self, epoch_fn: Callable[[PartyState], PartyState]) -> PartyState:
         """Run epochs until the arbiter says stop, resynchronizing after a peer restarts."""
@@ -552,18 +553,19 @@ class _Arbiter:
             if self.stream is not None:
                 self.stream.close()
             self.stream = RandomnessPool(self.private_key, self.workers)
+            first = self.plan.options.batch_size or 512  # the first batch's stream, ready when it is due
+            self.stream.fill((first + STREAM_SPARE) * len(self.plan.data_parties))
 
-    def send_stream(self, batches: list[np.ndarray], b: int, tag: dict[str, int]) -> None:
-        """Each data party's own randomizers for its next batch (computed while the parties work on
-        this one), and the next batch's scheduled on the workers. None is sent twice."""
+    def send_stream(self, party: str, batches: list[np.ndarray], b: int, tag: dict[str, int]) -> None:
+        """``party``'s own randomizers for its next batch, sent right after its unmasked gradient (they
+        were computed on the workers during this batch), and the next ones scheduled. None is sent twice."""
         if self.stream is None:
             return
         assert self.public_key is not None
         count = stream_size(batches, b)
-        for p in self.plan.data_parties:
-            values = self.stream.take(count)
-            self.session.send(RANDOMIZERS, p, randomizers_to_arrow(values, self.public_key), **tag)
-        self.stream.fill(count * len(self.plan.data_parties))
+        values = self.stream.take(count)
+        self.session.send(RANDOMIZERS, party, randomizers_to_arrow(values, self.public_key), **tag)
+        self.stream.fill(count)
 
     def setup(self) -> ArbiterState:
         sizes = {p: int(one(self.session.recv(SETUP, p), "n_rows")) for p in self.plan.data_parties}
@@ -590,12 +592,12 @@ class _Arbiter:
         gen, epoch, o, session = state.generation, state.epoch, self.plan.options, self.session
         batches = epoch_batches(state.n_rows, o, epoch)
         for b, _rows in enumerate(batches):
-            self.send_stream(batches, b, {"gen": gen, "epoch": epoch, "batch": b})
             for p in self.plan.data_parties:
                 tag = {"gen": gen, "epoch": epoch, "batch": b}
                 packed = PackedCiphertexts.from_arrow(session.recv(MASKED, p, **tag), self.public_key)
                 plain = decrypt_packed(self.private_key, packed, workers=self.workers)
                 session.send(UNMASKED, p, ints_to_arrow(plain), **tag)
+                self.send_stream(p, batches, b, tag)
         q = EncryptedVector.from_arrow(
             session.recv(LOSS, self.plan.guest, gen=gen, epoch=epoch), self.public_key
         )
