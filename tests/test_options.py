@@ -31,7 +31,7 @@ from vfl.psi.options import PsiOptions
 
 #: sha256 of the default TrainOptions (it was a4c6c600... before min_intersection and calibration were added): parties
 #: compare checkpoints by this digest, so a change to it must be deliberate.
-DEFAULT_DIGEST = "c6b567752442c399ae38117ca83714eaf8638846df12ed89571dbf425a5203ad"
+DEFAULT_DIGEST = "9e6f634cd18b55d06966d783357e5f82636fd664d3aaaf730245c687e4d579d8"
 
 
 def ok(constraints, value):
