@@ -1,7 +1,7 @@
 """Time to a converged model: coordinated LR on default_credit, from the first message to the saved model.
 
     python benchmarks/bench_converge.py [--bits 1024 2048] [--modes simulate processes]
-                                        [--configs today new new-own-randomness] [--sweep]
+                                        [--configs today new new+stream] [--sweep]
 
 What a user waits for is a finished model, not one epoch. For every key size and mode, in ONE run
 (the machine is shared, so only same-run ratios mean anything):
@@ -9,8 +9,8 @@ What a user waits for is a finished model, not one epoch. For every key size and
 * **configs**: ``today`` (the options of the branch base: Adam 0.2, tol 1e-3 for 2 epochs, no
   preconditioning, one loss check per pass, no averaging, every party computes its own randomness),
   ``new`` (the defaults: local whitening, SGD 1.0, round averaging, two loss checks per pass, tol
-  3e-3 once, the arbiter's CRT randomizer stream) and ``new-own-randomness`` (the defaults without
-  the stream, to price lever 1 alone).
+  3e-3 once) and ``new+stream`` (the defaults with the arbiter's CRT randomizer stream, to price
+  lever 1 alone).
 * **modes**: ``simulate`` (``vfl.simulate``: three threads, one shared worker pool) and
   ``processes`` (three ``vfl run`` processes talking Arrow Flight over loopback mTLS, as
   ``vfl demo`` starts them, each with its own worker pool).
@@ -66,7 +66,7 @@ TODAY = dict(
     optimizer="adam", learning_rate=0.2, tol=1e-3, patience=2, precondition="none", loss_checks=1,
     averaging="none", randomizer_stream="none",
 )  # fmt: skip
-CONFIGS = {"today": TODAY, "new": {}, "new-own-randomness": {"randomizer_stream": "none"}}
+CONFIGS = {"today": TODAY, "new": {}, "new+stream": {"randomizer_stream": "arbiter"}}
 
 
 @dataclass

@@ -73,7 +73,14 @@ def test_psi_train_and_predict_send_only_declared_messages(frames, keypair_1024)
     }
 
     result = vfl.simulate(
-        guest, [host1, host2], id="id", label="y", key_bits=1024, keypair=keypair_1024, max_epochs=1
+        guest,
+        [host1, host2],
+        id="id",
+        label="y",
+        key_bits=1024,
+        keypair=keypair_1024,
+        max_epochs=1,
+        randomizer_stream="arbiter",
     )
     train_job = Job("t", "guest", ("host1", "host2"), "arbiter")
     seen = assert_all_declared(result.network, train_job)

@@ -31,7 +31,7 @@ from vfl.psi.options import PsiOptions
 
 #: sha256 of the default TrainOptions (it was a4c6c600... before min_intersection and calibration were added): parties
 #: compare checkpoints by this digest, so a change to it must be deliberate.
-DEFAULT_DIGEST = "9e6f634cd18b55d06966d783357e5f82636fd664d3aaaf730245c687e4d579d8"
+DEFAULT_DIGEST = "2d5b30aeef4502d0dee9cee8500d8308565c1f188d9326376b726343aee12e59"
 
 
 def ok(constraints, value):

@@ -82,8 +82,10 @@ class TrainOptions(OptionsTable):
     loss_checks: int = 2
     # "round": each party continues from (and keeps) the mean of its weights over the round's batches.
     averaging: str = "round"
-    # "arbiter": the key owner streams DJN randomizers (CRT, ~1.8x cheaper) to each data party.
-    randomizer_stream: str = "arbiter"
+    # "arbiter": the key owner streams DJN randomizers (CRT, ~1.8x cheaper) to each data party. Off by
+    # default: measured here (three processes on 2 shared cores) it cost time, since the arbiter's
+    # work competes for the same cores; it is for an arbiter on its own machine.
+    randomizer_stream: str = "none"
 
     _option_label: ClassVar[str] = "job option"
     #: Every option's allowed values: types, ranges and choices (vfl/constraints.py).

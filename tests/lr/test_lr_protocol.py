@@ -118,7 +118,7 @@ def test_the_arbiters_randomizer_stream_changes_no_result_and_each_party_gets_it
 
     blocks, y = _data()
     options = dict(key_bits=1024, max_epochs=2, batch_size=48, min_rows_per_column=2, tol=0.0)
-    streamed, network = _train(blocks, y, TrainOptions(**options), keypair)
+    streamed, network = _train(blocks, y, TrainOptions(**options, randomizer_stream="arbiter"), keypair)
     own, quiet = _train(blocks, y, TrainOptions(**options, randomizer_stream="none"), keypair)
     for party in ("guest", "host1"):
         np.testing.assert_array_equal(streamed[party].weights, own[party].weights)

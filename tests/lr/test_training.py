@@ -211,7 +211,7 @@ def test_transcript_carries_no_feature_label_weight_or_id(breast, keypair):
     assert received["arbiter"] == {"session.agree", "lr.setup", "lr.masked", "lr.loss", "session.done"}
     assert received["host1"] == {
         "session.agree", "session.public-key", "psi.hello", "psi.guest-points", "psi.result",
-        "split.held-out", "lr.d", "lr.unmasked", "lr.randomizers", "lr.stop", "shards.digest", "session.done",
+        "split.held-out", "lr.d", "lr.unmasked", "lr.stop", "shards.digest", "session.done",
     }  # fmt: skip
     for message, table in messages:
         if message.receiver == "host1" and _declared(message.tag) == "lr.stop":
