@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from vfl.analytics.budget import PrivacyBudget
-from vfl.data import Preprocessor, require_columns
+from vfl.data import Preprocessor, Whitening, require_columns
 from vfl.errors import ConfigError, DataError
 from vfl.io import check_writable
 from vfl.ledger import Ledger
@@ -64,6 +64,14 @@ class Job:
         if self.kind == "train":
             # "topology" unset: coordinated with an arbiter, arbiter-free without (DESIGN.md §14).
             object.__setattr__(self, "options", self.options.resolved_for(self.arbiter is not None))
+            o = self.options
+            if (o.loss_checks > 1 or o.averaging != "none" or o.randomizer_stream != "none") and (
+                self.topology == "arbiter-free" or o.model != "binary-lr"
+            ):
+                raise ConfigError(
+                    "loss_checks, averaging and randomizer_stream apply to coordinated binary-lr training only; "
+                    'leave them at their defaults (1, "none", "none") for this job'
+                )
             if self.topology == "arbiter-free" and self.options.model != "binary-lr":
                 raise ConfigError(
                     f'[train] model = "{self.options.model}" trains in the coordinated topology only (it needs an '
@@ -216,6 +224,23 @@ def prepare_features(
         matrix = np.hstack([np.ones((len(matrix), 1)), matrix])
         names = [INTERCEPT, *names]
     return scaler, matrix, names
+
+
+def precondition_features(
+    matrix: np.ndarray, train_rows: np.ndarray, options: TrainOptions, *, intercept: bool
+) -> tuple[np.ndarray, Whitening]:
+    """The training matrix the protocol sees and how to map its weights back to this party's columns.
+
+    With ``precondition = "whiten"`` (the default) the party whitens its own columns on its own
+    training rows (``Whitening``, a block-Jacobi preconditioner of the joint Taylor loss): local,
+    no communication, nothing new sent. The saved model, its reports and scoring use
+    ``whitening.to_original(weights)`` on the unwhitened ``matrix``.
+    """
+    skip = 1 if intercept else 0
+    if options.precondition == "none":
+        return matrix[train_rows], Whitening(np.eye(matrix.shape[1]))
+    whitening = Whitening.fit(matrix[train_rows], skip=skip)
+    return whitening.apply(matrix[train_rows]), whitening
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from vfl.metrics import Evaluation, evaluate, jsonable
 from vfl.model import ModelShard
 from vfl.model_reports import kind_report_html
 from vfl.models.kinds import from_name as model_kind
+from vfl.optim import max_rounds
 from vfl.parties.common import (
     Job,
     ProgressFn,
@@ -32,6 +34,7 @@ from vfl.parties.common import (
     ledger_for,
     make_shard,
     open_store,
+    precondition_features,
     prepare_features,
     psi_multiplier,
     require_intersection,
@@ -217,12 +220,15 @@ def train(
 
     def on_epoch(epoch: int, batch: int, loss: float | None) -> None:
         if progress and loss is not None:
-            progress("train", epoch + 1, o.max_epochs, f"loss {loss:.5f}")
+            progress("train", epoch + 1, max_rounds(len(train_rows), o), f"loss {loss:.5f}")
 
+    train_matrix, whitening = session.guard(
+        lambda: precondition_features(matrix, train_rows, o, intercept=True)
+    )
     trained = session.guard(
         lambda: training.run_guest(
             session,
-            matrix[train_rows],
+            train_matrix,
             labels[train_rows],
             keypair=keypair,
             workers=workers,
@@ -234,6 +240,8 @@ def train(
     )
     if progress:
         progress("train", trained.epochs, trained.epochs, f"done, loss {trained.losses[-1]:.5f}")
+    # The model on the guest's own (standardized) columns, whatever the preconditioning.
+    trained = dataclasses.replace(trained, weights=whitening.to_original(trained.weights))
     scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="train-score")
     z = session.guard(lambda: predict.joint_logit_matrix(session, scoring, matrix @ trained.weights))
     if not binary:

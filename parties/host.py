@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from vfl.crypto import WorkerPool
 from vfl.data import check_columns, require_columns
 from vfl.ledger import Ledger
 from vfl.model import ModelShard
+from vfl.optim import max_rounds
 from vfl.parties.common import (
     Job,
     ProgressFn,
@@ -23,6 +25,7 @@ from vfl.parties.common import (
     ledger_for,
     make_shard,
     open_store,
+    precondition_features,
     prepare_features,
     psi_multiplier,
     require_intersection,
@@ -109,12 +112,15 @@ def train(
 
     def on_epoch(epoch: int, batch: int, loss: float | None) -> None:
         if progress:
-            progress("train", epoch + 1, o.max_epochs, f"batch {batch}")
+            progress("train", epoch + 1, max_rounds(len(train_rows), o), f"batch {batch}")
 
+    train_matrix, whitening = session.guard(
+        lambda: precondition_features(matrix, train_rows, o, intercept=False)
+    )
     trained = session.guard(
         lambda: training.run_host(
             session,
-            matrix[train_rows],
+            train_matrix,
             keypair=keypair,
             workers=workers,
             progress=on_epoch,
@@ -124,6 +130,8 @@ def train(
     )
     if progress:
         progress("train", trained.epochs, trained.epochs, "done")
+    # The model on the host's own (standardized) columns, whatever the preconditioning.
+    trained = dataclasses.replace(trained, weights=whitening.to_original(trained.weights))
     scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="train-score")
     session.guard(lambda: predict.send_partial_matrix(session, scoring, matrix @ trained.weights))
     shard = session.guard(lambda: make_shard(session, job, "host", names, trained.weights, scaler))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vfl.protocols.audience import AUDIENCE
-from vfl.protocols.lr import LR
+from vfl.protocols.lr import LR, LR_STREAM
 from vfl.protocols.lr_two_key import LR_TWO_KEY
 from vfl.protocols.messages import Protocol, find
 from vfl.protocols.predict import PREDICT
@@ -20,6 +20,7 @@ ALL_PROTOCOLS: tuple[Protocol, ...] = (
     PSI,
     SPLIT,
     LR,
+    LR_STREAM,
     PREDICT,
     SHARDS,
     LR_TWO_KEY,

@@ -67,6 +67,8 @@ from vfl.crypto import (
     ints_to_arrow,
     mask_and_pack,
     prepare_matrix,
+    randomizers_from_arrow,
+    randomizers_to_arrow,
 )
 from vfl.errors import ConfigError, PeerTimeoutError, ProtocolError, TransportError
 from vfl.models.kinds import MAX_CLASSES
@@ -80,7 +82,15 @@ from vfl.models.packing import (
     packed_rdot,
     read_slot,
 )
-from vfl.optim import EarlyStopping, ShardOptimizer, epoch_batches, initial_weights
+from vfl.optim import (
+    EarlyStopping,
+    IterateAverage,
+    ShardOptimizer,
+    epoch_batches,
+    initial_weights,
+    max_rounds,
+    passes,
+)
 from vfl.options import TrainOptions
 from vfl.protocols.messages import BOOL, DATA_ROLES, FIXED, FLOAT, INT, Protocol, message, one
 from vfl.protocols.objectives import LOGIT_BOUND, Objective, objective_for  # noqa: F401 - re-exported
@@ -135,6 +145,35 @@ LR = Protocol(
 )  # fmt: skip
 SETUP, U, D, WG, MASKED, UNMASKED, LOSS, CONTROL, STOP, EXPU, CLASSES, KLOSS = LR.messages
 HOST_VECTORS = {"u": U, "expu": EXPU}  # what a host encrypts for a batch, by Objective.host_vectors
+
+# The key owner's randomizer stream (``randomizer_stream = "arbiter"``, DESIGN.md §6): the arbiter,
+# idle while the data parties compute, makes DJN randomizers with its CRT tables (~1.8x cheaper than
+# the public-key path) and sends each data party its own stream; the party uses each one once and
+# falls back to its own pool when the stream runs dry. A separate table, so that a job without the
+# stream does not list it in its ledger.
+LR_STREAM = Protocol(
+    "lr-stream",
+    (
+        message("lr.randomizers", BATCH + "/randomizers", "arbiter", DATA_ROLES,
+                "nothing: fresh encryptions of zero under the arbiter's key, independent of all data "
+                "(each used once, never shared with another party)", ciphertext=FIXED),
+    ),
+    never={
+        "guest": ("another party's randomness",),
+        "host": ("another party's randomness",),
+        "arbiter": ("any ciphertext it randomizes",),
+    },
+)  # fmt: skip
+(RANDOMIZERS,) = LR_STREAM.messages
+STREAM_SPARE = 16  # per batch beyond one per row: one per gradient column (rdot), packing, the loss term
+
+
+def stream_size(batches: list[np.ndarray], b: int) -> int:
+    """How many randomizers the arbiter streams to each data party with batch ``b``: what the party's
+    next batch needs (one per row for ``[[u]]`` or ``[[4d]]``, plus ``STREAM_SPARE``)."""
+    following = batches[b + 1] if b + 1 < len(batches) else batches[0]
+    return len(following) + STREAM_SPARE
+
 
 Progress = Callable[[int, int, float | None], None]  # (epoch, batches done in epoch, loss or None)
 
@@ -286,6 +325,10 @@ class _DataParty:
     ) -> None:
         self.session, self.plan, self.workers, self.on_epoch = session, plan, workers, on_epoch
         session.uses(LR)
+        self.stream = plan.options.randomizer_stream == "arbiter"
+        if self.stream:
+            session.uses(LR_STREAM)
+        self._next_need = 0
         self.n, self.k = features.shape
         self.matrix = prepare_matrix(features, workers=workers)
         self.xq = self.matrix.dequantized  # the matrix the encrypted products really use
@@ -353,17 +396,30 @@ class _DataParty:
         """Schedule the next batch's randomizers on the workers, to be ready when the network answers."""
         assert self.randomness is not None
         size = len(batches[done + 1]) if done + 1 < len(batches) else len(batches[0])
+        if self.stream:  # the arbiter's stream for the next batch comes with the unmasked gradient
+            self._next_need = size + self.k + 4
+            return
         self.randomness.fill(size + self.k + 4)
 
+    def receive_stream(self, tag: dict[str, int]) -> None:
+        """Put the arbiter's randomizers for our next batch in the pool; compute only what they lack."""
+        assert self.randomness is not None and self.public_key is not None
+        table = self.session.recv(RANDOMIZERS, self.plan.arbiter, **tag)
+        self.randomness.add(randomizers_from_arrow(table, self.public_key))
+        self.randomness.fill(max(0, self._next_need - self.randomness.available))
+
     def masked_decrypt_receive(self, mask: Any, tag: dict[str, int]) -> np.ndarray:
-        return mask.unmask(ints_from_arrow(self.session.recv(UNMASKED, self.plan.arbiter, **tag)))
+        gradient = mask.unmask(ints_from_arrow(self.session.recv(UNMASKED, self.plan.arbiter, **tag)))
+        if self.stream:
+            self.receive_stream(tag)
+        return gradient
 
     def run(self, epoch_fn: Callable[[PartyState], PartyState]) -> PartyState:
         """Run epochs until the arbiter says stop, resynchronizing after a peer restarts."""
         state = self.start()
         while True:
             try:
-                while not state.stopped and state.epoch < self.plan.options.max_epochs:
+                while not state.stopped and state.epoch < max_rounds(self.n, self.plan.options):
                     state = epoch_fn(state)
                     self._keep(state)
                 # Tell the arbiter we have the final decision, so it stays up until every party does.
@@ -414,7 +470,7 @@ def run_guest(
         assert pk is not None and party.randomness is not None
         optimizer = ShardOptimizer(o, party.k, intercept_index=0)
         optimizer.load_state(state.optimizer)
-        w = state.weights
+        w, average = state.weights, IterateAverage()
         q_total: EncryptedVector | None = None
         batches = epoch_batches(party.n, o, epoch)
         for b, rows in enumerate(batches):
@@ -443,9 +499,11 @@ def run_guest(
             q_b = obj.guest_loss_terms(host_in, wgs, u_g, s[rows], d4, off, workers=workers)
             q_total = q_b if q_total is None else q_total + q_b
             g = party.masked_decrypt_receive(mask, tag)
-            w = optimizer.update(w, g / obj.gradient_divisor(m), epoch)
+            w = optimizer.update(w, g / obj.gradient_divisor(m), passes(party.n, o, epoch))
+            average.add(w)
             if progress:
                 progress(epoch, b + 1, None)
+        w = average.result(w, o)
         assert isinstance(q_total, EncryptedVector)
         session.send(LOSS, plan.arbiter, q_total.to_arrow(), gen=gen, epoch=epoch)
         control = session.recv(CONTROL, plan.arbiter, gen=gen, epoch=epoch)
@@ -487,7 +545,7 @@ def run_host(
         assert pk is not None and party.randomness is not None
         optimizer = ShardOptimizer(o, party.k, intercept_index=None)
         optimizer.load_state(state.optimizer)
-        w = state.weights
+        w, average = state.weights, IterateAverage()
         batches = epoch_batches(party.n, o, epoch)
         for b, rows in enumerate(batches):
             m = len(rows)
@@ -503,9 +561,11 @@ def run_host(
             mask = party.masked_decrypt_send(gradient, m, tag)
             party.refill(batches, b)
             g = party.masked_decrypt_receive(mask, tag)
-            w = optimizer.update(w, g / obj.gradient_divisor(m), epoch)
+            w = optimizer.update(w, g / obj.gradient_divisor(m), passes(party.n, o, epoch))
+            average.add(w)
             if progress:
                 progress(epoch, b + 1, None)
+        w = average.result(w, o)
         stop = bool(one(session.recv(STOP, plan.arbiter, gen=gen, epoch=epoch), "stop"))
         return PartyState(epoch + 1, w, optimizer.state(), [], stop)
 
@@ -532,6 +592,9 @@ class _Arbiter:
             session, plan, keypair, workers, on_epoch,
         )  # fmt: skip
         session.uses(LR)
+        self.stream: RandomnessPool | None = None  # the key owner's randomizers for the data parties
+        if plan.options.randomizer_stream == "arbiter":
+            session.uses(LR_STREAM)
         self.history = history
         self.public_key: PublicKey | None = None
         self.private_key: PrivateKey | None = None
@@ -545,6 +608,23 @@ class _Arbiter:
         self.public_key, self.private_key = self.keypair or generate_keypair(self.plan.options.key_bits)
         self.keypair = None
         self.session.hand_out_key(self.public_key, self.plan.data_parties, generation=generation)
+        if self.plan.options.randomizer_stream == "arbiter":
+            if self.stream is not None:
+                self.stream.close()
+            self.stream = RandomnessPool(self.private_key, self.workers)
+            first = self.plan.options.batch_size or 512  # the first batch's stream, ready when it is due
+            self.stream.fill((first + STREAM_SPARE) * len(self.plan.data_parties))
+
+    def send_stream(self, party: str, batches: list[np.ndarray], b: int, tag: dict[str, int]) -> None:
+        """``party``'s own randomizers for its next batch, sent right after its unmasked gradient (they
+        were computed on the workers during this batch), and the next ones scheduled. None is sent twice."""
+        if self.stream is None:
+            return
+        assert self.public_key is not None
+        count = stream_size(batches, b)
+        values = self.stream.take(count)
+        self.session.send(RANDOMIZERS, party, randomizers_to_arrow(values, self.public_key), **tag)
+        self.stream.fill(count)
 
     def setup(self) -> ArbiterState:
         sizes = {p: int(one(self.session.recv(SETUP, p), "n_rows")) for p in self.plan.data_parties}
@@ -569,21 +649,24 @@ class _Arbiter:
     def epoch(self, state: ArbiterState) -> ArbiterState:
         assert self.private_key is not None and self.public_key is not None
         gen, epoch, o, session = state.generation, state.epoch, self.plan.options, self.session
-        for b, _rows in enumerate(epoch_batches(state.n_rows, o, epoch)):
+        batches = epoch_batches(state.n_rows, o, epoch)
+        for b, _rows in enumerate(batches):
             for p in self.plan.data_parties:
                 tag = {"gen": gen, "epoch": epoch, "batch": b}
                 packed = PackedCiphertexts.from_arrow(session.recv(MASKED, p, **tag), self.public_key)
                 plain = decrypt_packed(self.private_key, packed, workers=self.workers)
                 session.send(UNMASKED, p, ints_to_arrow(plain), **tag)
+                self.send_stream(p, batches, b, tag)
+        rows = sum(len(r) for r in batches)  # the round's rows (a share of the pass with loss_checks > 1)
         if o.model == "multiclass-lr":
             loss = multiclass_loss(
-                self.private_key, session.recv(KLOSS, self.plan.guest, gen=gen, epoch=epoch), state.n_rows
+                self.private_key, session.recv(KLOSS, self.plan.guest, gen=gen, epoch=epoch), rows
             )
         else:
             q = EncryptedVector.from_arrow(
                 session.recv(LOSS, self.plan.guest, gen=gen, epoch=epoch), self.public_key
             )
-            loss = self.plan.objective.loss(float(decrypt(self.private_key, q)[0]), state.n_rows)
+            loss = self.plan.objective.loss(float(decrypt(self.private_key, q)[0]), rows)
         losses = [*state.losses, loss]
         stop = EarlyStopping.replay(o, losses)
         log.info("epoch %d: loss %.6f%s", epoch + 1, loss, " (stop)" if stop else "")
@@ -595,7 +678,9 @@ class _Arbiter:
 
     def finished(self, state: ArbiterState) -> bool:
         o = self.plan.options
-        return state.epoch >= o.max_epochs or (bool(state.losses) and EarlyStopping.replay(o, state.losses))
+        return state.epoch >= max_rounds(state.n_rows, o) or (
+            bool(state.losses) and EarlyStopping.replay(o, state.losses)
+        )
 
 
 def run_arbiter(
@@ -623,7 +708,7 @@ def run_arbiter(
             if exc.notice.kind != "rejoin":
                 raise
             state = arbiter.resync()
-    stopped = state.epoch < plan.options.max_epochs
+    stopped = state.epoch < max_rounds(state.n_rows, plan.options)
     assert arbiter.public_key is not None
     return ArbiterSummary(
         state.losses, state.epoch, stopped, arbiter.public_key.fingerprint, state.generation + 1

@@ -73,11 +73,19 @@ def test_psi_train_and_predict_send_only_declared_messages(frames, keypair_1024)
     }
 
     result = vfl.simulate(
-        guest, [host1, host2], id="id", label="y", key_bits=1024, keypair=keypair_1024, max_epochs=1
+        guest,
+        [host1, host2],
+        id="id",
+        label="y",
+        key_bits=1024,
+        keypair=keypair_1024,
+        max_epochs=1,
+        randomizer_stream="arbiter",
     )
     train_job = Job("t", "guest", ("host1", "host2"), "arbiter")
     seen = assert_all_declared(result.network, train_job)
     assert {"lr.u", "lr.d", "lr.masked", "lr.unmasked", "lr.control", "lr.stop", "predict.pair-seed"} <= seen
+    assert "lr.randomizers" in seen  # the arbiter's randomizer stream (randomizer_stream = "arbiter")
 
     free = vfl.simulate(
         guest, [host1, host2], id="id", label="y", key_bits=1024, max_epochs=1, topology="arbiter-free"
@@ -139,6 +147,19 @@ def test_ledgers_list_what_the_protocols_that_ran_reveal():
     assert any("its own gradient" in item for item in training) and "labels" in never
     arbiter, _ = learned_by([SESSION, PSI, LR], "arbiter")
     assert not any("intersection" in item for item in arbiter)  # the arbiter takes no part in PSI
+
+
+def test_the_randomizer_stream_is_in_the_ledger_only_when_it_runs():
+    from vfl.protocols.lr import LR, LR_STREAM
+    from vfl.protocols.session import SESSION
+
+    streamed, never = learned_by([SESSION, LR, LR_STREAM], "host")
+    assert any("encryptions of zero" in item for item in streamed)
+    assert "another party's randomness" in never
+    assert not any("encryptions of zero" in item for item in learned_by([SESSION, LR], "host")[0])
+    arbiter, arbiter_never = learned_by([SESSION, LR, LR_STREAM], "arbiter")
+    assert not any("encryptions of zero" in item for item in arbiter)  # it sends them, receives none
+    assert "any ciphertext it randomizes" in arbiter_never
 
 
 def test_every_message_declaration_is_unique_and_has_roles():

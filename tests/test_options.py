@@ -32,7 +32,7 @@ from vfl.psi.options import PsiOptions
 #: sha256 of the default TrainOptions (it was a4c6c600... before min_intersection and calibration, 5e4b569a... before
 #: topology, model and exposure were added): parties
 #: compare checkpoints by this digest, so a change to it must be deliberate.
-DEFAULT_DIGEST = "8bcd8c581dc23f7d5f5b118625f9bad3de6573cd9cedbd9df0f5169b3d24296e"
+DEFAULT_DIGEST = "2210bd573d44c42a245b12503ae1a29acb0a5032847d7379ddcdf46608658b46"
 
 
 def ok(constraints, value):
@@ -214,7 +214,8 @@ def test_batch_size_zero_means_full_batch():
 
 def test_unknown_train_option_lists_known_ones():
     with pytest.raises(
-        ConfigError, match=r"^unknown job option\(s\) lerning_rate; known options: alpha, batch_size"
+        ConfigError,
+        match=r"^unknown job option\(s\) lerning_rate; known options: alpha, averaging, batch_size",
     ):
         TrainOptions.from_dict({"lerning_rate": 0.1})
 

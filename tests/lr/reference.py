@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from vfl.optim import EarlyStopping, ShardOptimizer, epoch_batches, initial_weights
+from vfl.optim import (
+    EarlyStopping,
+    IterateAverage,
+    ShardOptimizer,
+    epoch_batches,
+    initial_weights,
+    max_rounds,
+    passes,
+)
 from vfl.options import TrainOptions
 
 
@@ -22,16 +30,22 @@ def train_reference(
     optimizers = [ShardOptimizer(options, b.shape[1], 0 if i == 0 else None) for i, b in enumerate(blocks)]
     stopper = EarlyStopping(options)
     losses: list[float] = []
-    for epoch in range(options.max_epochs):
-        loss_sum = 0.0
+    for epoch in range(max_rounds(n, options)):
+        loss_sum, rows = 0.0, 0
+        averages = [IterateAverage() for _ in blocks]
         for batch in epoch_batches(n, options, epoch):
             m = len(batch)
+            rows += m
             z = sum(b[batch] @ w for b, w in zip(blocks, weights, strict=True))
             loss_sum += m * np.log(2) - s[batch] @ z / 2 + z @ z / 8
             d4 = z - 2 * s[batch]
             for i, b in enumerate(blocks):
-                weights[i] = optimizers[i].update(weights[i], b[batch].T @ d4 / (4 * m), epoch)
-        losses.append(loss_sum / n)
+                weights[i] = optimizers[i].update(
+                    weights[i], b[batch].T @ d4 / (4 * m), passes(n, options, epoch)
+                )
+                averages[i].add(weights[i])
+        weights = [a.result(w, options) for a, w in zip(averages, weights, strict=True)]
+        losses.append(loss_sum / rows)
         if stopper.should_stop(losses[-1]):
             break
     return weights, losses

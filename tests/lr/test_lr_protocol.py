@@ -88,9 +88,9 @@ def test_every_message_is_declared_and_hosts_see_only_ciphertexts(keypair):
         if m.tag.startswith("vfl/"):
             continue
         protocol, declared, _ = find(ALL_PROTOCOLS, m.tag)
-        assert protocol.name in ("lr", "session"), m.tag
+        assert protocol.name in ("lr", "lr-stream", "session"), m.tag
         table = declared.check(decode_table(m.payload), peer=m.sender, tag=m.tag)
-        if m.receiver.startswith("host") and declared.name in ("lr.d",):
+        if m.receiver.startswith("host") and declared.name in ("lr.d", "lr.randomizers"):
             assert all(str(t).startswith("fixed_size_binary") for t in table.schema.types)
 
 
@@ -108,3 +108,28 @@ def test_parties_disagreeing_on_row_counts_are_refused(keypair):
     # The arbiter finds the mismatch; the guest learns only that the arbiter stopped, by reason code.
     with pytest.raises(ProtocolError, match=r"party 'arbiter' stopped the job \(protocol"):
         _train(blocks, y, o, keypair)
+
+
+def test_the_arbiters_randomizer_stream_changes_no_result_and_each_party_gets_its_own(keypair):
+    """Randomness changes ciphertexts, never a result; every data party gets a distinct stream per batch."""
+    from gmpy2 import mpz
+
+    from vfl.crypto import randomizers_from_arrow
+
+    blocks, y = _data()
+    options = dict(key_bits=1024, max_epochs=2, batch_size=48, min_rows_per_column=2, tol=0.0)
+    streamed, network = _train(blocks, y, TrainOptions(**options, randomizer_stream="arbiter"), keypair)
+    own, quiet = _train(blocks, y, TrainOptions(**options, randomizer_stream="none"), keypair)
+    for party in ("guest", "host1"):
+        np.testing.assert_array_equal(streamed[party].weights, own[party].weights)
+    assert not [m for m in quiet.transcript if m.tag.endswith("/randomizers")]
+    streams = [m for m in network.transcript if m.tag.endswith("/randomizers")]
+    batches = 2 * 2  # two passes of two batches of 48 rows
+    assert sorted({m.receiver for m in streams}) == ["guest", "host1"]
+    assert len(streams) == 2 * batches and all(m.sender == "arbiter" for m in streams)
+    seen: set[mpz] = set()
+    for m in streams:
+        values = randomizers_from_arrow(decode_table(m.payload), keypair[0])
+        assert len(values) == 48 + lr.STREAM_SPARE
+        assert not seen & set(values), "a randomizer was sent twice"
+        seen |= set(values)

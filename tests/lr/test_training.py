@@ -11,7 +11,9 @@ from sklearn.metrics import roc_auc_score
 import vfl
 from tests.lr.reference import train_reference
 from vfl.crypto import generate_keypair, prepare_matrix
+from vfl.data import Whitening
 from vfl.errors import ConfigError, DataError, VflError
+from vfl.optim import max_rounds
 from vfl.options import TrainOptions
 
 
@@ -39,16 +41,21 @@ def _blocks(result, frames, id_column="id", label="y"):
     order = result.scores[id_column]
     train = ~result.scores["held_out"].to_numpy()
     names = ["guest", *[f"host{i}" for i in range(1, len(frames))]]
-    blocks = []
+    blocks, maps = [], []
     for name, frame in zip(names, frames, strict=True):
         aligned = frame.set_index(id_column).loc[order].reset_index()
         shard = result.shards[name]
         x = shard.scaler().transform(aligned)
         if shard.has_intercept:
             x = np.hstack([np.ones((len(x), 1)), x])
-        blocks.append(prepare_matrix(x[train]).dequantized)
+        # The party's own preconditioner, fitted on its training rows as the party does (DESIGN.md §6).
+        whitening = Whitening.fit(x[train], skip=1 if shard.has_intercept else 0)
+        if TrainOptions(**shard.options).precondition == "none":
+            whitening = Whitening(np.eye(x.shape[1]))
+        blocks.append(prepare_matrix(whitening.apply(x[train])).dequantized)
+        maps.append(whitening)
     y = frames[0].set_index(id_column).loc[order, label].to_numpy(float)[train]
-    return blocks, y, names
+    return blocks, y, names, maps
 
 
 @pytest.mark.parametrize(
@@ -78,19 +85,30 @@ def _blocks(result, frames, id_column="id", label="y"):
             schedule="inverse-time",
             decay=0.3,
         ),
+        dict(max_epochs=2, tol=0.0, batch_size=128),  # the defaults: whitened, averaged, two loss checks
+        dict(max_epochs=2, batch_size=128, tol=0.0, precondition="none", loss_checks=1, averaging="none"),
     ],
-    ids=["adam-minibatch", "sgd-l1-step-random-init", "momentum-l2-fullbatch-invtime"],
+    ids=[
+        "adam-minibatch",
+        "sgd-l1-step-random-init",
+        "momentum-l2-fullbatch-invtime",
+        "defaults",
+        "unpreconditioned-one-check",
+    ],
 )
 def test_federated_weights_equal_centralized_taylor_training(breast, keypair, options):
     guest, host = breast
     result = vfl.simulate(guest, [host], id="id", label="y", key_bits=1024, keypair=keypair, **options)
-    blocks, y, names = _blocks(result, [guest, host])
+    blocks, y, names, maps = _blocks(result, [guest, host])
     expected, losses = train_reference(blocks, y, TrainOptions(key_bits=1024, **options), names)
-    for name, w in zip(names, expected, strict=True):
-        np.testing.assert_allclose(result.shards[name].weight_vector, w, rtol=1e-6, atol=1e-9)
+    for name, w, whitening in zip(names, expected, maps, strict=True):
+        # The shard holds the weights mapped back to the party's own columns.
+        np.testing.assert_allclose(
+            result.shards[name].weight_vector, whitening.to_original(w), rtol=1e-6, atol=1e-9
+        )
     # The arbiter's loss comes from one decryption of the guest's encrypted Taylor terms.
     np.testing.assert_allclose(result.losses, losses, rtol=1e-4)
-    assert result.epochs == options["max_epochs"]
+    assert result.epochs == max_rounds(len(y), TrainOptions(**options))
 
 
 def _sklearn_auc(frames, result, id_column="id", label="y"):
@@ -132,7 +150,10 @@ def test_two_hosts_equal_one_host_holding_both(credit, keypair):
     guest, host = guest.iloc[:6000], host.iloc[:6000]
     cols = [c for c in host.columns if c != "id"]
     h1, h2 = host[["id", *cols[:5]]], host[["id", *cols[5:]]]
-    options = dict(max_epochs=2, batch_size=1024, tol=0.0, key_bits=1024, keypair=keypair)
+    # Without whitening: each party whitens its own block, so a split host preconditions differently.
+    options = dict(
+        max_epochs=2, batch_size=1024, tol=0.0, key_bits=1024, keypair=keypair, precondition="none"
+    )
     two = vfl.simulate(guest, [h1, h2], id="id", label="y", **options)
     one = vfl.simulate(guest, [host], id="id", label="y", **options)
     pd.testing.assert_series_equal(two.scores["id"], one.scores["id"])

@@ -121,7 +121,7 @@ def test_arbiter_free_model_equals_the_reference_and_the_coordinated_model(
     hosts = [host] if n_hosts == 1 else [host1, host2]
     run = dict(id="id", label="y", key_bits=1024, workers=1, **options)
     result = vfl.simulate(guest, hosts, topology="arbiter-free", keypairs=keypairs, **run)
-    blocks, y, names = _blocks(result, [guest, *hosts])
+    blocks, y, names, _ = _blocks(result, [guest, *hosts])
     expected, losses = train_reference(blocks, y, TrainOptions(key_bits=1024, **options), names)
     for name, w in zip(names, expected, strict=True):
         np.testing.assert_allclose(result.shards[name].weight_vector, w, rtol=1e-6, atol=1e-9)

@@ -20,7 +20,15 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from vfl.models.kinds import KINDS, one_hot
-from vfl.optim import EarlyStopping, ShardOptimizer, epoch_batches, initial_weights
+from vfl.optim import (
+    EarlyStopping,
+    IterateAverage,
+    ShardOptimizer,
+    epoch_batches,
+    initial_weights,
+    max_rounds,
+    passes,
+)
 from vfl.options import TrainOptions
 
 Weights = list[np.ndarray]
@@ -37,16 +45,20 @@ def _train_single(
     optimizers = [ShardOptimizer(options, b.shape[1], 0 if i == 0 else None) for i, b in enumerate(blocks)]
     stopper = EarlyStopping(options)
     losses: list[float] = []
-    for epoch in range(options.max_epochs):
-        loss_sum = 0.0
+    for epoch in range(max_rounds(n, options)):
+        loss_sum, rows = 0.0, 0
+        averages = [IterateAverage() for _ in blocks]
         for batch in epoch_batches(n, options, epoch):
             m = len(batch)
+            rows += m
             z = sum(b[batch] @ w for b, w in zip(blocks, weights, strict=True))
             d, batch_loss = residual_and_loss(z, batch)
             loss_sum += batch_loss
             for i, b in enumerate(blocks):
-                weights[i] = optimizers[i].update(weights[i], b[batch].T @ d / m, epoch)
-        losses.append(loss_sum / n)
+                weights[i] = optimizers[i].update(weights[i], b[batch].T @ d / m, passes(n, options, epoch))
+                averages[i].add(weights[i])
+        weights = [a.result(w, options) for a, w in zip(averages, weights, strict=True)]
+        losses.append(loss_sum / rows)
         if stopper.should_stop(losses[-1]):
             break
     return weights, losses
@@ -110,10 +122,12 @@ def train_ovr_reference(
     ]
     stopper = EarlyStopping(options)
     losses: list[float] = []
-    for epoch in range(options.max_epochs):
-        loss_sum = 0.0
+    for epoch in range(max_rounds(n, options)):
+        loss_sum, rows = 0.0, 0
+        averages = [IterateAverage() for _ in blocks]
         for batch in epoch_batches(n, options, epoch):
             m = len(batch)
+            rows += m
             z = sum(b[batch] @ w for b, w in zip(blocks, weights, strict=True))  # (m, K)
             sb = s[batch]
             loss_sum += float(
@@ -123,9 +137,15 @@ def train_ovr_reference(
             for i, b in enumerate(blocks):
                 grad = b[batch].T @ d / m  # (columns, K): what one packed X^T [[D]] returns
                 weights[i] = np.stack(
-                    [optimizers[i][c].update(weights[i][:, c], grad[:, c], epoch) for c in range(k)], axis=1
+                    [
+                        optimizers[i][c].update(weights[i][:, c], grad[:, c], passes(n, options, epoch))
+                        for c in range(k)
+                    ],
+                    axis=1,
                 )
-        losses.append(loss_sum / n)
+                averages[i].add(weights[i])
+        weights = [a.result(w, options) for a, w in zip(averages, weights, strict=True)]
+        losses.append(loss_sum / rows)
         if stopper.should_stop(losses[-1]):
             break
     return weights, losses
