@@ -62,7 +62,7 @@ class Job:
         if len(set(names)) != len(names):
             raise ConfigError(f"every party of a job needs its own id, got {names}")
         if self.kind == "train":
-            # "topology" unset: coordinated with an arbiter, arbiter-free without (DESIGN.md §14).
+            # "topology" unset: coordinated with an arbiter, arbiter-free without (DESIGN.md §15).
             object.__setattr__(self, "options", self.options.resolved_for(self.arbiter is not None))
             o = self.options
             if (o.loss_checks > 1 or o.averaging != "none" or o.randomizer_stream != "none") and (
@@ -182,7 +182,7 @@ def _arbiter_free(job: Job) -> Trainer:
     return Trainer(job.two_key_plan, job.guest, lr_two_key.run_guest, lr_two_key.run_host, takes_keypair=True)
 
 
-#: The training protocol of each ``[train] topology`` (DESIGN.md §6 and §14).
+#: The training protocol of each ``[train] topology`` (DESIGN.md §6 and §15).
 TOPOLOGIES: dict[str, Callable[[Job], Trainer]] = {"coordinated": _coordinated, "arbiter-free": _arbiter_free}
 
 

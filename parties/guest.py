@@ -167,7 +167,7 @@ def train(
     With ``resumable`` (and an ``output_dir``) the alignment and every epoch's state are saved, and a
     restarted run of the same job rejoins training where the federation is. In arbiter-free
     training the guest coordinates: restarted with saved epochs, it skips the agreement and
-    resynchronizes at once, as the arbiter does in coordinated training (DESIGN.md §12, §14).
+    resynchronizes at once, as the arbiter does in coordinated training (DESIGN.md §12, §15).
     """
     o = job.options
     training = session.guard(lambda: trainer(job))

@@ -1,4 +1,4 @@
-"""Feature screening (job kind ``screen``, DESIGN.md §16): the guest ranks every column by information value.
+"""Feature screening (job kind ``screen``, DESIGN.md §17): the guest ranks every column by information value.
 
 The guest aligns its ids with every host (PSI), screens its own numeric columns locally, and runs the
 screening protocol (``protocols/screen.py``) with every host: it learns per-bin counts, WOE and IV of

@@ -172,7 +172,7 @@ def simulate(
     """Train, score and evaluate a federation of a guest, hosts and an arbiter, all in this process.
 
     ``topology="arbiter-free"`` trains without the arbiter, every data party under its own key
-    (DESIGN.md §14; ``keypairs`` optionally gives a party, by id, its first key pair); the default
+    (DESIGN.md §15; ``keypairs`` optionally gives a party, by id, its first key pair); the default
     ``"coordinated"`` uses the arbiter (``keypair`` is its key pair).
 
     ``job_options`` are ``TrainOptions`` fields (``max_epochs``, ``batch_size``, ``optimizer``,

@@ -715,7 +715,7 @@ def run_arbiter(
     )
 
 
-# --- multi-class (one-vs-rest, K residuals packed per ciphertext; DESIGN.md §15) -----------------------
+# --- multi-class (one-vs-rest, K residuals packed per ciphertext; DESIGN.md §16) -----------------------
 
 # Every party's quantized columns satisfy |q| <= 2^19 - 1 (at most 20-bit fixed point, vfl/crypto/multiexp.py),
 # so one slot layout, known to all parties from the shared options, fits every party's X^T [[D]].

@@ -1,4 +1,4 @@
-"""Arbiter-free vertical logistic regression (DESIGN.md §14): every data party encrypts under its own key.
+"""Arbiter-free vertical logistic regression (DESIGN.md §15): every data party encrypts under its own key.
 
 Yang et al. 2019 (arXiv 1911.09824) for a guest and any number of hosts. Every data party makes its
 own Paillier key pair for every generation and hands the public key to the other data parties; the

@@ -1,4 +1,4 @@
-"""The steps of a federated training protocol that differ between model kinds (DESIGN.md §15).
+"""The steps of a federated training protocol that differ between model kinds (DESIGN.md §16).
 
 A coordinated training job (``protocols/lr.py``) runs the same batch loop for every model kind:
 hosts send encrypted partial scores, the guest turns them into encrypted residuals ``[[c d]]``, every

@@ -1,4 +1,4 @@
-"""Feature screening across parties (DESIGN.md §16): WOE and information value of every host column.
+"""Feature screening across parties (DESIGN.md §17): WOE and information value of every host column.
 
 The guest holds the 0/1 label and its own Paillier key pair (no arbiter takes part). After PSI:
 

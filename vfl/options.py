@@ -42,7 +42,7 @@ AVERAGINGS = ("round", "none")
 RANDOMIZER_STREAMS = ("arbiter", "none")
 CALIBRATIONS = ("platt", "isotonic", "none")
 TOPOLOGIES = ("coordinated", "arbiter-free")
-#: What a training job fits (vfl/models/kinds.py holds each kind's math; DESIGN.md §15).
+#: What a training job fits (vfl/models/kinds.py holds each kind's math; DESIGN.md §16).
 MODEL_KINDS = ("binary-lr", "multiclass-lr", "linear", "poisson")
 
 _POSITIVE_INT = Interval(int, 1, None, closed="left")
@@ -96,9 +96,9 @@ class TrainOptions(OptionsTable):
     # How the guest turns the Taylor model's logits into probabilities (fitted locally on training rows).
     calibration: str = "platt"
     # "coordinated" (an arbiter holds the key, DESIGN.md §6) or "arbiter-free" (every data party its own
-    # key, §14); None: coordinated when the federation has an arbiter, else arbiter-free (resolved_for).
+    # key, §15); None: coordinated when the federation has an arbiter, else arbiter-free (resolved_for).
     topology: str | None = None
-    # The model: "binary-lr" (DESIGN.md §6), "linear" or "poisson" regression (DESIGN.md §15).
+    # The model: "binary-lr" (DESIGN.md §6), "linear" or "poisson" regression (DESIGN.md §16).
     model: str = "binary-lr"
     # Poisson only: the guest's column of exposures (time at risk); enters as log(exposure).
     exposure: str | None = None
@@ -206,12 +206,12 @@ class PredictOptions(OptionsTable):
 
 
 SCREEN_METHODS = ("quantile", "monotone")
-MIN_BIN_SIZE_FLOOR = 5  # the documented floor of [screen] min_bin_size (DESIGN.md §16)
+MIN_BIN_SIZE_FLOOR = 5  # the documented floor of [screen] min_bin_size (DESIGN.md §17)
 
 
 @dataclass(frozen=True)
 class ScreenOptions(OptionsTable):
-    """The ``[screen]`` section of a feature-screening job (WOE / IV across parties, DESIGN.md §16).
+    """The ``[screen]`` section of a feature-screening job (WOE / IV across parties, DESIGN.md §17).
 
     ``bins`` quantile bins per column (``method = "monotone"`` then merges adjacent bins until WOE is
     monotone); every bin describes at least ``min_bin_size`` customers or none (smaller ones are

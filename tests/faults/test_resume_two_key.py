@@ -1,5 +1,5 @@
 """Arbiter-free training: kill the guest (the coordinator) or the host mid-training with SIGKILL,
-restart it, and get the same model as an uninterrupted run (DESIGN.md §12, §14)."""
+restart it, and get the same model as an uninterrupted run (DESIGN.md §12, §15)."""
 
 from __future__ import annotations
 
