@@ -54,7 +54,6 @@ row's segment.
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 from collections.abc import Mapping, Sequence
@@ -67,11 +66,15 @@ import pyarrow as pa
 from gmpy2 import mpz
 
 from vfl.analytics import crosstab as ct
-from vfl.analytics.dp import AudienceOptions, discrete_laplace, noise_variance
+from vfl.analytics.dp import discrete_laplace, noise_variance
 from vfl.crypto import PrivateKey, PublicKey, RandomnessPool, WorkerPool, ints_from_arrow, ints_to_arrow
 from vfl.crypto.arrow import KIND, ciphertext_table, table_ciphertexts
 from vfl.crypto.randomness import randomizers
 from vfl.errors import ConfigError, IntegrityError, ProtocolError
+from vfl.protocols.crosstab import GUEST_CODE as GUEST_CODE
+from vfl.protocols.crosstab import HOST_CODE as HOST_CODE
+from vfl.protocols.crosstab import OUTCOME, XT_MESSAGES, crosstab_guest, crosstab_host
+from vfl.protocols.crosstab import crosstab_options as crosstab_options
 from vfl.protocols.messages import BOOL, FIXED, FLOAT, INT, TEXT, Protocol, message, one
 from vfl.protocols.session import Session
 from vfl.segmentation.grid import NOISE_THRESHOLD, GridSegmentation, fit_grid
@@ -92,15 +95,7 @@ SEGMENT = Protocol(
         message("segment.policy", "segment/policy", "host", "guest",
                 "each host's segmentation policy (membership release, shared means)",
                 rows=1, release_membership=BOOL, share_means=BOOL),
-        message("segment.xt-layout", "segment/{step}/xt-layout", "host", "guest",
-                "the number of each host's local clusters and the cross-tab layout", rows=1, layout=TEXT),
-        message("segment.xt-rows", "segment/{step}/xt-rows", "host", "guest",
-                "nothing from the encrypted rows (under the host's key)", ciphertext=FIXED),
-        message("segment.xt-sealed", "segment/{step}/xt-sealed", "guest", "host",
-                "nothing (uniformly masked values)", ciphertext=FIXED),
-        message("segment.xt-reply", "segment/{step}/xt-reply", "host", "guest",
-                "the DP-noised count (and noised positive outcomes) of every (guest local cluster, "
-                "host local cluster) cell", value=FIXED),
+        *XT_MESSAGES,
         message("segment.geometry", "segment/geometry", "host", "guest",
                 "the squared distances between each host's local cluster means (their shape up to "
                 "rotation; no column, no row)", i=INT, j=INT, d2=FLOAT),
@@ -127,90 +122,8 @@ SEGMENT = Protocol(
 (POLICY, XT_LAYOUT, XT_ROWS, XT_SEALED, XT_REPLY, GEOMETRY, RESULT, MEANS, ONEHOT, MASKED_LABEL,
  LABEL) = SEGMENT.messages  # fmt: skip
 
-GUEST_CODE = "guest_cluster"
-HOST_CODE = "host_cluster"
-OUTCOME = "outcome"
 MASK_BITS = 40  # statistical hiding of a masked segment label
 CLIP = CLIP_SIGMA  # standardized values are clipped here (the sensitivity of a shared mean)
-
-
-# ---------------------------------------------------------------------------------------------
-# the reusable round: encrypted cross-tab of a guest code x a host code, two noise shares
-# ---------------------------------------------------------------------------------------------
-
-
-def crosstab_options(
-    guest: str, host: str, *, epsilon: float, k: int, cells: int, outcome: bool
-) -> AudienceOptions:
-    """Audience options of a (guest code x host code) count table, with an optional 0/1 guest metric."""
-    return AudienceOptions(
-        epsilon=epsilon,
-        k=k,
-        segments={guest: (GUEST_CODE,), host: (HOST_CODE,)},
-        metrics={guest: (OUTCOME,)} if outcome else {},
-        bounds={OUTCOME: (0.0, 1.0)} if outcome else {},
-        max_categories=max(1, cells),
-        fraction_bits=0,
-    )
-
-
-def crosstab_host(
-    session: Session,
-    guest: str,
-    codes: np.ndarray,
-    n_cells: int,
-    options: AudienceOptions,
-    keypair: tuple[PublicKey, PrivateKey],
-    guest_cells: int,
-    *,
-    step: str,
-    workers: WorkerPool | None = None,
-) -> ct.Layout:
-    """Host side of one cross-tab round: encrypted one-hot rows out, masked accumulators decrypted back."""
-    pk, sk = keypair
-    layout = ct.make_layout(
-        options, guest=guest, host=session.party,
-        guest_categories={GUEST_CODE: tuple(range(guest_cells))},
-        host_categories={HOST_CODE: tuple(range(n_cells))},
-        rows=len(codes), key_bits=pk.bits,
-    )  # fmt: skip
-    session.send(XT_LAYOUT, guest, pa.table({"layout": [json.dumps(layout.to_dict())]}), step=step)
-    plains = ct.encode_rows(pd.DataFrame({HOST_CODE: np.asarray(codes, dtype=np.int64)}), None, layout)
-    pool = RandomnessPool(sk, workers)
-    pool.fill(len(plains))
-    rows = ct.encrypt_rows(pk, plains, randomness=pool)
-    session.send(XT_ROWS, guest, ciphertext_table(rows, pk, {KIND: b"segment.xt-rows"}), step=step)
-    sealed = table_ciphertexts(session.recv(XT_SEALED, guest, step=step), pk, "segment accumulators")
-    reply = ct.respond(sk, sealed, layout)
-    session.send(XT_REPLY, guest, ints_to_arrow(reply), step=step)
-    return layout
-
-
-def crosstab_guest(
-    session: Session,
-    host: str,
-    codes: np.ndarray,
-    options: AudienceOptions,
-    public_key: PublicKey,
-    *,
-    step: str,
-    outcome: np.ndarray | None = None,
-    workers: WorkerPool | None = None,
-) -> ct.CrossTab:
-    """Guest side: fold the host's rows by our code, seal with our noise share and a mask, decode the reply."""
-    received = json.loads(one(session.recv(XT_LAYOUT, host, step=step), "layout"))
-    layout = ct.verify_layout(
-        received, options, guest=session.party, host=host, key_bits=public_key.bits, max_rows=len(codes)
-    )
-    rows = table_ciphertexts(session.recv(XT_ROWS, host, step=step), public_key, f"rows from {host!r}")
-    metrics = pd.DataFrame({OUTCOME: outcome}) if outcome is not None else None
-    acc = ct.fold(rows, codes, layout, public_key, guest_metrics=metrics, workers=workers)
-    sealed, state = ct.seal(acc)
-    session.send(
-        XT_SEALED, host, ciphertext_table(sealed, public_key, {KIND: b"segment.xt-sealed"}), step=step
-    )
-    reply = ints_from_arrow(session.recv(XT_REPLY, host, step=step))
-    return ct.decode(state, reply)
 
 
 # ---------------------------------------------------------------------------------------------
