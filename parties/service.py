@@ -15,7 +15,8 @@ resumes them).
 Files of the service, under the workspace: ``jobs.db`` (the store), ``logs/`` (rotating service
 log, one log per job), ``service/service.json`` (pid, address, health URL), and per job
 ``service/jobs/<id>/`` (job.toml, the job's federation with job inbox addresses, its port, the
-worker's result).
+worker's result). Those job files, ``run_job`` and ``cancel_locally`` live in
+``vfl.parties.service_jobs`` (re-exported here).
 """
 
 from __future__ import annotations
