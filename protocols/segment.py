@@ -8,7 +8,8 @@ nothing else:
 1. **policy**: each host tells the guest whether its party.toml allows membership release and shared
    means (``SegmentPolicy``); a job asking for membership that a host does not allow stops here.
 2. **grid counts** (per host, :func:`crosstab_host` / :func:`crosstab_guest`, the generic "encrypted
-   cross-tab of a guest code x a host code with two noise shares" round of ``protocols/crosstab.py``):
+   cross-tab of a guest code x a host code with two noise shares" round of ``protocols/crosstab.py``
+   over ``vfl.analytics.crosstab``):
    the host encrypts, under its own Paillier key, a packed one-hot vector of its local cluster per
    aligned row; the guest folds the rows by its own local cluster (and raises them to its 0/1 outcome
    for the outcome sums), adds its noise share and a uniform mask; the host decrypts the masked values
