@@ -7,9 +7,6 @@ drawn as hatched grey cells marked "< k" and have no numbers.
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -18,16 +15,8 @@ import numpy as np
 import pandas as pd
 
 from vfl.io import atomic_write_text
-
-
-def _png(fig: Any) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def _esc(value: Any) -> str:
-    return html.escape(str(value))
+from vfl.report_html import _esc
+from vfl.report_plots import _png, pyplot
 
 
 def _fmt(value: Any) -> str:
@@ -76,11 +65,7 @@ def heat_matrix(
 
 
 def _plots(run: Any, guest_columns: list[str], k: int) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     images: dict[str, str] = {}
     fig, ax = plt.subplots(figsize=(6.0, 0.6 + 0.5 * len(run.overlap)))
     ax.barh(list(run.overlap["between"]), list(run.overlap["size"]), color="#3b6ea8")

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from vfl.ledger import Ledger
-from vfl.report import _esc, _figure, _png, _table, fmt
+from vfl.report_html import _esc, _table, fmt
+from vfl.report_plots import _figure, _png, pyplot
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:60em;color:#222}
@@ -40,19 +41,10 @@ def _section(title: str, body: str) -> str:
     return f"<section><h2>{_esc(title)}</h2>{body}</section>"
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _loss_plot(losses: list[float]) -> str:
     if not losses:
         return "<p>No losses recorded.</p>"
-    plt = _plt()
+    plt = pyplot()
     fig, ax = _figure(plt, (5.0, 3.0))
     ax.plot(range(1, len(losses) + 1), losses, color="#1f77b4")
     ax.set_xlabel("epoch")
@@ -96,7 +88,7 @@ def kind_report_html(
         sections.append(_section("One-vs-rest AUC per class", _table(["class", "AUC"], aucs)))
     if "target" in scores and model in ("linear", "poisson"):
         held = scores[scores["held_out"]]
-        plt = _plt()
+        plt = pyplot()
         fig, ax = _figure(plt, (4.5, 4.0))
         ax.scatter(held["target"], held["score"], s=8, alpha=0.6, color="#1f77b4")
         lo = float(min(held["target"].min(), held["score"].min())) if len(held) else 0.0
@@ -118,7 +110,7 @@ def kind_report_html(
 
 def iv_chart(iv: pd.DataFrame) -> str:
     """A horizontal bar chart of IV per column, strongest on top, coloured by owner."""
-    plt = _plt()
+    plt = pyplot()
     shown = iv.head(40)
     fig, ax = _figure(plt, (6.0, max(2.0, 0.28 * len(shown) + 0.8)))
     colors = ["#1f77b4" if o == "guest" else "#ff7f0e" for o in shown.get("owner", ["guest"] * len(shown))]

@@ -7,31 +7,19 @@ and the hosts' noised means where their policy shared them.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from vfl.io import atomic_write_text
-
-
-def _png(fig: Any) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+from vfl.report_plots import _png, pyplot
 
 
 def segment_figures(profiles: pd.DataFrame) -> dict[str, str]:
     """PNG data URIs: ``sizes``, ``rate`` (when the profiles have an outcome), ``profiles`` (heat map)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out: dict[str, str] = {}
     seg = [str(s) for s in profiles.index]
     fig, ax = plt.subplots(figsize=(5.0, 3.2))

@@ -34,20 +34,25 @@ def _options(host_segments: list[str], guest_metrics: bool = True) -> AudienceOp
     )
 
 
-def _run(j: pd.DataFrame, opt: AudienceOptions, keys, *, guest_noise: bool = False, host_noise: bool = False):
-    pk, sk = keys
-    g_cols, h_cols = list(opt.segments["retailer"]), list(opt.segments["bank"])
-    gcat = ct.categories_of(j, g_cols, opt, "retailer")
-    hcat = ct.categories_of(j, h_cols, opt, "bank")
-    layout = ct.make_layout(
+def _layout(opt: AudienceOptions, gcat: dict, hcat: dict, pk, rows: int = ROWS) -> ct.Layout:
+    """The retailer x bank layout of ``opt`` under the bank's key ``pk``."""
+    return ct.make_layout(
         opt,
         guest="retailer",
         host="bank",
         guest_categories=gcat,
         host_categories=hcat,
-        rows=len(j),
+        rows=rows,
         key_bits=pk.bits,
     )
+
+
+def _run(j: pd.DataFrame, opt: AudienceOptions, keys, *, guest_noise: bool = False, host_noise: bool = False):
+    pk, sk = keys
+    g_cols, h_cols = list(opt.segments["retailer"]), list(opt.segments["bank"])
+    gcat = ct.categories_of(j, g_cols, opt, "retailer")
+    hcat = ct.categories_of(j, h_cols, opt, "bank")
+    layout = _layout(opt, gcat, hcat, pk, rows=len(j))
     # host: one packed plaintext (or a few) per shared row, encrypted under its own key
     rows = ct.encrypt_rows(pk, ct.encode_rows(j[h_cols], j[["balance"]], layout))
     # guest: fold, add its noise share and a mask
@@ -137,15 +142,7 @@ def test_the_host_decrypts_only_masked_values(joined: pd.DataFrame, host_keys) -
     opt = _options(["income_band"], guest_metrics=False)
     cats = {"age_band": tuple(joined["age_band"].cat.categories)}
     hcat = {"income_band": tuple(joined["income_band"].cat.categories)}
-    layout = ct.make_layout(
-        opt,
-        guest="retailer",
-        host="bank",
-        guest_categories=cats,
-        host_categories=hcat,
-        rows=ROWS,
-        key_bits=pk.bits,
-    )
+    layout = _layout(opt, cats, hcat, pk)
     rows = ct.encrypt_rows(pk, ct.encode_rows(joined[["income_band"]], joined[["balance"]], layout))
     acc = ct.fold(rows, ct.cell_codes(joined, cats), layout, pk)
     sealed, _ = ct.seal(acc, disable_noise_for_tests=True)
@@ -173,15 +170,7 @@ def test_rows_left_out_with_minus_one(joined: pd.DataFrame, host_keys) -> None:
     opt = _options(["income_band"], guest_metrics=False)
     gcat = ct.categories_of(joined, ["age_band"], opt, "retailer")
     hcat = ct.categories_of(joined, ["income_band"], opt, "bank")
-    layout = ct.make_layout(
-        opt,
-        guest="retailer",
-        host="bank",
-        guest_categories=gcat,
-        host_categories=hcat,
-        rows=ROWS,
-        key_bits=pk.bits,
-    )
+    layout = _layout(opt, gcat, hcat, pk)
     cells = ct.cell_codes(joined, gcat)
     cells[:100] = -1
     rows = ct.encrypt_rows(pk, ct.encode_rows(joined[["income_band"]], joined[["balance"]], layout))
@@ -198,15 +187,7 @@ def test_layout_checks(joined: pd.DataFrame, host_keys) -> None:
     opt = _options(["income_band"])
     gcat = ct.categories_of(joined, ["age_band"], opt, "retailer")
     hcat = ct.categories_of(joined, ["income_band"], opt, "bank")
-    layout = ct.make_layout(
-        opt,
-        guest="retailer",
-        host="bank",
-        guest_categories=gcat,
-        host_categories=hcat,
-        rows=50,
-        key_bits=pk.bits,
-    )
+    layout = _layout(opt, gcat, hcat, pk, rows=50)
     assert ct.Layout.from_dict(layout.to_dict()) == layout
     with pytest.raises(IntegrityError, match="slot width"):
         ct.Layout.from_dict({**layout.to_dict(), "slot_bits": layout.slot_bits - 1})
@@ -218,15 +199,7 @@ def test_layout_checks(joined: pd.DataFrame, host_keys) -> None:
     with pytest.raises(DataError, match="'lottery winner' outside its declared categories"):
         ct.encode_rows(small[["income_band"]], small[["balance"]], layout)
     with pytest.raises(DataError, match="categories given for"):
-        ct.make_layout(
-            opt,
-            guest="retailer",
-            host="bank",
-            guest_categories=gcat,
-            host_categories={},
-            rows=50,
-            key_bits=pk.bits,
-        )
+        _layout(opt, gcat, {}, pk, rows=50)
     few = _options(["income_band"]).__class__(**{**opt.to_dict(), "max_categories": 3})
     with pytest.raises(ConfigError, match="max_categories"):
         ct.categories_of(joined, ["income_band"], few, "bank")
@@ -264,15 +237,7 @@ def test_workers_give_the_same_table(joined: pd.DataFrame, host_keys) -> None:
     opt = _options(["income_band", "products"])
     gcat = ct.categories_of(joined, ["age_band"], opt, "retailer")
     hcat = ct.categories_of(joined, ["income_band", "products"], opt, "bank")
-    layout = ct.make_layout(
-        opt,
-        guest="retailer",
-        host="bank",
-        guest_categories=gcat,
-        host_categories=hcat,
-        rows=ROWS,
-        key_bits=pk.bits,
-    )
+    layout = _layout(opt, gcat, hcat, pk)
     with WorkerPool(2, min_items=1) as pool:
         rows = ct.encrypt_rows(
             pk, ct.encode_rows(joined[list(hcat)], joined[["balance"]], layout), workers=pool
