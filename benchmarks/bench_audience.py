@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from _common import parse_sizes  # noqa: E402
 
 GUEST_SEGMENTS, HOST_SEGMENTS = 10, 20
 
@@ -180,11 +181,7 @@ def main() -> None:
         "row); host: both metrics at the host (one ciphertext per row); both: run each",
     )
     args = parser.parse_args()
-    sizes = (
-        [int(s) for s in args.sizes.split(",")]
-        if args.sizes
-        else ([10_000, 100_000] if args.quick else [100_000, 1_000_000])
-    )
+    sizes = parse_sizes(args.sizes, args.quick, [10_000, 100_000], [100_000, 1_000_000])
     print(
         f"audience benchmark: {os.cpu_count()} cores, {args.workers} workers per party, {args.key_bits}-bit key, "
         f"{GUEST_SEGMENTS} guest x {HOST_SEGMENTS} host segments, 2 metrics, guest and host as two processes; "

@@ -49,10 +49,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gmpy2 import mpz  # noqa: E402
+from _measure import decrypt_cost, fmt_s, modmul_cost, tree_cpu_seconds  # noqa: E402
 
 import vfl  # noqa: E402
-from vfl.crypto import DEFAULT_EXPONENT, encrypt, generate_keypair, prepare_matrix  # noqa: E402
+from vfl.crypto import DEFAULT_EXPONENT, generate_keypair, prepare_matrix  # noqa: E402
 from vfl.crypto.packing import slot_bits_for, slots_per_ciphertext  # noqa: E402
 from vfl.optim import epoch_batches  # noqa: E402
 from vfl.options import TrainOptions  # noqa: E402
@@ -63,71 +63,6 @@ HOST_CSV = "default_credit_hetero_host.csv"
 ID, LABEL = "id", "y"
 MASK_BITS = 40
 LOGIT_BOUND = 2.0**16  # protocols.lr.LOGIT_BOUND: sizes the gradient masks
-
-
-# ---------------------------------------------------------------------------------------------
-# Measurement helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def tree_cpu_seconds() -> float | None:
-    """CPU seconds of this process and every descendant (live ones, and reaped ones via cutime/cstime)."""
-    proc = Path("/proc")
-    if not proc.exists():
-        return None
-    tick = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, tuple[int, float]] = {}
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            raw = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2 :].split()
-        # after the command: state ppid ... utime(12) stime(13) cutime(14) cstime(15) (0-based here)
-        stats[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]) / tick)
-    me = os.getpid()
-    total = 0.0
-    for pid, (_, cpu) in stats.items():
-        p = pid
-        while p in stats and p != me and p > 1:
-            p = stats[p][0]
-        if p == me:
-            total += cpu
-    return total
-
-
-def modmul_cost(modulus: mpz, count: int) -> float:
-    """Seconds per ``x * y % modulus`` on random residues (median of 5 rounds)."""
-    a = [mpz(secrets.randbelow(int(modulus))) for _ in range(64)]
-    b = a[1:] + a[:1]
-    rounds = []
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(max(1, count // 64)):
-            for x, y in zip(a, b, strict=True):
-                _ = x * y % modulus
-        rounds.append((time.perf_counter() - t) / (max(1, count // 64) * 64))
-    return statistics.median(rounds)
-
-
-def decrypt_cost(private_key, public_key, count: int) -> float:
-    cts = encrypt(public_key, np.arange(count, dtype=float)).ciphertexts.tolist()
-    rounds = []
-    for _ in range(3):
-        t = time.perf_counter()
-        private_key.decrypt_raw(cts)
-        rounds.append((time.perf_counter() - t) / count)
-    return statistics.median(rounds)
-
-
-def fmt_s(seconds: float) -> str:
-    if seconds >= 100:
-        return f"{seconds:,.0f} s"
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    return f"{seconds * 1e3:.1f} ms"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,6 +29,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import parse_sizes  # noqa: E402
+
 from vfl.errors import PeerTimeoutError, TransportError  # noqa: E402
 from vfl.protocols.psi import run_guest, run_host  # noqa: E402
 from vfl.psi import PsiOptions, ScalarMultiplier  # noqa: E402
@@ -199,11 +201,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="vfl pool workers per party")
     parser.add_argument("--skip-baseline", action="store_true", help="do not run openmined-psi")
     args = parser.parse_args()
-    sizes = (
-        [int(s) for s in args.sizes.split(",")]
-        if args.sizes
-        else ([10_000, 100_000] if args.quick else [100_000, 1_000_000])
-    )
+    sizes = parse_sizes(args.sizes, args.quick, [10_000, 100_000], [100_000, 1_000_000])
 
     print(
         f"PSI benchmark: {os.cpu_count()} cores, vfl workers per party: {args.workers}, 50 % overlap",

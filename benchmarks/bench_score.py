@@ -35,6 +35,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _common import parse_sizes  # noqa: E402
+
 from vfl.cli.workspace import DataSpec, create_workspace  # noqa: E402
 from vfl.config import Federation, JobConfig  # noqa: E402
 
@@ -104,11 +106,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1, 1,000 and 10,000 ids")
     parser.add_argument("--sizes", type=str, default=None, help="comma-separated id counts")
     args = parser.parse_args()
-    sizes = (
-        [int(s) for s in args.sizes.split(",")]
-        if args.sizes
-        else ([1, 1000, 10_000] if args.quick else [1, 1000, 100_000])
-    )
+    sizes = parse_sizes(args.sizes, args.quick, [1, 1000, 10_000], [1, 1000, 100_000])
     from vfl.parties.control import score_ids, submit_job
     from vfl.parties.runner import run_party
 

@@ -34,6 +34,24 @@ def vfl_process(*args: str, timeout: float = 300) -> subprocess.CompletedProcess
     )
 
 
+def run_together(commands: list[list[str]], timeout: float = 300) -> None:
+    """Start one ``vfl`` process per command at once; each must exit 0 (its output is the message)."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "vfl.cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+        )
+        for args in commands
+    ]
+    for proc in procs:
+        output, _ = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, output
+
+
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("demo")
@@ -74,12 +92,9 @@ def test_predict_scores_new_ids_like_training(demo_dir, tmp_path):
     h = pd.read_csv(datasets.path("breast_hetero_host.csv")).iloc[100:300]
     g.to_csv(guest_csv, index=False)
     h.to_csv(host_csv, index=False)
-    procs = [
-        subprocess.Popen(
+    run_together(
+        [
             [
-                sys.executable,
-                "-m",
-                "vfl.cli",
                 "predict",
                 "--party",
                 str(demo_dir / p),
@@ -88,18 +103,10 @@ def test_predict_scores_new_ids_like_training(demo_dir, tmp_path):
                 "--data",
                 str(data),
                 "--quiet",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            cwd=ROOT,
-        )  # fmt: skip
-        for p, data in (("guest", guest_csv), ("host", host_csv))
-    ]
-    for proc in procs:
-        output, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, output
+            ]
+            for p, data in (("guest", guest_csv), ("host", host_csv))
+        ]
+    )
     scores = pd.read_csv(demo_dir / "guest" / "out" / "predict-demo-breast" / "scores.csv")
     assert sorted(scores["id"]) == sorted(set(g["id"]) & set(h["id"]))
     trained = pd.read_csv(demo_dir / "guest" / "out" / "demo-breast" / "scores.csv").set_index("id")
@@ -149,20 +156,7 @@ def test_screen_job_over_mtls_processes(demo_dir):
     job.write_text(
         '[job]\nid = "screen-breast"\nkind = "screen"\n[screen]\nkey_bits = 1024\nshare_iv = true\n'
     )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "vfl.cli", "run", str(job), "--party", str(demo_dir / p), "--quiet"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            cwd=ROOT,
-        )  # fmt: skip
-        for p in ("guest", "host")
-    ]
-    for proc in procs:
-        output, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, output
+    run_together([["run", str(job), "--party", str(demo_dir / p), "--quiet"] for p in ("guest", "host")])
     out = demo_dir / "guest" / "out" / "screen-breast"
     iv = pd.read_csv(out / "iv.csv")
     assert len(iv) == 30 and set(iv["owner"]) == {"guest", "host"}

@@ -177,18 +177,22 @@ def one_hot(y: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+# The gradient kinds' shared training defaults (Linear runs longer: see its class).
+_ADAM_DEFAULTS: Mapping[str, Any] = {
+    "optimizer": "adam",
+    "learning_rate": 0.1,
+    "schedule": "constant",
+    "batch_size": 0,
+    "max_epochs": 300,
+    "tol": 1e-7,
+    "patience": 5,
+}
+
+
 class MulticlassLR(ModelKind):
     name = "multiclass-lr"
     description = f"one-vs-rest logistic regression on the Taylor loss, 2..{MAX_CLASSES} classes"
-    default_options = {
-        "optimizer": "adam",
-        "learning_rate": 0.1,
-        "schedule": "constant",
-        "batch_size": 0,
-        "max_epochs": 300,
-        "tol": 1e-7,
-        "patience": 5,
-    }
+    default_options = dict(_ADAM_DEFAULTS)
 
     def check_labels(self, y: Any) -> Labels:
         arr = np.asarray(y)
@@ -275,15 +279,7 @@ def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, Any]:
 class Linear(ModelKind):
     name = "linear"
     description = "linear regression on the exact quadratic loss"
-    default_options = {
-        "optimizer": "adam",
-        "learning_rate": 0.1,
-        "schedule": "constant",
-        "batch_size": 0,
-        "max_epochs": 1000,
-        "tol": 1e-7,
-        "patience": 5,
-    }
+    default_options = {**_ADAM_DEFAULTS, "max_epochs": 1000}
 
     def check_labels(self, y: Any) -> Labels:
         return Labels(_numeric(y, "regression"))
@@ -305,15 +301,7 @@ class Linear(ModelKind):
 class Poisson(ModelKind):
     name = "poisson"
     description = "Poisson regression (log link) for counts, with an optional exposure offset log(exposure)"
-    default_options = {
-        "optimizer": "adam",
-        "learning_rate": 0.1,
-        "schedule": "constant",
-        "batch_size": 0,
-        "max_epochs": 300,
-        "tol": 1e-7,
-        "patience": 5,
-    }
+    default_options = dict(_ADAM_DEFAULTS)
 
     def check_labels(self, y: Any) -> Labels:
         arr = _numeric(y, "count")

@@ -34,15 +34,15 @@ from vfl.options import TrainOptions
 Weights = list[np.ndarray]
 
 
-def _train_single(
+def _train(
     blocks: Sequence[np.ndarray],
     n: int,
     options: TrainOptions,
-    parties: Sequence[str],
+    weights: Weights,
+    update: Callable[[int, np.ndarray, np.ndarray, float], np.ndarray],
     residual_and_loss: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]],
 ) -> tuple[Weights, list[float]]:
-    weights = [initial_weights(b.shape[1], options, p) for b, p in zip(blocks, parties, strict=True)]
-    optimizers = [ShardOptimizer(options, b.shape[1], 0 if i == 0 else None) for i, b in enumerate(blocks)]
+    """The shared epoch loop: ``update(block, w, grad, passes)`` steps one block's weights."""
     stopper = EarlyStopping(options)
     losses: list[float] = []
     for epoch in range(max_rounds(n, options)):
@@ -55,13 +55,30 @@ def _train_single(
             d, batch_loss = residual_and_loss(z, batch)
             loss_sum += batch_loss
             for i, b in enumerate(blocks):
-                weights[i] = optimizers[i].update(weights[i], b[batch].T @ d / m, passes(n, options, epoch))
+                # for K classes, grad is (columns, K): what one packed X^T [[D]] returns
+                weights[i] = update(i, weights[i], b[batch].T @ d / m, passes(n, options, epoch))
                 averages[i].add(weights[i])
         weights = [a.result(w, options) for a, w in zip(averages, weights, strict=True)]
         losses.append(loss_sum / rows)
         if stopper.should_stop(losses[-1]):
             break
     return weights, losses
+
+
+def _train_single(
+    blocks: Sequence[np.ndarray],
+    n: int,
+    options: TrainOptions,
+    parties: Sequence[str],
+    residual_and_loss: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]],
+) -> tuple[Weights, list[float]]:
+    weights = [initial_weights(b.shape[1], options, p) for b, p in zip(blocks, parties, strict=True)]
+    optimizers = [ShardOptimizer(options, b.shape[1], 0 if i == 0 else None) for i, b in enumerate(blocks)]
+
+    def update(i: int, w: np.ndarray, grad: np.ndarray, at: float) -> np.ndarray:
+        return optimizers[i].update(w, grad, at)
+
+    return _train(blocks, n, options, weights, update, residual_and_loss)
 
 
 def train_linear_reference(
@@ -120,35 +137,17 @@ def train_ovr_reference(
         [ShardOptimizer(options, b.shape[1], 0 if i == 0 else None) for _ in range(k)]
         for i, b in enumerate(blocks)
     ]
-    stopper = EarlyStopping(options)
-    losses: list[float] = []
-    for epoch in range(max_rounds(n, options)):
-        loss_sum, rows = 0.0, 0
-        averages = [IterateAverage() for _ in blocks]
-        for batch in epoch_batches(n, options, epoch):
-            m = len(batch)
-            rows += m
-            z = sum(b[batch] @ w for b, w in zip(blocks, weights, strict=True))  # (m, K)
-            sb = s[batch]
-            loss_sum += float(
-                np.sum(m * np.log(2.0) - np.sum(sb * z, axis=0) / 2 + np.sum(z * z, axis=0) / 8)
-            )
-            d = z / 4.0 - sb / 2.0
-            for i, b in enumerate(blocks):
-                grad = b[batch].T @ d / m  # (columns, K): what one packed X^T [[D]] returns
-                weights[i] = np.stack(
-                    [
-                        optimizers[i][c].update(weights[i][:, c], grad[:, c], passes(n, options, epoch))
-                        for c in range(k)
-                    ],
-                    axis=1,
-                )
-                averages[i].add(weights[i])
-        weights = [a.result(w, options) for a, w in zip(averages, weights, strict=True)]
-        losses.append(loss_sum / rows)
-        if stopper.should_stop(losses[-1]):
-            break
-    return weights, losses
+
+    def step(z: np.ndarray, batch: np.ndarray) -> tuple[np.ndarray, float]:
+        sb = s[batch]  # z is (m, K)
+        m = len(batch)
+        loss = float(np.sum(m * np.log(2.0) - np.sum(sb * z, axis=0) / 2 + np.sum(z * z, axis=0) / 8))
+        return z / 4.0 - sb / 2.0, loss
+
+    def update(i: int, w: np.ndarray, grad: np.ndarray, at: float) -> np.ndarray:
+        return np.stack([optimizers[i][c].update(w[:, c], grad[:, c], at) for c in range(k)], axis=1)
+
+    return _train(blocks, n, options, weights, update, step)
 
 
 def predict(kind: str, blocks: Sequence[np.ndarray], weights: Weights, exposure: np.ndarray | None = None):
