@@ -81,8 +81,9 @@ from vfl.crypto import (
 from vfl.errors import ConfigError, IntegrityError, PeerTimeoutError, ProtocolError, TransportError
 from vfl.optim import EarlyStopping, ShardOptimizer, epoch_batches, initial_weights
 from vfl.options import TrainOptions
-from vfl.protocols.lr import KEEP_STATES, LOGIT_BOUND, PartyState, Progress, TrainedShard, batch_size_problem
+from vfl.protocols.lr_common import PartyState, Progress, TrainedShard, batch_size_problem, keep_state
 from vfl.protocols.messages import BOOL, DATA_ROLES, FIXED, INT, Protocol, message, one
+from vfl.protocols.objectives import LOGIT_BOUND
 from vfl.protocols.session import REJOIN_WAIT, Generations, Session
 from vfl.transport.channel import Interrupted
 
@@ -319,11 +320,7 @@ class _Party:
         return first
 
     def _keep(self, state: PartyState) -> None:
-        self.states[state.epoch] = state
-        for old in sorted(self.states)[:-KEEP_STATES]:
-            del self.states[old]
-        if self.on_epoch is not None:
-            self.on_epoch(state)
+        keep_state(self.states, state, self.on_epoch)
 
     def encrypt_own(self, values: np.ndarray) -> EncryptedVector:
         """``[[values]]`` under our own key, with randomizers the key-owner pool computed by CRT."""
