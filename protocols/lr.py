@@ -44,10 +44,7 @@ deterministic given that state, so the resumed model equals the uninterrupted on
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -63,374 +60,58 @@ from vfl.crypto import (
     decrypt_packed,
     encrypt,
     generate_keypair,
-    ints_from_arrow,
     ints_to_arrow,
-    mask_and_pack,
-    prepare_matrix,
-    randomizers_from_arrow,
     randomizers_to_arrow,
 )
-from vfl.errors import ConfigError, PeerTimeoutError, ProtocolError, TransportError
-from vfl.models.kinds import MAX_CLASSES
-from vfl.models.packing import (
-    DiagonalLoss,
-    SlotLayout,
-    add_packed,
-    column_sums,
-    encrypt_packed,
-    offset_packed,
-    packed_rdot,
-    read_slot,
+from vfl.errors import ProtocolError
+from vfl.optim import EarlyStopping, IterateAverage, ShardOptimizer, epoch_batches, max_rounds, passes
+from vfl.protocols.lr_common import (  # noqa: F401 - re-exported
+    KEEP_STATES,
+    ArbiterState,
+    ArbiterSummary,
+    LrPlan,
+    PartyState,
+    Progress,
+    TrainedShard,
+    batch_size_problem,
 )
-from vfl.optim import (
-    EarlyStopping,
-    IterateAverage,
-    ShardOptimizer,
-    epoch_batches,
-    initial_weights,
-    max_rounds,
-    passes,
+from vfl.protocols.lr_multiclass import (  # noqa: F401 - re-exported
+    X_BOUND,
+    check_multiclass,
+    multiclass_guest,
+    multiclass_host,
+    multiclass_loss,
+    slot_layout,
 )
-from vfl.options import TrainOptions
-from vfl.protocols.messages import BOOL, DATA_ROLES, FIXED, FLOAT, INT, Protocol, message, one
+from vfl.protocols.lr_party import (  # noqa: F401 - re-exported: the message tables are declared there
+    BATCH,
+    CLASSES,
+    CONTROL,
+    EXPU,
+    HOST_VECTORS,
+    KLOSS,
+    LOSS,
+    LR,
+    LR_STREAM,
+    MASK_BITS,
+    MASKED,
+    RANDOMIZERS,
+    SETUP,
+    STOP,
+    STREAM_SPARE,
+    UNMASKED,
+    WG,
+    D,
+    DataParty,
+    U,
+    stream_size,
+)
+from vfl.protocols.messages import one
 from vfl.protocols.objectives import LOGIT_BOUND, Objective, objective_for  # noqa: F401 - re-exported
 from vfl.protocols.session import Generations, Session
 from vfl.transport.channel import Interrupted
 
 log = logging.getLogger(__name__)
-
-# LOGIT_BOUND (protocols/objectives.py): the a priori bound on |z| (the joint logit) used to size the
-# gradient masks: masks are 40 bits wider than the largest gradient this bound allows, so even a logit
-# 2**10 times larger keeps 30 bits of statistical hiding. Logits of standardized, clipped data stay far
-# below it. Each model kind's bound on its residual is Objective.residual_bound.
-MASK_BITS = 40
-KEEP_STATES = 3  # epoch boundaries a party keeps, so it can roll back to where the slowest party is
-
-BATCH = "lr/g{gen}/e{epoch}/b{batch}"
-LR = Protocol(
-    "lr",
-    (
-        message("lr.setup", "lr/setup", DATA_ROLES, "arbiter", "the number of aligned training rows",
-                rows=1, n_rows=INT),
-        message("lr.u", BATCH + "/u", "host", "guest", "nothing: the host's partial scores of the batch, encrypted",
-                ciphertext=FIXED),
-        message("lr.d", BATCH + "/d", "guest", "host", "nothing: the batch residuals, encrypted and re-randomized",
-                ciphertext=FIXED),
-        message("lr.wg", BATCH + "/wg", "host", "guest", "nothing: a loss term of the host, encrypted",
-                ciphertext=FIXED),
-        message("lr.masked", BATCH + "/g/masked", DATA_ROLES, "arbiter",
-                "masked gradient values (uniformly masked, 40+ bits of statistical hiding)", ciphertext=FIXED),
-        message("lr.unmasked", BATCH + "/g/unmasked", "arbiter", DATA_ROLES,
-                "its own gradient (it removes its own mask)", value=FIXED),
-        message("lr.loss", "lr/g{gen}/e{epoch}/loss", "guest", "arbiter", "the training loss per epoch",
-                ciphertext=FIXED),
-        message("lr.control", "lr/g{gen}/e{epoch}/control", "arbiter", "guest",
-                "the training loss per epoch and when training stops", rows=1, stop=BOOL, loss=FLOAT),
-        message("lr.stop", "lr/g{gen}/e{epoch}/stop", "arbiter", "host", "when training stops",
-                rows=1, stop=BOOL),
-        message("lr.expu", BATCH + "/expu", "host", "guest",
-                "nothing: the exponentials of the host's partial scores of the batch, encrypted (poisson)",
-                ciphertext=FIXED),
-        message("lr.classes", "lr/classes", "guest", "host", "the number of classes of a multi-class model",
-                rows=1, n_classes=INT),
-        message("lr.kloss", "lr/g{gen}/e{epoch}/kloss", "guest", "arbiter",
-                "the training loss per epoch and the number of classes (one slot; every other slot masked)",
-                rows=1, ciphertext=FIXED, slot_bits=INT, slot=INT, frac_bits=INT, n_classes=INT),
-    ),
-    never={
-        "guest": ("any host column", "any host weight", "any host gradient"),
-        "host": ("labels", "guest columns", "guest weights", "scores", "the loss"),
-        "arbiter": ("anything per row", "any weight", "any gradient", "any label or feature"),
-    },
-)  # fmt: skip
-SETUP, U, D, WG, MASKED, UNMASKED, LOSS, CONTROL, STOP, EXPU, CLASSES, KLOSS = LR.messages
-HOST_VECTORS = {"u": U, "expu": EXPU}  # what a host encrypts for a batch, by Objective.host_vectors
-
-# The key owner's randomizer stream (``randomizer_stream = "arbiter"``, DESIGN.md §6): the arbiter,
-# idle while the data parties compute, makes DJN randomizers with its CRT tables (~1.8x cheaper than
-# the public-key path) and sends each data party its own stream; the party uses each one once and
-# falls back to its own pool when the stream runs dry. A separate table, so that a job without the
-# stream does not list it in its ledger.
-LR_STREAM = Protocol(
-    "lr-stream",
-    (
-        message("lr.randomizers", BATCH + "/randomizers", "arbiter", DATA_ROLES,
-                "nothing: fresh encryptions of zero under the arbiter's key, independent of all data "
-                "(each used once, never shared with another party)", ciphertext=FIXED),
-    ),
-    never={
-        "guest": ("another party's randomness",),
-        "host": ("another party's randomness",),
-        "arbiter": ("any ciphertext it randomizes",),
-    },
-)  # fmt: skip
-(RANDOMIZERS,) = LR_STREAM.messages
-STREAM_SPARE = 16  # per batch beyond one per row: one per gradient column (rdot), packing, the loss term
-
-
-def stream_size(batches: list[np.ndarray], b: int) -> int:
-    """How many randomizers the arbiter streams to each data party with batch ``b``: what the party's
-    next batch needs (one per row for ``[[u]]`` or ``[[4d]]``, plus ``STREAM_SPARE``)."""
-    following = batches[b + 1] if b + 1 < len(batches) else batches[0]
-    return len(following) + STREAM_SPARE
-
-
-Progress = Callable[[int, int, float | None], None]  # (epoch, batches done in epoch, loss or None)
-
-
-@dataclass(frozen=True)
-class LrPlan:
-    """The parties of one training job and its shared options."""
-
-    job_id: str
-    guest: str
-    hosts: tuple[str, ...]
-    arbiter: str
-    options: TrainOptions
-
-    def __post_init__(self) -> None:
-        if not self.hosts:
-            raise ConfigError("training needs at least one host")
-        if self.options.model != "multiclass-lr":  # multi-class has its own batch loop (below)
-            self.objective.check_plan(len(self.hosts))
-
-    @property
-    def objective(self) -> Objective:
-        """The steps of the batch loop that differ per model kind (protocols/objectives.py)."""
-        return objective_for(self.options)
-
-    @property
-    def data_parties(self) -> tuple[str, ...]:
-        return (self.guest, *self.hosts)
-
-
-@dataclass
-class PartyState:
-    """A data party's training state after ``epoch`` completed epochs: enough to resume from there."""
-
-    epoch: int
-    weights: np.ndarray
-    optimizer: dict[str, Any]
-    losses: list[float] = field(default_factory=list)
-    stopped: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "weights": self.weights.tolist(),
-            "optimizer": self.optimizer,
-            "losses": self.losses,
-            "stopped": self.stopped,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PartyState:
-        return cls(
-            int(data["epoch"]),
-            np.asarray(data["weights"], dtype=float),
-            dict(data["optimizer"]),
-            [float(x) for x in data["losses"]],
-            bool(data["stopped"]),
-        )
-
-
-@dataclass
-class ArbiterState:
-    """The arbiter's state after ``epoch`` completed epochs: the loss history and the generation."""
-
-    epoch: int
-    losses: list[float]
-    generation: int
-    n_rows: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "losses": self.losses,
-            "generation": self.generation,
-            "n_rows": self.n_rows,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ArbiterState:
-        return cls(
-            int(data["epoch"]),
-            [float(x) for x in data["losses"]],
-            int(data["generation"]),
-            int(data["n_rows"]),
-        )
-
-
-@dataclass
-class TrainedShard:
-    """What training leaves at a data party: its own weights and how training went."""
-
-    weights: np.ndarray
-    epochs: int
-    losses: list[float] = field(default_factory=list)  # known at the guest (and the arbiter) only
-    stopped_early: bool = False
-    generations: int = 1
-
-
-@dataclass
-class ArbiterSummary:
-    """What the arbiter learned: the loss per epoch, and nothing per row."""
-
-    losses: list[float]
-    epochs: int
-    stopped_early: bool
-    public_key_fingerprint: str
-    generations: int = 1
-
-
-def batch_size_problem(options: TrainOptions, n_rows: int, n_columns: int, party: str) -> str | None:
-    """Why this party cannot train on batches of the job's size, or None (checked locally, never sent).
-
-    A party that sees its gradient ``X_B^T d`` on a batch of not many more rows than it has columns
-    could solve for the residuals ``d`` and so for the labels.
-    """
-    need = options.min_rows_per_column * n_columns
-    if n_rows <= need:
-        return (
-            f"party '{party}' offers {n_columns} columns but only {n_rows} rows are aligned for training; a batch "
-            f"must exceed {need} rows ({options.min_rows_per_column} per column): align more rows or offer fewer columns"
-        )
-    batch = min(options.batch_size or n_rows, n_rows)
-    if batch <= need:
-        return (
-            f"batch_size {options.batch_size} is too small for party '{party}' with {n_columns} columns: a party "
-            f"that sees its gradient on so few rows could solve for the residuals; use a batch size above {need} "
-            f"(or 0 for full batches of {n_rows} rows)"
-        )
-    return None
-
-
-# --- data parties ----------------------------------------------------------------------------------
-
-
-class _DataParty:
-    """What the guest and the hosts share: setup, (re)synchronization, masked decryption, state."""
-
-    def __init__(
-        self,
-        session: Session,
-        plan: LrPlan,
-        features: np.ndarray,
-        *,
-        intercept: bool,
-        workers: WorkerPool | None,
-        resume: list[PartyState] | None,
-        on_epoch: Callable[[PartyState], None] | None,
-        interrupted: Interrupted | None,
-    ) -> None:
-        self.session, self.plan, self.workers, self.on_epoch = session, plan, workers, on_epoch
-        session.uses(LR)
-        self.stream = plan.options.randomizer_stream == "arbiter"
-        if self.stream:
-            session.uses(LR_STREAM)
-        self._next_need = 0
-        self.n, self.k = features.shape
-        self.matrix = prepare_matrix(features, workers=workers)
-        self.xq = self.matrix.dequantized  # the matrix the encrypted products really use
-        self.intercept = intercept
-        self.states: dict[int, PartyState] = {s.epoch: s for s in resume or []}
-        self.interrupted = interrupted
-        self.public_key: PublicKey | None = None
-        self.randomness: RandomnessPool | None = None
-        self.classes: int | None = None
-        self.generations = Generations(
-            session, plan.arbiter, digest=plan.options.digest(), n_rows=self.n, on_resume=self._receive_key
-        )
-
-    @property
-    def generation(self) -> int:
-        return self.generations.generation
-
-    def start(self) -> PartyState:
-        """Fresh start: tell the arbiter our row count, get its key. Restart: resynchronize."""
-        if self.interrupted is not None:  # the arbiter resynchronizes while we start
-            return self.states[self.generations.answer(self.interrupted, self.states)]
-        if self.states:
-            return self.states[self.generations.rejoin(self.states)]
-        problem = batch_size_problem(self.plan.options, self.n, self.k, self.session.party)
-        if problem:
-            raise ConfigError(problem)  # local detail; the others learn only the reason code
-        self.session.send(SETUP, self.plan.arbiter, pa.table({"n_rows": [self.n]}))
-        self._receive_key(0)
-        o = self.plan.options
-        optimizer = ShardOptimizer(o, self.k, 0 if self.intercept else None)
-        if self.classes is not None:  # multi-class: one weight vector and one optimizer per class
-            w0 = np.stack(
-                [initial_weights(self.k, o, self.session.party) for _ in range(self.classes)], axis=1
-            )
-            first = PartyState(0, w0, {"classes": [optimizer.state() for _ in range(self.classes)]})
-            self._keep(first)
-            return first
-        first = PartyState(0, initial_weights(self.k, o, self.session.party), optimizer.state())
-        self._keep(first)
-        return first
-
-    def _receive_key(self, generation: int) -> None:
-        self.public_key = self.session.receive_key(self.plan.arbiter, generation=generation)
-        self.randomness = RandomnessPool(self.public_key, self.workers)
-        if self.workers is not None:
-            self.workers.warm_up(self.public_key)
-        self.randomness.fill(min(self.plan.options.batch_size or self.n, self.n) + self.k + 4)
-
-    def _keep(self, state: PartyState) -> None:
-        self.states[state.epoch] = state
-        for old in sorted(self.states)[:-KEEP_STATES]:
-            del self.states[old]
-        if self.on_epoch is not None:
-            self.on_epoch(state)
-
-    # per-batch helpers
-    def masked_decrypt_send(self, gradient: EncryptedVector, rows: int, tag: dict[str, int]) -> Any:
-        """Mask, pack and send ``gradient`` to the arbiter; returns what ``masked_decrypt_receive`` needs."""
-        bound = rows * self.matrix.max_abs * self.plan.objective.residual_bound
-        packed, mask = mask_and_pack(gradient, bound=bound, mask_bits=MASK_BITS, randomness=self.randomness)
-        self.session.send(MASKED, self.plan.arbiter, packed.to_arrow(), **tag)
-        return mask
-
-    def refill(self, batches: list[np.ndarray], done: int) -> None:
-        """Schedule the next batch's randomizers on the workers, to be ready when the network answers."""
-        assert self.randomness is not None
-        size = len(batches[done + 1]) if done + 1 < len(batches) else len(batches[0])
-        if self.stream:  # the arbiter's stream for the next batch comes with the unmasked gradient
-            self._next_need = size + self.k + 4
-            return
-        self.randomness.fill(size + self.k + 4)
-
-    def receive_stream(self, tag: dict[str, int]) -> None:
-        """Put the arbiter's randomizers for our next batch in the pool; compute only what they lack."""
-        assert self.randomness is not None and self.public_key is not None
-        table = self.session.recv(RANDOMIZERS, self.plan.arbiter, **tag)
-        self.randomness.add(randomizers_from_arrow(table, self.public_key))
-        self.randomness.fill(max(0, self._next_need - self.randomness.available))
-
-    def masked_decrypt_receive(self, mask: Any, tag: dict[str, int]) -> np.ndarray:
-        gradient = mask.unmask(ints_from_arrow(self.session.recv(UNMASKED, self.plan.arbiter, **tag)))
-        if self.stream:
-            self.receive_stream(tag)
-        return gradient
-
-    def run(self, epoch_fn: Callable[[PartyState], PartyState]) -> PartyState:
-        """Run epochs until the arbiter says stop, resynchronizing after a peer restarts."""
-        state = self.start()
-        while True:
-            try:
-                while not state.stopped and state.epoch < max_rounds(self.n, self.plan.options):
-                    state = epoch_fn(state)
-                    self._keep(state)
-                # Tell the arbiter we have the final decision, so it stays up until every party does.
-                self.session.report_done(f"lr-g{self.generation}", self.plan.arbiter)
-                return state
-            except Interrupted as exc:
-                state = self.states[self.generations.answer(exc, self.states)]
-            except PeerTimeoutError:
-                raise  # silent for the whole time-out: gone for good
-            except TransportError as exc:
-                state = self.states[self.generations.wait(self.states, error=exc)]
 
 
 def run_guest(
@@ -453,13 +134,13 @@ def run_guest(
     """
     o = plan.options
     if o.model == "multiclass-lr":
-        return _multiclass_guest(
+        return multiclass_guest(
             session, plan, features, labels, workers=workers, progress=progress, resume=resume,
             on_epoch=on_epoch, interrupted=interrupted,
         )  # fmt: skip
     obj = plan.objective
     obj.check_targets(np.asarray(labels, dtype=float))
-    party = _DataParty(
+    party = DataParty(
         session, plan, features, intercept=True, workers=workers, resume=resume, on_epoch=on_epoch,
         interrupted=interrupted,
     )  # fmt: skip
@@ -530,12 +211,12 @@ def run_host(
     """Host role. ``features`` are the host's standardized training rows, in the shared order."""
     o = plan.options
     if o.model == "multiclass-lr":
-        return _multiclass_host(
+        return multiclass_host(
             session, plan, features, workers=workers, progress=progress, resume=resume, on_epoch=on_epoch,
             interrupted=interrupted,
         )  # fmt: skip
     obj = plan.objective
-    party = _DataParty(
+    party = DataParty(
         session, plan, features, intercept=False, workers=workers, resume=resume, on_epoch=on_epoch,
         interrupted=interrupted,
     )  # fmt: skip
@@ -713,208 +394,3 @@ def run_arbiter(
     return ArbiterSummary(
         state.losses, state.epoch, stopped, arbiter.public_key.fingerprint, state.generation + 1
     )
-
-
-# --- multi-class (one-vs-rest, K residuals packed per ciphertext; DESIGN.md §16) -----------------------
-
-# Every party's quantized columns satisfy |q| <= 2^19 - 1 (at most 20-bit fixed point, vfl/crypto/multiexp.py),
-# so one slot layout, known to all parties from the shared options, fits every party's X^T [[D]].
-X_BOUND = (1 << 19) - 1
-
-
-def slot_layout(options: TrainOptions, n_rows: int, n_classes: int, key_bits: int) -> SlotLayout:
-    """The packing every party of a multi-class job uses (the same from the shared options and row count)."""
-    batch = max(len(b) for b in epoch_batches(n_rows, options, 0))  # the same sizes every epoch
-    layout = SlotLayout.for_problem(
-        n_classes, batch, X_BOUND, LOGIT_BOUND + 2.0, key_bits, mask_bits=MASK_BITS
-    )
-    if layout.n_plaintexts != 1:
-        raise ConfigError(
-            f"{n_classes} classes do not fit one {key_bits}-bit plaintext ({layout.slots_per_plaintext} slots "
-            f"of {layout.slot_bits} bits); use a larger key_bits or smaller batches"
-        )
-    return layout
-
-
-def check_multiclass(options: TrainOptions, n_rows: int, n_classes: int) -> None:
-    """Refuse, before any peer is contacted, K classes that the key's plaintexts cannot carry."""
-    layout = slot_layout(options, n_rows, n_classes, options.key_bits)
-    top = (options.key_bits - 1) // layout.slot_bits
-    if 2 * n_classes - 1 > top:
-        raise ConfigError(
-            f"multiclass-lr with a {options.key_bits}-bit key takes at most {(top + 1) // 2} classes (its loss "
-            f"needs 2K - 1 slots of {layout.slot_bits} bits), the label has {n_classes}; use a larger key_bits"
-        )
-
-
-def _class_optimizers(
-    o: TrainOptions, k: int, state: dict[str, Any], intercept: int | None
-) -> list[ShardOptimizer]:
-    optimizers = []
-    for saved in state["classes"]:
-        opt = ShardOptimizer(o, k, intercept_index=intercept)
-        opt.load_state(saved)
-        optimizers.append(opt)
-    return optimizers
-
-
-def _step(optimizers: list[ShardOptimizer], w: np.ndarray, g: np.ndarray, epoch: int) -> np.ndarray:
-    return np.stack([opt.update(w[:, c], g[:, c], epoch) for c, opt in enumerate(optimizers)], axis=1)
-
-
-def _packed_gradient(
-    party: _DataParty, layout: SlotLayout, packed: EncryptedVector, rows: np.ndarray, tag: dict[str, int]
-) -> np.ndarray:
-    """``X_p[rows]^T 4D`` as a (columns, K) float matrix: one multi-exponentiation, masked for the arbiter."""
-    out = packed_rdot(packed, party.matrix, rows, randomness=party.randomness)
-    messages, mask = layout.mask([out], randomness=party.randomness)
-    party.session.send(MASKED, party.plan.arbiter, messages[0].to_arrow(), **tag)
-    slots = ints_from_arrow(party.session.recv(UNMASKED, party.plan.arbiter, **tag))
-    ints = mask.unmask([slots], column_sums(party.matrix, rows))
-    return layout.gradient(ints, party.matrix.shifts)
-
-
-def _multiclass_guest(
-    session: Session,
-    plan: LrPlan,
-    features: np.ndarray,
-    labels: np.ndarray,
-    *,
-    workers: WorkerPool | None,
-    progress: Progress | None,
-    resume: list[PartyState] | None,
-    on_epoch: Callable[[PartyState], None] | None,
-    interrupted: Interrupted | None,
-) -> TrainedShard:
-    """Guest role of one-vs-rest multi-class LR: ``labels`` are class indices ``0..K-1``."""
-    o = plan.options
-    y = np.asarray(labels).astype(np.int64)
-    n_classes = int(y.max()) + 1
-    signs = 2.0 * np.eye(n_classes)[y] - 1.0  # s_ic
-    party = _DataParty(
-        session, plan, features, intercept=True, workers=workers, resume=resume, on_epoch=on_epoch,
-        interrupted=interrupted,
-    )  # fmt: skip
-    party.classes = n_classes
-    if not resume and interrupted is None:
-        session.broadcast(CLASSES, plan.hosts, pa.table({"n_classes": [n_classes]}))
-    hosts = len(plan.hosts)
-
-    def epoch_fn(state: PartyState) -> PartyState:
-        epoch, gen, pk = state.epoch, party.generation, party.public_key
-        assert pk is not None and party.randomness is not None
-        layout = slot_layout(o, party.n, n_classes, pk.bits)
-        offsets = hosts * offset_packed(layout)
-        optimizers = _class_optimizers(o, party.k, state.optimizer, 0)
-        w = state.weights
-        loss = DiagonalLoss(layout, pk)
-        batches = epoch_batches(party.n, o, epoch)
-        for b, rows in enumerate(batches):
-            m = len(rows)
-            tag = {"gen": gen, "epoch": epoch, "batch": b}
-            u_g = party.xq[rows] @ w  # (m, K)
-            total = None
-            for h in plan.hosts:
-                u_h = EncryptedVector.from_arrow(session.recv(U, h, **tag), pk)
-                total = u_h if total is None else total + u_h
-            assert total is not None
-            # Slots: sum_h (u_h 2^f + E) + (u_g - 2s) 2^f + E - H E = 4D 2^f + E.
-            mine = [p - offsets for p in layout.pack(u_g - 2.0 * signs[rows])]
-            d4 = add_packed(total, mine).rerandomize(randomness=party.randomness)
-            session.broadcast(D, plan.hosts, d4.to_arrow(), **tag)
-            g = _packed_gradient(party, layout, d4, rows, tag)
-            party.refill(batches, b)
-            # The loss: sum_c |4D_c|^2 - 4mK = sum_c (w_c.g_c - 2 s_c.4D_c) + sum_h t_h - 4mK, at 2^f.
-            loss.add_label_terms(d4, signs[rows].astype(np.int64), -2)
-            e = layout.residual_offset
-            plain = float(np.sum(w * g)) - 4.0 * m * n_classes
-            loss.add_top(int(round(plain * 2.0**layout.frac_bits)) + 2 * e * int(signs[rows].sum()))
-            for h in plan.hosts:
-                loss.add_top(EncryptedVector.from_arrow(session.recv(WG, h, **tag), pk))
-            w = _step(optimizers, w, g / (4.0 * m), epoch)
-            if progress:
-                progress(epoch, b + 1, None)
-        record = pa.table(
-            {
-                "ciphertext": pa.array([int(loss.seal(party.randomness)).to_bytes(2 * pk.key_bytes, "big")],
-                                       pa.binary(2 * pk.key_bytes)),
-                "slot_bits": [layout.slot_bits],
-                "slot": [n_classes - 1],
-                "frac_bits": [layout.frac_bits],
-                "n_classes": [n_classes],
-            }
-        )  # fmt: skip
-        session.send(KLOSS, plan.arbiter, record, gen=gen, epoch=epoch)
-        control = session.recv(CONTROL, plan.arbiter, gen=gen, epoch=epoch)
-        losses = [*state.losses, float(one(control, "loss"))]
-        if progress:
-            progress(epoch, len(batches), losses[-1])
-        states = {"classes": [opt.state() for opt in optimizers]}
-        return PartyState(epoch + 1, w, states, losses, bool(one(control, "stop")))
-
-    final = party.run(epoch_fn)
-    return TrainedShard(final.weights, final.epoch, final.losses, final.stopped, party.generation + 1)
-
-
-def _multiclass_host(
-    session: Session,
-    plan: LrPlan,
-    features: np.ndarray,
-    *,
-    workers: WorkerPool | None,
-    progress: Progress | None,
-    resume: list[PartyState] | None,
-    on_epoch: Callable[[PartyState], None] | None,
-    interrupted: Interrupted | None,
-) -> TrainedShard:
-    """Host role of one-vs-rest multi-class LR: K partial scores per row packed in one ciphertext."""
-    o = plan.options
-    party = _DataParty(
-        session, plan, features, intercept=False, workers=workers, resume=resume, on_epoch=on_epoch,
-        interrupted=interrupted,
-    )  # fmt: skip
-    if resume:
-        party.classes = int(np.asarray(resume[0].weights).shape[1])
-    else:
-        party.classes = int(one(session.recv(CLASSES, plan.guest), "n_classes"))
-        if not 2 <= party.classes <= MAX_CLASSES:
-            raise ProtocolError(f"party '{plan.guest}' announced {party.classes} classes (2..{MAX_CLASSES})")
-    n_classes = party.classes
-
-    def epoch_fn(state: PartyState) -> PartyState:
-        epoch, gen, pk = state.epoch, party.generation, party.public_key
-        assert pk is not None and party.randomness is not None
-        layout = slot_layout(o, party.n, n_classes, pk.bits)
-        optimizers = _class_optimizers(o, party.k, state.optimizer, None)
-        w = state.weights
-        batches = epoch_batches(party.n, o, epoch)
-        for b, rows in enumerate(batches):
-            m = len(rows)
-            tag = {"gen": gen, "epoch": epoch, "batch": b}
-            u = encrypt_packed(pk, layout.pack(party.xq[rows] @ w), randomness=party.randomness)
-            session.send(U, plan.guest, u.to_arrow(), **tag)
-            d4 = EncryptedVector.from_arrow(session.recv(D, plan.guest, **tag), pk)
-            g = _packed_gradient(party, layout, d4, rows, tag)
-            party.refill(batches, b)
-            # Its loss term sum_c u_c . 4D_c = sum_c w_c . g_c, encrypted for the arbiter's one slot.
-            t = encrypt(
-                pk, [float(np.sum(w * g))], exponent=-(layout.frac_bits // 4), randomness=party.randomness
-            )
-            session.send(WG, plan.guest, t.to_arrow(), **tag)
-            w = _step(optimizers, w, g / (4.0 * m), epoch)
-            if progress:
-                progress(epoch, b + 1, None)
-        stop = bool(one(session.recv(STOP, plan.arbiter, gen=gen, epoch=epoch), "stop"))
-        states = {"classes": [opt.state() for opt in optimizers]}
-        return PartyState(epoch + 1, w, states, [], stop)
-
-    final = party.run(epoch_fn)
-    return TrainedShard(final.weights, final.epoch, [], final.stopped, party.generation + 1)
-
-
-def multiclass_loss(private_key: PrivateKey, record: pa.Table, n_rows: int) -> float:
-    """The arbiter's side: ``K log 2 + Q / 8n`` from the one unmasked slot of the guest's loss ciphertext."""
-    ct = int.from_bytes(one(record, "ciphertext"), "big")
-    q = read_slot(private_key, ct, int(one(record, "slot_bits")), int(one(record, "slot")))
-    k = int(one(record, "n_classes"))
-    return k * math.log(2.0) + q / 2.0 ** int(one(record, "frac_bits")) / (8.0 * n_rows)

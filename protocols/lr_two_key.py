@@ -51,11 +51,10 @@ tag. Training is deterministic given that state, so the resumed model equals the
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,11 +77,20 @@ from vfl.crypto import (
     mask_and_pack,
     prepare_matrix,
 )
-from vfl.errors import ConfigError, IntegrityError, PeerTimeoutError, ProtocolError, TransportError
+from vfl.errors import ConfigError, PeerTimeoutError, ProtocolError, TransportError
 from vfl.optim import EarlyStopping, ShardOptimizer, epoch_batches, initial_weights
 from vfl.options import TrainOptions
-from vfl.protocols.lr import KEEP_STATES, LOGIT_BOUND, PartyState, Progress, TrainedShard, batch_size_problem
+from vfl.protocols.lr_common import PartyState, Progress, TrainedShard, batch_size_problem, keep_state
+from vfl.protocols.lr_two_key_masks import (  # noqa: F401 - EXTRA_BITS re-exported
+    EXTRA_BITS,
+    check_replies,
+    mask_stream,
+    modulus_bits,
+    pair_masks,
+    sum_of_parts,
+)
 from vfl.protocols.messages import BOOL, DATA_ROLES, FIXED, INT, Protocol, message, one
+from vfl.protocols.objectives import LOGIT_BOUND
 from vfl.protocols.session import REJOIN_WAIT, Generations, Session
 from vfl.transport.channel import Interrupted
 
@@ -90,7 +98,6 @@ log = logging.getLogger(__name__)
 
 VERSION = "lr-two-key/1"  # agreed with the other settings: a party on another version refuses to start
 MASK_BITS = 80  # statistical hiding of every masked value a key owner decrypts
-EXTRA_BITS = 64  # T = key_bits + EXTRA_BITS: the modulus of the replies (no slot sum ever reaches it)
 LOSS_EXPONENT = -32  # the loss terms travel at 16**-32 (2**-128) resolution
 SLOTS = b"lr2.masked_sum"
 
@@ -158,68 +165,6 @@ class TwoKeyPlan:
         """Who decrypts ``target``'s encrypted gradient parts: the guest and the other hosts (for a host),
         every host (for the guest); in the parties' order."""
         return tuple(p for p in self.data_parties if p != target)
-
-
-# --- pure pieces: pairwise masks and the sum of masked parts --------------------------------------
-
-
-def modulus_bits(key_bits: int) -> int:
-    """``T``: replies travel mod ``2^T``, wide enough for any sum of slots of a ``key_bits`` key."""
-    return key_bits + EXTRA_BITS
-
-
-def mask_stream(seed: bytes, context: str, count: int, bits: int) -> list[int]:
-    """``count`` uniform integers mod ``2^bits`` from SHAKE-256 of the pair's seed and the context."""
-    width = (bits + 7) // 8
-    stream = hashlib.shake_256(b"vfl/lr2/mask/v1|" + context.encode() + b"|" + seed).digest(width * count)
-    top = (1 << bits) - 1
-    return [int.from_bytes(stream[i * width : (i + 1) * width], "big") & top for i in range(count)]
-
-
-def pair_masks(
-    me: str, among: Sequence[str], seeds: Mapping[str, bytes], context: str, count: int, bits: int
-) -> list[int]:
-    """My share of masks that cancel over ``among`` (mod ``2^bits``): ``+stream`` towards every later
-    party, ``-stream`` towards every earlier one, each stream from the seed that pair shares."""
-    modulus = 1 << bits
-    total = [0] * count
-    position = list(among).index(me)
-    for i, peer in enumerate(among):
-        if peer == me:
-            continue
-        sign = 1 if position < i else -1
-        for j, value in enumerate(mask_stream(seeds[peer], context, count, bits)):
-            total[j] += sign * value
-    return [t % modulus for t in total]
-
-
-def sum_of_parts(
-    replies: Sequence[Sequence[int]], masks: Sequence[MaskState], bits: int, *, extra_bound: int = 0
-) -> list[int]:
-    """The signed sum of the parts: ``sum replies - sum own masks`` mod ``2^bits``, then checked
-    against the sum of the parts' bounds plus ``extra_bound`` (what the repliers added in plaintext):
-    a reply that was altered fails here."""
-    if not replies or len(replies) != len(masks):
-        raise IntegrityError(f"expected {len(masks)} replies, got {len(replies)}")
-    count = len(masks[0].masks)
-    modulus, half = 1 << bits, 1 << (bits - 1)
-    bound = sum(m.bound for m in masks) + extra_bound
-    out = []
-    for j in range(count):
-        total = sum(int(r[j]) for r in replies) - sum(m.masks[j] for m in masks)
-        total %= modulus
-        if total >= half:
-            total -= modulus
-        if abs(total) > bound:
-            raise IntegrityError("a gradient sums to a value beyond its bound: a reply was altered")
-        out.append(total)
-    return out
-
-
-def _check_replies(replies: Sequence[Sequence[int]], count: int, bits: int) -> None:
-    for r in replies:
-        if len(r) != count or any(not 0 <= int(v) < (1 << bits) for v in r):
-            raise IntegrityError(f"a masked reply does not hold {count} values below 2^{bits}")
 
 
 # --- the data parties ----------------------------------------------------------------------------
@@ -319,11 +264,7 @@ class _Party:
         return first
 
     def _keep(self, state: PartyState) -> None:
-        self.states[state.epoch] = state
-        for old in sorted(self.states)[:-KEEP_STATES]:
-            del self.states[old]
-        if self.on_epoch is not None:
-            self.on_epoch(state)
+        keep_state(self.states, state, self.on_epoch)
 
     def encrypt_own(self, values: np.ndarray) -> EncryptedVector:
         """``[[values]]`` under our own key, with randomizers the key-owner pool computed by CRT."""
@@ -362,7 +303,7 @@ class _Party:
     def collect_parts(self, masks: dict[str, MaskState], tag: dict[str, int]) -> np.ndarray:
         """Our gradient's encrypted parts, summed: what the key owners returned minus our own masks."""
         replies = [ints_from_arrow(self.session.recv(UNMASKED, owner, **tag), kind=SLOTS) for owner in masks]
-        _check_replies(replies, self.k, self.bits)
+        check_replies(replies, self.k, self.bits)
         states = list(masks.values())
         total = sum_of_parts(replies, states, self.bits)
         return np.array([math.ldexp(v, 4 * states[0].exponent) for v in total])
@@ -442,7 +383,7 @@ def run_guest(
         replies = [
             ints_from_arrow(session.recv(LOSS_PART, h, gen=gen, epoch=epoch), kind=SLOTS) for h in plan.hosts
         ]
-        _check_replies(replies, 1, party.bits)
+        check_replies(replies, 1, party.bits)
         # The hosts' own v_k widen the bound the sum is checked against.
         extra = len(plan.hosts) * (math.ceil(math.ldexp(v_bound, -4 * LOSS_EXPONENT)) + 1)
         t = sum_of_parts(replies, loss_masks, party.bits, extra_bound=extra)[0]

@@ -25,12 +25,17 @@ OPTIONS = {"key_bits": 1024, "max_epochs": 6, "batch_size": 128, "tol": 0.0}
 JOB = "resume-test"
 
 
-@pytest.fixture(scope="module")
-def reference() -> dict[str, np.ndarray]:
+def reference_weights(**extra: str) -> dict[str, np.ndarray]:
+    """The weights of an uninterrupted simulated run with ``OPTIONS`` (and ``extra``), by party."""
     guest = pd.read_csv(datasets.path("breast_hetero_guest.csv"))
     host = pd.read_csv(datasets.path("breast_hetero_host.csv"))
-    result = vfl.simulate(guest, [host], id="id", label="y", **OPTIONS)
+    result = vfl.simulate(guest, [host], id="id", label="y", **extra, **OPTIONS)
     return {"guest": result.shards["guest"].weight_vector, "host": result.shards["host1"].weight_vector}
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, np.ndarray]:
+    return reference_weights()
 
 
 def _start(workspace: Path, job: Path, log: Path) -> subprocess.Popen:
@@ -48,9 +53,11 @@ def _saved_epoch(workspace: Path) -> int:
     return max((c["epoch"] for c in meta["checkpoints"]), default=-1)
 
 
-@pytest.mark.parametrize("victim", ["host", "guest", "arbiter"])
-def test_killed_party_resumes_to_the_same_model(tmp_path, reference, victim):
-    workspaces, _ = setup_demo(tmp_path, key_bits=1024, max_epochs=None)
+def kill_and_resume(
+    tmp_path: Path, workspaces: dict[str, Path], victim: str, reference: dict[str, np.ndarray]
+) -> dict:
+    """Train ``OPTIONS`` as processes, SIGKILL ``victim`` after its epoch-2 state is saved, restart it,
+    check every party's model against ``reference``; returns the victim's ledger."""
     job = tmp_path / "job.toml"
     job.write_text(JobConfig(id=JOB, kind="train", train=OPTIONS).to_toml())
     procs = {p: _start(ws, job, tmp_path / f"{p}.log") for p, ws in workspaces.items()}
@@ -68,7 +75,13 @@ def test_killed_party_resumes_to_the_same_model(tmp_path, reference, victim):
     for party in ("guest", "host"):
         shard = ModelShard.load(workspaces[party] / "out" / JOB / "model.json")
         np.testing.assert_allclose(shard.weight_vector, reference[party], rtol=1e-9, atol=1e-12)
-    ledger = json.loads((workspaces[victim] / "out" / JOB / "ledger.json").read_text())
+    return json.loads((workspaces[victim] / "out" / JOB / "ledger.json").read_text())
+
+
+@pytest.mark.parametrize("victim", ["host", "guest", "arbiter"])
+def test_killed_party_resumes_to_the_same_model(tmp_path, reference, victim):
+    workspaces, _ = setup_demo(tmp_path, key_bits=1024, max_epochs=None)
+    ledger = kill_and_resume(tmp_path, workspaces, victim, reference)
     assert any("resynchronized" in note for note in ledger["notes"])
     # The restarted party's ledger covers both of its processes: the first one's agreement and PSI too.
     names = [m["message"] for m in ledger["messages"]]

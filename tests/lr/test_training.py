@@ -9,9 +9,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 import vfl
+from tests.lr.helpers import (
+    MOMENTUM_L2_FULLBATCH,
+    SGD_L1_STEP,
+    declared,
+    decoded,
+    float_values,
+    training_blocks,
+)
 from tests.lr.reference import train_reference
-from vfl.crypto import generate_keypair, prepare_matrix
-from vfl.data import Whitening
+from vfl.crypto import generate_keypair
 from vfl.errors import ConfigError, DataError, VflError
 from vfl.optim import max_rounds
 from vfl.options import TrainOptions
@@ -36,55 +43,12 @@ def credit(fate):
     )
 
 
-def _blocks(result, frames, id_column="id", label="y"):
-    """Each party's training matrix as the party quantized it, in the shared order, plus training labels."""
-    order = result.scores[id_column]
-    train = ~result.scores["held_out"].to_numpy()
-    names = ["guest", *[f"host{i}" for i in range(1, len(frames))]]
-    blocks, maps = [], []
-    for name, frame in zip(names, frames, strict=True):
-        aligned = frame.set_index(id_column).loc[order].reset_index()
-        shard = result.shards[name]
-        x = shard.scaler().transform(aligned)
-        if shard.has_intercept:
-            x = np.hstack([np.ones((len(x), 1)), x])
-        # The party's own preconditioner, fitted on its training rows as the party does (DESIGN.md §6).
-        whitening = Whitening.fit(x[train], skip=1 if shard.has_intercept else 0)
-        if TrainOptions(**shard.options).precondition == "none":
-            whitening = Whitening(np.eye(x.shape[1]))
-        blocks.append(prepare_matrix(whitening.apply(x[train])).dequantized)
-        maps.append(whitening)
-    y = frames[0].set_index(id_column).loc[order, label].to_numpy(float)[train]
-    return blocks, y, names, maps
-
-
 @pytest.mark.parametrize(
     "options",
     [
         dict(max_epochs=3, batch_size=128, tol=0.0),
-        dict(
-            max_epochs=3,
-            batch_size=150,
-            tol=0.0,
-            optimizer="sgd",
-            learning_rate=0.3,
-            penalty="l1",
-            alpha=0.01,
-            schedule="step",
-            decay_epochs=1,
-            init="random",
-        ),
-        dict(
-            max_epochs=2,
-            batch_size=None,
-            tol=0.0,
-            optimizer="momentum",
-            learning_rate=0.2,
-            penalty="l2",
-            alpha=0.1,
-            schedule="inverse-time",
-            decay=0.3,
-        ),
+        SGD_L1_STEP,
+        MOMENTUM_L2_FULLBATCH,
         dict(max_epochs=2, tol=0.0, batch_size=128),  # the defaults: whitened, averaged, two loss checks
         dict(max_epochs=2, batch_size=128, tol=0.0, precondition="none", loss_checks=1, averaging="none"),
     ],
@@ -99,7 +63,7 @@ def _blocks(result, frames, id_column="id", label="y"):
 def test_federated_weights_equal_centralized_taylor_training(breast, keypair, options):
     guest, host = breast
     result = vfl.simulate(guest, [host], id="id", label="y", key_bits=1024, keypair=keypair, **options)
-    blocks, y, names, maps = _blocks(result, [guest, host])
+    blocks, y, names, maps = training_blocks(result, [guest, host])
     expected, losses = train_reference(blocks, y, TrainOptions(key_bits=1024, **options), names)
     for name, w, whitening in zip(names, expected, maps, strict=True):
         # The shard holds the weights mapped back to the party's own columns.
@@ -168,26 +132,12 @@ def test_two_hosts_equal_one_host_holding_both(credit, keypair):
 # --- privacy -------------------------------------------------------------------------------------
 
 
-def _decoded(transcript):
-    from vfl.transport import decode_table
-
-    return [(m, decode_table(m.payload)) for m in transcript]
-
-
-def _floats(table):
-    values = []
-    for column in table.columns:
-        if column.type in ("double", "float"):
-            values.extend(column.to_pylist())
-    return values
-
-
 def test_transcript_carries_no_feature_label_weight_or_id(breast, keypair):
     guest, host = breast
     guest = guest.assign(id="customer-" + guest["id"].astype(str) + "-x7")
     host = host.assign(id="customer-" + host["id"].astype(str) + "-x7")
     result = vfl.simulate(guest, [host], id="id", label="y", key_bits=1024, keypair=keypair, max_epochs=2)
-    messages = _decoded(result.network.transcript)
+    messages = decoded(result.network.transcript)
     assert messages
 
     secrets = set()
@@ -199,7 +149,7 @@ def test_transcript_carries_no_feature_label_weight_or_id(breast, keypair):
     ids = set(guest["id"])
     labels = guest["y"].to_numpy()
     for message, table in messages:
-        assert not secrets & set(_floats(table)), f"a raw value crossed in {message.tag}"
+        assert not secrets & set(float_values(table)), f"a raw value crossed in {message.tag}"
         for raw in list(ids)[:50]:
             assert raw.encode() not in message.payload, f"raw id crossed in {message.tag}"
         for column in table.columns:
@@ -209,7 +159,7 @@ def test_transcript_carries_no_feature_label_weight_or_id(breast, keypair):
     # Every message is declared (tests/test_declared_messages.py checks fields and roles); here: which
     # declared messages each role receives, so that a new message to the arbiter or a host fails.
     received = {
-        party: {_declared(m.tag) for m, _ in messages if m.receiver == party} for party in result.ledgers
+        party: {declared(m.tag) for m, _ in messages if m.receiver == party} for party in result.ledgers
     }
     assert received["arbiter"] == {"session.agree", "lr.setup", "lr.masked", "lr.loss", "session.done"}
     assert received["host1"] == {
@@ -217,22 +167,14 @@ def test_transcript_carries_no_feature_label_weight_or_id(breast, keypair):
         "split.held-out", "lr.d", "lr.unmasked", "lr.stop", "shards.digest", "session.done",
     }  # fmt: skip
     for message, table in messages:
-        if message.receiver == "host1" and _declared(message.tag) == "lr.stop":
+        if message.receiver == "host1" and declared(message.tag) == "lr.stop":
             assert table.column_names == ["stop"], "a host must not learn the loss"
-        if message.receiver in ("host1", "arbiter") and _declared(message.tag) in (
+        if message.receiver in ("host1", "arbiter") and declared(message.tag) in (
             "lr.d",
             "lr.masked",
             "lr.loss",
         ):
             assert all(str(t).startswith("fixed_size_binary") for t in table.schema.types), message.tag
-
-
-def _declared(tag: str) -> str:
-    from vfl.protocols.catalog import ALL_PROTOCOLS, find
-
-    found = find(ALL_PROTOCOLS, tag)
-    assert found is not None, f"undeclared message {tag}"
-    return found[1].name
 
 
 def test_arbiter_sees_only_masked_gradients(breast, keypair):

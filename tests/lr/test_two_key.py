@@ -9,8 +9,15 @@ import pandas as pd
 import pytest
 
 import vfl
+from tests.lr.helpers import (
+    MOMENTUM_L2_FULLBATCH,
+    SGD_L1_STEP,
+    declared,
+    decoded,
+    float_values,
+    training_blocks,
+)
 from tests.lr.reference import train_reference
-from tests.lr.test_training import _blocks, _declared, _decoded, _floats
 from vfl.crypto import PackedCiphertexts, decrypt_packed, generate_keypair, ints_from_arrow, mask_and_pack
 from vfl.crypto import encrypt as paillier_encrypt
 from vfl.errors import ConfigError, DisagreementError, IntegrityError, ProtocolError
@@ -86,29 +93,8 @@ def test_sum_of_parts_equals_the_plain_sum_and_refuses_an_altered_reply(keypairs
 
 OPTION_SETS = [
     dict(max_epochs=3, batch_size=128, tol=0.0, penalty="l2", alpha=0.01),
-    dict(
-        max_epochs=3,
-        batch_size=150,
-        tol=0.0,
-        optimizer="sgd",
-        learning_rate=0.3,
-        penalty="l1",
-        alpha=0.01,
-        schedule="step",
-        decay_epochs=1,
-        init="random",
-    ),
-    dict(
-        max_epochs=2,
-        batch_size=None,
-        tol=0.0,
-        optimizer="momentum",
-        learning_rate=0.2,
-        penalty="l2",
-        alpha=0.1,
-        schedule="inverse-time",
-        decay=0.3,
-    ),
+    SGD_L1_STEP,
+    MOMENTUM_L2_FULLBATCH,
 ]
 
 
@@ -121,7 +107,7 @@ def test_arbiter_free_model_equals_the_reference_and_the_coordinated_model(
     hosts = [host] if n_hosts == 1 else [host1, host2]
     run = dict(id="id", label="y", key_bits=1024, workers=1, **options)
     result = vfl.simulate(guest, hosts, topology="arbiter-free", keypairs=keypairs, **run)
-    blocks, y, names, _ = _blocks(result, [guest, *hosts])
+    blocks, y, names, _ = training_blocks(result, [guest, *hosts])
     expected, losses = train_reference(blocks, y, TrainOptions(key_bits=1024, **options), names)
     for name, w in zip(names, expected, strict=True):
         np.testing.assert_allclose(result.shards[name].weight_vector, w, rtol=1e-6, atol=1e-9)
@@ -154,14 +140,14 @@ def test_every_plaintext_a_party_receives_is_its_own_result_or_uniformly_masked(
     result, _ = two_hosts
     bits = modulus_bits(1024)
     transcript = result.network.transcript
-    replies = [m for m in transcript if _declared(m.tag) in ("lr2.unmasked", "lr2.loss-part")]
+    replies = [m for m in transcript if declared(m.tag) in ("lr2.unmasked", "lr2.loss-part")]
     assert {m.receiver for m in replies} == set(PARTIES)
     for m in replies:
         # With two hosts every party's parts are decrypted by two parties: each reply alone is uniform
         # mod 2^T, so no party ever holds one other party's gradient part (or one host's loss term).
         values = ints_from_arrow(decode_table(m.payload), kind=SLOTS)
         assert all(v.bit_length() > bits - 40 for v in values), f"{m.tag} from {m.sender} looks unmasked"
-    masked = [m for m in transcript if _declared(m.tag) in ("lr2.masked", "lr2.loss-masked")]
+    masked = [m for m in transcript if declared(m.tag) in ("lr2.masked", "lr2.loss-masked")]
     assert {m.receiver for m in masked} == set(PARTIES)
     for m in masked:
         # What a key owner decrypts: every slot is value + bound + a uniform mask 80 bits wider than the bound.
@@ -174,7 +160,7 @@ def test_every_plaintext_a_party_receives_is_its_own_result_or_uniformly_masked(
 
 def test_no_raw_feature_label_weight_or_id_crosses_and_each_role_receives_exactly_this(two_hosts):
     result, frames = two_hosts
-    messages = _decoded(result.network.transcript)
+    messages = decoded(result.network.transcript)
     secret_values = set()
     for frame in frames:
         values = frame.drop(columns=["id"]).to_numpy(float).ravel()
@@ -184,14 +170,14 @@ def test_no_raw_feature_label_weight_or_id_crosses_and_each_role_receives_exactl
     ids = list(frames[0]["id"])[:50]
     labels = frames[0]["y"].to_numpy()
     for message, table in messages:
-        assert not secret_values & set(_floats(table)), f"a raw value crossed in {message.tag}"
+        assert not secret_values & set(float_values(table)), f"a raw value crossed in {message.tag}"
         assert not any(raw.encode() in message.payload for raw in ids), f"raw id crossed in {message.tag}"
         for column in table.columns:
             if len(column) == len(labels) and column.type in ("int64", "int32", "bool", "double"):
                 assert not np.array_equal(column.to_numpy(), labels), f"labels crossed in {message.tag}"
-        if _declared(message.tag) == "lr2.stop":
+        if declared(message.tag) == "lr2.stop":
             assert table.column_names == ["stop"], "a host must not learn the loss"
-    received = {party: {_declared(m.tag) for m, _ in messages if m.receiver == party} for party in PARTIES}
+    received = {party: {declared(m.tag) for m, _ in messages if m.receiver == party} for party in PARTIES}
     training = {
         "session.public-key",
         "lr2.seed",

@@ -1,0 +1,249 @@
+"""Multi-class coordinated LR (one-vs-rest, K residuals packed per ciphertext; DESIGN.md §16): the
+guest's and the hosts' batch loops and the arbiter's loss. ``run_guest``/``run_host`` of protocols/lr.py
+hand a ``multiclass-lr`` job to these; the messages are those of the ``LR`` table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from vfl.crypto import EncryptedVector, PrivateKey, WorkerPool, encrypt, ints_from_arrow
+from vfl.errors import ConfigError, ProtocolError
+from vfl.models.kinds import MAX_CLASSES
+from vfl.models.packing import (
+    DiagonalLoss,
+    SlotLayout,
+    add_packed,
+    column_sums,
+    encrypt_packed,
+    offset_packed,
+    packed_rdot,
+    read_slot,
+)
+from vfl.optim import ShardOptimizer, epoch_batches
+from vfl.options import TrainOptions
+from vfl.protocols.lr_common import LrPlan, PartyState, Progress, TrainedShard
+from vfl.protocols.lr_party import (
+    CLASSES,
+    CONTROL,
+    KLOSS,
+    MASK_BITS,
+    MASKED,
+    STOP,
+    UNMASKED,
+    WG,
+    D,
+    DataParty,
+    U,
+)
+from vfl.protocols.messages import one
+from vfl.protocols.objectives import LOGIT_BOUND
+from vfl.protocols.session import Session
+from vfl.transport.channel import Interrupted
+
+# Every party's quantized columns satisfy |q| <= 2^19 - 1 (at most 20-bit fixed point, vfl/crypto/multiexp.py),
+# so one slot layout, known to all parties from the shared options, fits every party's X^T [[D]].
+X_BOUND = (1 << 19) - 1
+
+
+def slot_layout(options: TrainOptions, n_rows: int, n_classes: int, key_bits: int) -> SlotLayout:
+    """The packing every party of a multi-class job uses (the same from the shared options and row count)."""
+    batch = max(len(b) for b in epoch_batches(n_rows, options, 0))  # the same sizes every epoch
+    layout = SlotLayout.for_problem(
+        n_classes, batch, X_BOUND, LOGIT_BOUND + 2.0, key_bits, mask_bits=MASK_BITS
+    )
+    if layout.n_plaintexts != 1:
+        raise ConfigError(
+            f"{n_classes} classes do not fit one {key_bits}-bit plaintext ({layout.slots_per_plaintext} slots "
+            f"of {layout.slot_bits} bits); use a larger key_bits or smaller batches"
+        )
+    return layout
+
+
+def check_multiclass(options: TrainOptions, n_rows: int, n_classes: int) -> None:
+    """Refuse, before any peer is contacted, K classes that the key's plaintexts cannot carry."""
+    layout = slot_layout(options, n_rows, n_classes, options.key_bits)
+    top = (options.key_bits - 1) // layout.slot_bits
+    if 2 * n_classes - 1 > top:
+        raise ConfigError(
+            f"multiclass-lr with a {options.key_bits}-bit key takes at most {(top + 1) // 2} classes (its loss "
+            f"needs 2K - 1 slots of {layout.slot_bits} bits), the label has {n_classes}; use a larger key_bits"
+        )
+
+
+def _class_optimizers(
+    o: TrainOptions, k: int, state: dict[str, Any], intercept: int | None
+) -> list[ShardOptimizer]:
+    optimizers = []
+    for saved in state["classes"]:
+        opt = ShardOptimizer(o, k, intercept_index=intercept)
+        opt.load_state(saved)
+        optimizers.append(opt)
+    return optimizers
+
+
+def _step(optimizers: list[ShardOptimizer], w: np.ndarray, g: np.ndarray, epoch: int) -> np.ndarray:
+    return np.stack([opt.update(w[:, c], g[:, c], epoch) for c, opt in enumerate(optimizers)], axis=1)
+
+
+def _packed_gradient(
+    party: DataParty, layout: SlotLayout, packed: EncryptedVector, rows: np.ndarray, tag: dict[str, int]
+) -> np.ndarray:
+    """``X_p[rows]^T 4D`` as a (columns, K) float matrix: one multi-exponentiation, masked for the arbiter."""
+    out = packed_rdot(packed, party.matrix, rows, randomness=party.randomness)
+    messages, mask = layout.mask([out], randomness=party.randomness)
+    party.session.send(MASKED, party.plan.arbiter, messages[0].to_arrow(), **tag)
+    slots = ints_from_arrow(party.session.recv(UNMASKED, party.plan.arbiter, **tag))
+    ints = mask.unmask([slots], column_sums(party.matrix, rows))
+    return layout.gradient(ints, party.matrix.shifts)
+
+
+def multiclass_guest(
+    session: Session,
+    plan: LrPlan,
+    features: np.ndarray,
+    labels: np.ndarray,
+    *,
+    workers: WorkerPool | None,
+    progress: Progress | None,
+    resume: list[PartyState] | None,
+    on_epoch: Callable[[PartyState], None] | None,
+    interrupted: Interrupted | None,
+) -> TrainedShard:
+    """Guest role of one-vs-rest multi-class LR: ``labels`` are class indices ``0..K-1``."""
+    o = plan.options
+    y = np.asarray(labels).astype(np.int64)
+    n_classes = int(y.max()) + 1
+    signs = 2.0 * np.eye(n_classes)[y] - 1.0  # s_ic
+    party = DataParty(
+        session, plan, features, intercept=True, workers=workers, resume=resume, on_epoch=on_epoch,
+        interrupted=interrupted,
+    )  # fmt: skip
+    party.classes = n_classes
+    if not resume and interrupted is None:
+        session.broadcast(CLASSES, plan.hosts, pa.table({"n_classes": [n_classes]}))
+    hosts = len(plan.hosts)
+
+    def epoch_fn(state: PartyState) -> PartyState:
+        epoch, gen, pk = state.epoch, party.generation, party.public_key
+        assert pk is not None and party.randomness is not None
+        layout = slot_layout(o, party.n, n_classes, pk.bits)
+        offsets = hosts * offset_packed(layout)
+        optimizers = _class_optimizers(o, party.k, state.optimizer, 0)
+        w = state.weights
+        loss = DiagonalLoss(layout, pk)
+        batches = epoch_batches(party.n, o, epoch)
+        for b, rows in enumerate(batches):
+            m = len(rows)
+            tag = {"gen": gen, "epoch": epoch, "batch": b}
+            u_g = party.xq[rows] @ w  # (m, K)
+            total = None
+            for h in plan.hosts:
+                u_h = EncryptedVector.from_arrow(session.recv(U, h, **tag), pk)
+                total = u_h if total is None else total + u_h
+            assert total is not None
+            # Slots: sum_h (u_h 2^f + E) + (u_g - 2s) 2^f + E - H E = 4D 2^f + E.
+            mine = [p - offsets for p in layout.pack(u_g - 2.0 * signs[rows])]
+            d4 = add_packed(total, mine).rerandomize(randomness=party.randomness)
+            session.broadcast(D, plan.hosts, d4.to_arrow(), **tag)
+            g = _packed_gradient(party, layout, d4, rows, tag)
+            party.refill(batches, b)
+            # The loss: sum_c |4D_c|^2 - 4mK = sum_c (w_c.g_c - 2 s_c.4D_c) + sum_h t_h - 4mK, at 2^f.
+            loss.add_label_terms(d4, signs[rows].astype(np.int64), -2)
+            e = layout.residual_offset
+            plain = float(np.sum(w * g)) - 4.0 * m * n_classes
+            loss.add_top(int(round(plain * 2.0**layout.frac_bits)) + 2 * e * int(signs[rows].sum()))
+            for h in plan.hosts:
+                loss.add_top(EncryptedVector.from_arrow(session.recv(WG, h, **tag), pk))
+            w = _step(optimizers, w, g / (4.0 * m), epoch)
+            if progress:
+                progress(epoch, b + 1, None)
+        record = pa.table(
+            {
+                "ciphertext": pa.array([int(loss.seal(party.randomness)).to_bytes(2 * pk.key_bytes, "big")],
+                                       pa.binary(2 * pk.key_bytes)),
+                "slot_bits": [layout.slot_bits],
+                "slot": [n_classes - 1],
+                "frac_bits": [layout.frac_bits],
+                "n_classes": [n_classes],
+            }
+        )  # fmt: skip
+        session.send(KLOSS, plan.arbiter, record, gen=gen, epoch=epoch)
+        control = session.recv(CONTROL, plan.arbiter, gen=gen, epoch=epoch)
+        losses = [*state.losses, float(one(control, "loss"))]
+        if progress:
+            progress(epoch, len(batches), losses[-1])
+        states = {"classes": [opt.state() for opt in optimizers]}
+        return PartyState(epoch + 1, w, states, losses, bool(one(control, "stop")))
+
+    final = party.run(epoch_fn)
+    return TrainedShard(final.weights, final.epoch, final.losses, final.stopped, party.generation + 1)
+
+
+def multiclass_host(
+    session: Session,
+    plan: LrPlan,
+    features: np.ndarray,
+    *,
+    workers: WorkerPool | None,
+    progress: Progress | None,
+    resume: list[PartyState] | None,
+    on_epoch: Callable[[PartyState], None] | None,
+    interrupted: Interrupted | None,
+) -> TrainedShard:
+    """Host role of one-vs-rest multi-class LR: K partial scores per row packed in one ciphertext."""
+    o = plan.options
+    party = DataParty(
+        session, plan, features, intercept=False, workers=workers, resume=resume, on_epoch=on_epoch,
+        interrupted=interrupted,
+    )  # fmt: skip
+    if resume:
+        party.classes = int(np.asarray(resume[0].weights).shape[1])
+    else:
+        party.classes = int(one(session.recv(CLASSES, plan.guest), "n_classes"))
+        if not 2 <= party.classes <= MAX_CLASSES:
+            raise ProtocolError(f"party '{plan.guest}' announced {party.classes} classes (2..{MAX_CLASSES})")
+    n_classes = party.classes
+
+    def epoch_fn(state: PartyState) -> PartyState:
+        epoch, gen, pk = state.epoch, party.generation, party.public_key
+        assert pk is not None and party.randomness is not None
+        layout = slot_layout(o, party.n, n_classes, pk.bits)
+        optimizers = _class_optimizers(o, party.k, state.optimizer, None)
+        w = state.weights
+        batches = epoch_batches(party.n, o, epoch)
+        for b, rows in enumerate(batches):
+            m = len(rows)
+            tag = {"gen": gen, "epoch": epoch, "batch": b}
+            u = encrypt_packed(pk, layout.pack(party.xq[rows] @ w), randomness=party.randomness)
+            session.send(U, plan.guest, u.to_arrow(), **tag)
+            d4 = EncryptedVector.from_arrow(session.recv(D, plan.guest, **tag), pk)
+            g = _packed_gradient(party, layout, d4, rows, tag)
+            party.refill(batches, b)
+            # Its loss term sum_c u_c . 4D_c = sum_c w_c . g_c, encrypted for the arbiter's one slot.
+            t = encrypt(
+                pk, [float(np.sum(w * g))], exponent=-(layout.frac_bits // 4), randomness=party.randomness
+            )
+            session.send(WG, plan.guest, t.to_arrow(), **tag)
+            w = _step(optimizers, w, g / (4.0 * m), epoch)
+            if progress:
+                progress(epoch, b + 1, None)
+        stop = bool(one(session.recv(STOP, plan.arbiter, gen=gen, epoch=epoch), "stop"))
+        states = {"classes": [opt.state() for opt in optimizers]}
+        return PartyState(epoch + 1, w, states, [], stop)
+
+    final = party.run(epoch_fn)
+    return TrainedShard(final.weights, final.epoch, [], final.stopped, party.generation + 1)
+
+
+def multiclass_loss(private_key: PrivateKey, record: pa.Table, n_rows: int) -> float:
+    """The arbiter's side: ``K log 2 + Q / 8n`` from the one unmasked slot of the guest's loss ciphertext."""
+    ct = int.from_bytes(one(record, "ciphertext"), "big")
+    q = read_slot(private_key, ct, int(one(record, "slot_bits")), int(one(record, "slot")))
+    k = int(one(record, "n_classes"))
+    return k * math.log(2.0) + q / 2.0 ** int(one(record, "frac_bits")) / (8.0 * n_rows)
