@@ -328,7 +328,12 @@ class Session:
         try:
             return action()
         except BaseException as exc:
-            if not isinstance(exc, (TransportError, Interrupted)) or isinstance(exc, PeerTimeoutError):
+            # A peer's abort was already sent to every party by that peer: passing it on would only
+            # race with the original (and could reach a party first, with the wrong code).
+            relayed = isinstance(exc, PeerAbortedError)
+            if not relayed and (
+                not isinstance(exc, (TransportError, Interrupted)) or isinstance(exc, PeerTimeoutError)
+            ):
                 self.abort(exc)
             raise
 
