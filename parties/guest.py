@@ -273,16 +273,14 @@ def train(
             "held_out": held_out,
         }
     )
-    notes = training_notes(info, trained.generations)
-    notes.append(f"positive class: {positive_label!r} (label column '{label}')")
-    if job.scoring_reveal == "partial" or len(job.hosts) == 1:
-        notes.append(
-            "with a single host, the guest can derive the host's partial scores from the final scores"
-        )
-    if output_dir is not None:
-        session.guard(lambda: output_dir.mkdir(parents=True, exist_ok=True))
-    session.barrier("train")
-    ledger = ledger_for(session, notes)
+    ledger = _end_training(
+        session,
+        job,
+        info,
+        trained,
+        f"positive class: {positive_label!r} (label column '{label}')",
+        output_dir,
+    )
     outcome = GuestOutcome(
         shard, evaluation, table, trained.losses, trained.epochs, info["size"], ledger, positive_label,
         calibrator=calibrator, baseline=baseline, data_files=[{"name": source or "(in memory)", "rows": len(data)}],
@@ -350,16 +348,9 @@ def _finish_regression(
         columns = class_columns(predictions, classes)
         columns["target"] = np.asarray(classes)[labels.astype(int)]
     table = pd.DataFrame({id_column: aligned[id_column].to_numpy(), **columns, "held_out": held_out})
-    notes = training_notes(info, trained.generations)
-    notes.append(f"model: {o.model} (label column '{label}')")
-    if job.scoring_reveal == "partial" or len(job.hosts) == 1:
-        notes.append(
-            "with a single host, the guest can derive the host's partial scores from the final scores"
-        )
-    if output_dir is not None:
-        session.guard(lambda: output_dir.mkdir(parents=True, exist_ok=True))
-    session.barrier("train")
-    ledger = ledger_for(session, notes)
+    ledger = _end_training(
+        session, job, info, trained, f"model: {o.model} (label column '{label}')", output_dir
+    )
     outcome = GuestOutcome(
         shard, None, table, trained.losses, trained.epochs, info["size"], ledger, "",
         data_files=[{"name": source or "(in memory)", "rows": rows_in}], model=o.model, kind_metrics=metrics,
@@ -369,6 +360,21 @@ def _finish_regression(
     if store is not None:
         store.clear()
     return outcome
+
+
+def _end_training(
+    session: Session, job: Job, info: dict[str, Any], trained: Any, note: str, output_dir: Path | None
+) -> Ledger:
+    """The end of every training job at the guest: the barrier, then the ledger with its notes."""
+    notes = [*training_notes(info, trained.generations), note]
+    if job.scoring_reveal == "partial" or len(job.hosts) == 1:
+        notes.append(
+            "with a single host, the guest can derive the host's partial scores from the final scores"
+        )
+    if output_dir is not None:
+        session.guard(lambda: output_dir.mkdir(parents=True, exist_ok=True))
+    session.barrier("train")
+    return ledger_for(session, notes)
 
 
 def write_guest_outputs(directory: Path, outcome: GuestOutcome, job: Job) -> dict[str, Path]:

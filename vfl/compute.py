@@ -38,7 +38,7 @@ from gmpy2 import mpz
 
 from vfl.crypto import _kernels
 from vfl.crypto.keys import PrivateKey, PublicKey
-from vfl.crypto.pool import WorkerPool
+from vfl.crypto.pool import WorkerPool, map_chunks
 from vfl.errors import ComputeError, ConfigError
 from vfl.transport.address import parse_address
 
@@ -290,14 +290,7 @@ class DaskBackend:
         chunks: int | None = None,
     ) -> list[T]:
         """``fn(chunk, *args)`` over contiguous chunks of ``items``, results concatenated in order."""
-        count = len(items)
-        parts = max(1, min(chunks or self.workers, count))
-        bounds = [count * i // parts for i in range(parts + 1)]
-        futures = [self.submit(fn, list(items[bounds[i] : bounds[i + 1]]), *args) for i in range(parts)]
-        out: list[T] = []
-        for fut in futures:
-            out.extend(fut.result())
-        return out
+        return map_chunks(self.submit, chunks or self.workers, fn, items, args)
 
     def warm_up(self, key: PublicKey | PrivateKey) -> None:
         """Build the key's fixed-base (or, for the key owner, CRT) table on every worker now (best effort)."""

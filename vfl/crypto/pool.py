@@ -156,14 +156,7 @@ class WorkerPool:
         chunks: int | None = None,
     ) -> list[T]:
         """``fn(chunk, *args)`` over contiguous chunks of ``items`` on the workers, results concatenated in order."""
-        count = len(items)
-        parts = max(1, min(chunks or self.workers, count))
-        bounds = [count * i // parts for i in range(parts + 1)]
-        futures = [self.submit(fn, list(items[bounds[i] : bounds[i + 1]]), *args) for i in range(parts)]
-        out: list[T] = []
-        for fut in futures:
-            out.extend(fut.result())
-        return out
+        return map_chunks(self.submit, chunks or self.workers, fn, items, args)
 
     def warm_up(self, key: PublicKey | PrivateKey) -> None:
         """Start the workers and build the key's fixed-base table in each (best effort, ~0.3 s).
@@ -205,3 +198,22 @@ class WorkerPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def map_chunks(
+    submit: Callable[..., Any],
+    parts: int,
+    fn: Callable[..., list[T]],
+    items: Sequence[Any],
+    args: tuple[Any, ...],
+) -> list[T]:
+    """``fn(chunk, *args)`` over ``parts`` contiguous chunks of ``items`` through ``submit`` (any backend's),
+    results concatenated in order."""
+    count = len(items)
+    parts = max(1, min(parts, count))
+    bounds = [count * i // parts for i in range(parts + 1)]
+    futures = [submit(fn, list(items[bounds[i] : bounds[i + 1]]), *args) for i in range(parts)]
+    out: list[T] = []
+    for fut in futures:
+        out.extend(fut.result())
+    return out
