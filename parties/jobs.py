@@ -221,12 +221,13 @@ def _screen_host(ctx: RoleContext) -> Outcome:
 # --- segment ---------------------------------------------------------------------------------------
 
 
+def _segment_io(ctx: RoleContext) -> segment_party.PartyIO:
+    return segment_party.PartyIO(ctx.id_column, ctx.columns, ctx.output_dir, ctx.workers, ctx.budget)
+
+
 def _segment_guest(ctx: RoleContext) -> Outcome:
     assert ctx.data is not None
-    run = segment_party.run_guest(
-        ctx.session, ctx.job, ctx.data, id_column=ctx.id_column, label=ctx.label, offered=ctx.columns,
-        output_dir=ctx.output_dir, workers=ctx.workers, budget=ctx.budget,
-    )  # fmt: skip
+    run = segment_party.run_guest(ctx.session, ctx.job, ctx.data, _segment_io(ctx), label=ctx.label)
     summary = {"intersection": run.intersection, "segments": int(len(run.profiles))}
     return Outcome(run.outputs, summary, run)
 
@@ -234,20 +235,15 @@ def _segment_guest(ctx: RoleContext) -> Outcome:
 def _segment_host(ctx: RoleContext) -> Outcome:
     assert ctx.data is not None
     run = segment_party.run_host(
-        ctx.session, ctx.job, ctx.data, id_column=ctx.id_column, offered=ctx.columns,
-        policy=ctx.segment_policy, keypair=ctx.keypair, output_dir=ctx.output_dir, workers=ctx.workers,
-        budget=ctx.budget,
-    )  # fmt: skip
+        ctx.session, ctx.job, ctx.data, _segment_io(ctx), policy=ctx.segment_policy, keypair=ctx.keypair
+    )
     return Outcome(run.outputs, {"intersection": run.intersection, "segments": int(len(run.profiles))}, run)
 
 
 def _assign_guest(ctx: RoleContext) -> Outcome:
     """``vfl predict`` with a segment model: the segment of every new shared customer, at the guest."""
     assert ctx.data is not None and isinstance(ctx.model, SegmentModel)
-    segments = segment_party.assign_guest(
-        ctx.session, ctx.job, ctx.data, ctx.model, id_column=ctx.id_column, output_dir=ctx.output_dir,
-        workers=ctx.workers,
-    )  # fmt: skip
+    segments = segment_party.assign_guest(ctx.session, ctx.job, ctx.data, ctx.model, _segment_io(ctx))
     outputs = {}
     if ctx.output_dir is not None:
         outputs = {"segments": ctx.output_dir / "segments.csv", "ledger": ctx.output_dir / "ledger.json"}
@@ -257,9 +253,14 @@ def _assign_guest(ctx: RoleContext) -> Outcome:
 def _assign_host(ctx: RoleContext) -> Outcome:
     assert ctx.data is not None and isinstance(ctx.model, SegmentModel)
     rows = segment_party.assign_host(
-        ctx.session, ctx.job, ctx.data, ctx.model, id_column=ctx.id_column, policy=ctx.segment_policy,
-        keypair=ctx.keypair, output_dir=ctx.output_dir, workers=ctx.workers,
-    )  # fmt: skip
+        ctx.session,
+        ctx.job,
+        ctx.data,
+        ctx.model,
+        _segment_io(ctx),
+        policy=ctx.segment_policy,
+        keypair=ctx.keypair,
+    )
     outputs = {"ledger": ctx.output_dir / "ledger.json"} if ctx.output_dir is not None else {}
     return Outcome(outputs, {"rows": rows}, rows)
 

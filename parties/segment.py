@@ -154,34 +154,38 @@ def _prepare(session: Session, job: Job, data: pd.DataFrame, id_column: str) -> 
     return result
 
 
+@dataclass(frozen=True)
+class PartyIO:
+    """Where a party's segment job reads and writes: its id column, offered columns (None: all), output
+    folder, crypto workers and privacy budget ledger."""
+
+    id_column: str = "id"
+    offered: Sequence[str] | None = None
+    output_dir: Path | None = None
+    workers: WorkerPool | None = None
+    budget: PrivacyBudget | None = None
+
+
 def run_guest(
-    session: Session,
-    job: Job,
-    data: pd.DataFrame,
-    *,
-    id_column: str = "id",
-    label: str | None = None,
-    offered: Sequence[str] | None = None,
-    output_dir: Path | None = None,
-    workers: WorkerPool | None = None,
-    budget: PrivacyBudget | None = None,
+    session: Session, job: Job, data: pd.DataFrame, io: PartyIO = PartyIO(), *, label: str | None = None
 ) -> SegmentRun:
     options: SegmentOptions = job.segment
     exclude = [c for c in (label, options.outcome) if c]
-    columns = session.guard(lambda: segment_columns(data, id_column, offered, exclude, session.party))
+    columns = session.guard(lambda: segment_columns(data, io.id_column, io.offered, exclude, session.party))
     if options.outcome:
         session.guard(lambda: check_outcome(data, options.outcome, session.party))
-    aligned_psi = _prepare(session, job, data, id_column)
+    aligned_psi = _prepare(session, job, data, io.id_column)
     aligned = aligned_psi.align(data)
     n = len(aligned)
     k_rule = local_k(options, len(job.hosts) + 1, n)
-    _reserve(session, job, budget, dict.fromkeys(job.hosts, options.epsilon))
-    with _spending(budget, job.id) as spend:
+    _reserve(session, job, io.budget, dict.fromkeys(job.hosts, options.epsilon))
+    with _spending(io.budget, job.id) as spend:
         local, _ = session.guard(lambda: _local(aligned, columns, options, k_rule, session.party))
         outcome = check_outcome(aligned, options.outcome, session.party) if options.outcome else None
         spend.exposed = True  # from here on noised numbers move: a failure keeps the epsilon spent
+        hosts = list(job.hosts)
         result = protocol.run_guest(
-            session, list(job.hosts), local.labels, local.centroids, options, outcome=outcome, workers=workers
+            session, hosts, local.labels, local.centroids, options, outcome=outcome, workers=io.workers
         )
     assert local.scaler is not None
     own = local.scaler.inverse(result.own_means)
@@ -198,7 +202,7 @@ def run_guest(
         )
     labels = None
     if result.labels is not None:
-        labels = pd.DataFrame({id_column: aligned_psi.ids.to_numpy(), "segment": result.labels})
+        labels = pd.DataFrame({io.id_column: aligned_psi.ids.to_numpy(), "segment": result.labels})
     session.barrier("segment")
     run = SegmentRun(session.party, "guest", n, columns, local, profiles, labels=labels, result=result,
                      ids=aligned_psi.ids.to_numpy())  # fmt: skip
@@ -207,21 +211,21 @@ def run_guest(
     if labels is not None:
         notes.append("membership release: the segment of every shared customer is known at this party")
     run.ledger = ledger_for(session, notes)
-    if output_dir is not None:
+    if io.output_dir is not None:
         from vfl.segment_report import write_report
 
         out = run.outputs
-        out["profiles"] = atomic_write_text(output_dir / "segment_profiles.csv", profiles.to_csv())
+        out["profiles"] = atomic_write_text(io.output_dir / "segment_profiles.csv", profiles.to_csv())
         out["profiles_json"] = atomic_write_text(
-            output_dir / "segment_profiles.json",
+            io.output_dir / "segment_profiles.json",
             json.dumps(json.loads(profiles.reset_index().to_json(orient="records")), indent=2),
         )
         if labels is not None:
-            out["segments"] = atomic_write_text(output_dir / "segments.csv", labels.to_csv(index=False))
-        out["model"] = _save_model(output_dir, job, session, columns, local, lookup=result.lookup)
-        out["report"] = write_report(output_dir / "segment_report.html", profiles, job_id=job.id,
+            out["segments"] = atomic_write_text(io.output_dir / "segments.csv", labels.to_csv(index=False))
+        out["model"] = _save_model(io.output_dir, job, session, columns, local, lookup=result.lookup)
+        out["report"] = write_report(io.output_dir / "segment_report.html", profiles, job_id=job.id,
                                      party=session.party, outcome=options.outcome)  # fmt: skip
-        out.update(write_outputs(output_dir, None, run.ledger))
+        out.update(write_outputs(io.output_dir, None, run.ledger))
     return run
 
 
@@ -229,19 +233,15 @@ def run_host(
     session: Session,
     job: Job,
     data: pd.DataFrame,
+    io: PartyIO = PartyIO(),
     *,
-    id_column: str = "id",
-    offered: Sequence[str] | None = None,
     policy: SegmentPolicy | None = None,
     keypair: tuple[PublicKey, PrivateKey] | None = None,
-    output_dir: Path | None = None,
-    workers: WorkerPool | None = None,
-    budget: PrivacyBudget | None = None,
 ) -> SegmentRun:
     options: SegmentOptions = job.segment
     policy = policy or SegmentPolicy()
-    columns = session.guard(lambda: segment_columns(data, id_column, offered, (), session.party))
-    aligned_psi = _prepare(session, job, data, id_column)
+    columns = session.guard(lambda: segment_columns(data, io.id_column, io.offered, (), session.party))
+    aligned_psi = _prepare(session, job, data, io.id_column)
     aligned = aligned_psi.align(data)
     n = len(aligned)
     k_rule = local_k(options, len(job.hosts) + 1, n)
@@ -249,13 +249,13 @@ def run_host(
     keypair = keypair or generate_keypair(options.key_bits)
     assert local.scaler is not None
     spent = options.epsilon + (options.means_epsilon if policy.share_means else 0.0)
-    _reserve(session, job, budget, {job.guest: spent})
-    with _spending(budget, job.id) as spend:
+    _reserve(session, job, io.budget, {job.guest: spent})
+    with _spending(io.budget, job.id) as spend:
         spend.exposed = True
         result = protocol.run_host(
             session, job.guest, local.labels, local.centroids, options, policy, keypair,
             guest_clusters=k_rule, has_outcome=options.outcome is not None, column_names=columns,
-            scaler=(local.scaler.mean, local.scaler.std), workers=workers,
+            hosts=list(job.hosts), scaler=(local.scaler.mean, local.scaler.std), workers=io.workers,
         )  # fmt: skip
     own = pd.DataFrame(local.scaler.inverse(result.own_means), columns=columns)
     own.insert(0, "size", result.sizes)
@@ -267,11 +267,11 @@ def run_host(
     notes = _notes(n, local, result.n_segments)
     notes.append(f"policy: release_membership={policy.release_membership}, share_means={policy.share_means}")
     run.ledger = ledger_for(session, notes)
-    if output_dir is not None:
+    if io.output_dir is not None:
         out = run.outputs
-        out["profiles"] = atomic_write_text(output_dir / "segment_own_means.csv", own.to_csv())
-        out["model"] = _save_model(output_dir, job, session, columns, local)
-        out.update(write_outputs(output_dir, None, run.ledger))
+        out["profiles"] = atomic_write_text(io.output_dir / "segment_own_means.csv", own.to_csv())
+        out["model"] = _save_model(io.output_dir, job, session, columns, local)
+        out.update(write_outputs(io.output_dir, None, run.ledger))
     return run
 
 
@@ -404,18 +404,16 @@ def simulate_segment(
             return role(budget)
 
     def guest_role(budget: PrivacyBudget | None) -> SegmentRun:
-        return run_guest(
-            job.session(network.channel("guest")), job, guest, id_column=id,
-            output_dir=out / "guest" if out else None, workers=pool, budget=budget,
-        )  # fmt: skip
+        io = PartyIO(id, None, out / "guest" if out else None, pool, budget)
+        return run_guest(job.session(network.channel("guest")), job, guest, io)
 
     def host_role(i: int, budget: PrivacyBudget | None) -> SegmentRun:
         name = names[i]
+        io = PartyIO(id, None, out / name if out else None, pool, budget)
+        keypair = keypairs[i] if keypairs else None
         return run_host(
-            job.session(network.channel(name)), job, hosts[i], id_column=id, policy=pols[i],
-            keypair=keypairs[i] if keypairs else None, output_dir=out / name if out else None,
-            workers=pool, budget=budget,
-        )  # fmt: skip
+            job.session(network.channel(name)), job, hosts[i], io, policy=pols[i], keypair=keypair
+        )
 
     with WorkerPool(workers) as pool:
         roles: dict[str, Any] = {"guest": lambda: with_budget("guest", guest_role)}
@@ -428,33 +426,39 @@ def simulate_segment(
 # --- scoring: assign new shared customers with a segment model ------------------------------------
 
 
+def _score_clusters(
+    session: Session, job: Job, data: pd.DataFrame, model: SegmentModel, id_column: str
+) -> tuple[PsiResult, np.ndarray]:
+    """Check the data against the model, agree, PSI on the new ids, and every aligned row's local cluster."""
+    session.guard(lambda: model.local_clusters(data))
+    session.guard(lambda: session.agree(job.settings()))
+    if session.role == "guest":
+        result = psi.run_guest(session, data[id_column], list(job.hosts), job.psi, column=id_column)
+    else:
+        result = psi.run_host(session, data[id_column], job.guest, job.psi, column=id_column)
+    session.guard(result.require_nonempty)
+    return result, model.local_clusters(result.align(data))
+
+
 def assign_guest(
-    session: Session,
-    job: Job,
-    data: pd.DataFrame,
-    model: SegmentModel,
-    *,
-    id_column: str = "id",
-    output_dir: Path | None = None,
-    workers: WorkerPool | None = None,
+    session: Session, job: Job, data: pd.DataFrame, model: SegmentModel, io: PartyIO = PartyIO()
 ) -> pd.DataFrame:
     """PSI on the new ids, then the joint assignment step: the guest gets every shared customer's segment."""
     if model.lookup is None or model.role != "guest":
         raise ConfigError(f"the segment model of job '{model.job_id}' here is not a guest's model")
-    if len(job.hosts) != 1:
-        raise ConfigError("assigning customers to segments supports one host for now")
-    session.guard(lambda: model.local_clusters(data))
-    session.guard(lambda: session.agree(job.settings()))
-    result = psi.run_guest(session, data[id_column], list(job.hosts), job.psi, column=id_column)
-    session.guard(result.require_nonempty)
-    labels = model.local_clusters(result.align(data))
-    seg = protocol.assign_guest(session, job.hosts[0], labels, model.lookup, workers=workers)
+    if model.lookup.ndim != len(job.hosts) + 1:
+        raise ConfigError(
+            f"the segment model of job '{model.job_id}' was made with {model.lookup.ndim - 1} host(s), "
+            f"this job has {len(job.hosts)}; score with the same parties as the segment job"
+        )
+    result, labels = _score_clusters(session, job, data, model, io.id_column)
+    seg = protocol.assign_guest(session, list(job.hosts), labels, model.lookup, workers=io.workers)
     session.barrier("segment-assign")
-    out = pd.DataFrame({id_column: result.ids.to_numpy(), "segment": seg})
-    if output_dir is not None:
-        atomic_write_text(output_dir / "segments.csv", out.to_csv(index=False))
+    out = pd.DataFrame({io.id_column: result.ids.to_numpy(), "segment": seg})
+    if io.output_dir is not None:
+        atomic_write_text(io.output_dir / "segments.csv", out.to_csv(index=False))
         notes = [f"intersection size {result.size}; the segment of every shared customer is known here"]
-        write_outputs(output_dir, None, ledger_for(session, notes))
+        write_outputs(io.output_dir, None, ledger_for(session, notes))
     return out
 
 
@@ -463,24 +467,20 @@ def assign_host(
     job: Job,
     data: pd.DataFrame,
     model: SegmentModel,
+    io: PartyIO = PartyIO(),
     *,
-    id_column: str = "id",
     policy: SegmentPolicy | None = None,
     keypair: tuple[PublicKey, PrivateKey] | None = None,
-    output_dir: Path | None = None,
-    workers: WorkerPool | None = None,
 ) -> int:
+    """Scoring at a host: its local cluster of every new shared customer goes, encrypted, into the chain."""
     policy = policy or SegmentPolicy()
-    session.guard(lambda: model.local_clusters(data))
-    session.guard(lambda: session.agree(job.settings()))
-    result = psi.run_host(session, data[id_column], job.guest, job.psi, column=id_column)
-    session.guard(result.require_nonempty)
-    labels = model.local_clusters(result.align(data))
+    result, labels = _score_clusters(session, job, data, model, io.id_column)
     keypair = keypair or generate_keypair(int(model.options.get("key_bits", 2048)))
+    k_h = model.centroids.shape[0]
     protocol.assign_host(
-        session, job.guest, labels, model.centroids.shape[0], policy, keypair, workers=workers
+        session, job.guest, labels, k_h, policy, keypair, list(job.hosts), workers=io.workers
     )
     session.barrier("segment-assign")
-    if output_dir is not None:
-        write_outputs(output_dir, None, ledger_for(session, [f"intersection size {result.size}"]))
+    if io.output_dir is not None:
+        write_outputs(io.output_dir, None, ledger_for(session, [f"intersection size {result.size}"]))
     return result.size

@@ -24,12 +24,10 @@ nothing else:
    part of the segment centroids, i.e. its own-column means per segment.
 5. **means** (only where the host's policy allows): the host sends DP-noised means of its columns
    per segment (discrete Laplace on the sums, sensitivity of one clipped standardized row).
-6. **labels** (only with ``membership = "guest"``, one host, every host's policy allowing it): the
-   host sends its local cluster per row as an *unpacked* encrypted one-hot vector; the guest selects
-   under encryption ``[[T[g_i, h_i] + 1]] = prod_b [[1{h_i = b}]]^(T[g_i, b] + 1)`` (``T`` the cell ->
-   segment lookup), adds a 40-bit-wider mask ``r_i`` and rerandomizes; the host decrypts ``s_i + r_i``
-   (statistically hiding) and returns it; the guest removes ``r_i``. The guest learns the final
-   segment of every row and nothing about the host's local cluster beyond it.
+6. **labels** (only with ``membership = "guest"``, every host's policy allowing it, any number of
+   hosts): a chain of masked selections of the guest's cell -> segment lookup by each host's encrypted
+   one-hot local cluster in turn (``protocols/segment_labels.py``); the guest learns the final segment
+   of every row and nothing about any host's local cluster beyond it.
 
 Message table (``SEGMENT``; ``{step}`` names a cross-tab round, ``counts`` here):
 
@@ -45,8 +43,11 @@ Message table (``SEGMENT``; ``{step}`` names a cross-tab round, ``counts`` here)
 | ``segment.result`` | guest -> host | noised weight per (host local cluster, segment) | the noised size of every segment split by its own local clusters |
 | ``segment.means`` | host -> guest (policy) | DP-noised means of the host's columns per segment | the host's noised column means per segment |
 | ``segment.onehot`` | host -> guest (membership) | unpacked encrypted one-hot of the host's local cluster per row | nothing (encrypted) |
-| ``segment.masked-label`` | guest -> host (membership) | ``[[segment_i + 1 + r_i]]`` per row | nothing (statistically masked) |
-| ``segment.label`` | host -> guest (membership) | ``segment_i + 1 + r_i`` per row | the final segment of every shared customer |
+| ``segment.masked-label`` | guest -> host (membership) | its share of each row's remaining lookup entries, ``+ r`` (40 bits wider), rerandomized | nothing (statistically masked) |
+| ``session.public-key`` | guest -> host ``j-1`` (membership, 2+ hosts) | host ``j``'s public key, forwarded | the key |
+| ``segment.relay`` | guest -> host ``j-1`` (membership, 2+ hosts) | host ``j``'s encrypted one-hot, forwarded | nothing (under host ``j``'s key) |
+| ``segment.select`` | host ``j-1`` -> guest (membership, 2+ hosts) | its share selected by host ``j``'s one-hot, rerandomized | nothing (under host ``j``'s key) |
+| ``segment.label`` | last host -> guest (membership) | ``segment_i + 1 + r_i`` per row | the final segment of every shared customer |
 
 Never: the guest never sees a host column value, a host's local cluster of a row, or a per-row
 distance; a host never sees the guest's columns, outcome, local clusters, the lookup table, or any
@@ -56,27 +57,32 @@ row's segment.
 from __future__ import annotations
 
 import math
-import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import gmpy2
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from gmpy2 import mpz
 
-from vfl.analytics import crosstab as ct
 from vfl.analytics.dp import discrete_laplace, noise_variance
-from vfl.crypto import PrivateKey, PublicKey, RandomnessPool, WorkerPool, ints_from_arrow, ints_to_arrow
-from vfl.crypto.arrow import KIND, ciphertext_table, table_ciphertexts
-from vfl.crypto.randomness import randomizers
-from vfl.errors import ConfigError, IntegrityError, ProtocolError
+from vfl.crypto import PrivateKey, PublicKey, WorkerPool
+from vfl.errors import ProtocolError
 from vfl.protocols.crosstab import GUEST_CODE as GUEST_CODE
 from vfl.protocols.crosstab import HOST_CODE as HOST_CODE
 from vfl.protocols.crosstab import OUTCOME, XT_MESSAGES, crosstab_guest, crosstab_host
 from vfl.protocols.crosstab import crosstab_options as crosstab_options
-from vfl.protocols.messages import BOOL, FIXED, FLOAT, INT, TEXT, Protocol, message, one
+from vfl.protocols.messages import FLOAT, INT, TEXT, Protocol, message
+from vfl.protocols.segment_labels import (
+    LABEL_MESSAGES,
+    POLICY,
+    assign_guest,
+    assign_host,
+    labels_guest,
+    labels_host,
+    recv_policies,
+    require_release,
+    send_policy,
+)
 from vfl.protocols.session import Session
 from vfl.segmentation.grid import NOISE_THRESHOLD, GridSegmentation, fit_grid
 from vfl.segmentation.joint import (
@@ -93,9 +99,7 @@ from vfl.segmentation.profiles import enforce_min_size
 SEGMENT = Protocol(
     "segment",
     (
-        message("segment.policy", "segment/policy", "host", "guest",
-                "each host's segmentation policy (membership release, shared means)",
-                rows=1, release_membership=BOOL, share_means=BOOL),
+        POLICY,
         *XT_MESSAGES,
         message("segment.geometry", "segment/geometry", "host", "guest",
                 "the squared distances between each host's local cluster means (their shape up to "
@@ -106,24 +110,16 @@ SEGMENT = Protocol(
         message("segment.means", "segment/means", "host", "guest",
                 "DP-noised means of a host's columns per segment (only where its policy allows)",
                 segment=INT, column=TEXT, mean=FLOAT),
-        message("segment.onehot", "segment/labels/onehot", "host", "guest",
-                "nothing from the encrypted one-hot local clusters (membership release only)",
-                ciphertext=FIXED),
-        message("segment.masked-label", "segment/labels/masked", "guest", "host",
-                "nothing (statistically masked segment labels)", ciphertext=FIXED),
-        message("segment.label", "segment/labels/unmasked", "host", "guest",
-                "the final segment of every shared customer (only when every host's policy allows "
-                "membership release)", value=FIXED),
+        *LABEL_MESSAGES,
     ),
     never={
         "guest": ("any host column value", "a host's local cluster of any row", "any per-row distance"),
         "host": ("guest columns", "the outcome", "the guest's local clusters", "any row's segment"),
     },
 )  # fmt: skip
-(POLICY, XT_LAYOUT, XT_ROWS, XT_SEALED, XT_REPLY, GEOMETRY, RESULT, MEANS, ONEHOT, MASKED_LABEL,
- LABEL) = SEGMENT.messages  # fmt: skip
+XT_LAYOUT, XT_ROWS, XT_SEALED, XT_REPLY = XT_MESSAGES
+GEOMETRY, RESULT, MEANS = SEGMENT.messages[1 + len(XT_MESSAGES) : 4 + len(XT_MESSAGES)]
 
-MASK_BITS = 40  # statistical hiding of a masked segment label
 CLIP = CLIP_SIGMA  # standardized values are clipped here (the sensitivity of a shared mean)
 
 
@@ -183,27 +179,9 @@ def run_guest(
     """The guest's part: ``labels``/``centroids`` are its local clustering (standardized units)."""
     session.uses(SEGMENT)
     guest = session.party
-    policies = {}
-    for h in hosts:
-        t = session.recv(POLICY, h)
-        policies[h] = SegmentPolicy(bool(one(t, "release_membership")), bool(one(t, "share_means")))
-
-    def check_membership() -> None:
-        if options.membership != "guest":
-            return
-        if len(hosts) > 1:
-            raise ConfigError(
-                "membership release with more than one host is not supported yet; "
-                'use membership = "off" or a single host'
-            )
-        refusing = [h for h, p in policies.items() if not p.release_membership]
-        if refusing:
-            raise ConfigError(
-                f'membership = "guest" but the policy of {", ".join(refusing)} does not allow it '
-                "([segment] release_membership = true in that party's party.toml)"
-            )
-
-    session.guard(check_membership)
+    policies = recv_policies(session, hosts)
+    if options.membership == "guest":
+        session.guard(lambda: require_release(policies, 'membership = "guest"'))
     k_g = int(centroids.shape[0])
     tables: dict[str, np.ndarray] = {}
     positives_tables: dict[str, np.ndarray] = {}
@@ -303,50 +281,10 @@ def run_guest(
             host_means[h] = frame.reindex(range(k_final))
     seg_labels = None
     if options.membership == "guest":
-        seg_labels = _labels_guest(
-            session, hosts[0], keys[hosts[0]], labels, lookup, tables[hosts[0]].shape[1], workers
-        )
+        seg_labels = labels_guest(session, hosts, keys, labels, lookup, workers)
     return GuestSegments(
         grid, lookup, sizes, positives, own, host_means, seg_labels, policies, tables, noise_var
     )
-
-
-def _labels_guest(
-    session: Session,
-    host: str,
-    pk: PublicKey,
-    labels: np.ndarray,
-    lookup: np.ndarray,
-    k_h: int,
-    workers: WorkerPool | None,
-) -> np.ndarray:
-    onehot = table_ciphertexts(session.recv(ONEHOT, host), pk, f"one-hot rows from {host!r}")
-    n_rows = len(labels)
-    if len(onehot) != n_rows * k_h:
-        raise IntegrityError(f"expected {n_rows * k_h} one-hot ciphertexts from {host!r}, got {len(onehot)}")
-    table = lookup + 1  # 0: withheld segment
-    k_plus = int(table.max()) + 1
-    bound = 1 << (MASK_BITS + k_plus.bit_length())
-    n, n2 = pk.n, pk.n_square
-    masks = [secrets.randbelow(bound) for _ in range(n_rows)]
-    rands = randomizers(pk, n_rows, workers)
-    out = []
-    for i, g in enumerate(np.asarray(labels).tolist()):
-        c = mpz(1)
-        base = i * k_h
-        for b, e in enumerate(table[g].tolist()):
-            if e:
-                c = c * gmpy2.powmod(onehot[base + b], e, n2) % n2
-        c = c * (1 + masks[i] * n) % n2 * rands[i] % n2
-        out.append(c)
-    session.send(MASKED_LABEL, host, ciphertext_table(out, pk, {KIND: b"segment.masked-label"}))
-    values = ints_from_arrow(session.recv(LABEL, host))
-    if len(values) != n_rows:
-        raise IntegrityError(f"expected {n_rows} labels from {host!r}, got {len(values)}")
-    seg = np.array([v - m for v, m in zip(values, masks, strict=True)], dtype=np.int64) - 1
-    if seg.size and (seg.min() < -1 or seg.max() >= k_plus - 1):
-        raise IntegrityError(f"the labels from {host!r} do not decode to segments")
-    return seg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -366,6 +304,7 @@ def run_host(
     guest_clusters: int,  # the most local clusters the guest may have (the k_p rule's value)
     has_outcome: bool,
     column_names: Sequence[str] = (),
+    hosts: Sequence[str] = (),  # the job's hosts in order (the label chain's order)
     scaler: tuple[np.ndarray, np.ndarray] | None = None,
     workers: WorkerPool | None = None,
 ) -> HostSegments:
@@ -376,8 +315,7 @@ def run_host(
     """
     session.uses(SEGMENT)
     pk, _ = keypair
-    session.send(POLICY, guest, pa.table({"release_membership": [policy.release_membership],
-                                          "share_means": [policy.share_means]}))  # fmt: skip
+    send_policy(session, guest, policy)
     k_h = int(centroids.shape[0])
     session.hand_out_key(pk, [guest])
     xt_options = crosstab_options(
@@ -408,7 +346,7 @@ def run_host(
     if policy.share_means:
         session.send(MEANS, guest, _noised_means(own, sizes, options, column_names, scaler))
     if options.membership == "guest":
-        _labels_host(session, guest, labels, k_h, keypair, workers)
+        labels_host(session, guest, labels, k_h, keypair, hosts or (session.party,), workers)
     return HostSegments(marginal, sizes, own)
 
 
@@ -439,79 +377,6 @@ def _noised_means(
     return pa.table({"segment": seg, "column": [names[c] for c in col], "mean": out.ravel().astype(float)})
 
 
-def _labels_host(
-    session: Session,
-    guest: str,
-    labels: np.ndarray,
-    k_h: int,
-    keypair: tuple[PublicKey, PrivateKey],
-    workers: WorkerPool | None,
-) -> None:
-    pk, sk = keypair
-    flat = np.zeros((len(labels), k_h), dtype=np.int64)
-    flat[np.arange(len(labels)), np.asarray(labels)] = 1
-    pool = RandomnessPool(sk, workers)
-    pool.fill(flat.size)
-    cts = ct.encrypt_rows(pk, flat.ravel().tolist(), randomness=pool)
-    session.send(ONEHOT, guest, ciphertext_table(cts, pk, {KIND: b"segment.onehot"}))
-    masked = table_ciphertexts(session.recv(MASKED_LABEL, guest), pk, "masked labels")
-    if len(masked) != len(labels):
-        raise IntegrityError(f"expected {len(labels)} masked labels from {guest!r}, got {len(masked)}")
-    plain = sk.decrypt_raw(masked, workers)
-    session.send(LABEL, guest, ints_to_arrow([int(p) for p in plain]))
-
-
-def assign_guest(
-    session: Session,
-    host: str,
-    labels: np.ndarray,
-    lookup: np.ndarray,
-    *,
-    workers: WorkerPool | None = None,
-) -> np.ndarray:
-    """Scoring: the segment of every aligned new row, from a segment model (one host, policy allowing it)."""
-    session.uses(SEGMENT)
-    t = session.recv(POLICY, host)
-
-    def check() -> None:
-        if not bool(one(t, "release_membership")):
-            raise ConfigError(
-                f"assigning customers to segments releases each one's segment at the guest, and the policy "
-                f"of {host!r} does not allow it ([segment] release_membership = true in its party.toml)"
-            )
-
-    session.guard(check)
-    pk = session.receive_key(host)
-    return _labels_guest(session, host, pk, labels, lookup, lookup.shape[1], workers)
-
-
-def assign_host(
-    session: Session,
-    guest: str,
-    labels: np.ndarray,
-    k_h: int,
-    policy: SegmentPolicy,
-    keypair: tuple[PublicKey, PrivateKey],
-    *,
-    workers: WorkerPool | None = None,
-) -> None:
-    """Scoring, host side: our local cluster of every aligned new row, encrypted and selected by the guest."""
-    session.uses(SEGMENT)
-    session.send(POLICY, guest, pa.table({"release_membership": [policy.release_membership],
-                                          "share_means": [policy.share_means]}))  # fmt: skip
-
-    def check() -> None:
-        if not policy.release_membership:
-            raise ConfigError(
-                "assigning customers to segments releases each one's segment at the guest, which this "
-                "party's policy does not allow ([segment] release_membership in party.toml)"
-            )
-
-    session.guard(check)
-    session.hand_out_key(keypair[0], [guest])
-    _labels_host(session, guest, labels, k_h, keypair, workers)
-
-
 def policies_table(policies: Mapping[str, SegmentPolicy]) -> dict[str, dict[str, bool]]:
     return {
         h: {"release_membership": p.release_membership, "share_means": p.share_means}
@@ -522,6 +387,8 @@ def policies_table(policies: Mapping[str, SegmentPolicy]) -> dict[str, dict[str,
 __all__ = [
     "SEGMENT",
     "GuestSegments",
+    "assign_guest",
+    "assign_host",
     "HostSegments",
     "crosstab_guest",
     "crosstab_host",

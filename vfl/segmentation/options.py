@@ -12,16 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from vfl.constraints import (
-    Boolean,
-    ConstraintList,
-    InstanceOf,
-    Interval,
-    Options,
-    OptionsTable,
-    Sentinel,
-    String,
-)
+from vfl import constraints as vc
+from vfl.constraints import ConstraintList, OptionsTable
 from vfl.errors import ConfigError
 
 MEMBERSHIP = ("off", "guest")
@@ -44,7 +36,7 @@ class SegmentOptions(OptionsTable):
       give every segment ``min_size`` rows is refused.
     * ``outcome``: a 0/1 column of the guest profiled per segment (rate with a Wilson interval).
     * ``membership``: ``"guest"`` asks for each shared customer's segment at the guest; every host's
-      party.toml must allow it (``[segment] release_membership = true``). One host only for now.
+      party.toml must allow it (``[segment] release_membership = true``); any number of hosts.
     * ``means_epsilon``: the DP budget of a host's noised column means per segment (sent only where its
       policy ``share_means`` allows).
     * ``key_bits``, ``seed``, ``n_init``.
@@ -69,20 +61,20 @@ class SegmentOptions(OptionsTable):
 
     _option_label: ClassVar[str] = "segment option"
     _parameter_constraints: ClassVar[dict[str, ConstraintList]] = {
-        "k": [Interval(int, 1, None, closed="left")],
-        "weights": [InstanceOf(dict, "a table {party = weight}"), None],
-        "local_k": [Interval(int, 0, None, closed="left", note="0 picks it from the audience size")],
-        "min_mean_cell": [Interval(float, 0, None, closed="neither")],
-        "epsilon": [Interval(float, 0, None, closed="neither")],
-        "k_threshold": [Interval(int, 2, None, closed="left")],
-        "min_size": [Interval(int, 2, None, closed="left")],
-        "small_segments": [Options(str, SMALL_SEGMENTS)],
-        "outcome": [String(1), Sentinel("", None, "no outcome"), None],
-        "membership": [Options(str, MEMBERSHIP)],
-        "means_epsilon": [Interval(float, 0, None, closed="neither")],
-        "key_bits": [Options(int, KEY_BITS)],
-        "seed": [Interval(int, 0, None, closed="left")],
-        "n_init": [Interval(int, 1, None, closed="left")],
+        "k": [vc.Interval(int, 1, None, closed="left")],
+        "weights": [vc.InstanceOf(dict, "a table {party = weight}"), None],
+        "local_k": [vc.Interval(int, 0, None, closed="left", note="0 picks it from the audience size")],
+        "min_mean_cell": [vc.Interval(float, 0, None, closed="neither")],
+        "epsilon": [vc.Interval(float, 0, None, closed="neither")],
+        "k_threshold": [vc.Interval(int, 2, None, closed="left")],
+        "min_size": [vc.Interval(int, 2, None, closed="left")],
+        "small_segments": [vc.Options(str, SMALL_SEGMENTS)],
+        "outcome": [vc.String(1), vc.Sentinel("", None, "no outcome"), None],
+        "membership": [vc.Options(str, MEMBERSHIP)],
+        "means_epsilon": [vc.Interval(float, 0, None, closed="neither")],
+        "key_bits": [vc.Options(int, KEY_BITS)],
+        "seed": [vc.Interval(int, 0, None, closed="left")],
+        "n_init": [vc.Interval(int, 1, None, closed="left")],
     }
 
     def _cross_field_rules(self) -> None:
@@ -120,8 +112,8 @@ class SegmentPolicy(OptionsTable):
 
     _option_label: ClassVar[str] = "segment policy"
     _parameter_constraints: ClassVar[dict[str, ConstraintList]] = {
-        "release_membership": [Boolean(note="allow each shared customer's segment at the guest")],
-        "share_means": [Boolean(note="allow DP-noised means of this party's columns per segment")],
+        "release_membership": [vc.Boolean(note="allow each shared customer's segment at the guest")],
+        "share_means": [vc.Boolean(note="allow DP-noised means of this party's columns per segment")],
     }
 
     @classmethod
