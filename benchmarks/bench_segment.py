@@ -1,6 +1,7 @@
 """The ``segment`` job end to end against an encrypted cross-tab of the same size, same run.
 
     python benchmarks/bench_segment.py [--rows 25000 100000] [--k 8] [--key-bits 2048] [--workers 1]
+    python benchmarks/bench_segment.py --rows 1000000      # the issue's size (~15+ min, several GB)
 
 Two parties (``vfl.segmentation.synthetic.marketing_like``: a retailer and a bank, 8 columns each),
 K segments, ``k_p`` from the default rule. Each measurement runs in its own child process (so its
@@ -31,6 +32,7 @@ import time
 
 import numpy as np
 import pandas as pd
+from _segment import print_header, segment_parser
 
 
 def _frames(n: int, seed: int) -> tuple[list[pd.DataFrame], list[np.ndarray]]:
@@ -122,29 +124,22 @@ def child(mode: str, n: int, k: int, key_bits: int, workers: int, seed: int) -> 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, nargs="+", default=[25_000, 100_000])
-    ap.add_argument("--k", type=int, default=8)
+    ap = segment_parser(__doc__, [25_000, 100_000])
     ap.add_argument("--key-bits", type=int, default=2048)
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--child", nargs=2, metavar=("MODE", "ROWS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         mode, rows = args.child
         print(json.dumps(child(mode, int(rows), args.k, args.key_bits, args.workers, args.seed)))
         return
-    print(
+    print_header(
         f"segment job vs encrypted cross-tab of the same size: 2 parties x 8 columns, K={args.k}, "
-        f"{args.key_bits}-bit, {args.workers} crypto worker(s), {os.cpu_count()} cores on the machine, "
-        f"load {os.getloadavg()[0]:.1f}"
-    )
-    header = (
+        f"{args.key_bits}-bit, {args.workers} crypto worker(s)",
         f"{'rows':>8} {'k_g x k_h':>9} {'cross-tab s':>11} {'segment s':>10} {'time ratio':>10} "
-        f"{'local k-means s':>15} {'xt MB':>7} {'seg MB':>7} {'mem ratio':>9} {'objective':>9} {'ARI':>6}"
+        f"{'local k-means s':>15} {'xt MB':>7} {'seg MB':>7} {'mem ratio':>9} {'objective':>9} {'ARI':>6} "
+        f"{'load':>5}",
     )
-    print(header)
-    print("-" * len(header))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     for n in args.rows:
         res = {}
@@ -157,7 +152,8 @@ def main() -> None:
         print(
             f"{n:>8} {str(seg['k_g']) + 'x' + str(seg['k_h']):>9} {xt['seconds']:>11.1f} {seg['seconds']:>10.1f} "
             f"{seg['seconds'] / xt['seconds']:>10.2f} {seg['local_seconds']:>15.1f} {xt['peak_mb']:>7.0f} {seg['peak_mb']:>7.0f} "
-            f"{seg['peak_mb'] / xt['peak_mb']:>9.2f} {seg['ratio']:>9.3f} {seg['ari']:>6.3f}",
+            f"{seg['peak_mb'] / xt['peak_mb']:>9.2f} {seg['ratio']:>9.3f} {seg['ari']:>6.3f} "
+            f"{os.getloadavg()[0]:>5.1f}",
             flush=True,
         )
 

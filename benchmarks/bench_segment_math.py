@@ -20,11 +20,10 @@ The cross-tab itself (an encrypted protocol) is not timed here; its plaintext re
 
 from __future__ import annotations
 
-import argparse
-import os
 import time
 
 import numpy as np
+from _segment import print_header, segment_parser
 from threadpoolctl import threadpool_limits
 
 from vfl.segmentation.grid import cross_tab, fit_grid
@@ -58,23 +57,16 @@ def run(n: int, k: int, epsilon: float, seed: int) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
-    ap.add_argument("--k", type=int, default=8)
+    ap = segment_parser(__doc__, [100_000, 1_000_000])
     ap.add_argument("--epsilon", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    print(
+    print_header(
         f"grid k-means vs centralized KMeans: 2 parties x 8 columns, K={args.k}, epsilon={args.epsilon} "
-        f"on the grid counts, {args.threads} thread(s), {os.cpu_count()} cores on the machine"
-    )
-    header = (
+        f"on the grid counts, {args.threads} thread(s)",
         f"{'rows':>9} {'k_p':>4} {'local p0 s':>10} {'local p1 s':>10} {'grid s':>8} {'central s':>10} "
-        f"{'objective ratio':>15} {'ARI':>6}"
+        f"{'objective ratio':>15} {'ARI':>6}",
     )
-    print(header)
-    print("-" * len(header))
     with threadpool_limits(limits=args.threads):
         for n in args.rows:
             r = run(n, args.k, args.epsilon, args.seed)
