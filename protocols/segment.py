@@ -96,29 +96,27 @@ from vfl.segmentation.joint import (
 from vfl.segmentation.options import SegmentOptions, SegmentPolicy
 from vfl.segmentation.profiles import enforce_min_size
 
+_AGGREGATES = (  # name (tag segment/<name>), sender, receiver, what the receiver learns, its columns
+    ("geometry", "host", "guest", "the squared distances between each host's local cluster means (their shape "
+     "up to rotation; no column, no row)", {"i": INT, "j": INT, "d2": FLOAT}),
+    ("result", "guest", "host", "the noised size of every segment split by its own local clusters",
+     {"cluster": INT, "segment": INT, "weight": FLOAT}),
+    ("means", "host", "guest", "DP-noised means of a host's columns per segment (only where its policy allows)",
+     {"segment": INT, "column": TEXT, "mean": FLOAT}),
+)  # fmt: skip
+GEOMETRY, RESULT, MEANS = (
+    message(f"segment.{name}", f"segment/{name}", frm, to, learns, **columns)
+    for name, frm, to, learns, columns in _AGGREGATES
+)
 SEGMENT = Protocol(
     "segment",
-    (
-        POLICY,
-        *XT_MESSAGES,
-        message("segment.geometry", "segment/geometry", "host", "guest",
-                "the squared distances between each host's local cluster means (their shape up to "
-                "rotation; no column, no row)", i=INT, j=INT, d2=FLOAT),
-        message("segment.result", "segment/result", "guest", "host",
-                "the noised size of every segment split by its own local clusters",
-                cluster=INT, segment=INT, weight=FLOAT),
-        message("segment.means", "segment/means", "host", "guest",
-                "DP-noised means of a host's columns per segment (only where its policy allows)",
-                segment=INT, column=TEXT, mean=FLOAT),
-        *LABEL_MESSAGES,
-    ),
+    (POLICY, *XT_MESSAGES, GEOMETRY, RESULT, MEANS, *LABEL_MESSAGES),
     never={
         "guest": ("any host column value", "a host's local cluster of any row", "any per-row distance"),
         "host": ("guest columns", "the outcome", "the guest's local clusters", "any row's segment"),
     },
-)  # fmt: skip
+)
 XT_LAYOUT, XT_ROWS, XT_SEALED, XT_REPLY = XT_MESSAGES
-GEOMETRY, RESULT, MEANS = SEGMENT.messages[1 + len(XT_MESSAGES) : 4 + len(XT_MESSAGES)]
 
 CLIP = CLIP_SIGMA  # standardized values are clipped here (the sensitivity of a shared mean)
 
