@@ -123,10 +123,21 @@ def child(mode: str, n: int, k: int, key_bits: int, workers: int, seed: int) -> 
     return out
 
 
+def _result(proc: subprocess.Popen) -> dict:
+    out, _ = proc.communicate()
+    if proc.returncode:
+        raise SystemExit(f"a benchmark child failed (exit {proc.returncode})")
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = segment_parser(__doc__, [25_000, 100_000])
     ap.add_argument("--key-bits", type=int, default=2048)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument(
+        "--parallel", action="store_true",
+        help="run the cross-tab and the segment job at the same time (same load for both; twice the memory)",
+    )  # fmt: skip
     ap.add_argument("--child", nargs=2, metavar=("MODE", "ROWS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -142,12 +153,15 @@ def main() -> None:
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     for n in args.rows:
-        res = {}
+        res, procs = {}, {}
         for mode in ("crosstab", "segment"):
             cmd = [sys.executable, __file__, "--child", mode, str(n), "--k", str(args.k),
                    "--key-bits", str(args.key_bits), "--workers", str(args.workers), "--seed", str(args.seed)]  # fmt: skip
-            done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-            res[mode] = json.loads(done.stdout.strip().splitlines()[-1])
+            procs[mode] = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+            if not args.parallel:
+                res[mode] = _result(procs[mode])
+        for mode, proc in procs.items():
+            res.setdefault(mode, _result(proc))
         xt, seg = res["crosstab"], res["segment"]
         print(
             f"{n:>8} {str(seg['k_g']) + 'x' + str(seg['k_h']):>9} {xt['seconds']:>11.1f} {seg['seconds']:>10.1f} "

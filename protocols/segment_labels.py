@@ -42,7 +42,7 @@ from vfl.crypto import PrivateKey, PublicKey, RandomnessPool, WorkerPool, ints_f
 from vfl.crypto.arrow import KIND, ciphertext_table, table_ciphertexts
 from vfl.crypto.randomness import randomizers
 from vfl.errors import ConfigError, IntegrityError
-from vfl.protocols.messages import BOOL, FIXED, message, one
+from vfl.protocols.messages import BOOL, FIXED, Message, message, one
 from vfl.protocols.session import PUBLIC_KEY, Session
 from vfl.segmentation.options import SegmentPolicy
 
@@ -109,7 +109,7 @@ def add_and_rerandomize(
 
 
 def _ciphertexts(
-    session: Session, msg, frm: str, pk: PublicKey, per_row: int | None, n_rows: int
+    session: Session, msg: Message, frm: str, pk: PublicKey, per_row: int | None, n_rows: int
 ) -> list[mpz]:
     cts = table_ciphertexts(session.recv(msg, frm), pk, f"{msg.name} from {frm!r}")
     if per_row is None:
