@@ -74,11 +74,51 @@ def per_row_costs(n: int, k_g: int, key_bits: int) -> dict[str, float]:
     return out
 
 
+def grid_quality(
+    n: int, k: int, guest_informative: bool, seed: int, epsilon: float = 1.0
+) -> dict[str, float]:
+    """Objective ratio / ARI against centralized KMeans of the grid k-means on the exact noised grid and on
+    the estimate from the noised pairwise tables (3 parties, plaintext: what each design would give)."""
+    from vfl.segmentation.grid import NOISE_THRESHOLD, cross_tab, fit_grid
+    from vfl.segmentation.joint import pairwise_to_grid
+    from vfl.segmentation.local import cluster_locally, default_local_k, standardize
+    from vfl.segmentation.quality import centralized_kmeans, compare, joined
+    from vfl.segmentation.synthetic import two_sided_geometric, vertical_blobs
+
+    data = vertical_blobs(n, [2, 2, 2], centers=k, cluster_std=1.0, seed=seed)
+    rng = np.random.default_rng(seed)
+    parts = list(data.parts)
+    if not guest_informative:  # the guest's columns say nothing about the clusters the hosts share
+        parts[0] = rng.normal(size=parts[0].shape)
+    kp = default_local_k(k, 2, n)
+    locs = [cluster_locally(p, kp, seed=seed, party=f"party {i}") for i, p in enumerate(parts)]
+    labels = [loc.labels for loc in locs]
+    cents = [loc.centroids for loc in locs]
+    exact = cross_tab(labels, [loc.k for loc in locs])
+    exact = exact + two_sided_geometric(exact.shape, epsilon, rng)
+    pairs = []
+    for h in (1, 2):
+        t = cross_tab([labels[0], labels[h]], [locs[0].k, locs[h].k])
+        t = t + two_sided_geometric(t.shape, epsilon, rng)
+        pairs.append(np.where(t > NOISE_THRESHOLD / epsilon, t, 0.0))
+    x = joined([standardize(p)[0] for p in parts])
+    ref = centralized_kmeans(x, k, seed=0)
+    out = {}
+    for name, counts, kw in (("exact", exact, {"epsilon": epsilon}),
+                             ("estimate", pairwise_to_grid(pairs), {"min_count": 0.0})):  # fmt: skip
+        grid = fit_grid(cents, counts, k, seed=seed, **kw)
+        q = compare(x, grid.assign(labels), ref)
+        out[f"{name} ratio"], out[f"{name} ari"] = q.ratio, q.ari
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=4000)
     ap.add_argument("--k-g", type=int, default=32, help="the guest's local clusters (k_p at 100k+ rows)")
     ap.add_argument("--key-bits", type=int, default=2048)
+    ap.add_argument("--quality-rows", type=int, default=3000)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args()
     from threadpoolctl import threadpool_limits
 
@@ -117,6 +157,20 @@ def main() -> None:
         (f"shift packing (k_h <= {c['k per host (shift packing)']})", shift, 2 * b / 1024),
     ):
         print(f"{name:<44} {cost * 1e3:>9.3f} {cost / pair:>19.1f} {kb:>9.1f}")
+
+    header = f"{'3 parties, K=4, eps=1':<32} {'seed':>4} {'exact ratio':>11} {'ARI':>6} {'estimate ratio':>14} {'ARI':>6}"
+    print(f"\nquality of the grid k-means on each grid ({args.quality_rows} rows, blobs 2+2+2 columns)")
+    print(header)
+    print("-" * len(header))
+    for informative in (True, False):
+        for seed in args.seeds:
+            q = grid_quality(args.quality_rows, 4, informative, seed)
+            label = "guest columns informative" if informative else "guest columns pure noise"
+            print(
+                f"{label:<32} {seed:>4} {q['exact ratio']:>11.3f} {q['exact ari']:>6.3f} "
+                f"{q['estimate ratio']:>14.3f} {q['estimate ari']:>6.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
