@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from vfl.crypto import generate_keypair
 from vfl.errors import ConfigError, DataError
 from vfl.io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable
 from vfl.ledger import Ledger
+from vfl.parties.budget import reserve_budget
 from vfl.parties.common import Job, ledger_for
 from vfl.protocols import audience as protocol
 from vfl.protocols import psi
@@ -54,6 +56,7 @@ class AudienceRun:
     ledger: Ledger | None = None
     outputs: dict[str, Path] = field(default_factory=dict)
     noise_disabled_for_tests: bool = False
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step (PSI, encryption, fold, ...)
 
 
 # --- local checks ---------------------------------------------------------------------------------
@@ -104,11 +107,35 @@ def check_inputs(
     return categories
 
 
-# --- the budget -----------------------------------------------------------------------------------
+# --- the start of a job ---------------------------------------------------------------------------
 
 
 def _partners(job: Job, role: str) -> list[str]:
     return list(job.hosts) if role == "guest" else [job.guest]
+
+
+def _start(
+    session: Any,
+    job: Job,
+    data: pd.DataFrame,
+    id_column: str,
+    label: str | None,
+    offered: list[str] | None,
+    output_dir: Path | None,
+    budget: PrivacyBudget | None,
+) -> tuple[AudienceJobOptions, dict[str, tuple]]:
+    """Local checks, the agreement and the budget reservation: everything before any data moves."""
+    options = options_of(job)
+    me = session.party
+    categories = session.guard(
+        lambda: check_inputs(job, me, data, id_column=id_column, label=label, offered=offered)
+    )
+    if output_dir is not None:
+        session.guard(lambda: check_writable(output_dir))
+    session.guard(lambda: session.agree(job.settings()))
+    spends = dict.fromkeys(_partners(job, session.role), options.epsilon)
+    reserve_budget(session, job, budget, spends)
+    return options, categories
 
 
 # --- released numbers -----------------------------------------------------------------------------
@@ -158,16 +185,9 @@ def run_guest(
     budget: PrivacyBudget | None = None,
     disable_noise_for_tests: bool = False,
 ) -> AudienceRun:
-    options = options_of(job)
-    mech = options.mechanism
-    me = session.party
-    categories = session.guard(
-        lambda: check_inputs(job, me, data, id_column=id_column, label=label, offered=offered)
-    )
-    if output_dir is not None:
-        session.guard(lambda: check_writable(output_dir))
-    session.guard(lambda: session.agree(job.settings()))
-    _reserve(session, job, budget, options.epsilon)
+    options, categories = _start(session, job, data, id_column, label, offered, output_dir, budget)
+    mech, me = options.mechanism, session.party
+    timings: dict[str, float] = {}
     exposed = False
     try:
         psi_options = dataclasses.replace(job.psi, tag=protocol.PSI_TAG)
@@ -176,7 +196,9 @@ def run_guest(
         shared: dict[str, np.ndarray] = {}
         sizes: dict[str, int] = {me: len(data)}
         for host in job.hosts:
+            started = time.perf_counter()
             result = psi.run_guest(session, data[id_column], [host], psi_options, column=id_column)
+            timings["psi"] = timings.get("psi", 0.0) + time.perf_counter() - started
             shared[host] = result.rows
             sizes[host] = int(result.set_sizes.get(host, 0))
             session.guard(result.require_nonempty)
@@ -187,7 +209,7 @@ def run_guest(
                 lambda host=host, aligned=aligned, cells=cells: protocol.run_guest(
                     session, host, mech, key_bits=options.key_bits, guest_categories=categories,
                     guest_cells=cells, guest_metrics=aligned[metrics] if metrics else None, workers=workers,
-                    disable_noise_for_tests=disable_noise_for_tests,
+                    disable_noise_for_tests=disable_noise_for_tests, timings=timings,
                 )
             )  # fmt: skip
         session.barrier("audience")
@@ -219,7 +241,7 @@ def run_guest(
             })  # fmt: skip
     run = AudienceRun(
         me, "guest", overlap, {h: p.released for h, p in pairs.items()}, by_segment, released,
-        noise_disabled_for_tests=disable_noise_for_tests,
+        noise_disabled_for_tests=disable_noise_for_tests, timings=timings,
     )  # fmt: skip
     _complete(session, job, run, budget, output_dir)
     return run
@@ -238,20 +260,15 @@ def run_host(
     keypair: Any = None,
     disable_noise_for_tests: bool = False,
 ) -> AudienceRun:
-    options = options_of(job)
-    mech = options.mechanism
-    me, guest = session.party, job.guest
-    categories = session.guard(
-        lambda: check_inputs(job, me, data, id_column=id_column, label=None, offered=offered)
-    )
-    if output_dir is not None:
-        session.guard(lambda: check_writable(output_dir))
-    session.guard(lambda: session.agree(job.settings()))
-    _reserve(session, job, budget, options.epsilon)
+    options, categories = _start(session, job, data, id_column, None, offered, output_dir, budget)
+    mech, me, guest = options.mechanism, session.party, job.guest
+    timings: dict[str, float] = {}
     exposed = False
     try:
         psi_options = dataclasses.replace(job.psi, tag=protocol.PSI_TAG)
+        started = time.perf_counter()
         result = psi.run_host(session, data[id_column], guest, psi_options, column=id_column)
+        timings["psi"] = time.perf_counter() - started
         session.guard(result.require_nonempty)
         aligned = data.iloc[result.rows].reset_index(drop=True)
         segments, metrics = options.columns_of(me)
@@ -260,10 +277,11 @@ def run_host(
         exposed = True
         layout, released_frame = session.guard(
             lambda: protocol.run_host(
-                session, guest, mech, keypair, host_categories=categories,
-                host_segments=aligned[segments] if segments else None,
-                host_metrics=aligned[metrics] if metrics else None, rows=result.size, workers=workers,
-                disable_noise_for_tests=disable_noise_for_tests,
+                session, guest, mech, keypair, protocol.HostRows(
+                    categories, aligned[segments] if segments else None,
+                    aligned[metrics] if metrics else None, result.size,
+                ),
+                workers=workers, disable_noise_for_tests=disable_noise_for_tests, timings=timings,
             )
         )  # fmt: skip
         session.barrier("audience")
@@ -282,29 +300,10 @@ def run_host(
     released.extend(released_numbers(layout, released_frame, guest, me))
     run = AudienceRun(
         me, "host", overlap, {guest: released_frame}, None, released,
-        noise_disabled_for_tests=disable_noise_for_tests,
+        noise_disabled_for_tests=disable_noise_for_tests, timings=timings,
     )  # fmt: skip
     _complete(session, job, run, budget, output_dir)
     return run
-
-
-def _reserve(session: Any, job: Job, budget: PrivacyBudget | None, epsilon: float) -> None:
-    if budget is None:
-        return
-    partners = _partners(job, session.role)
-
-    def reserve() -> None:
-        done = []
-        try:
-            for partner in partners:
-                budget.reserve(job.id, partner, epsilon)
-                done.append(partner)
-        except BaseException:
-            if done:
-                budget.release(job.id)
-            raise
-
-    session.guard(reserve)
 
 
 def _finish(budget: PrivacyBudget | None, job_id: str, exposed: bool) -> None:
