@@ -138,6 +138,20 @@ def _start(
     return options, categories
 
 
+def host_order(
+    result: Any, host: str, cells: np.ndarray, metrics: pd.DataFrame
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """The guest's cells and metric values by the host's rows (its PSI order): the host encrypts every
+    row it has (it never learns which are shared), the guest folds those it shares (cell -1: skipped)."""
+    positions = result.host_positions[host]
+    n_host = int(result.set_sizes[host])
+    by_row = np.full(n_host, -1, dtype=np.int64)
+    by_row[positions] = cells
+    values = pd.DataFrame(0.0, index=range(n_host), columns=list(metrics.columns))
+    values.iloc[positions] = metrics.to_numpy(dtype=np.float64)
+    return by_row, values
+
+
 # --- released numbers -----------------------------------------------------------------------------
 
 
@@ -190,7 +204,7 @@ def run_guest(
     timings: dict[str, float] = {}
     exposed = False
     try:
-        psi_options = dataclasses.replace(job.psi, tag=protocol.PSI_TAG)
+        psi_options = dataclasses.replace(job.psi, tag=protocol.PSI_TAG, reveal=protocol.PSI_REVEAL)
         _, metrics = options.columns_of(me)
         pairs: dict[str, protocol.PairResult] = {}
         shared: dict[str, np.ndarray] = {}
@@ -203,12 +217,12 @@ def run_guest(
             sizes[host] = int(result.set_sizes.get(host, 0))
             session.guard(result.require_nonempty)
             aligned = data.iloc[result.rows].reset_index(drop=True)
-            cells = ct.cell_codes(aligned, categories)
+            cells, by_row = host_order(result, host, ct.cell_codes(aligned, categories), aligned[metrics])
             exposed = True  # from here on noised numbers may have been seen
             pairs[host] = session.guard(
-                lambda host=host, aligned=aligned, cells=cells: protocol.run_guest(
+                lambda host=host, by_row=by_row, cells=cells: protocol.run_guest(
                     session, host, mech, key_bits=options.key_bits, guest_categories=categories,
-                    guest_cells=cells, guest_metrics=aligned[metrics] if metrics else None, workers=workers,
+                    guest_cells=cells, guest_metrics=by_row if metrics else None, workers=workers,
                     disable_noise_for_tests=disable_noise_for_tests, timings=timings,
                 )
             )  # fmt: skip
@@ -265,12 +279,12 @@ def run_host(
     timings: dict[str, float] = {}
     exposed = False
     try:
-        psi_options = dataclasses.replace(job.psi, tag=protocol.PSI_TAG)
+        psi_options = dataclasses.replace(job.psi, tag=protocol.PSI_TAG, reveal=protocol.PSI_REVEAL)
         started = time.perf_counter()
         result = psi.run_host(session, data[id_column], guest, psi_options, column=id_column)
         timings["psi"] = time.perf_counter() - started
         session.guard(result.require_nonempty)
-        aligned = data.iloc[result.rows].reset_index(drop=True)
+        ordered = data.iloc[result.shuffled_rows].reset_index(drop=True)  # every row, in its PSI order
         segments, metrics = options.columns_of(me)
         if keypair is None or keypair[0].bits != options.key_bits:
             keypair = generate_keypair(options.key_bits)
@@ -278,8 +292,8 @@ def run_host(
         layout, released_frame = session.guard(
             lambda: protocol.run_host(
                 session, guest, mech, keypair, protocol.HostRows(
-                    categories, aligned[segments] if segments else None,
-                    aligned[metrics] if metrics else None, result.size,
+                    categories, ordered[segments] if segments else None,
+                    ordered[metrics] if metrics else None, result.size,
                 ),
                 workers=workers, disable_noise_for_tests=disable_noise_for_tests, timings=timings,
             )

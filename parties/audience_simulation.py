@@ -31,6 +31,7 @@ class AudienceResult:
 
     @property
     def overlap(self) -> pd.DataFrame:
+        """The overlap sizes at the guest (guest ∩ each host, and of all parties)."""
         return self.guest.overlap
 
     @property

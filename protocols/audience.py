@@ -61,6 +61,7 @@ log = logging.getLogger(__name__)
 
 ROWS_PER_PART = 1 << 14  # shared rows per audience.rows message (8 MiB a block at 2048 bits)
 PSI_TAG = "audience-psi"
+PSI_REVEAL = "guest-only"  # hosts learn the intersection size alone, never which of their rows are shared
 
 AUDIENCE = Protocol(
     "audience",
@@ -179,13 +180,14 @@ def run_guest(
     except json.JSONDecodeError as exc:
         raise ProtocolError(f"party '{host}' sent an unreadable layout") from exc
     cells = np.asarray(guest_cells, dtype=np.int64)
-    layout = ct.verify_layout(received, options, guest=me, host=host, key_bits=key_bits, max_rows=len(cells))
+    shared = int((cells >= 0).sum())
+    layout = ct.verify_layout(received, options, guest=me, host=host, key_bits=key_bits, max_rows=shared)
     ours = json.loads(_categories_json(guest_categories))
     if {c: list(v) for c, v in layout.guest_categories.items()} != ours:
         raise ProtocolError(f"the layout from '{host}' does not use the guest's segment categories")
     parts = int(one(reply, "parts"))
     if parts != -(-len(cells) // ROWS_PER_PART):
-        raise ProtocolError(f"party '{host}' announces {parts} row parts for {len(cells)} shared rows")
+        raise ProtocolError(f"party '{host}' announces {parts} row parts for {len(cells)} rows")
     ct.check_cells(cells, layout)
     gq = ct.guest_exponents(guest_metrics, layout, len(cells))
     args = ct.fold_args(layout, public_key)
@@ -226,12 +228,19 @@ def run_guest(
 
 @dataclass(frozen=True)
 class HostRows:
-    """A host's shared rows, in the shared order: its segment categories, segment and metric columns."""
+    """A host's rows in its PSI order (all of them: it does not know which are shared), its segment
+    categories, segment and metric columns, and the intersection size ``shared`` (the most rows a cell
+    can sum: it sizes the slots)."""
 
     categories: Mapping[str, Sequence]
     segments: pd.DataFrame | None
     metrics: pd.DataFrame | None
-    count: int
+    shared: int
+
+    @property
+    def count(self) -> int:
+        frame = self.segments if self.segments is not None else self.metrics
+        return self.shared if frame is None else len(frame)
 
 
 def run_host(
@@ -259,7 +268,7 @@ def run_host(
         raise ProtocolError(f"party '{guest}' sent unreadable segment categories") from exc
     layout = ct.make_layout(
         options, guest=guest, host=me, guest_categories=guest_categories,
-        host_categories=shared.categories, rows=shared.count, key_bits=public_key.bits,
+        host_categories=shared.categories, rows=shared.shared, key_bits=public_key.bits,
     )  # fmt: skip
     frame = shared.segments if shared.segments is not None else pd.DataFrame(index=range(shared.count))
     plains = ct.encode_rows(frame, shared.metrics, layout)

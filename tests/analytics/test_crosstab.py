@@ -194,8 +194,9 @@ def test_layout_checks(joined: pd.DataFrame, host_keys) -> None:
     assert ct.Layout.from_dict(layout.to_dict()) == layout
     with pytest.raises(IntegrityError, match="slot width"):
         ct.Layout.from_dict({**layout.to_dict(), "slot_bits": layout.slot_bits - 1})
-    with pytest.raises(DataError, match="exceed the layout"):
-        ct.encode_rows(joined[["income_band"]], joined[["balance"]], layout)
+    with pytest.raises(DataError, match="exceed the layout"):  # more rows folded than the slots hold
+        rows = ct.encrypt_rows(pk, ct.encode_rows(joined[["income_band"]], joined[["balance"]], layout))
+        ct.fold(rows, np.zeros(len(joined), dtype=int), layout, pk)
     small = joined.head(50).copy()
     small["income_band"] = small["income_band"].astype(str)
     small.loc[3, "income_band"] = "lottery winner"

@@ -145,8 +145,11 @@ def guest_exponents(guest_metrics: pd.DataFrame | None, layout: Layout, n_rows: 
 
 
 def check_cells(cells: np.ndarray, layout: Layout) -> None:
-    if len(cells) > layout.rows:
-        raise DataError(f"{len(cells)} rows exceed the layout's {layout.rows}")
+    folded = int((cells >= 0).sum())
+    if folded > layout.rows:
+        raise DataError(
+            f"{folded} rows to fold exceed the layout's {layout.rows} (slots are sized for that many)"
+        )
     if len(cells) and (cells.max() >= layout.guest_cells or cells.min() < -1):
         raise DataError(
             f"guest cell codes must be in [-1, {layout.guest_cells}), got {cells.min()}..{cells.max()}"
