@@ -162,32 +162,24 @@ def run_sizes(n: int, workers: int, key_bits: int, owners: str) -> dict[str, tup
 
 def step_table(n: int, blocks: int, workers: int, guest: dict, host: dict, floor: dict) -> list[str]:
     """Where the time goes, with the arithmetic floor of the CPU-bound steps (on ``workers`` cores)."""
-    enc_floor = n * blocks * floor["encrypt"] / workers
-    fold_floor = n * blocks * floor["modmul"] / workers
+    enc_floor = n * blocks * floor["encrypt"]
+    fold_floor = n * blocks * floor["modmul"]
+    floors = {
+        "host: encrypt (cpu)": (enc_floor, f"{{per:.0f}} us per ciphertext, floor {floor['encrypt'] * 1e6:.0f} us", n * blocks),
+        "guest: fold (cpu)": (fold_floor, f"{{per:.1f}} us per row, floor {blocks} modmul = {blocks * floor['modmul'] * 1e6:.1f} us", n),
+    }  # fmt: skip
     lines = [f"    {'step':<44} | {'seconds':>8} | {'floor s':>8} | note"]
     lines.append(f"    {'PSI (audience-psi, wall)':<44} | {host.get('psi', 0.0):8.2f} | {'':>8} |")
-    for name, value in host.items():
+    for name, value in [*host.items(), *guest.items()]:
         if name == "psi":
             continue
-        note, fl = "", ""
-        if name == "host: encrypt (cpu)":
-            fl = f"{enc_floor * workers:8.2f}"
-            note = (
-                f"{value / (n * blocks) * 1e6:.0f} us per ciphertext, floor {floor['encrypt'] * 1e6:.0f} us"
-            )
-        lines.append(f"    {name:<44} | {value:8.2f} | {fl:>8} | {note}")
-    for name, value in guest.items():
-        if name == "psi":
-            continue
-        note, fl = "", ""
-        if name == "guest: fold (cpu)":
-            fl = f"{fold_floor * workers:8.2f}"
-            note = f"{value / n * 1e6:.1f} us per row, floor {blocks} modmul = {blocks * floor['modmul'] * 1e6:.1f} us"
-        lines.append(f"    {name:<44} | {value:8.2f} | {fl:>8} | {note}")
+        fl, note, units = floors.get(name, (None, "", 1))
+        cell = "" if fl is None else f"{fl:8.2f}"
+        lines.append(f"    {name:<44} | {value:8.2f} | {cell:>8} | {note.format(per=value / units * 1e6)}")
     lines.append(
-        f"    floor of the cross-tab on {workers} cores: encryption {enc_floor:.2f} s + fold {fold_floor:.2f} s "
-        f"({n:,} rows x {blocks} ciphertext(s)); (cpu) rows and the floor are CPU seconds summed over the workers, "
-        "the others wall-clock seconds"
+        f"    floor of the cross-tab on {workers} cores: encryption {enc_floor / workers:.2f} s + fold "
+        f"{fold_floor / workers:.2f} s ({n:,} rows x {blocks} ciphertext(s)); (cpu) rows and the floor are CPU "
+        "seconds summed over the workers, the others wall-clock seconds"
     )
     return lines
 
