@@ -225,12 +225,10 @@ def unpack_widths(total: int, widths: Sequence[int]) -> list[int]:
     """Balanced digits of a signed integer in slots of the given widths, lowest slot first."""
     out = []
     for w in widths:
-        half, full = 1 << (w - 1), 1 << w
-        d = total & (full - 1)
-        if d >= half:
-            d -= full
-        out.append(d)
-        total = (total - d) >> w
+        low = total & ((1 << w) - 1)
+        digit = low - ((low >> (w - 1)) << w)  # in [-2^(w-1), 2^(w-1))
+        out.append(digit)
+        total = (total - digit) >> w
     if total != 0:
         raise IntegrityError("a decoded accumulator has bits beyond its slots; the reply was altered")
     return out
