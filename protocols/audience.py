@@ -1,19 +1,23 @@
 """Joint audience analytics (DESIGN.md §13): noised cross-tabs of shared customers, guest x each host.
 
-For every host ``h`` the parties first run the PSI (``psi`` protocol, tag prefix ``audience-psi``;
-the pairwise intersection guest ∩ h, so every host gets its own table). Then, under the **host's**
-Paillier key (``[[.]]``), with the mechanisms of :mod:`vfl.analytics.crosstab`:
+For every host ``h`` the parties first run the PSI (``psi`` protocol, tag prefix ``audience-psi``,
+``reveal = "guest-only"``: the host learns the intersection size alone, never which of its rows are
+shared; every host gets its own table). Then, under the **host's** Paillier key (``[[.]]``), with the
+mechanisms of :mod:`vfl.analytics.crosstab`:
 
 1. the guest tells the host its segment columns' categories (``audience.cells``);
-2. the host builds the slot layout (its own categories, its metrics, the row count, the epsilon of
-   every released number, the slot width) and sends it (``audience.layout``), then one (or a few)
-   ciphertext(s) per shared row, in the shared order: the row's one-hot host cell and its clipped
-   metric values, packed in slots (``audience.rows``), encrypted on the key owner's CRT path;
-3. the guest folds every row into its own cell's accumulator (one modular multiplication per row),
-   raises rows to its own metric values for guest-metric sums, adds its **own full-strength noise
-   share** and a uniform mask under encryption, re-randomizes (``audience.sealed``);
-4. the host decrypts (a uniform value: it learns nothing), adds **its own full-strength noise
-   share** and replies (``audience.reply``);
+2. the host builds the slot layout (its own categories, its metrics, the intersection size, the
+   epsilon of every released number, the slot widths) and sends it (``audience.layout``), then one
+   (or a few) ciphertext(s) per row **of all its rows**, in its PSI order: the row's one-hot host cell
+   and its clipped metric values, packed in slots (``audience.rows``), encrypted on the key owner's
+   CRT path part by part (the next parts on its workers while one is sent);
+3. the guest folds each shared row into its own cell's accumulator as the parts arrive (one modular
+   multiplication per row and block; rows it does not share are skipped), raises rows to its own
+   metric values for guest-metric sums (bucket multi-exponentiation), adds its **own full-strength
+   noise share** and a mask under encryption, re-randomizes (``audience.sealed``);
+4. the host decrypts (a masked value: it learns nothing), adds **its own full-strength noise share**
+   and replies (``audience.reply``; a truncated accumulator -- a guest metric over a mixed block --
+   only its count slots, the rest is never returned);
 5. the guest removes its mask: ``value + Z_guest + Z_host``. It knows ``Z_guest`` but not
    ``Z_host``, so what it sees is an epsilon-DP release. It withholds every cell whose noised count
    is below ``k`` and sends the released table to the host (``audience.release``); the host knows
@@ -26,10 +30,10 @@ session's ``session.public-key``):
 | message | from -> to | carries | the receiver learns |
 |---|---|---|---|
 | ``audience.cells`` | guest -> host | the guest's segment columns and their categories | the guest's segment categories (declared, or those that occur in its data) |
-| ``audience.layout`` | host -> guest | the slot layout (host categories, metric names and bounds, rows, epsilon per number), number of row parts | the host's segment categories and metric names, the row count (= the intersection size it already knows) |
-| ``audience.rows`` | host -> guest | ``[[one-hot cell + metrics]]`` per shared row | nothing (encrypted under the host's key) |
-| ``audience.sealed`` | guest -> host | per guest cell ``[[acc + Z_guest + R]]``, ``R`` uniform | nothing (it decrypts uniformly masked values) |
-| ``audience.reply`` | host -> guest | ``acc + Z_guest + R + Z_host`` | the cross-tab with the host's noise share, which it does not know |
+| ``audience.layout`` | host -> guest | the slot layout (host categories, metric names and bounds, rows, epsilon per number), number of row parts | the host's segment categories and metric names, the intersection size (which it already knows) |
+| ``audience.rows`` | host -> guest | ``[[one-hot cell + metrics]]`` per host row (all, PSI order) and block | nothing (encrypted under the host's key) |
+| ``audience.sealed`` | guest -> host | per accumulator ``[[acc + Z_guest + R]]``, ``R`` uniform (truncated: in its kept bits) | nothing (it decrypts masked values) |
+| ``audience.reply`` | host -> guest | ``acc + Z_guest + R + Z_host`` (truncated: its kept bits) | the cross-tab with the host's noise share, which it does not know |
 | ``audience.release`` | guest -> host | the released cross-tab (cells below ``k`` withheld) | the released cross-tab with the guest's noise share, which it does not know |
 
 Nothing here reads a file or a config; the role runtime (``vfl.parties.audience``) does.
@@ -69,13 +73,14 @@ AUDIENCE = Protocol(
         message("audience.cells", "audience/{host}/cells", "guest", "host",
                 "the guest's segment columns and their categories", rows=1, categories=TEXT),
         message("audience.layout", "audience/{host}/layout", "host", "guest",
-                "the host's segment categories, metric names and bounds, and the number of shared rows "
+                "the host's segment categories, metric names and bounds, and the intersection size "
                 "(the slot layout: no per-row value)", rows=1, layout=TEXT, parts=INT),
         message("audience.rows", "audience/{host}/rows/{part}", "host", "guest",
-                "nothing: each shared row's host cell and metrics, encrypted under the host's key",
-                ciphertext=FIXED),
+                "nothing: every host row's cell and metrics (all its rows, in its PSI order), encrypted "
+                "under the host's key", ciphertext=FIXED),
         message("audience.sealed", "audience/{host}/sealed", "guest", "host",
-                "nothing: per guest cell sums plus the guest's noise share, uniformly masked before decryption",
+                "nothing: per guest cell sums plus the guest's noise share, masked before decryption "
+                "(uniformly; a truncated accumulator uniformly in the bits returned, statistically above)",
                 ciphertext=FIXED),
         message("audience.reply", "audience/{host}/reply", "host", "guest",
                 "the cross-tab (counts and clipped sums by guest cell x host cell) with the host's "
@@ -87,8 +92,8 @@ AUDIENCE = Protocol(
     never={
         "guest": ("any host id outside the intersection", "any host per-row segment or metric value",
                   "the host's noise share"),
-        "host": ("any guest per-row segment or metric value", "the guest's cells of any row",
-                 "the guest's noise share", "suppressed cells"),
+        "host": ("which of its rows are shared", "any guest per-row segment or metric value",
+                 "the guest's cells of any row", "the guest's noise share", "suppressed cells"),
     },
 )  # fmt: skip
 CELLS, LAYOUT, ROWS, SEALED, REPLY, RELEASE = AUDIENCE.messages
