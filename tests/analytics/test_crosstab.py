@@ -287,3 +287,46 @@ def test_the_guest_refuses_a_layout_that_does_not_follow_from_the_options(
         ct.verify_layout(layout.to_dict(), opt, max_rows=ROWS - 1, **kw)
     with pytest.raises(IntegrityError, match="malformed"):
         ct.verify_layout({"rows": 3}, opt, max_rows=ROWS, **kw)
+
+
+def test_multiexp_matches_pow(host_keys) -> None:
+    from vfl.analytics.rows import multiexp
+
+    pk, _ = host_keys
+    n2 = pk.n_square
+    rng = np.random.default_rng(3)
+    bases = [pk.h_s * (i + 2) % n2 for i in range(40)]
+    for bits in (1, 7, 20):
+        exps = rng.integers(0, 1 << bits, size=len(bases), dtype=np.int64)
+        expected = 1
+        for b, e in zip(bases, exps.tolist(), strict=True):
+            expected = expected * pow(int(b), e, int(n2)) % int(n2)
+        assert multiexp(bases, exps, n2) == expected
+
+
+def test_truncated_accumulators_return_only_their_count_slots(joined: pd.DataFrame, host_keys) -> None:
+    """A guest metric over a mixed block: the host's decryption is masked in the bits it returns and above
+    them (where the products of both parties' metrics sit); its reply holds the count slots alone."""
+    pk, sk = host_keys
+    opt = _options(["income_band"])
+    gcat = ct.categories_of(joined, ["age_band"], opt, "retailer")
+    hcat = ct.categories_of(joined, ["income_band"], opt, "bank")
+    layout = _layout(opt, gcat, hcat, pk, rows=len(joined))
+    specs = layout.accumulator_specs()
+    truncated = [i for i, s in enumerate(specs) if s.kept_bits is not None]
+    assert layout.mixed and len(truncated) == layout.guest_cells and len(layout.blocks) == 1
+    rows = ct.encrypt_rows(pk, ct.encode_rows(joined[["income_band"]], joined[["balance"]], layout))
+    acc = ct.fold(rows, ct.cell_codes(joined, gcat), layout, pk, guest_metrics=joined[["spend"]])
+    seen = []
+    for _ in range(2):
+        sealed, state = ct.seal(acc, disable_noise_for_tests=True)
+        plain = sk.decrypt_raw(sealed)
+        reply = ct.respond(sk, sealed, layout, disable_noise_for_tests=True)
+        for i in truncated:
+            kept, high = specs[i].kept_bits, specs[i].high_bits
+            assert int(plain[i]) >> kept >= 1 << high  # the mask's offset: nothing of the products shows
+            assert 0 <= reply[i] < 1 << kept
+        seen.append([int(plain[i]) for i in truncated])
+    for a, b in zip(*seen, strict=True):
+        kept = specs[truncated[0]].kept_bits
+        assert a & ((1 << kept) - 1) != b & ((1 << kept) - 1) and a >> kept != b >> kept
