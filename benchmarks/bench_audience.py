@@ -20,9 +20,7 @@ Target (issue 13): audience job <= 3x the PSI time on the same ids, at 1M shared
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
-import queue
 import resource
 import sys
 import time
@@ -35,7 +33,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-from _common import parse_sizes  # noqa: E402
+from _common import parse_sizes, run_two_parties  # noqa: E402
 
 GUEST_SEGMENTS, HOST_SEGMENTS = 10, 20
 
@@ -76,6 +74,29 @@ def _worker_rss(_: int) -> tuple[int, float]:
     return os.getpid(), _maxrss_mb()
 
 
+def floor_costs(key_bits: int, count: int = 1000) -> dict[str, float]:
+    """The arithmetic floor, in this process: one key-owner CRT encryption and one modmul mod n^2 (CPU seconds:
+    comparable with the steps' CPU seconds on a loaded machine)."""
+    import secrets
+
+    from gmpy2 import mpz
+
+    from vfl.crypto import generate_keypair
+    from vfl.crypto.randomness import key_owner_encrypt, key_owner_tables
+
+    pk, sk = generate_keypair(key_bits)
+    key_owner_tables(sk)
+    plains = [mpz(secrets.randbelow(int(pk.n))) for _ in range(count)]
+    t = time.process_time()
+    cts = key_owner_encrypt(sk, plains)
+    encrypt = (time.process_time() - t) / count
+    acc, n2 = cts[0], pk.n_square
+    t = time.process_time()
+    for c in cts:
+        acc = acc * c % n2
+    return {"encrypt": encrypt, "modmul": (time.process_time() - t) / count}
+
+
 def party(
     role: str, n: int, workers: int, key_bits: int, owners: str, conn: Any, barrier: Any, out: Any
 ) -> None:
@@ -105,6 +126,7 @@ def party(
     session = job.session(channel)
     keygen = 0.0
     keypair = None
+    floor = floor_costs(key_bits) if role == "host" else {}
     if role == "host":
         t = time.perf_counter()
         keypair = generate_keypair(key_bits)
@@ -130,41 +152,36 @@ def party(
     else:
         result = psi.run_host(session, data["id"], "guest", options_psi, column="id")
     t_psi = time.perf_counter() - t1
-    out.put((role, t_audience, t_psi, result.size, rss_audience, worker_rss, keygen, cells))
+    report = (t_audience, t_psi, result.size, rss_audience, worker_rss, keygen, cells, run.timings, floor)
+    out.put((role, *report))
 
 
 def run_sizes(n: int, workers: int, key_bits: int, owners: str) -> dict[str, tuple]:
-    context = mp.get_context("spawn")
-    left, right = context.Pipe(duplex=True)
-    barrier = context.Barrier(2)
-    out = context.Queue()
-    procs = [
-        context.Process(
-            target=party, args=("guest", n, workers, key_bits, owners, left, barrier, out), name="guest"
-        ),
-        context.Process(
-            target=party, args=("host", n, workers, key_bits, owners, right, barrier, out), name="host"
-        ),
-    ]
-    for p in procs:
-        p.start()
-    reports = {}
-    while len(reports) < len(procs):
-        try:
-            report = out.get(timeout=2)
-        except queue.Empty:
-            dead = [p.name for p in procs if p.exitcode not in (None, 0)]
-            if dead:
-                for p in procs:
-                    p.terminate()
-                raise SystemExit(f"{', '.join(dead)} failed (see its traceback above)") from None
+    return run_two_parties(party, (n, workers, key_bits, owners))
+
+
+def step_table(n: int, blocks: int, workers: int, guest: dict, host: dict, floor: dict) -> list[str]:
+    """Where the time goes, with the arithmetic floor of the CPU-bound steps (on ``workers`` cores)."""
+    enc_floor = n * blocks * floor["encrypt"]
+    fold_floor = n * blocks * floor["modmul"]
+    floors = {
+        "host: encrypt (cpu)": (enc_floor, f"{{per:.0f}} us per ciphertext, floor {floor['encrypt'] * 1e6:.0f} us", n * blocks),
+        "guest: fold (cpu)": (fold_floor, f"{{per:.1f}} us per row, floor {blocks} modmul = {blocks * floor['modmul'] * 1e6:.1f} us", n),
+    }  # fmt: skip
+    lines = [f"    {'step':<44} | {'seconds':>8} | {'floor s':>8} | note"]
+    lines.append(f"    {'PSI (audience-psi, wall)':<44} | {host.get('psi', 0.0):8.2f} | {'':>8} |")
+    for name, value in [*host.items(), *guest.items()]:
+        if name == "psi":
             continue
-        reports[report[0]] = report[1:]
-    for p in procs:
-        p.join()
-        if p.exitcode:
-            raise SystemExit(f"{p.name} failed with exit code {p.exitcode}")
-    return reports
+        fl, note, units = floors.get(name, (None, "", 1))
+        cell = "" if fl is None else f"{fl:8.2f}"
+        lines.append(f"    {name:<44} | {value:8.2f} | {cell:>8} | {note.format(per=value / units * 1e6)}")
+    lines.append(
+        f"    floor of the cross-tab on {workers} cores: encryption {enc_floor / workers:.2f} s + fold "
+        f"{fold_floor / workers:.2f} s ({n:,} rows x {blocks} ciphertext(s)); (cpu) rows and the floor are CPU "
+        "seconds summed over the workers, the others wall-clock seconds"
+    )
+    return lines
 
 
 def main() -> None:
@@ -177,8 +194,8 @@ def main() -> None:
         "--metrics",
         choices=("split", "host", "both"),
         default="split",
-        help="split: one metric at each party (the guest's needs count-only blocks and one exponentiation per "
-        "row); host: both metrics at the host (one ciphertext per row); both: run each",
+        help="split: one metric at each party (the guest raises the rows to its metric values); host: both "
+        "metrics at the host; both: run each",
     )
     args = parser.parse_args()
     sizes = parse_sizes(args.sizes, args.quick, [10_000, 100_000], [100_000, 1_000_000])
@@ -197,11 +214,13 @@ def main() -> None:
             assert g[2] == n and h[2] == n, f"PSI found {g[2]} shared ids, expected {n}"
             wall_audience, wall_psi = max(g[0], h[0]), max(g[1], h[1])
             rows.append((n, who, wall_audience, wall_psi, g, h))
+            blocks = _blocks(n, args.key_bits, who)
             print(
-                f"  {n:>9,} ({who} metrics): audience {wall_audience:.1f} s, PSI alone {wall_psi:.1f} s, "
-                f"load {os.getloadavg()[0]:.1f}",
+                f"  {n:>9,} ({who} metrics, {blocks} ciphertext(s) per row): audience {wall_audience:.1f} s, "
+                f"PSI alone {wall_psi:.1f} s, load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
+            print("\n".join(step_table(n, blocks, args.workers, g[7], h[7], h[8])), flush=True)
     header = (
         f"{'shared':>10} | {'metrics':>7} | {'audience s':>10} | {'PSI alone s':>11} | {'ratio':>6} | {'guest MB':>8} | "
         f"{'host MB':>7} | {'worker MB':>9} | {'keygen s':>8} | {'released cells':>14}"
@@ -216,8 +235,26 @@ def main() -> None:
         )
     print(
         "\nratio = audience job wall time (its own PSI + the encrypted cross-tab + release) / the PSI alone on the "
-        "same ids in the same run (target <= 3x at 1M); metrics: split = one at each party, host = both at the host; MB = peak resident memory of each party's main process"
+        "same ids in the same run (target <= 3x at 1M); metrics: split = one at each party, host = both at the "
+        "host; MB = peak resident memory of each party's main process, worker = the largest pool worker's"
     )
+
+
+def _blocks(n: int, key_bits: int, owners: str) -> int:
+    """Ciphertexts per shared row of the benchmark's layout."""
+    from vfl.analytics.crosstab import make_layout
+    from vfl.analytics.options import AudienceJobOptions
+
+    metrics, bounds = metric_table(owners)
+    options = AudienceJobOptions.from_dict(
+        {"segments": {"guest": ["gseg"], "host": ["hseg"]}, "metrics": metrics, "bounds": bounds,
+         "max_categories": max(GUEST_SEGMENTS, HOST_SEGMENTS)}
+    ).mechanism  # fmt: skip
+    layout = make_layout(
+        options, guest="guest", host="host", guest_categories={"gseg": tuple(range(GUEST_SEGMENTS))},
+        host_categories={"hseg": tuple(range(HOST_SEGMENTS))}, rows=n, key_bits=key_bits,
+    )  # fmt: skip
+    return len(layout.blocks)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from vfl.crypto import generate_keypair
 from vfl.errors import ConfigError, DataError
 from vfl.io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable
 from vfl.ledger import Ledger
+from vfl.parties.budget import reserve_budget
 from vfl.parties.common import Job, ledger_for
 from vfl.protocols import audience as protocol
 from vfl.protocols import psi
@@ -54,6 +56,7 @@ class AudienceRun:
     ledger: Ledger | None = None
     outputs: dict[str, Path] = field(default_factory=dict)
     noise_disabled_for_tests: bool = False
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step (PSI, encryption, fold, ...)
 
 
 # --- local checks ---------------------------------------------------------------------------------
@@ -104,11 +107,49 @@ def check_inputs(
     return categories
 
 
-# --- the budget -----------------------------------------------------------------------------------
+# --- the start of a job ---------------------------------------------------------------------------
 
 
 def _partners(job: Job, role: str) -> list[str]:
     return list(job.hosts) if role == "guest" else [job.guest]
+
+
+def _start(
+    session: Any,
+    job: Job,
+    data: pd.DataFrame,
+    id_column: str,
+    label: str | None,
+    offered: list[str] | None,
+    output_dir: Path | None,
+    budget: PrivacyBudget | None,
+) -> tuple[AudienceJobOptions, dict[str, tuple]]:
+    """Local checks, the agreement and the budget reservation: everything before any data moves."""
+    options = options_of(job)
+    me = session.party
+    categories = session.guard(
+        lambda: check_inputs(job, me, data, id_column=id_column, label=label, offered=offered)
+    )
+    if output_dir is not None:
+        session.guard(lambda: check_writable(output_dir))
+    session.guard(lambda: session.agree(job.settings()))
+    spends = dict.fromkeys(_partners(job, session.role), options.epsilon)
+    reserve_budget(session, job, budget, spends)
+    return options, categories
+
+
+def host_order(
+    result: Any, host: str, cells: np.ndarray, metrics: pd.DataFrame
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """The guest's cells and metric values by the host's rows (its PSI order): the host encrypts every
+    row it has (it never learns which are shared), the guest folds those it shares (cell -1: skipped)."""
+    positions = result.host_positions[host]
+    n_host = int(result.set_sizes[host])
+    by_row = np.full(n_host, -1, dtype=np.int64)
+    by_row[positions] = cells
+    values = pd.DataFrame(0.0, index=range(n_host), columns=list(metrics.columns))
+    values.iloc[positions] = metrics.to_numpy(dtype=np.float64)
+    return by_row, values
 
 
 # --- released numbers -----------------------------------------------------------------------------
@@ -158,36 +199,31 @@ def run_guest(
     budget: PrivacyBudget | None = None,
     disable_noise_for_tests: bool = False,
 ) -> AudienceRun:
-    options = options_of(job)
-    mech = options.mechanism
-    me = session.party
-    categories = session.guard(
-        lambda: check_inputs(job, me, data, id_column=id_column, label=label, offered=offered)
-    )
-    if output_dir is not None:
-        session.guard(lambda: check_writable(output_dir))
-    session.guard(lambda: session.agree(job.settings()))
-    _reserve(session, job, budget, options.epsilon)
+    options, categories = _start(session, job, data, id_column, label, offered, output_dir, budget)
+    mech, me = options.mechanism, session.party
+    timings: dict[str, float] = {}
     exposed = False
     try:
-        psi_options = dataclasses.replace(job.psi, tag=protocol.PSI_TAG)
+        psi_options = dataclasses.replace(job.psi, tag=protocol.PSI_TAG, reveal=protocol.PSI_REVEAL)
         _, metrics = options.columns_of(me)
         pairs: dict[str, protocol.PairResult] = {}
         shared: dict[str, np.ndarray] = {}
         sizes: dict[str, int] = {me: len(data)}
         for host in job.hosts:
+            started = time.perf_counter()
             result = psi.run_guest(session, data[id_column], [host], psi_options, column=id_column)
+            timings["psi"] = timings.get("psi", 0.0) + time.perf_counter() - started
             shared[host] = result.rows
             sizes[host] = int(result.set_sizes.get(host, 0))
             session.guard(result.require_nonempty)
             aligned = data.iloc[result.rows].reset_index(drop=True)
-            cells = ct.cell_codes(aligned, categories)
+            cells, by_row = host_order(result, host, ct.cell_codes(aligned, categories), aligned[metrics])
             exposed = True  # from here on noised numbers may have been seen
             pairs[host] = session.guard(
-                lambda host=host, aligned=aligned, cells=cells: protocol.run_guest(
+                lambda host=host, by_row=by_row, cells=cells: protocol.run_guest(
                     session, host, mech, key_bits=options.key_bits, guest_categories=categories,
-                    guest_cells=cells, guest_metrics=aligned[metrics] if metrics else None, workers=workers,
-                    disable_noise_for_tests=disable_noise_for_tests,
+                    guest_cells=cells, guest_metrics=by_row if metrics else None, workers=workers,
+                    disable_noise_for_tests=disable_noise_for_tests, timings=timings,
                 )
             )  # fmt: skip
         session.barrier("audience")
@@ -219,7 +255,7 @@ def run_guest(
             })  # fmt: skip
     run = AudienceRun(
         me, "guest", overlap, {h: p.released for h, p in pairs.items()}, by_segment, released,
-        noise_disabled_for_tests=disable_noise_for_tests,
+        noise_disabled_for_tests=disable_noise_for_tests, timings=timings,
     )  # fmt: skip
     _complete(session, job, run, budget, output_dir)
     return run
@@ -238,32 +274,28 @@ def run_host(
     keypair: Any = None,
     disable_noise_for_tests: bool = False,
 ) -> AudienceRun:
-    options = options_of(job)
-    mech = options.mechanism
-    me, guest = session.party, job.guest
-    categories = session.guard(
-        lambda: check_inputs(job, me, data, id_column=id_column, label=None, offered=offered)
-    )
-    if output_dir is not None:
-        session.guard(lambda: check_writable(output_dir))
-    session.guard(lambda: session.agree(job.settings()))
-    _reserve(session, job, budget, options.epsilon)
+    options, categories = _start(session, job, data, id_column, None, offered, output_dir, budget)
+    mech, me, guest = options.mechanism, session.party, job.guest
+    timings: dict[str, float] = {}
     exposed = False
     try:
-        psi_options = dataclasses.replace(job.psi, tag=protocol.PSI_TAG)
+        psi_options = dataclasses.replace(job.psi, tag=protocol.PSI_TAG, reveal=protocol.PSI_REVEAL)
+        started = time.perf_counter()
         result = psi.run_host(session, data[id_column], guest, psi_options, column=id_column)
+        timings["psi"] = time.perf_counter() - started
         session.guard(result.require_nonempty)
-        aligned = data.iloc[result.rows].reset_index(drop=True)
+        ordered = data.iloc[result.shuffled_rows].reset_index(drop=True)  # every row, in its PSI order
         segments, metrics = options.columns_of(me)
         if keypair is None or keypair[0].bits != options.key_bits:
             keypair = generate_keypair(options.key_bits)
         exposed = True
         layout, released_frame = session.guard(
             lambda: protocol.run_host(
-                session, guest, mech, keypair, host_categories=categories,
-                host_segments=aligned[segments] if segments else None,
-                host_metrics=aligned[metrics] if metrics else None, rows=result.size, workers=workers,
-                disable_noise_for_tests=disable_noise_for_tests,
+                session, guest, mech, keypair, protocol.HostRows(
+                    categories, ordered[segments] if segments else None,
+                    ordered[metrics] if metrics else None, result.size,
+                ),
+                workers=workers, disable_noise_for_tests=disable_noise_for_tests, timings=timings,
             )
         )  # fmt: skip
         session.barrier("audience")
@@ -282,29 +314,10 @@ def run_host(
     released.extend(released_numbers(layout, released_frame, guest, me))
     run = AudienceRun(
         me, "host", overlap, {guest: released_frame}, None, released,
-        noise_disabled_for_tests=disable_noise_for_tests,
+        noise_disabled_for_tests=disable_noise_for_tests, timings=timings,
     )  # fmt: skip
     _complete(session, job, run, budget, output_dir)
     return run
-
-
-def _reserve(session: Any, job: Job, budget: PrivacyBudget | None, epsilon: float) -> None:
-    if budget is None:
-        return
-    partners = _partners(job, session.role)
-
-    def reserve() -> None:
-        done = []
-        try:
-            for partner in partners:
-                budget.reserve(job.id, partner, epsilon)
-                done.append(partner)
-        except BaseException:
-            if done:
-                budget.release(job.id)
-            raise
-
-    session.guard(reserve)
 
 
 def _finish(budget: PrivacyBudget | None, job_id: str, exposed: bool) -> None:

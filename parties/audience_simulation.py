@@ -30,19 +30,20 @@ class AudienceResult:
     network: LocalNetwork = field(repr=False)
 
     @property
+    def ledgers(self) -> dict[str, Ledger]:
+        out = {self.guest.party: self.guest.ledger}
+        out.update({h: r.ledger for h, r in self.hosts.items()})
+        return out  # type: ignore[return-value]
+
+    @property
     def overlap(self) -> pd.DataFrame:
+        """The overlap sizes at the guest (guest ∩ each host, and of all parties)."""
         return self.guest.overlap
 
     @property
     def crosstabs(self) -> dict[str, pd.DataFrame]:
         """Per host, the released cross-tab at the guest."""
         return self.guest.crosstabs
-
-    @property
-    def ledgers(self) -> dict[str, Ledger]:
-        out = {self.guest.party: self.guest.ledger}
-        out.update({h: r.ledger for h, r in self.hosts.items()})
-        return out  # type: ignore[return-value]
 
 
 def simulate_audience(

@@ -30,6 +30,7 @@ from vfl.crypto import PrivateKey, PublicKey, WorkerPool, generate_keypair
 from vfl.errors import ConfigError, DataError
 from vfl.io import atomic_write_text
 from vfl.ledger import Ledger
+from vfl.parties.budget import reserve_budget as _reserve
 from vfl.parties.common import Job, ledger_for, write_outputs
 from vfl.protocols import psi
 from vfl.protocols import segment as protocol
@@ -276,25 +277,6 @@ def run_host(
 
 
 # --- the privacy budget (the same ledger and rules as audience jobs) ----------------------------------
-
-
-def _reserve(session: Session, job: Job, budget: PrivacyBudget | None, spends: dict[str, float]) -> None:
-    """Reserve this job's epsilon with every partner before any noised number moves (refused: every party stops)."""
-    if budget is None:
-        return
-
-    def reserve() -> None:
-        done = []
-        try:
-            for partner, eps in spends.items():
-                budget.reserve(job.id, partner, eps)
-                done.append(partner)
-        except BaseException:
-            if done:
-                budget.release(job.id)
-            raise
-
-    session.guard(reserve)
 
 
 @dataclass

@@ -24,6 +24,7 @@ Nothing here reads a file or a config.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -336,7 +337,10 @@ def _guest(
         ", ".join(hosts),
         time.perf_counter() - started,
     )
-    return _revealed(me, "guest", rows, series, sizes, prepared)
+    positions = {host: matches[host][shared] for host in hosts}
+    return dataclasses.replace(
+        _revealed(me, "guest", rows, series, sizes, prepared), host_positions=positions
+    )
 
 
 def run_host(
@@ -434,6 +438,7 @@ def _host(
             False,
             sizes,
             prepared.duplicates_dropped,
+            shuffled_rows=prepared.rows[order],
         )
     item = np.concatenate(items).astype(np.int64, copy=False) if items else np.empty(0, np.int64)
     position = np.concatenate(positions).astype(np.int64, copy=False) if positions else np.empty(0, np.int64)

@@ -99,7 +99,10 @@ def test_counts_and_sums_match_pandas_groupby(
     np.testing.assert_array_equal(counts, exp_counts)
     for m in ("spend", "balance"):  # host metric and guest metric, by (guest cell x host cell)
         np.testing.assert_array_equal(sums[m], exp_sums[m])
-    assert layout.count_blocks == 1 and len(layout.blocks) == 2  # guest metrics: counts in their own block
+    # 5 host cells: counts and host-metric slots fit one block (the guest-metric accumulators are truncated
+    # to the count slots); 20 cells do not fit a 1024-bit key that way: counts get a block of their own
+    mixed = len(host_segments) == 1
+    assert layout.mixed == mixed and layout.count_blocks == 1 and len(layout.blocks) == (1 if mixed else 2)
     frame = table.to_frame()
     assert len(frame) == layout.guest_cells * layout.host_cells
     assert list(frame.columns[: 1 + len(host_segments)]) == ["age_band", *host_segments]
@@ -191,8 +194,9 @@ def test_layout_checks(joined: pd.DataFrame, host_keys) -> None:
     assert ct.Layout.from_dict(layout.to_dict()) == layout
     with pytest.raises(IntegrityError, match="slot width"):
         ct.Layout.from_dict({**layout.to_dict(), "slot_bits": layout.slot_bits - 1})
-    with pytest.raises(DataError, match="exceed the layout"):
-        ct.encode_rows(joined[["income_band"]], joined[["balance"]], layout)
+    with pytest.raises(DataError, match="exceed the layout"):  # more rows folded than the slots hold
+        rows = ct.encrypt_rows(pk, ct.encode_rows(joined[["income_band"]], joined[["balance"]], layout))
+        ct.fold(rows, np.zeros(len(joined), dtype=int), layout, pk)
     small = joined.head(50).copy()
     small["income_band"] = small["income_band"].astype(str)
     small.loc[3, "income_band"] = "lottery winner"
@@ -283,3 +287,46 @@ def test_the_guest_refuses_a_layout_that_does_not_follow_from_the_options(
         ct.verify_layout(layout.to_dict(), opt, max_rows=ROWS - 1, **kw)
     with pytest.raises(IntegrityError, match="malformed"):
         ct.verify_layout({"rows": 3}, opt, max_rows=ROWS, **kw)
+
+
+def test_multiexp_matches_pow(host_keys) -> None:
+    from vfl.analytics.rows import multiexp
+
+    pk, _ = host_keys
+    n2 = pk.n_square
+    rng = np.random.default_rng(3)
+    bases = [pk.h_s * (i + 2) % n2 for i in range(40)]
+    for bits in (1, 7, 20):
+        exps = rng.integers(0, 1 << bits, size=len(bases), dtype=np.int64)
+        expected = 1
+        for b, e in zip(bases, exps.tolist(), strict=True):
+            expected = expected * pow(int(b), e, int(n2)) % int(n2)
+        assert multiexp(bases, exps, n2) == expected
+
+
+def test_truncated_accumulators_return_only_their_count_slots(joined: pd.DataFrame, host_keys) -> None:
+    """A guest metric over a mixed block: the host's decryption is masked in the bits it returns and above
+    them (where the products of both parties' metrics sit); its reply holds the count slots alone."""
+    pk, sk = host_keys
+    opt = _options(["income_band"])
+    gcat = ct.categories_of(joined, ["age_band"], opt, "retailer")
+    hcat = ct.categories_of(joined, ["income_band"], opt, "bank")
+    layout = _layout(opt, gcat, hcat, pk, rows=len(joined))
+    specs = layout.accumulator_specs()
+    truncated = [i for i, s in enumerate(specs) if s.kept_bits is not None]
+    assert layout.mixed and len(truncated) == layout.guest_cells and len(layout.blocks) == 1
+    rows = ct.encrypt_rows(pk, ct.encode_rows(joined[["income_band"]], joined[["balance"]], layout))
+    acc = ct.fold(rows, ct.cell_codes(joined, gcat), layout, pk, guest_metrics=joined[["spend"]])
+    seen = []
+    for _ in range(2):
+        sealed, state = ct.seal(acc, disable_noise_for_tests=True)
+        plain = sk.decrypt_raw(sealed)
+        reply = ct.respond(sk, sealed, layout, disable_noise_for_tests=True)
+        for i in truncated:
+            kept, high = specs[i].kept_bits, specs[i].high_bits
+            assert int(plain[i]) >> kept >= 1 << high  # the mask's offset: nothing of the products shows
+            assert 0 <= reply[i] < 1 << kept
+        seen.append([int(plain[i]) for i in truncated])
+    for a, b in zip(*seen, strict=True):
+        kept = specs[truncated[0]].kept_bits
+        assert a & ((1 << kept) - 1) != b & ((1 << kept) - 1) and a >> kept != b >> kept

@@ -7,16 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from vfl.analytics.dp import (
-    AudienceOptions,
-    as_records,
-    discrete_laplace,
-    noise_limit,
-    noise_parameter,
-    noise_share,
-    noise_variance,
-    suppress,
-)
+from vfl.analytics import dp
 from vfl.errors import ConfigError
 
 DRAWS = 20_000
@@ -31,10 +22,10 @@ def _moments(p: float) -> tuple[float, float]:
 
 @pytest.mark.parametrize(("epsilon", "sensitivity"), [(1.0, 1), (0.3, 1), (2.0, 5)])
 def test_noise_mean_and_variance_match_the_discrete_laplace(epsilon: float, sensitivity: int) -> None:
-    z = discrete_laplace(epsilon, sensitivity, DRAWS).astype(float)
-    p = noise_parameter(epsilon, sensitivity)
+    z = dp.discrete_laplace(epsilon, sensitivity, DRAWS).astype(float)
+    p = dp.noise_parameter(epsilon, sensitivity)
     var = 2 * p / (1 - p) ** 2
-    assert math.isclose(noise_variance(epsilon, sensitivity), var)
+    assert math.isclose(dp.noise_variance(epsilon, sensitivity), var)
     exact_var, mu4 = _moments(p)
     assert math.isclose(exact_var, var, rel_tol=1e-9)
     # 6 standard errors: a false failure has probability ~2e-9 per check
@@ -46,26 +37,26 @@ def test_noise_mean_and_variance_match_the_discrete_laplace(epsilon: float, sens
 
 
 def test_noise_share_has_a_test_only_off_switch_and_stays_within_its_limit() -> None:
-    assert noise_share(1.0, [1, 1, 1], disable_noise_for_tests=True) == [0, 0, 0]
-    shares = noise_share(0.5, [1] * 500)
+    assert dp.noise_share(1.0, [1, 1, 1], disable_noise_for_tests=True) == [0, 0, 0]
+    shares = dp.noise_share(0.5, [1] * 500)
     assert len(set(shares)) > 5
-    assert max(map(abs, shares)) <= noise_limit(0.5, 1)
+    assert max(map(abs, shares)) <= dp.noise_limit(0.5, 1)
     # T is far out in the tail: 2 p^(T+1) / (1 + p) < 2^-64
-    t, p = noise_limit(0.5, 1), noise_parameter(0.5, 1)
+    t, p = dp.noise_limit(0.5, 1), dp.noise_parameter(0.5, 1)
     assert 2 * p ** (t + 1) / (1 + p) < 2.0**-64
 
 
 def test_sampler_refuses_bad_parameters() -> None:
     with pytest.raises(ConfigError, match="epsilon"):
-        discrete_laplace(0.0)
+        dp.discrete_laplace(0.0)
     with pytest.raises(ConfigError, match="sensitivity"):
-        discrete_laplace(1.0, 0)
+        dp.discrete_laplace(1.0, 0)
 
 
 def test_suppression_withholds_counts_and_sums_alike() -> None:
     counts = np.array([[25.0, 19.0], [20.0, -3.0]])
     sums = {"spend": np.array([[500.0, 100.0], [40.0, 7.0]])}
-    rel = suppress(counts, sums, k=20)
+    rel = dp.suppress(counts, sums, k=20)
     assert rel.released.tolist() == [[True, False], [True, False]]
     assert (rel.suppressed == ~rel.released).all()
     assert np.isnan(rel.counts[~rel.released]).all()
@@ -73,7 +64,7 @@ def test_suppression_withholds_counts_and_sums_alike() -> None:
     assert np.isnan(rel.means["spend"][~rel.released]).all()
     assert rel.counts[0, 0] == 25 and rel.sums["spend"][1, 0] == 40
     assert rel.means["spend"][0, 0] == pytest.approx(20.0) and rel.means["spend"][1, 0] == pytest.approx(2.0)
-    recs = as_records(rel, ["a", "b"], ["x", "y"])
+    recs = dp.as_records(rel, ["a", "b"], ["x", "y"])
     assert recs[1] == {
         "row": "a",
         "column": "y",
@@ -84,23 +75,23 @@ def test_suppression_withholds_counts_and_sums_alike() -> None:
     }
     assert recs[0]["count"] == 25.0 and not recs[0]["suppressed"]
     with pytest.raises(ConfigError, match="k must"):
-        suppress(counts, sums, k=1)
+        dp.suppress(counts, sums, k=1)
 
 
-def _options(**kw) -> AudienceOptions:
+def _options(**kw) -> dp.AudienceOptions:
     base = {
         "segments": {"retailer": ["age_band"], "bank": ["income_band"]},
         "metrics": {"retailer": ["spend"], "bank": ["balance"]},
         "bounds": {"spend": [0, 1000], "balance": [-5000, 20000]},
     }
-    return AudienceOptions(**{**base, **kw})
+    return dp.AudienceOptions(**{**base, **kw})
 
 
 def test_options_have_safe_defaults() -> None:
-    opt = AudienceOptions()
+    opt = dp.AudienceOptions()
     assert opt.epsilon == 1.0 and opt.k == 20 and opt.split == "measures"
     assert "noise" not in opt.to_dict()
-    assert AudienceOptions.from_dict(_options().to_dict()) == _options()
+    assert dp.AudienceOptions.from_dict(_options().to_dict()) == _options()
 
 
 @pytest.mark.parametrize(
@@ -134,7 +125,7 @@ def test_too_many_categories_and_noise_switches_are_refused() -> None:
     with pytest.raises(ConfigError, match=r"max_categories: segment column 'income_band' of 'bank' has 5"):
         opt.check_categories("bank", "income_band", 5)
     with pytest.raises(ConfigError, match="unknown option"):
-        AudienceOptions.from_dict({"epsilon": 1.0, "noise": False})
+        dp.AudienceOptions.from_dict({"epsilon": 1.0, "noise": False})
 
 
 def test_epsilon_split_adds_up_to_the_job_epsilon() -> None:

@@ -42,9 +42,13 @@ def test_no_per_row_value_or_segment_leaves_its_owner(market, host_keypairs):
     layout = Layout.from_dict(
         json.loads(decode_table(names["audience.layout"][0].payload)["layout"][0].as_py())
     )
-    # host -> guest: ciphertexts, one per shared row and block, all distinct (fresh randomness)
+    # the host learns the intersection size alone (reveal = "guest-only"): no item of its rows comes back
+    results = names["psi.result"]
+    assert results and all(m.receiver == "bank" and decode_table(m.payload).num_rows == 0 for m in results)
+    assert layout.rows == shared  # the slots are sized by the size it learned
+    # host -> guest: ciphertexts, one per host row (all of them, in its PSI order) and block, all distinct
     rows = [c for m in names["audience.rows"] for c in decode_table(m.payload)["ciphertext"].to_pylist()]
-    assert len(rows) == shared * len(layout.blocks) and len(set(rows)) == len(rows)
+    assert len(rows) == len(b) * len(layout.blocks) and len(set(rows)) == len(rows)
     # guest -> host: as many ciphertexts as accumulators (per guest cell, not per row), then one released table
     (sealed,) = names["audience.sealed"]
     assert decode_table(sealed.payload).num_rows == layout.accumulators < shared

@@ -47,26 +47,30 @@ import pandas as pd
 from gmpy2 import mpz
 
 from vfl.analytics.dp import Released, noise_share, suppress
-from vfl.analytics.layout import Layout, Slot, cell_codes, cell_labels, quantize
+from vfl.analytics.layout import TRUNCATION_MASK_BITS, Accumulator, Layout, cell_codes, cell_labels, quantize
 from vfl.analytics.layout import _build as _build
 from vfl.analytics.layout import categories_of as categories_of
 from vfl.analytics.layout import make_layout as make_layout
 from vfl.analytics.layout import verify_layout as verify_layout
-from vfl.crypto import _kernels
+from vfl.analytics.rows import Accumulators as Accumulators
+from vfl.analytics.rows import check_cells as check_cells
+from vfl.analytics.rows import combine as combine
+from vfl.analytics.rows import encrypt_parts as encrypt_parts
+from vfl.analytics.rows import encrypt_rows as encrypt_rows
+from vfl.analytics.rows import fold as fold
+from vfl.analytics.rows import fold_args as fold_args
+from vfl.analytics.rows import fold_kernel as fold_kernel
+from vfl.analytics.rows import guest_exponents as guest_exponents
+from vfl.analytics.rows import timed_call as timed_call
 from vfl.crypto.keys import PrivateKey, PublicKey
-from vfl.crypto.pool import WorkerPool
-from vfl.crypto.randomness import RandomnessPool, key_owner_args, key_owner_encrypt, randomizers
+from vfl.crypto.randomness import RandomnessPool, randomizers
 from vfl.errors import DataError, IntegrityError
+
+ONE = mpz(1)
 
 # ---------------------------------------------------------------------------------------------
 # host: encode and encrypt rows
 # ---------------------------------------------------------------------------------------------
-
-
-def _positions(layout: Layout) -> dict[Slot, tuple[int, int]]:
-    return {
-        s: (b, j * layout.slot_bits) for b, block in enumerate(layout.blocks) for j, s in enumerate(block)
-    }
 
 
 def encode_rows(
@@ -85,8 +89,6 @@ def encode_rows(
                 raise DataError("host segments and metrics have different row counts")
     if n_rows is None:
         raise DataError("encode_rows needs the host's segment or metric columns (at least the row count)")
-    if n_rows > layout.rows:
-        raise DataError(f"{n_rows} rows exceed the layout's {layout.rows} (slots are sized for that many)")
     cells = (
         cell_codes(host_segments, layout.host_categories)
         if layout.host_categories
@@ -97,13 +99,13 @@ def encode_rows(
         if host_metrics is None or m not in host_metrics.columns:
             raise DataError(f"host metric column {m!r} is missing")
         qs[m] = quantize(host_metrics[m], layout.bounds[m], layout.fraction_bits, m).tolist()
-    pos = _positions(layout)
+    pos = layout.positions()
     n_blocks = len(layout.blocks)
     # per host cell: where its count and metric slots are
-    plan = []
-    for h in range(layout.host_cells):
-        entries = [(pos[("count", h)], None)] + [(pos[("sum", m, h)], m) for m in layout.host_metrics]
-        plan.append(entries)
+    plan = [
+        [(pos[("count", h)], None)] + [(pos[("sum", m, h)], m) for m in layout.host_metrics]
+        for h in range(layout.host_cells)
+    ]
     out: list[int] = [0] * (n_rows * n_blocks)
     for i, h in enumerate(cells.tolist()):
         base = i * n_blocks
@@ -113,159 +115,25 @@ def encode_rows(
     return out
 
 
-def encrypt_rows(
-    key: PublicKey | PrivateKey,
-    plaintexts: Sequence[int],
-    *,
-    randomness: RandomnessPool | None = None,
-    workers: WorkerPool | None = None,
-) -> list[mpz]:
-    """DJN-encrypt raw signed plaintexts (``P mod n``), one fresh randomizer each (on ``workers`` if large).
-
-    With the :class:`PrivateKey` (the host owns its key) and no pool, the key owner's CRT path
-    (DESIGN.md §8: ~1.8x faster, same ciphertext distribution under the public key).
-    """
-    if isinstance(key, PrivateKey):
-        private_key, public_key = key, key.public_key
-    else:
-        private_key, public_key = None, key
-    n = public_key.n
-    plains = [mpz(p) % n for p in plaintexts]
-    if private_key is not None and randomness is None:
-        if workers is not None and workers.should_split(len(plains)):
-            return workers.map_chunks(_kernels.crt_encrypt, plains, key_owner_args(private_key))
-        return key_owner_encrypt(private_key, plains)
-    if randomness is None and workers is not None and workers.should_split(len(plains)):
-        args = (n, public_key.h_s, public_key.djn_exponent_bits, public_key.djn_window)
-        return workers.map_chunks(_kernels.worker_encrypt, plains, args)
-    rands = randomizers(public_key, len(plains)) if randomness is None else randomness.take(len(plains))
-    return _kernels.djn_combine(plains, rands, n, public_key.n_square)
-
-
-# ---------------------------------------------------------------------------------------------
-# guest: fold, noise, mask
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class Accumulators:
-    """Encrypted per-guest-cell sums in :meth:`Layout.accumulator_slots` order."""
-
-    public_key: PublicKey
-    layout: Layout
-    ciphertexts: list[mpz] = field(repr=False)
-
-
-def fold(
-    encrypted_rows: Sequence[mpz],
-    guest_cells: Any,
-    layout: Layout,
-    public_key: PublicKey,
-    *,
-    guest_metrics: pd.DataFrame | None = None,
-    workers: WorkerPool | None = None,
-) -> Accumulators:
-    """Fold every row into its guest cell's accumulators: one modmul per row and block.
-
-    ``guest_cells[i]`` is row ``i``'s guest cell index (:func:`cell_codes`), ``-1`` to leave it out.
-    Each guest metric adds one short exponentiation per row (``[[P_i]]^(q_i)`` on the count blocks).
-    With ``workers``, contiguous row ranges are folded on the workers and their partial products
-    multiplied (one more modmul per accumulator and worker).
-    """
-    cells = np.asarray(guest_cells, dtype=np.int64)
-    n_rows = len(cells)
-    n_blocks = len(layout.blocks)
-    if len(encrypted_rows) != n_rows * n_blocks:
-        raise IntegrityError(
-            f"expected {n_rows * n_blocks} row ciphertexts ({n_rows} rows x {n_blocks} blocks), got {len(encrypted_rows)}"
-        )
-    if n_rows > layout.rows:
-        raise DataError(f"{n_rows} rows exceed the layout's {layout.rows}")
-    g_cells = layout.guest_cells
-    if n_rows and (cells.max() >= g_cells or cells.min() < -1):
-        raise DataError(f"guest cell codes must be in [-1, {g_cells}), got {cells.min()}..{cells.max()}")
-    n2 = public_key.n_square
-    qs = {}
-    for m in layout.guest_metrics:
-        if guest_metrics is None or m not in guest_metrics.columns:
-            raise DataError(f"guest metric column {m!r} is missing")
-        if len(guest_metrics) != n_rows:
-            raise DataError("guest metrics and guest cells have different row counts")
-        qs[m] = quantize(guest_metrics[m], layout.bounds[m], layout.fraction_bits, m).tolist()
-    gq = [qs[m] for m in layout.guest_metrics]
-    args = (g_cells, n_blocks, layout.count_blocks, n2)
-    if workers is not None and workers.should_split(n_rows * n_blocks, weight=0.01 * (1 + 20 * len(gq))):
-        parts = max(1, min(workers.workers, n_rows))
-        edges = [n_rows * i // parts for i in range(parts + 1)]
-        futures = [
-            workers.submit(
-                _fold_kernel,
-                list(encrypted_rows[edges[i] * n_blocks : edges[i + 1] * n_blocks]),
-                cells[edges[i] : edges[i + 1]].tolist(),
-                [q[edges[i] : edges[i + 1]] for q in gq],
-                *args,
-            )
-            for i in range(parts)
-        ]
-        partials = [f.result() for f in futures]
-    else:
-        partials = [_fold_kernel(list(encrypted_rows), cells.tolist(), gq, *args)]
-    pos = [_kernels.product([pp[0][a] for pp in partials], n2) for a in range(len(partials[0][0]))]
-    neg = [_kernels.product([pp[1][a] for pp in partials], n2) for a in range(len(partials[0][1]))]
-    out = [c * gmpy2.invert(d, n2) % n2 if d != 1 else c for c, d in zip(pos, neg, strict=True)]
-    return Accumulators(public_key, layout, out)
-
-
-def _fold_kernel(
-    cts: list[mpz],
-    cells: list[int],
-    qs: list[list[int]],
-    g_cells: int,
-    n_blocks: int,
-    count_blocks: int,
-    n2: mpz,
-) -> tuple[list[mpz], list[mpz]]:
-    """Partial accumulators of a row range, in :meth:`Layout.accumulator_slots` order.
-
-    Returns ``(positive, negative)`` products: the guest-metric terms with ``q < 0`` are gathered in
-    ``negative`` (raised to ``|q|``) so one inversion per accumulator finishes the fold.
-    """
-    per_g = n_blocks + len(qs) * count_blocks
-    pos = [mpz(1)] * (g_cells * per_g)
-    neg = [mpz(1)] * (g_cells * per_g)
-    for i, g in enumerate(cells):
-        if g < 0:
-            continue
-        base, row = g * per_g, i * n_blocks
-        for b in range(n_blocks):
-            pos[base + b] = pos[base + b] * cts[row + b] % n2
-        for mi, q in enumerate(qs):
-            e = q[i]
-            if e == 0:
-                continue
-            target = pos if e > 0 else neg
-            for b in range(count_blocks):
-                a = base + n_blocks + mi * count_blocks + b
-                target[a] = target[a] * gmpy2.powmod(cts[row + b], abs(e), n2) % n2
-    return pos, neg
-
-
-def _pack(values: Sequence[int], slot_bits: int) -> int:
-    total = 0
-    for j, v in enumerate(values):
-        total += v << (slot_bits * j) if v >= 0 else -((-v) << (slot_bits * j))
+def _pack(values: Sequence[int], widths: Sequence[int]) -> int:
+    total, shift = 0, 0
+    for v, w in zip(values, widths, strict=True):
+        total += v << shift if v >= 0 else -((-v) << shift)
+        shift += w
     return total
 
 
 def _noise_packed(layout: Layout, disable_noise_for_tests: bool) -> list[int]:
     """One party's packed noise share per accumulator (independent draws for every slot)."""
     out = []
-    for slots in layout.accumulator_slots():
+    for spec in layout.accumulator_specs():
         draws = [
             noise_share(eps, d, disable_noise_for_tests=disable_noise_for_tests)[0]
-            for eps, d in zip(layout.slot_epsilons(slots), layout.slot_sensitivities(slots), strict=True)
+            for eps, d in zip(
+                layout.slot_epsilons(spec.slots), layout.slot_sensitivities(spec.slots), strict=True
+            )
         ]
-        out.append(_pack(draws, layout.slot_bits))
+        out.append(_pack(draws, spec.widths))
     return out
 
 
@@ -278,19 +146,32 @@ class SealState:
     n: int = field(repr=False)
 
 
+def _mask(spec: Accumulator, n: int) -> int:
+    """A uniform mask mod ``n``; for a truncated accumulator uniform mod ``2^kept`` in the kept bits and,
+    above them, uniform in ``[2^high, 2^(high + 64))`` (statistically hides the discarded part, no wrap mod n)."""
+    if spec.kept_bits is None:
+        return secrets.randbelow(n)
+    high = (1 << spec.high_bits) + secrets.randbelow(
+        (1 << (spec.high_bits + TRUNCATION_MASK_BITS)) - (1 << spec.high_bits)
+    )
+    return secrets.randbelow(1 << spec.kept_bits) + (high << spec.kept_bits)
+
+
 def seal(
     acc: Accumulators, *, disable_noise_for_tests: bool = False, randomness: RandomnessPool | None = None
 ) -> tuple[list[mpz], SealState]:
-    """Add the guest's noise share and a uniform mask under encryption, and rerandomize.
+    """Add the guest's noise share and a mask under encryption, and rerandomize.
 
     The host decrypts ``v + Z_guest + R mod n`` with ``R`` uniform in ``[0, n)``: a uniform value, so it
     learns nothing (not even suppressed cells); the fresh randomizer hides which rows were folded where.
+    A truncated accumulator (a guest metric over a mixed block) is masked by :func:`_mask`: the host
+    sees its kept bits uniform and returns only those.
     """
     pk = acc.public_key
     n, n2 = pk.n, pk.n_square
     noise = _noise_packed(acc.layout, disable_noise_for_tests)
-    masks = tuple(secrets.randbelow(int(n)) for _ in acc.ciphertexts)
-    rands = randomizers(pk, len(masks)) if randomness is None else randomness.take(len(masks))
+    masks = tuple(_mask(spec, int(n)) for spec in acc.layout.accumulator_specs())
+    rands = few_randomizers(pk, len(masks)) if randomness is None else randomness.take(len(masks))
     out = []
     for c, z, r, rnd in zip(acc.ciphertexts, noise, masks, rands, strict=True):
         m = mpz(z + r) % n
@@ -301,16 +182,33 @@ def seal(
     return out, SealState(acc.layout, masks, int(n))
 
 
+def few_randomizers(public_key: PublicKey, count: int) -> list[mpz]:
+    """``count`` fresh DJN randomizers ``h_s^a`` (same distribution as :func:`randomizers`); for a few
+    dozen, one exponentiation each is cheaper than building the fixed-base table (~0.7 s at 2048 bits)."""
+    if count > FEW_RANDOMIZERS:
+        return randomizers(public_key, count)
+    bits, n2 = public_key.djn_exponent_bits, public_key.n_square
+    return [gmpy2.powmod(public_key.h_s, secrets.randbits(bits), n2) for _ in range(count)]
+
+
+FEW_RANDOMIZERS = 500
+
+
 def respond(
     private_key: PrivateKey, sealed: Sequence[mpz], layout: Layout, *, disable_noise_for_tests: bool = False
 ) -> list[int]:
-    """Host: decrypt the (uniformly masked) accumulators and add its own noise share; reply in ``[0, n)``."""
+    """Host: decrypt the (masked) accumulators and add its own noise share; reply in ``[0, n)``
+    (a truncated accumulator: its kept bits only, in ``[0, 2^kept)``)."""
     if len(sealed) != layout.accumulators:
         raise IntegrityError(f"expected {layout.accumulators} accumulators, got {len(sealed)}")
     n = int(private_key.public_key.n)
     noise = _noise_packed(layout, disable_noise_for_tests)
     plain = private_key.decrypt_raw(list(sealed))
-    return [(int(p) + z) % n for p, z in zip(plain, noise, strict=True)]
+    out = []
+    for spec, p, z in zip(layout.accumulator_specs(), plain, noise, strict=True):
+        modulus = n if spec.kept_bits is None else 1 << spec.kept_bits
+        out.append((int(p) + z) % modulus)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,14 +218,17 @@ def respond(
 
 def unpack_signed(total: int, slots: int, slot_bits: int) -> list[int]:
     """Balanced base-``2^S`` digits of a signed integer, lowest slot first (inverse of packing)."""
-    half, full, mask = 1 << (slot_bits - 1), 1 << slot_bits, (1 << slot_bits) - 1
+    return unpack_widths(total, (slot_bits,) * slots)
+
+
+def unpack_widths(total: int, widths: Sequence[int]) -> list[int]:
+    """Balanced digits of a signed integer in slots of the given widths, lowest slot first."""
     out = []
-    for _ in range(slots):
-        d = total & mask
-        if d >= half:
-            d -= full
-        out.append(d)
-        total = (total - d) >> slot_bits
+    for w in widths:
+        low = total & ((1 << w) - 1)
+        digit = low - ((low >> (w - 1)) << w)  # in [-2^(w-1), 2^(w-1))
+        out.append(digit)
+        total = (total - digit) >> w
     if total != 0:
         raise IntegrityError("a decoded accumulator has bits beyond its slots; the reply was altered")
     return out
@@ -392,14 +293,15 @@ def decode(state: SealState, reply: Sequence[int]) -> CrossTab:
         m: np.zeros((g_cells, h_cells), dtype=object) for m in (*layout.host_metrics, *layout.guest_metrics)
     }
     per_g = len(layout.blocks) + len(layout.guest_metrics) * layout.count_blocks
-    for a, (slots, value, mask) in enumerate(
-        zip(layout.accumulator_slots(), reply, state.masks, strict=True)
-    ):
-        v = (int(value) - mask) % n
-        if v > n // 2:
-            v -= n
+    for a, (spec, value, mask) in enumerate(zip(layout.accumulator_specs(), reply, state.masks, strict=True)):
+        modulus = n if spec.kept_bits is None else 1 << spec.kept_bits
+        if not 0 <= int(value) < modulus:
+            raise IntegrityError(f"reply value {a} is out of range; the reply was altered")
+        v = (int(value) - mask) % modulus
+        if v > modulus // 2:
+            v -= modulus
         g = a // per_g
-        for s, d in zip(slots, unpack_signed(v, len(slots), layout.slot_bits), strict=True):
+        for s, d in zip(spec.slots, unpack_widths(v, spec.widths), strict=True):
             if s[0] == "count":
                 counts[g, s[1]] = d
             else:

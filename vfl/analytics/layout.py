@@ -109,10 +109,12 @@ class Layout:
     bounds: dict[str, tuple[float, float]]
     fraction_bits: int
     epsilon: dict[str, float]  # per released number of each measure ("count" and metrics)
-    slot_bits: int
+    slot_bits: int  # width of a count slot (it also holds a guest metric's sums)
     slots_per_block: int
     blocks: tuple[tuple[Slot, ...], ...] = field(repr=False)
     count_blocks: int = 1
+    metric_bits: int = 0  # width of a host-metric slot (0: no host metric)
+    mixed: bool = False  # one block per row: guest-metric accumulators are truncated to the count slots
 
     # -- sizes -------------------------------------------------------------------------------
     @property
@@ -138,14 +140,36 @@ class Layout:
         """Ciphertexts the guest sends back: per guest cell, every block and each guest metric's count blocks."""
         return self.guest_cells * (len(self.blocks) + len(self.guest_metrics) * self.count_blocks)
 
-    def accumulator_slots(self) -> list[tuple[Slot, ...]]:
-        """The slots of every accumulator in :func:`fold`'s order (guest-metric blocks as ``("sum", m, h)``)."""
-        out: list[tuple[Slot, ...]] = []
+    def width(self, slot: Slot) -> int:
+        return self.slot_bits if slot[0] == "count" else self.metric_bits
+
+    def accumulator_specs(self) -> list[Accumulator]:
+        """Every accumulator in :func:`fold`'s order: its slots (guest-metric sums as ``("sum", m, h)``),
+        their widths, and for a truncated one the bits kept (the count slots of a mixed block)."""
+        out: list[Accumulator] = []
         for _g in range(self.guest_cells):
-            out.extend(self.blocks)
+            out.extend(Accumulator(b, tuple(self.width(s) for s in b)) for b in self.blocks)
             for m in self.guest_metrics:
                 for b in range(self.count_blocks):
-                    out.append(tuple(("sum", m, s[1]) for s in self.blocks[b]))
+                    counts = tuple(s for s in self.blocks[b] if s[0] == "count")
+                    kept = len(counts) * self.slot_bits if self.mixed else None
+                    high = sum(self.width(s) for s in self.blocks[b]) - (kept or 0) if self.mixed else 0
+                    slots = tuple(("sum", m, s[1]) for s in counts)
+                    out.append(Accumulator(slots, (self.slot_bits,) * len(counts), kept, high))
+        return out
+
+    def accumulator_slots(self) -> list[tuple[Slot, ...]]:
+        """The slots of every accumulator in :func:`fold`'s order (guest-metric blocks as ``("sum", m, h)``)."""
+        return [a.slots for a in self.accumulator_specs()]
+
+    def positions(self) -> dict[Slot, tuple[int, int]]:
+        """``slot -> (block, bit offset)``: slots sit one after the other, each ``width(slot)`` bits."""
+        out = {}
+        for b, block in enumerate(self.blocks):
+            shift = 0
+            for s in block:
+                out[s] = (b, shift)
+                shift += self.width(s)
         return out
 
     def slot_sensitivities(self, slots: Sequence[Slot]) -> list[int]:
@@ -167,6 +191,8 @@ class Layout:
             "fraction_bits": self.fraction_bits,
             "epsilon": dict(self.epsilon),
             "slot_bits": self.slot_bits,
+            "metric_bits": self.metric_bits,
+            "mixed": self.mixed,
         }
 
     @classmethod
@@ -183,8 +209,12 @@ class Layout:
             int(data["fraction_bits"]),
             {m: float(e) for m, e in data["epsilon"].items()},
         )
-        if layout.slot_bits != int(data["slot_bits"]):
-            raise IntegrityError(f"layout: slot width {data['slot_bits']} does not follow from its settings")
+        for name in ("slot_bits", "metric_bits", "mixed"):
+            if getattr(layout, name) != type(getattr(layout, name))(data[name]):
+                what = {"slot_bits": "slot width", "metric_bits": "metric slot width"}.get(
+                    name, "block layout"
+                )
+                raise IntegrityError(f"layout: {what} {data[name]} does not follow from its settings")
         return layout
 
 
@@ -287,29 +317,94 @@ def _build(
         raise DataError("a cross-tab needs at least one shared row")
     probe = Layout(key_bits, rows, guest_categories, host_categories, host_metrics, guest_metrics, bounds,
                    fraction_bits, epsilon, 1, 1, ((),))  # fmt: skip
-    peak = 0
-    for m in probe.measures:
-        d = probe.sensitivity(m)
-        peak = max(peak, rows * d + 2 * noise_limit(epsilon[m], d))
-    slot_bits = peak.bit_length() + 2
-    per = (key_bits - 2) // slot_bits
-    if per < 1:
+    widths = slot_widths(probe)
+    room = key_bits - 2
+    if max(widths.count, widths.metric) > room:
         raise CryptoError(
-            f"a {slot_bits}-bit slot does not fit a {key_bits}-bit key; narrow the metric bounds"
+            f"a {max(widths.count, widths.metric)}-bit slot does not fit a {key_bits}-bit key; narrow the metric bounds"
         )
     h_cells = probe.host_cells
     count_slots = [("count", h) for h in range(h_cells)]
     metric_slots = [("sum", m, h) for m in host_metrics for h in range(h_cells)]
-
-    def chunk(slots: list[Slot]) -> list[tuple[Slot, ...]]:
-        return [tuple(slots[i : i + per]) for i in range(0, len(slots), per)]
-
-    if guest_metrics:
-        count_part = chunk(count_slots)
-        blocks = count_part + chunk(metric_slots)
-        count_blocks = len(count_part)
+    mixed_bits = h_cells * widths.count + len(metric_slots) * widths.mixed_metric + TRUNCATION_MASK_BITS + 1
+    if guest_metrics and metric_slots and mixed_bits <= room:  # one ciphertext per row
+        blocks, count_blocks = [tuple(count_slots + metric_slots)], 1
+        metric_bits, mixed = widths.mixed_metric, True
+    elif guest_metrics:  # count slots apart: the guest raises them to its metric values
+        count_part = _chunk(count_slots, widths.count, room)
+        blocks = count_part + _chunk(metric_slots, widths.metric, room)
+        count_blocks, metric_bits, mixed = len(count_part), widths.metric, False
     else:
-        blocks = chunk(count_slots + metric_slots)
-        count_blocks = -(-h_cells // per)
+        blocks = _chunk(count_slots, widths.count, room, then=(metric_slots, widths.metric))
+        count_blocks = sum(1 for b in blocks if any(s[0] == "count" for s in b))
+        metric_bits, mixed = widths.metric, False
     return Layout(key_bits, rows, guest_categories, host_categories, host_metrics, guest_metrics, bounds,
-                  fraction_bits, epsilon, slot_bits, per, tuple(blocks), count_blocks)  # fmt: skip
+                  fraction_bits, epsilon, widths.count, room // widths.count, tuple(blocks), count_blocks,
+                  metric_bits if metric_slots else 0, mixed)  # fmt: skip
+
+
+TRUNCATION_MASK_BITS = 64
+"""Statistical mask (bits) over the discarded host-metric part of a truncated accumulator."""
+
+
+@dataclass(frozen=True)
+class Accumulator:
+    """One accumulator the guest seals: its slots, their widths and, if truncated, the low bits kept."""
+
+    slots: tuple[Slot, ...]
+    widths: tuple[int, ...]
+    kept_bits: int | None = None  # truncated: only the low ``kept_bits`` come back decrypted
+    high_bits: int = 0  # truncated: bits of the discarded part above them
+
+
+@dataclass(frozen=True)
+class SlotWidths:
+    """Tight slot widths (bits, sign and a margin bit included) from the row count and the bounds."""
+
+    count: int  # counts, and a guest metric's sums (they land in the count slots)
+    metric: int  # a host metric's sums
+    mixed_metric: int  # a host metric slot that a guest metric also multiplies (the discarded products)
+
+
+def slot_widths(layout: Layout) -> SlotWidths:
+    """``bitlen(max |slot value|) + 2`` per kind of slot: ``R Q_m + 2 T_m`` after the fold and both shares.
+
+    In a mixed block a guest metric raises the host-metric slots too: they must hold ``R Q_g Q_h``
+    (those products are never decrypted in the clear: the host returns the count slots only).
+    """
+    rows = layout.rows
+
+    def peak(measure: str) -> int:
+        d = layout.sensitivity(measure)
+        return rows * d + 2 * noise_limit(layout.epsilon[measure], d)
+
+    count = max(peak(m) for m in ("count", *layout.guest_metrics))
+    metric = max((peak(m) for m in layout.host_metrics), default=0)
+    products = max(
+        (
+            rows * layout.sensitivity(g) * layout.sensitivity(h)
+            for g in layout.guest_metrics
+            for h in layout.host_metrics
+        ),
+        default=0,
+    )
+    return SlotWidths(count.bit_length() + 2, metric.bit_length() + 2, max(metric, products).bit_length() + 2)
+
+
+def _chunk(
+    slots: list[Slot], width: int, room: int, then: tuple[list[Slot], int] | None = None
+) -> list[tuple[Slot, ...]]:
+    """Slots in order into as few blocks of ``room`` bits as they fill (``then``: more slots of another width)."""
+    seq = [(s, width) for s in slots] + ([(s, then[1]) for s in then[0]] if then else [])
+    blocks: list[tuple[Slot, ...]] = []
+    current: list[Slot] = []
+    used = 0
+    for s, w in seq:
+        if current and used + w > room:
+            blocks.append(tuple(current))
+            current, used = [], 0
+        current.append(s)
+        used += w
+    if current:
+        blocks.append(tuple(current))
+    return blocks

@@ -134,6 +134,11 @@ class PsiResult:
     rows_revealed: bool
     set_sizes: Mapping[str, int]
     duplicates_dropped: int = 0
+    # the guest: per host, that host's position (in the shuffled order it sent) of every shared row, in the
+    # shared order; a host: its own rows in that shuffled order. For jobs that work on every host row
+    # without the host learning which are shared (the audience cross-tab under reveal = "guest-only").
+    host_positions: Mapping[str, np.ndarray] = field(default_factory=dict)
+    shuffled_rows: np.ndarray | None = None
 
     @property
     def empty(self) -> bool:
