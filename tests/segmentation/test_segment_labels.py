@@ -160,3 +160,16 @@ def test_a_segment_model_of_three_parties_assigns_new_customers(tmp_path, keypai
     assert (again == known).all()
     with pytest.raises(ConfigError, match="release_membership"):
         run({"host1": allow, "host2": SegmentPolicy()})
+
+
+def test_a_segment_model_scores_only_with_the_hosts_it_was_made_with():
+    import pandas as pd
+
+    from vfl.parties.segment import assign_guest
+    from vfl.segmentation.model import SegmentModel
+
+    model = SegmentModel("seg", "guest", "guest", ("guest", "host1", "host2"), ("x",), np.zeros(1), np.ones(1),
+                         np.zeros((2, 1)), np.zeros((2, 3, 3), dtype=np.int64), {})  # fmt: skip
+    job = Job("assign", "guest", ("host1",), kind="predict", model="seg")
+    with pytest.raises(ConfigError, match=r"made with 2 host\(s\), this job has 1"):
+        assign_guest(None, job, pd.DataFrame({"id": [1], "x": [0.0]}), model)
