@@ -51,6 +51,10 @@ def child(mode: str, n: int, k: int, key_bits: int, workers: int, seed: int) -> 
     from threadpoolctl import threadpool_limits
 
     from vfl.crypto import WorkerPool, generate_keypair
+    from vfl.transport import channel
+
+    # one 1M-row message (the encrypted rows) takes longer than the default 600 s wait on a loaded machine
+    channel.DEFAULT_TIMEOUT = 7200.0
 
     frames, parts = _frames(n, seed)
     keypair = generate_keypair(key_bits)
