@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from vfl.crypto import EncryptedVector, PrivateKey, WorkerPool, encrypt, ints_from_arrow
+from vfl.crypto import EncryptedVector, PrivateKey, encrypt, ints_from_arrow
 from vfl.errors import ConfigError, ProtocolError
 from vfl.models.kinds import MAX_CLASSES
 from vfl.models.packing import (
@@ -44,7 +44,6 @@ from vfl.protocols.lr_party import (
 from vfl.protocols.messages import one
 from vfl.protocols.objectives import LOGIT_BOUND
 from vfl.protocols.session import Session
-from vfl.transport.channel import Interrupted
 
 # Every party's quantized columns satisfy |q| <= 2^19 - 1 (at most 20-bit fixed point, vfl/crypto/multiexp.py),
 # so one slot layout, known to all parties from the shared options, fits every party's X^T [[D]].
@@ -91,6 +90,11 @@ def _step(optimizers: list[ShardOptimizer], w: np.ndarray, g: np.ndarray, epoch:
     return np.stack([opt.update(w[:, c], g[:, c], epoch) for c, opt in enumerate(optimizers)], axis=1)
 
 
+def _trained(party: DataParty, epoch_fn: Callable[[PartyState], PartyState]) -> TrainedShard:
+    final = party.run(epoch_fn)
+    return TrainedShard(final.weights, final.epoch, final.losses, final.stopped, party.generation + 1)
+
+
 def _packed_gradient(
     party: DataParty, layout: SlotLayout, packed: EncryptedVector, rows: np.ndarray, tag: dict[str, int]
 ) -> np.ndarray:
@@ -109,23 +113,18 @@ def multiclass_guest(
     features: np.ndarray,
     labels: np.ndarray,
     *,
-    workers: WorkerPool | None,
     progress: Progress | None,
-    resume: list[PartyState] | None,
-    on_epoch: Callable[[PartyState], None] | None,
-    interrupted: Interrupted | None,
+    **run: Any,
 ) -> TrainedShard:
-    """Guest role of one-vs-rest multi-class LR: ``labels`` are class indices ``0..K-1``."""
+    """Guest role of one-vs-rest multi-class LR: ``labels`` are class indices ``0..K-1``; ``run`` holds
+    :class:`DataParty`'s keyword arguments (workers, resume, on_epoch, interrupted)."""
     o = plan.options
     y = np.asarray(labels).astype(np.int64)
     n_classes = int(y.max()) + 1
     signs = 2.0 * np.eye(n_classes)[y] - 1.0  # s_ic
-    party = DataParty(
-        session, plan, features, intercept=True, workers=workers, resume=resume, on_epoch=on_epoch,
-        interrupted=interrupted,
-    )  # fmt: skip
+    party = DataParty(session, plan, features, intercept=True, **run)
     party.classes = n_classes
-    if not resume and interrupted is None:
+    if not run["resume"] and run["interrupted"] is None:
         session.broadcast(CLASSES, plan.hosts, pa.table({"n_classes": [n_classes]}))
     hosts = len(plan.hosts)
 
@@ -181,8 +180,7 @@ def multiclass_guest(
         states = {"classes": [opt.state() for opt in optimizers]}
         return PartyState(epoch + 1, w, states, losses, bool(one(control, "stop")))
 
-    final = party.run(epoch_fn)
-    return TrainedShard(final.weights, final.epoch, final.losses, final.stopped, party.generation + 1)
+    return _trained(party, epoch_fn)
 
 
 def multiclass_host(
@@ -190,18 +188,13 @@ def multiclass_host(
     plan: LrPlan,
     features: np.ndarray,
     *,
-    workers: WorkerPool | None,
     progress: Progress | None,
-    resume: list[PartyState] | None,
-    on_epoch: Callable[[PartyState], None] | None,
-    interrupted: Interrupted | None,
+    **run: Any,
 ) -> TrainedShard:
     """Host role of one-vs-rest multi-class LR: K partial scores per row packed in one ciphertext."""
     o = plan.options
-    party = DataParty(
-        session, plan, features, intercept=False, workers=workers, resume=resume, on_epoch=on_epoch,
-        interrupted=interrupted,
-    )  # fmt: skip
+    party = DataParty(session, plan, features, intercept=False, **run)
+    resume = run["resume"]
     if resume:
         party.classes = int(np.asarray(resume[0].weights).shape[1])
     else:
@@ -237,8 +230,7 @@ def multiclass_host(
         states = {"classes": [opt.state() for opt in optimizers]}
         return PartyState(epoch + 1, w, states, [], stop)
 
-    final = party.run(epoch_fn)
-    return TrainedShard(final.weights, final.epoch, [], final.stopped, party.generation + 1)
+    return _trained(party, epoch_fn)
 
 
 def multiclass_loss(private_key: PrivateKey, record: pa.Table, n_rows: int) -> float:

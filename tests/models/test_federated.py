@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 import vfl
+from tests.lr.helpers import training_blocks
 from tests.test_declared_messages import _run, assert_all_declared
-from vfl.crypto import generate_keypair, prepare_matrix
+from vfl.crypto import generate_keypair
 from vfl.errors import ConfigError, DataError
 from vfl.models.kinds import from_name
 from vfl.models.reference import train_linear_reference, train_poisson_reference
@@ -35,19 +36,10 @@ def _frames(fate, name: str, rows: int | None = None):
 
 
 def _blocks(result, frames, id_column, label, exposure=None):
-    order = result.scores[id_column]
+    """Each party's training matrix as it quantized it (tests/lr/helpers.py), labels and the exposure."""
+    blocks, y, names, _ = training_blocks(result, frames, id_column, label)
     train = ~result.scores["held_out"].to_numpy()
-    names = ["guest", *[f"host{i}" for i in range(1, len(frames))]]
-    blocks = []
-    for name, frame in zip(names, frames, strict=True):
-        aligned = frame.set_index(id_column).loc[order].reset_index()
-        shard = result.shards[name]
-        x = shard.scaler().transform(aligned)
-        if shard.has_intercept:
-            x = np.hstack([np.ones((len(x), 1)), x])
-        blocks.append(prepare_matrix(x[train]).dequantized)
-    guest = frames[0].set_index(id_column).loc[order]
-    y = guest[label].to_numpy(float)[train]
+    guest = frames[0].set_index(id_column).loc[result.scores[id_column]]
     e = guest[exposure].to_numpy(float)[train] if exposure else None
     return blocks, y, e, names
 
