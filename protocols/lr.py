@@ -142,7 +142,7 @@ def run_guest(
     obj.check_targets(np.asarray(labels, dtype=float))
     party = DataParty(
         session, plan, features, intercept=True, workers=workers, resume=resume, on_epoch=on_epoch,
-        interrupted=interrupted,
+        interrupted=interrupted, intercept_start=obj.initial_intercept(labels, offset),
     )  # fmt: skip
     s = obj.guest_target(labels)  # binary-lr: s = 2y - 1; regression: y
 

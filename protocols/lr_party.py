@@ -117,6 +117,7 @@ class DataParty:
         resume: list[PartyState] | None,
         on_epoch: Callable[[PartyState], None] | None,
         interrupted: Interrupted | None,
+        intercept_start: float = 0.0,
     ) -> None:
         self.session, self.plan, self.workers, self.on_epoch = session, plan, workers, on_epoch
         session.uses(LR)
@@ -128,6 +129,7 @@ class DataParty:
         self.matrix = prepare_matrix(features, workers=workers)
         self.xq = self.matrix.dequantized  # the matrix the encrypted products really use
         self.intercept = intercept
+        self.intercept_start = intercept_start  # added to the intercept's initial weight (Objective)
         self.states: dict[int, PartyState] = {s.epoch: s for s in resume or []}
         self.interrupted = interrupted
         self.public_key: PublicKey | None = None
@@ -161,7 +163,10 @@ class DataParty:
             first = PartyState(0, w0, {"classes": [optimizer.state() for _ in range(self.classes)]})
             self._keep(first)
             return first
-        first = PartyState(0, initial_weights(self.k, o, self.session.party), optimizer.state())
+        w0 = initial_weights(self.k, o, self.session.party)
+        if self.intercept:
+            w0[0] += self.intercept_start
+        first = PartyState(0, w0, optimizer.state())
         self._keep(first)
         return first
 

@@ -37,6 +37,7 @@ import numpy as np
 from vfl.crypto import EncryptedVector
 from vfl.errors import ConfigError, DataError
 from vfl.models.poisson import guest_residual as poisson_residual
+from vfl.models.poisson import null_intercept
 from vfl.options import TrainOptions
 
 # A priori bound on |z| (the joint linear predictor) used to size the gradient masks: masks are 40
@@ -76,6 +77,10 @@ class Objective:
         """``v`` for the training rows: ``s = 2y - 1`` for binary, ``y`` for regression."""
         y = np.asarray(labels, dtype=float)
         return 2.0 * y - 1.0 if self.name == "binary-lr" else y
+
+    def initial_intercept(self, labels: np.ndarray, offset: np.ndarray | None = None) -> float:
+        """Where the guest's intercept starts (added to ``initial_weights``): 0 for the quadratic kinds."""
+        return 0.0
 
     # host side -----------------------------------------------------------------------------------
     def host_plain(self, u: np.ndarray) -> dict[str, np.ndarray]:
@@ -157,6 +162,10 @@ class _Linear(Objective):
 @dataclass(frozen=True)
 class _Poisson(Objective):
     """Poisson regression (see the module docstring): ``d = exp(u_g + o) exp(u_h) - y``, ``c = 1``."""
+
+    def initial_intercept(self, labels: np.ndarray, offset: np.ndarray | None = None) -> float:
+        """``log(sum y / sum exposure)``, the model without features (``vfl.models.poisson.null_intercept``)."""
+        return null_intercept(labels, offset)
 
     def host_plain(self, u: np.ndarray) -> dict[str, np.ndarray]:
         self.check_host_scores(u)

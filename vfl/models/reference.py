@@ -11,7 +11,8 @@ the same options must reproduce the weights to 1e-6 (up to the fixed-point encod
   block, all updated on every batch; the gradient of class ``k`` is ``X^T (z_k/4 - s_k/2) / m``.
 * :func:`train_binary_reference` -- binary Taylor-loss LR (DESIGN.md §6), gradient ``X^T (z/4 - s/2) / m``.
 * :func:`train_linear_reference` -- linear regression, gradient ``X^T (z - y) / m`` (exact quadratic loss).
-* :func:`train_poisson_reference` -- Poisson regression, gradient ``X^T (exp(z + offset) - y) / m``.
+* :func:`train_poisson_reference` -- Poisson regression, gradient ``X^T (exp(z + offset) - y) / m``, the
+  guest's intercept starting at ``log(sum y / sum exposure)`` (:func:`~vfl.models.poisson.null_intercept`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from vfl.models.kinds import KINDS, one_hot
+from vfl.models.poisson import null_intercept
 from vfl.optim import (
     EarlyStopping,
     IterateAverage,
@@ -72,8 +74,10 @@ def _train_single(
     options: TrainOptions,
     parties: Sequence[str],
     residual_and_loss: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]],
+    intercept_start: float = 0.0,
 ) -> tuple[Weights, list[float]]:
     weights = [initial_weights(b.shape[1], options, p) for b, p in zip(blocks, parties, strict=True)]
+    weights[0][0] += intercept_start  # block 0 starts with the guest's intercept column
     optimizers = [ShardOptimizer(options, b.shape[1], 0 if i == 0 else None) for i, b in enumerate(blocks)]
 
     def update(i: int, w: np.ndarray, grad: np.ndarray, at: float) -> np.ndarray:
@@ -124,7 +128,7 @@ def train_poisson_reference(
         mu = np.exp(eta)
         return mu - y[batch], float(np.sum(mu - y[batch] * eta))
 
-    return _train_single(blocks, len(y), options, parties, step)
+    return _train_single(blocks, len(y), options, parties, step, null_intercept(y, offset))
 
 
 def train_ovr_reference(
