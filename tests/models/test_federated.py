@@ -216,10 +216,6 @@ def test_multiclass_bad_labels_are_refused(keypair):
     words = guest.assign(y=np.where(guest["y"] == 0, "cat", "dog"))
     with pytest.raises(DataError, match="numeric class codes"):
         vfl.simulate(words, host, id="id", label="y", key_bits=1024, keypair=keypair, model="multiclass-lr")
-    six = guest.assign(y=np.arange(len(guest)) % 6)  # fits one 1024-bit plaintext, not the loss slots
-    with pytest.raises(ConfigError, match="1024-bit key takes at most 4 classes"):
-        vfl.simulate(six, host, id="id", label="y", key_bits=1024, keypair=keypair, model="multiclass-lr",
-                     max_epochs=1)  # fmt: skip
 
 
 def test_outputs_per_kind_metrics_json_and_report(keypair, tmp_path):
@@ -247,3 +243,33 @@ def test_outputs_per_kind_metrics_json_and_report(keypair, tmp_path):
     metrics = json.loads((tmp_path / "lin" / "guest" / "metrics.json").read_text())
     assert {"rmse", "mae", "r2"} <= set(metrics["metrics"]) and len(metrics["losses"]) == 2
     assert "Predicted against actual" in (tmp_path / "lin" / "guest" / "report.html").read_text()
+
+
+def test_multiclass_beyond_one_ciphertext_equals_the_reference(keypair):
+    """K = 6 with a 1024-bit key (8 slots, but the loss of c classes needs 2c - 1 of them, so at most 4 per
+    ciphertext): two ciphertexts of 3 classes per row, every message still one per party and batch."""
+    from vfl.models.reference import train_ovr_reference
+    from vfl.optim import epoch_batches
+    from vfl.protocols.lr_multiclass import slot_layout
+    from vfl.transport import decode_table
+
+    guest, host = _four_classes(500)
+    guest = guest.assign(y=np.where(guest["g0"] > 1.0, 4, np.where(guest["g1"] > 1.0, 5, guest["y"])))
+    opts = dict(model="multiclass-lr", max_epochs=2, batch_size=150, learning_rate=0.1, tol=0.0)
+    groups = slot_layout(TrainOptions(**opts), 400, 6, 1024)
+    assert (groups.groups, groups.per, groups.layout.k_classes) == (2, 3, 6)
+    result = vfl.simulate(guest, host, id="id", label="y", key_bits=1024, keypair=keypair, workers=1, **opts)
+    blocks, y, _, names = _blocks(result, [guest, host], "id", "y")
+    weights, losses = train_ovr_reference(blocks, y.astype(int), 6, TrainOptions(**opts), names)
+    np.testing.assert_allclose(np.asarray(result.shards["guest"].weights), weights[0], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(result.shards["host1"].weights), weights[1], atol=1e-6)
+    np.testing.assert_allclose(result.losses, losses, rtol=1e-6)
+    seen = assert_all_declared(result.network, Job("t", "guest", ("host1",), "arbiter"))
+    assert {"lr.classes", "lr.kloss", "lr.u", "lr.d", "lr.masked"} <= seen
+    sent = [t for t in result.network.transcript if t.sender == "host1"]
+    u = [t for t in sent if t.tag.endswith("/u")]
+    masked = [t for t in sent if t.tag.endswith("/g/masked")]
+    batches = len(epoch_batches(len(y), TrainOptions(**opts), 0))
+    assert len(u) == len(masked) == 2 * batches  # one of each per epoch and batch
+    assert decode_table(u[0].payload).num_rows == 2 * 150  # two ciphertexts per row
+    assert decode_table(masked[0].payload).num_rows == 2 * 6  # two per column of the host's 6

@@ -146,3 +146,19 @@ def test_poisson_guest_residual_under_encryption(keypair) -> None:
     expected = exposure * np.exp(u_g + u_h) - y
     np.testing.assert_allclose(decrypt(sk, d), expected, rtol=0, atol=1e-8 * np.max(np.abs(expected)))
     assert d.exponent == enc.exponent - 10
+
+
+@pytest.mark.parametrize(
+    "key_bits, k, groups, per",
+    [(1024, 4, 1, 4), (1024, 5, 2, 3), (1024, 16, 4, 4), (2048, 9, 1, 9), (2048, 16, 2, 8)],
+)
+def test_classes_beyond_one_ciphertext_split_evenly(key_bits, k, groups, per):
+    """ceil(K / floor((t + 1) / 2)) ciphertexts per row (the loss of c classes needs 2c - 1 slots)."""
+    from vfl.options import TrainOptions
+    from vfl.protocols.lr_multiclass import slot_layout
+
+    layout = slot_layout(TrainOptions(batch_size=512), 2000, k, key_bits)
+    assert (layout.groups, layout.per, layout.layout.k_classes) == (groups, per, groups * per)
+    assert (2 * per - 1) * layout.layout.slot_bits <= key_bits - 1
+    padded = layout.pad(np.ones((3, k)))
+    assert padded.shape == (3, groups * per) and not padded[:, k:].any()
