@@ -65,6 +65,7 @@ from vfl.crypto import (
 )
 from vfl.errors import ProtocolError
 from vfl.optim import EarlyStopping, IterateAverage, ShardOptimizer, epoch_batches, max_rounds, passes
+from vfl.protocols.lr_chain import send_exp_chain
 from vfl.protocols.lr_common import (  # noqa: F401 - re-exported
     KEEP_STATES,
     ArbiterState,
@@ -162,9 +163,9 @@ def run_guest(
             host_in = [
                 {
                     name: EncryptedVector.from_arrow(session.recv(HOST_VECTORS[name], h, **tag), pk)
-                    for name in obj.host_vectors
+                    for name in obj.host_sends(i, len(plan.hosts))
                 }
-                for h in plan.hosts
+                for i, h in enumerate(plan.hosts)
             ]
             # Fresh randomness before it leaves: a host could otherwise divide out its own [[u_k]].
             d4 = obj.guest_residual(host_in, u_g, s[rows], off).rerandomize(randomness=party.randomness)
@@ -231,7 +232,20 @@ def run_host(
         for b, rows in enumerate(batches):
             m = len(rows)
             tag = {"gen": gen, "epoch": epoch, "batch": b}
-            for name, plain in obj.host_plain(party.xq[rows] @ w).items():
+            u = party.xq[rows] @ w
+            for name, plain in obj.host_plain(u).items():
+                if name == "expu" and len(plan.hosts) > 1:  # the hosts' chain (protocols/lr_chain.py)
+                    send_exp_chain(
+                        session,
+                        plan.hosts,
+                        plan.guest,
+                        u,
+                        pk,
+                        tag,
+                        randomness=party.randomness,
+                        workers=workers,
+                    )
+                    continue
                 vector = encrypt(pk, plain, randomness=party.randomness, workers=workers)
                 session.send(HOST_VECTORS[name], plan.guest, vector.to_arrow(), **tag)
             d4 = EncryptedVector.from_arrow(session.recv(D, plan.guest, **tag), pk)

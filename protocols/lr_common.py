@@ -40,7 +40,7 @@ class LrPlan:
     @property
     def objective(self) -> Objective:
         """The steps of the batch loop that differ per model kind (protocols/objectives.py)."""
-        return objective_for(self.options)
+        return objective_for(self.options).for_hosts(len(self.hosts))
 
     @property
     def data_parties(self) -> tuple[str, ...]:

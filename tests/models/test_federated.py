@@ -88,6 +88,31 @@ def test_poisson_regression_with_exposure_equals_the_reference(fate, keypair):
     assert "predict.partial" in assert_all_declared(network, job)
 
 
+def test_poisson_with_two_hosts_chains_their_exponentials(fate, keypair):
+    """Two hosts: host 1 sends [[exp(u_1)]] to host 2 (lr.chain), host 2 raises it to exp(u_2) and sends the
+    product to the guest; the weights equal the reference on the three blocks."""
+    guest, host = _frames(fate, "dvisits", rows=500)
+    first = host[["id", "sex", "age", "agesq", "income"]]
+    second = host[["id", "levyplus", "freepoor", "freerepa", "illness", "actdays"]]
+    opts = dict(model="poisson", optimizer="sgd", learning_rate=0.3, batch_size=0, max_epochs=3, tol=0.0)
+    result = vfl.simulate(
+        guest, [first, second], id="id", label="doctorco", key_bits=1024, keypair=keypair, workers=1, **opts
+    )  # fmt: skip
+    blocks, y, _, names = _blocks(result, [guest, first, second], "id", "doctorco")
+    weights, losses = train_poisson_reference(blocks, y, TrainOptions(**opts), names)
+    for name, w in zip(names, weights, strict=True):
+        np.testing.assert_allclose(result.shards[name].weight_vector, w, atol=1e-6)
+    np.testing.assert_allclose(result.losses, losses, rtol=1e-6)
+    job = Job("t", "guest", ("host1", "host2"), "arbiter")
+    seen = assert_all_declared(result.network, job)
+    assert {"lr.u", "lr.expu", "lr.chain", "lr.d"} <= seen
+    sent = {(t.sender, t.receiver, t.tag.rsplit("/", 1)[1]) for t in result.network.transcript}
+    assert ("host1", "host2", "chain") in sent and ("host2", "guest", "expu") in sent
+    assert ("host1", "guest", "expu") not in sent and ("host2", "host1", "chain") not in sent
+    assert "labels" in result.ledgers["host2"].never_learns
+    assert any("exp(partial score)" in item for item in result.ledgers["host2"].learns)
+
+
 def test_regression_targets_are_checked_before_any_peer_is_contacted(fate, keypair):
     guest, host = _frames(fate, "student", rows=200)
     text = guest.assign(y=guest["y"].astype(str).where(guest.index != 3, "n/a"))
@@ -105,11 +130,10 @@ def test_regression_targets_are_checked_before_any_peer_is_contacted(fate, keypa
         TrainOptions(model="linear", exposure="x0")
     with pytest.raises(ConfigError, match="model must be one of"):
         TrainOptions(model="ridge")
-    with pytest.raises(ConfigError, match="at most 1 host"):
-        vfl.simulate(
-            guest.assign(y=guest["y"].round()), [host, host.rename(columns=lambda c: c if c == "id" else c + "b")],
-            id="id", label="y", key_bits=1024, keypair=keypair, model="poisson",
-        )  # fmt: skip
+    hosts = [host.rename(columns=lambda c, i=i: c if c == "id" else f"{c}_{i}") for i in range(5)]
+    with pytest.raises(ConfigError, match="at most 4 hosts"):
+        vfl.simulate(guest.assign(y=guest["y"].round()), hosts, id="id", label="y", key_bits=1024, keypair=keypair,
+                     model="poisson")  # fmt: skip
 
 
 @pytest.mark.slow
@@ -167,17 +191,24 @@ def _four_classes(n=600, seed=0):
     return guest, host
 
 
-def test_multiclass_packed_training_equals_the_one_vs_rest_reference(keypair):
+def _multiclass_equals_the_reference(guest, host, keypair, k, opts):
+    """Train K classes federated, check weights and losses against the one-vs-rest reference (1e-6)."""
     from vfl.models.reference import train_ovr_reference
 
-    guest, host = _four_classes()
-    opts = dict(model="multiclass-lr", max_epochs=3, batch_size=150, learning_rate=0.1, tol=0.0)
     result = vfl.simulate(guest, host, id="id", label="y", key_bits=1024, keypair=keypair, workers=1, **opts)
     blocks, y, _, names = _blocks(result, [guest, host], "id", "y")
-    weights, losses = train_ovr_reference(blocks, y.astype(int), 4, TrainOptions(**opts), names)
+    weights, losses = train_ovr_reference(blocks, y.astype(int), k, TrainOptions(**opts), names)
     np.testing.assert_allclose(np.asarray(result.shards["guest"].weights), weights[0], atol=1e-6)
     np.testing.assert_allclose(np.asarray(result.shards["host1"].weights), weights[1], atol=1e-6)
     np.testing.assert_allclose(result.losses, losses, rtol=1e-6)
+    return result, y
+
+
+def test_multiclass_packed_training_equals_the_one_vs_rest_reference(keypair):
+
+    guest, host = _four_classes()
+    opts = dict(model="multiclass-lr", max_epochs=3, batch_size=150, learning_rate=0.1, tol=0.0)
+    result, y = _multiclass_equals_the_reference(guest, host, keypair, 4, opts)
     m = result.metrics
     assert {"accuracy", "f1_macro", "f1_micro", "log_loss", "auc_ovr"} <= set(m)
     assert (
@@ -248,7 +279,6 @@ def test_outputs_per_kind_metrics_json_and_report(keypair, tmp_path):
 def test_multiclass_beyond_one_ciphertext_equals_the_reference(keypair):
     """K = 6 with a 1024-bit key (8 slots, but the loss of c classes needs 2c - 1 of them, so at most 4 per
     ciphertext): two ciphertexts of 3 classes per row, every message still one per party and batch."""
-    from vfl.models.reference import train_ovr_reference
     from vfl.optim import epoch_batches
     from vfl.protocols.lr_multiclass import slot_layout
     from vfl.transport import decode_table
@@ -258,12 +288,7 @@ def test_multiclass_beyond_one_ciphertext_equals_the_reference(keypair):
     opts = dict(model="multiclass-lr", max_epochs=2, batch_size=150, learning_rate=0.1, tol=0.0)
     groups = slot_layout(TrainOptions(**opts), 400, 6, 1024)
     assert (groups.groups, groups.per, groups.layout.k_classes) == (2, 3, 6)
-    result = vfl.simulate(guest, host, id="id", label="y", key_bits=1024, keypair=keypair, workers=1, **opts)
-    blocks, y, _, names = _blocks(result, [guest, host], "id", "y")
-    weights, losses = train_ovr_reference(blocks, y.astype(int), 6, TrainOptions(**opts), names)
-    np.testing.assert_allclose(np.asarray(result.shards["guest"].weights), weights[0], atol=1e-6)
-    np.testing.assert_allclose(np.asarray(result.shards["host1"].weights), weights[1], atol=1e-6)
-    np.testing.assert_allclose(result.losses, losses, rtol=1e-6)
+    result, y = _multiclass_equals_the_reference(guest, host, keypair, 6, opts)
     seen = assert_all_declared(result.network, Job("t", "guest", ("host1",), "arbiter"))
     assert {"lr.classes", "lr.kloss", "lr.u", "lr.d", "lr.masked"} <= seen
     sent = [t for t in result.network.transcript if t.sender == "host1"]
