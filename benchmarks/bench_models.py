@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument("--key-bits", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--no-regressions", action="store_true", help="only the binary and multi-class rows")
     args = parser.parse_args()
     keypair = generate_keypair(args.key_bits)
     guest, host = frames(args.rows, args.classes[0])
@@ -77,22 +78,23 @@ def main() -> None:
         per_row = slot_layout(TrainOptions(**common), int(args.rows * 0.8), k, args.key_bits).groups
         seconds = epoch_time(g, h, keypair, args.key_bits, args.workers, model="multiclass-lr", **common)
         rows.append((f"multiclass-lr K={k}", per_row, seconds))
-    target = guest.assign(y=guest["g0"] * 2 + guest["g1"])
-    rows.append(
-        (
-            "linear",
-            1,
-            epoch_time(target, host, keypair, args.key_bits, args.workers, model="linear", **common),
+    if not args.no_regressions:
+        target = guest.assign(y=guest["g0"] * 2 + guest["g1"])
+        rows.append(
+            (
+                "linear",
+                1,
+                epoch_time(target, host, keypair, args.key_bits, args.workers, model="linear", **common),
+            )
         )
-    )
-    counts = guest.assign(y=np.random.default_rng(0).poisson(np.exp(0.3 * guest["g0"])))
-    rows.append(
-        (
-            "poisson",
-            2,
-            epoch_time(counts, host, keypair, args.key_bits, args.workers, model="poisson", **common),
+        counts = guest.assign(y=np.random.default_rng(0).poisson(np.exp(0.3 * guest["g0"])))
+        rows.append(
+            (
+                "poisson",
+                2,
+                epoch_time(counts, host, keypair, args.key_bits, args.workers, model="poisson", **common),
+            )
         )
-    )
     base = rows[0][2]
     print(
         f"\n{args.rows} rows (guest 5 + intercept, host 10 columns), batches of {args.batch}, "
