@@ -14,8 +14,8 @@ PSI, key generation, the held-out scoring and the setup cancel out. Rows:
   ciphertext group, the loss in one masked slot;
 * ``linear`` and ``poisson`` (targets derived from the same rows) for reference.
 
-The ratio column is each row's epoch time over the binary epoch measured in the same run (the machine is
-shared; only same-run ratios mean anything). Target of issue #15: K = 4 at most 1.5x binary.
+The ratio column is the median over ``--repeats`` rounds of each row's epoch time over the binary epoch
+of the same round (the machine is shared; only same-run ratios mean anything). Target of issue #15: K = 4 at most 1.5x binary.
 """
 
 from __future__ import annotations
@@ -66,43 +66,38 @@ def main() -> None:
     parser.add_argument("--key-bits", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of every row, interleaved; medians")
     parser.add_argument("--no-regressions", action="store_true", help="only the binary and multi-class rows")
     args = parser.parse_args()
     keypair = generate_keypair(args.key_bits)
     guest, host = frames(args.rows, args.classes[0])
     common = dict(batch_size=args.batch)
-    binary = guest.assign(y=(guest["y"] == 0).astype(int))
-    rows = [("binary-lr", 1, epoch_time(binary, host, keypair, args.key_bits, args.workers, **common))]
+    runs = [("binary-lr", 1, guest.assign(y=(guest["y"] == 0).astype(int)), host, {})]
     for k in args.classes:
         g, h = frames(args.rows, k)
         per_row = slot_layout(TrainOptions(**common), int(args.rows * 0.8), k, args.key_bits).groups
-        seconds = epoch_time(g, h, keypair, args.key_bits, args.workers, model="multiclass-lr", **common)
-        rows.append((f"multiclass-lr K={k}", per_row, seconds))
+        runs.append((f"multiclass-lr K={k}", per_row, g, h, {"model": "multiclass-lr"}))
     if not args.no_regressions:
-        target = guest.assign(y=guest["g0"] * 2 + guest["g1"])
-        rows.append(
-            (
-                "linear",
-                1,
-                epoch_time(target, host, keypair, args.key_bits, args.workers, model="linear", **common),
-            )
-        )
+        runs.append(("linear", 1, guest.assign(y=guest["g0"] * 2 + guest["g1"]), host, {"model": "linear"}))
         counts = guest.assign(y=np.random.default_rng(0).poisson(np.exp(0.3 * guest["g0"])))
-        rows.append(
-            (
-                "poisson",
-                2,
-                epoch_time(counts, host, keypair, args.key_bits, args.workers, model="poisson", **common),
-            )
-        )
-    base = rows[0][2]
+        runs.append(("poisson", 2, counts, host, {"model": "poisson"}))
+    times = np.array(
+        [
+            [
+                epoch_time(g, h, keypair, args.key_bits, args.workers, **common, **extra)
+                for _, _, g, h, extra in runs
+            ]
+            for _ in range(args.repeats)
+        ]
+    )  # (repeats, rows): every round measures every row, so a load change hits all rows of a round
+    ratios = np.median(times / times[:, :1], axis=0)
     print(
         f"\n{args.rows} rows (guest 5 + intercept, host 10 columns), batches of {args.batch}, "
-        f"{args.key_bits}-bit key, workers={args.workers}, load {os.getloadavg()[0]:.2f}"
+        f"{args.key_bits}-bit key, workers={args.workers}, {args.repeats} round(s), load {os.getloadavg()[0]:.2f}"
     )
     print(f"{'model':<22}{'host ct/row':>12}{'epoch (s)':>12}{'x binary':>10}")
-    for name, per_row, seconds in rows:
-        print(f"{name:<22}{per_row:>12}{seconds:>12.2f}{seconds / base:>10.2f}")
+    for (name, per_row, *_), seconds, ratio in zip(runs, np.median(times, axis=0), ratios, strict=True):
+        print(f"{name:<22}{per_row:>12}{seconds:>12.2f}{ratio:>10.2f}")
 
 
 if __name__ == "__main__":
