@@ -142,6 +142,15 @@ class Objective:
             q_b = wg_h + terms[0:1] - terms[1:2] * a + q_b
         return q_b
 
+    def plain_loss_term(self, a: np.ndarray, v: np.ndarray) -> float:
+        """The guest's plain part of a batch's ``Q`` in the arbiter-free topology (DESIGN.md §15).
+
+        There ``c d = a + sum_k u_k`` with the guest's part ``a = u_g - a_s v``, and ``|c d|^2 = |a|^2 +
+        sum_k t_k`` (``t_k`` from host k). ``Q`` is ``|c d|^2 - a_s^2 |v|^2`` for binary (``|a|^2 - 4m``)
+        and ``|c d|^2`` for linear (``|a|^2``): the same ``Q`` as :meth:`guest_loss_terms`, for :meth:`loss`."""
+        constant = 0.0 if self.name == "binary-lr" else float(v @ v)
+        return float(a @ a) - self.target_scale**2 * float(v @ v) + constant
+
     def check_guest_scores(self, u_g: np.ndarray, offset: np.ndarray | None) -> None:
         """Refuse to go on when the guest's partial predictor leaves the bounds the masks rely on."""
 
