@@ -65,11 +65,6 @@ class Job:
             # "topology" unset: coordinated with an arbiter, arbiter-free without (DESIGN.md §15).
             object.__setattr__(self, "options", self.options.resolved_for(self.arbiter is not None))
             o = self.options
-            if (o.loss_checks > 1 or o.averaging != "none") and o.model != "binary-lr":
-                raise ConfigError(
-                    "loss_checks and averaging apply to binary-lr training only; set loss_checks = 1 and "
-                    'averaging = "none" for this job'
-                )
             if o.randomizer_stream != "none" and self.topology == "arbiter-free":
                 raise ConfigError(
                     'randomizer_stream = "arbiter" needs the coordinated topology (the arbiter makes the '

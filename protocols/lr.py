@@ -159,9 +159,9 @@ def run_guest(
             # Fresh randomness before it leaves: a host could otherwise divide out its own [[u_k]].
             d4 = obj.guest_residual(host_in, u_g, s[rows], off).rerandomize(randomness=party.randomness)
             session.broadcast(D, plan.hosts, d4.to_arrow(), **tag)
+            party.refill(steps.batches, b)  # the workers make the next batch's while we multiply
             gradient = d4.rdot(party.matrix, rows=rows, workers=workers, randomness=party.randomness)
             mask = party.masked_decrypt_send(gradient, m, tag)
-            party.refill(steps.batches, b)
             # While the arbiter decrypts: this batch's encrypted loss terms.
             wgs = [
                 EncryptedVector.from_arrow(session.recv(WG, h, **tag), pk) if obj.host_sends_wg else None
@@ -205,13 +205,13 @@ def run_host(
             for name, plain in obj.host_plain(party.xq[rows] @ w).items():
                 vector = encrypt(pk, plain, randomness=party.randomness, workers=workers)
                 session.send(HOST_VECTORS[name], plan.guest, vector.to_arrow(), **tag)
+            party.refill(steps.batches, b)  # the workers make the next batch's while we wait and multiply
             d4 = EncryptedVector.from_arrow(session.recv(D, plan.guest, **tag), pk)
             gradient = d4.rdot(party.matrix, rows=rows, workers=workers, randomness=party.randomness)
             if obj.host_sends_wg:
                 wg = gradient.dot(w).rerandomize(randomness=party.randomness)
                 session.send(WG, plan.guest, wg.to_arrow(), **tag)
             mask = party.masked_decrypt_send(gradient, m, tag)
-            party.refill(steps.batches, b)
             steps.step(party.masked_decrypt_receive(mask, tag) / obj.gradient_divisor(m))
             if progress:
                 progress(epoch, b + 1, None)

@@ -25,7 +25,7 @@ from vfl.models.packing import (
     packed_rdot,
     read_slot,
 )
-from vfl.optim import ShardOptimizer, epoch_batches
+from vfl.optim import IterateAverage, ShardOptimizer, epoch_batches, passes
 from vfl.options import TrainOptions
 from vfl.protocols.lr_common import LrPlan, PartyState, Progress, TrainedShard
 from vfl.protocols.lr_party import (
@@ -87,8 +87,9 @@ def _class_optimizers(
     return optimizers
 
 
-def _step(optimizers: list[ShardOptimizer], w: np.ndarray, g: np.ndarray, epoch: int) -> np.ndarray:
-    return np.stack([opt.update(w[:, c], g[:, c], epoch) for c, opt in enumerate(optimizers)], axis=1)
+def _step(optimizers: list[ShardOptimizer], w: np.ndarray, g: np.ndarray, at: float) -> np.ndarray:
+    """One step of every class's optimizer; ``at`` is the position in passes over the rows."""
+    return np.stack([opt.update(w[:, c], g[:, c], at) for c, opt in enumerate(optimizers)], axis=1)
 
 
 def _packed_gradient(
@@ -135,7 +136,7 @@ def multiclass_guest(
         layout = slot_layout(o, party.n, n_classes, pk.bits)
         offsets = hosts * offset_packed(layout)
         optimizers = _class_optimizers(o, party.k, state.optimizer, 0)
-        w = state.weights
+        w, average = state.weights, IterateAverage()
         loss = DiagonalLoss(layout, pk)
         batches = epoch_batches(party.n, o, epoch)
         for b, rows in enumerate(batches):
@@ -160,7 +161,8 @@ def multiclass_guest(
             loss.add_top(int(round(plain * 2.0**layout.frac_bits)) + 2 * e * int(signs[rows].sum()))
             for h in plan.hosts:
                 loss.add_top(EncryptedVector.from_arrow(session.recv(WG, h, **tag), pk))
-            w = _step(optimizers, w, g / (4.0 * m), epoch)
+            w = _step(optimizers, w, g / (4.0 * m), passes(party.n, o, epoch))
+            average.add(w)
             if progress:
                 progress(epoch, b + 1, None)
         record = pa.table(
@@ -178,7 +180,7 @@ def multiclass_guest(
         losses = [*state.losses, float(one(control, "loss"))]
         if progress:
             progress(epoch, len(batches), losses[-1])
-        states = {"classes": [opt.state() for opt in optimizers]}
+        states, w = {"classes": [opt.state() for opt in optimizers]}, average.result(w, o)
         return PartyState(epoch + 1, w, states, losses, bool(one(control, "stop")))
 
     final = party.run(epoch_fn)
@@ -215,7 +217,7 @@ def multiclass_host(
         assert pk is not None and party.randomness is not None
         layout = slot_layout(o, party.n, n_classes, pk.bits)
         optimizers = _class_optimizers(o, party.k, state.optimizer, None)
-        w = state.weights
+        w, average = state.weights, IterateAverage()
         batches = epoch_batches(party.n, o, epoch)
         for b, rows in enumerate(batches):
             m = len(rows)
@@ -230,11 +232,12 @@ def multiclass_host(
                 pk, [float(np.sum(w * g))], exponent=-(layout.frac_bits // 4), randomness=party.randomness
             )
             session.send(WG, plan.guest, t.to_arrow(), **tag)
-            w = _step(optimizers, w, g / (4.0 * m), epoch)
+            w = _step(optimizers, w, g / (4.0 * m), passes(party.n, o, epoch))
+            average.add(w)
             if progress:
                 progress(epoch, b + 1, None)
         stop = bool(one(session.recv(STOP, plan.arbiter, gen=gen, epoch=epoch), "stop"))
-        states = {"classes": [opt.state() for opt in optimizers]}
+        states, w = {"classes": [opt.state() for opt in optimizers]}, average.result(w, o)
         return PartyState(epoch + 1, w, states, [], stop)
 
     final = party.run(epoch_fn)
