@@ -28,7 +28,7 @@ from vfl.models.packing import (
     packed_rdot,
     read_slot,
 )
-from vfl.optim import ShardOptimizer, epoch_batches
+from vfl.optim import IterateAverage, ShardOptimizer, epoch_batches, passes
 from vfl.options import TrainOptions
 from vfl.protocols.lr_common import LrPlan, PartyState, Progress, TrainedShard
 from vfl.protocols.lr_party import (
@@ -127,8 +127,9 @@ def _class_optimizers(
     return optimizers
 
 
-def _step(optimizers: list[ShardOptimizer], w: np.ndarray, g: np.ndarray, epoch: int) -> np.ndarray:
-    return np.stack([opt.update(w[:, c], g[:, c], epoch) for c, opt in enumerate(optimizers)], axis=1)
+def _step(optimizers: list[ShardOptimizer], w: np.ndarray, g: np.ndarray, at: float) -> np.ndarray:
+    """One step of every class's optimizer; ``at`` is the position in passes over the rows."""
+    return np.stack([opt.update(w[:, c], g[:, c], at) for c, opt in enumerate(optimizers)], axis=1)
 
 
 def _trained(party: DataParty, epoch_fn: Callable[[PartyState], PartyState]) -> TrainedShard:
@@ -191,7 +192,7 @@ def multiclass_guest(
         offsets = hosts * offset_packed(one_group)
         padded_signs = groups.pad(signs, 1.0)  # padding classes: residual 0, any sign
         optimizers = _class_optimizers(o, party.k, state.optimizer, 0)
-        w = state.weights
+        w, average = state.weights, IterateAverage()
         loss = DiagonalLoss(one_group, pk)  # the G groups' losses add up in its one slot
         batches = epoch_batches(party.n, o, epoch)
         for b, rows in enumerate(batches):
@@ -218,7 +219,8 @@ def multiclass_guest(
             loss.add_top(int(round(plain * 2.0**layout.frac_bits)) + 2 * e * int(s_rows.sum()))
             for h in plan.hosts:
                 loss.add_top(EncryptedVector.from_arrow(session.recv(WG, h, **tag), pk))
-            w = _step(optimizers, w, g / (4.0 * m), epoch)
+            w = _step(optimizers, w, g / (4.0 * m), passes(party.n, o, epoch))
+            average.add(w)
             if progress:
                 progress(epoch, b + 1, None)
         record = pa.table(
@@ -236,7 +238,7 @@ def multiclass_guest(
         losses = [*state.losses, float(one(control, "loss"))]
         if progress:
             progress(epoch, len(batches), losses[-1])
-        states = {"classes": [opt.state() for opt in optimizers]}
+        states, w = {"classes": [opt.state() for opt in optimizers]}, average.result(w, o)
         return PartyState(epoch + 1, w, states, losses, bool(one(control, "stop")))
 
     return _trained(party, epoch_fn)
@@ -268,7 +270,7 @@ def multiclass_host(
         groups = slot_layout(o, party.n, n_classes, pk.bits)
         layout = groups.layout
         optimizers = _class_optimizers(o, party.k, state.optimizer, None)
-        w = state.weights
+        w, average = state.weights, IterateAverage()
         batches = epoch_batches(party.n, o, epoch)
         for b, rows in enumerate(batches):
             m = len(rows)
@@ -283,11 +285,12 @@ def multiclass_host(
                 pk, [float(np.sum(w * g))], exponent=-(layout.frac_bits // 4), randomness=party.randomness
             )
             session.send(WG, plan.guest, t.to_arrow(), **tag)
-            w = _step(optimizers, w, g / (4.0 * m), epoch)
+            w = _step(optimizers, w, g / (4.0 * m), passes(party.n, o, epoch))
+            average.add(w)
             if progress:
                 progress(epoch, b + 1, None)
         stop = bool(one(session.recv(STOP, plan.arbiter, gen=gen, epoch=epoch), "stop"))
-        states = {"classes": [opt.state() for opt in optimizers]}
+        states, w = {"classes": [opt.state() for opt in optimizers]}, average.result(w, o)
         return PartyState(epoch + 1, w, states, [], stop)
 
     return _trained(party, epoch_fn)
