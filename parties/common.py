@@ -70,11 +70,8 @@ class Job:
                     'randomizer_stream = "arbiter" needs the coordinated topology (the arbiter makes the '
                     "randomizers); remove it for arbiter-free training"
                 )
-            if self.topology == "arbiter-free" and self.options.model != "binary-lr":
-                raise ConfigError(
-                    f'[train] model = "{self.options.model}" trains in the coordinated topology only (it needs an '
-                    'arbiter); arbiter-free training fits model = "binary-lr"'
-                )
+            if self.topology == "arbiter-free":
+                lr_two_key.two_key_objective(self.options)  # ConfigError for a kind it does not train
 
     @property
     def topology(self) -> str:

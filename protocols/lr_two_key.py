@@ -95,7 +95,7 @@ from vfl.protocols.lr_two_key_party import (  # noqa: F401 - re-exported: the me
     U,
 )
 from vfl.protocols.messages import one
-from vfl.protocols.objectives import LOGIT_BOUND
+from vfl.protocols.objectives import LOGIT_BOUND, two_key_objective
 from vfl.protocols.session import REJOIN_WAIT, Session
 from vfl.transport.channel import Interrupted
 
@@ -115,10 +115,11 @@ def run_guest(
     **context: Unpack[TwoKeyContext],
 ) -> TrainedShard:
     """Guest role (and coordinator). ``features`` are its standardized training rows, intercept first."""
-    o = plan.options
+    o, obj = plan.options, two_key_objective(plan.options)
+    obj.check_targets(np.asarray(labels, dtype=float))
     party = TwoKeyParty(session, plan, features, intercept=True, **context)
     workers, progress = party.workers, party.progress
-    s = 2.0 * np.asarray(labels, dtype=float) - 1.0
+    s = obj.guest_target(labels)  # binary-lr: s = 2y - 1; linear: y
 
     def start() -> PartyState:
         if party.states:  # restarted: resynchronize at once, the hosts may be waiting for us
@@ -136,13 +137,13 @@ def run_guest(
         epoch, gen = state.epoch, party.generation
         steps = RoundSteps(o, state, party.n, intercept_index=0)
         loss_terms: dict[str, EncryptedVector] = {}
-        plain_q = 0.0  # sum over batches of |a|^2 - 4m
+        plain_q = 0.0  # sum over batches of |a|^2 - 4m (binary), |a|^2 (linear): Objective.plain_loss_term
         loss_bound = 0.0  # bound on |sum_b a.u_k|
         v_bound = 0.0  # bound on |sum_b v_k| = |sum_b u_k . 4d|
         for b, rows in enumerate(steps.batches):
             m = len(rows)
             tag = {"gen": gen, "epoch": epoch, "batch": b}
-            a = party.xq[rows] @ steps.weights - 2.0 * s[rows]
+            a = party.xq[rows] @ steps.weights - obj.target_scale * s[rows]
             session.broadcast(A, plan.hosts, party.encrypt_own(a).to_arrow(), **tag)
             parts = {}
             for h in plan.hosts:
@@ -153,10 +154,10 @@ def run_guest(
             masks = party.send_parts(parts, m, LOGIT_BOUND, tag)
             for h in plan.hosts:
                 party.answer_parts(h, tag)
-            plain_q += float(a @ a) - 4.0 * m
+            plain_q += obj.plain_loss_term(a, s[rows])
             loss_bound += float(np.abs(a).sum()) * LOGIT_BOUND
             v_bound += LOGIT_BOUND * (float(np.abs(a).sum()) + m * len(plan.hosts) * LOGIT_BOUND)
-            steps.step((party.xq[rows].T @ a + party.collect_parts(masks, tag)) / (4.0 * m))
+            steps.step((party.xq[rows].T @ a + party.collect_parts(masks, tag)) / obj.gradient_divisor(m))
             if progress:
                 progress(epoch, b + 1, None)
         loss_masks = []
@@ -174,7 +175,7 @@ def run_guest(
         extra = len(plan.hosts) * (math.ceil(math.ldexp(v_bound, -4 * LOSS_EXPONENT)) + 1)
         t = sum_of_parts(replies, loss_masks, party.bits, extra_bound=extra)[0]
         q = plain_q + math.ldexp(t, 4 * LOSS_EXPONENT)
-        losses = [*state.losses, math.log(2.0) + q / (8.0 * steps.rows)]
+        losses = [*state.losses, obj.loss(q, steps.rows)]
         stop = EarlyStopping.replay(o, losses)
         log.info("round %d: loss %.6f%s", epoch + 1, losses[-1], " (stop)" if stop else "")
         session.broadcast(STOP, plan.hosts, pa.table({"stop": [stop]}), gen=gen, epoch=epoch)
@@ -219,7 +220,7 @@ def run_host(
     session: Session, plan: TwoKeyPlan, features: np.ndarray, **context: Unpack[TwoKeyContext]
 ) -> TrainedShard:
     """Host role. ``features`` are the host's standardized training rows, in the shared order."""
-    o = plan.options
+    o, obj = plan.options, two_key_objective(plan.options)
     party = TwoKeyParty(session, plan, features, intercept=False, **context)
     workers, progress = party.workers, party.progress
     me, others = party.me, [h for h in plan.hosts if h != party.me]
@@ -252,12 +253,12 @@ def run_host(
                 owner: v.rdot(party.matrix, rows=rows, workers=workers, rerandomize=False)
                 for owner, v in parts.items()
             }
-            masks = party.send_parts(parts, m, LOGIT_BOUND + 2.0, tag)
+            masks = party.send_parts(parts, m, obj.residual_bound, tag)  # |a|, |u_j| <= it
             for target in [plan.guest, *others]:
                 party.answer_parts(target, tag)
             g = party.xq[rows].T @ u + party.collect_parts(masks, tag)
             v_total += float(w @ g)
-            steps.step(g / (4.0 * m))
+            steps.step(g / obj.gradient_divisor(m))
             if progress:
                 progress(epoch, b + 1, None)
         # The loss: decrypt the guest's masked a.u_k, add v_k and our share of the host masks.

@@ -298,3 +298,28 @@ def test_multiclass_beyond_one_ciphertext_equals_the_reference(keypair):
     assert len(u) == len(masked) == 2 * batches  # one of each per epoch and batch
     assert decode_table(u[0].payload).num_rows == 2 * 150  # two ciphertexts per row
     assert decode_table(masked[0].payload).num_rows == 2 * 6  # two per column of the host's 6
+
+
+def test_arbiter_free_linear_regression_equals_the_reference(fate, keypair):
+    """Two keys, no arbiter (DESIGN.md §15): the guest's part is a = u_g - y, the gradient X^T d / m; the
+    weights and losses equal the reference, and the kinds it cannot train are refused before PSI."""
+    guest, host = _frames(fate, "student", rows=300)
+    first, second = host.iloc[:, :6], host[["id", *host.columns[6:]]]
+    keys = {"guest": keypair, "host1": generate_keypair(1024), "host2": generate_keypair(1024)}
+    opts = dict(model="linear", optimizer="sgd", learning_rate=0.3, batch_size=100, max_epochs=2, tol=0.0)
+    result = vfl.simulate(
+        guest, [first, second], id="id", label="y", key_bits=1024, topology="arbiter-free", keypairs=keys,
+        workers=1, **opts,
+    )  # fmt: skip
+    blocks, y, _, names = _blocks(result, [guest, first, second], "id", "y")
+    weights, losses = train_linear_reference(blocks, y, TrainOptions(**opts), names)
+    for name, w in zip(names, weights, strict=True):
+        np.testing.assert_allclose(result.shards[name].weight_vector, w, atol=1e-6)
+    np.testing.assert_allclose(result.losses, losses, rtol=1e-4)
+    assert "arbiter" not in result.ledgers and {"rmse", "mae", "r2"} <= set(result.metrics)
+    seen = assert_all_declared(result.network, Job("t", "guest", ("host1", "host2"), None))
+    assert {"lr2.a", "lr2.u", "lr2.masked", "lr2.loss-part"} <= seen
+    for model in ("multiclass-lr", "poisson"):
+        with pytest.raises(ConfigError, match="arbiter-free training fits model = 'binary-lr' or 'linear'"):
+            vfl.simulate(guest.assign(y=guest["y"].round() % 3), host, id="id", label="y", key_bits=1024,
+                         topology="arbiter-free", keypairs=keys, model=model)  # fmt: skip
