@@ -88,6 +88,17 @@ def test_poisson_regression_with_exposure_equals_the_reference(fate, keypair):
     assert "predict.partial" in assert_all_declared(network, job)
 
 
+def _equals_the_reference(reference, guest, hosts, label, opts, loss_rtol, **simulate):
+    """Train federated, then check every party's weights (1e-6) and the losses against ``reference``."""
+    result = vfl.simulate(guest, hosts, id="id", label=label, key_bits=1024, workers=1, **opts, **simulate)
+    blocks, y, _, names = _blocks(result, [guest, *hosts], "id", label)
+    weights, losses = reference(blocks, y, TrainOptions(**opts), names)
+    for name, w in zip(names, weights, strict=True):
+        np.testing.assert_allclose(result.shards[name].weight_vector, w, atol=1e-6)
+    np.testing.assert_allclose(result.losses, losses, rtol=loss_rtol)
+    return result
+
+
 def test_poisson_with_two_hosts_chains_their_exponentials(fate, keypair):
     """Two hosts: host 1 sends [[exp(u_1)]] to host 2 (lr.chain), host 2 raises it to exp(u_2) and sends the
     product to the guest; the weights equal the reference on the three blocks."""
@@ -95,14 +106,9 @@ def test_poisson_with_two_hosts_chains_their_exponentials(fate, keypair):
     first = host[["id", "sex", "age", "agesq", "income"]]
     second = host[["id", "levyplus", "freepoor", "freerepa", "illness", "actdays"]]
     opts = dict(model="poisson", optimizer="sgd", learning_rate=0.3, batch_size=0, max_epochs=3, tol=0.0)
-    result = vfl.simulate(
-        guest, [first, second], id="id", label="doctorco", key_bits=1024, keypair=keypair, workers=1, **opts
-    )  # fmt: skip
-    blocks, y, _, names = _blocks(result, [guest, first, second], "id", "doctorco")
-    weights, losses = train_poisson_reference(blocks, y, TrainOptions(**opts), names)
-    for name, w in zip(names, weights, strict=True):
-        np.testing.assert_allclose(result.shards[name].weight_vector, w, atol=1e-6)
-    np.testing.assert_allclose(result.losses, losses, rtol=1e-6)
+    result = _equals_the_reference(
+        train_poisson_reference, guest, [first, second], "doctorco", opts, 1e-6, keypair=keypair
+    )
     job = Job("t", "guest", ("host1", "host2"), "arbiter")
     seen = assert_all_declared(result.network, job)
     assert {"lr.u", "lr.expu", "lr.chain", "lr.d"} <= seen
@@ -307,15 +313,16 @@ def test_arbiter_free_linear_regression_equals_the_reference(fate, keypair):
     first, second = host.iloc[:, :6], host[["id", *host.columns[6:]]]
     keys = {"guest": keypair, "host1": generate_keypair(1024), "host2": generate_keypair(1024)}
     opts = dict(model="linear", optimizer="sgd", learning_rate=0.3, batch_size=100, max_epochs=2, tol=0.0)
-    result = vfl.simulate(
-        guest, [first, second], id="id", label="y", key_bits=1024, topology="arbiter-free", keypairs=keys,
-        workers=1, **opts,
-    )  # fmt: skip
-    blocks, y, _, names = _blocks(result, [guest, first, second], "id", "y")
-    weights, losses = train_linear_reference(blocks, y, TrainOptions(**opts), names)
-    for name, w in zip(names, weights, strict=True):
-        np.testing.assert_allclose(result.shards[name].weight_vector, w, atol=1e-6)
-    np.testing.assert_allclose(result.losses, losses, rtol=1e-4)
+    result = _equals_the_reference(  # the loss goes through the two-key fixed-point sums: 1e-4
+        train_linear_reference,
+        guest,
+        [first, second],
+        "y",
+        opts,
+        1e-4,
+        topology="arbiter-free",
+        keypairs=keys,
+    )
     assert "arbiter" not in result.ledgers and {"rmse", "mae", "r2"} <= set(result.metrics)
     seen = assert_all_declared(result.network, Job("t", "guest", ("host1", "host2"), None))
     assert {"lr2.a", "lr2.u", "lr2.masked", "lr2.loss-part"} <= seen
