@@ -65,18 +65,13 @@ class Job:
             # "topology" unset: coordinated with an arbiter, arbiter-free without (DESIGN.md §15).
             object.__setattr__(self, "options", self.options.resolved_for(self.arbiter is not None))
             o = self.options
-            if (o.loss_checks > 1 or o.averaging != "none" or o.randomizer_stream != "none") and (
-                self.topology == "arbiter-free" or o.model != "binary-lr"
-            ):
+            if o.randomizer_stream != "none" and self.topology == "arbiter-free":
                 raise ConfigError(
-                    "loss_checks, averaging and randomizer_stream apply to coordinated binary-lr training only; "
-                    'leave them at their defaults (1, "none", "none") for this job'
+                    'randomizer_stream = "arbiter" needs the coordinated topology (the arbiter makes the '
+                    "randomizers); remove it for arbiter-free training"
                 )
-            if self.topology == "arbiter-free" and self.options.model != "binary-lr":
-                raise ConfigError(
-                    f'[train] model = "{self.options.model}" trains in the coordinated topology only (it needs an '
-                    'arbiter); arbiter-free training fits model = "binary-lr"'
-                )
+            if self.topology == "arbiter-free":
+                lr_two_key.two_key_objective(self.options)  # ConfigError for a kind it does not train
 
     @property
     def topology(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vfl.protocols.audience import AUDIENCE
 from vfl.protocols.lr import LR, LR_STREAM
+from vfl.protocols.lr_chain import LR_CHAIN
 from vfl.protocols.lr_two_key import LR_TWO_KEY
 from vfl.protocols.messages import Protocol, find
 from vfl.protocols.predict import PREDICT
@@ -21,6 +22,7 @@ ALL_PROTOCOLS: tuple[Protocol, ...] = (
     SPLIT,
     LR,
     LR_STREAM,
+    LR_CHAIN,
     PREDICT,
     SHARDS,
     LR_TWO_KEY,
