@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,23 +27,23 @@ from vfl.parties.common import (
     Job,
     ProgressFn,
     Start,
+    align_for_training,
     begin,
     checkpointing,
     feature_columns,
     ledger_for,
     make_shard,
     open_store,
-    precondition_features,
     prepare_features,
-    psi_multiplier,
-    require_intersection,
     require_min_intersection,
+    run_psi,
+    train_weights,
     trainer,
     training_notes,
     write_outputs,
 )
 from vfl.parties.state import Alignment
-from vfl.protocols import lr, predict, psi
+from vfl.protocols import lr, predict
 from vfl.protocols.session import Session
 from vfl.protocols.split import send_held_out
 from vfl.report import build_report_data, write_report
@@ -186,12 +185,7 @@ def train(
         start = begin(session, job, store, coordinator=training.coordinator)
     saved = start.saved
     if saved is None:
-        result = psi.run_guest(
-            session, data[id_column], list(job.hosts), job.training_psi, column=id_column,
-            multiplier=psi_multiplier(workers, job.training_psi),
-        )  # fmt: skip
-        session.guard(lambda: require_intersection(result))
-        rows, info = result.rows, {"size": result.size, "set_sizes": dict(result.set_sizes)}
+        rows, info = align_for_training(session, job, data[id_column], column=id_column, workers=workers)
     else:
         rows, info = saved.rows, saved.info
         log.info("resuming job %s: alignment of %d rows loaded from %s", job.id, len(rows), store.directory)
@@ -222,26 +216,17 @@ def train(
         if progress and loss is not None:
             progress("train", epoch + 1, max_rounds(len(train_rows), o), f"loss {loss:.5f}")
 
-    train_matrix, whitening = session.guard(
-        lambda: precondition_features(matrix, train_rows, o, intercept=True)
-    )
-    trained = session.guard(
-        lambda: training.run_guest(
-            session,
-            train_matrix,
-            labels[train_rows],
-            keypair=keypair,
-            workers=workers,
-            progress=on_epoch,
+    trained = train_weights(
+        session, o, matrix, train_rows, intercept=True,
+        run=lambda train_matrix: training.run_guest(
+            session, train_matrix, labels[train_rows], keypair=keypair, workers=workers, progress=on_epoch,
             interrupted=start.interrupted,
             **({} if offset is None else {"offset": offset[train_rows]}),
             **checkpointing(store, resuming=saved is not None or start.interrupted is not None),
-        )
-    )
+        ),
+    )  # fmt: skip
     if progress:
         progress("train", trained.epochs, trained.epochs, f"done, loss {trained.losses[-1]:.5f}")
-    # The model on the guest's own (standardized) columns, whatever the preconditioning.
-    trained = dataclasses.replace(trained, weights=whitening.to_original(trained.weights))
     scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="train-score")
     z = session.guard(lambda: predict.joint_logit_matrix(session, scoring, matrix @ trained.weights))
     if not binary:
@@ -461,10 +446,7 @@ def score(
         )
     )
     session.guard(lambda: session.agree(job.settings()))
-    result = psi.run_guest(
-        session, data[id_column], list(job.hosts), job.psi, column=id_column,
-        multiplier=psi_multiplier(workers, job.psi),
-    )  # fmt: skip
+    result = run_psi(session, job, data[id_column], job.psi, column=id_column, workers=workers)
     session.guard(result.require_nonempty)
     aligned = result.align(data)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,23 +18,23 @@ from vfl.optim import max_rounds
 from vfl.parties.common import (
     Job,
     ProgressFn,
+    align_for_training,
     begin,
     checkpointing,
     feature_columns,
     ledger_for,
     make_shard,
     open_store,
-    precondition_features,
     prepare_features,
-    psi_multiplier,
-    require_intersection,
     require_min_intersection,
+    run_psi,
+    train_weights,
     trainer,
     training_notes,
     write_outputs,
 )
 from vfl.parties.state import Alignment
-from vfl.protocols import predict, psi
+from vfl.protocols import predict
 from vfl.protocols.session import Session
 from vfl.protocols.split import receive_held_out
 
@@ -89,12 +88,7 @@ def train(
     start = begin(session, job, store, coordinator=training.coordinator)
     saved = start.saved if start.saved is not None and start.saved.held_out is not None else None
     if saved is None:
-        result = psi.run_host(
-            session, data[id_column], job.guest, job.training_psi, column=id_column,
-            multiplier=psi_multiplier(workers, job.training_psi),
-        )  # fmt: skip
-        session.guard(lambda: require_intersection(result))
-        rows, info = result.rows, {"size": result.size, "set_sizes": dict(result.set_sizes)}
+        rows, info = align_for_training(session, job, data[id_column], column=id_column, workers=workers)
         session.guard(lambda: require_min_intersection(info["size"], o))
         held_rows = receive_held_out(session, job.guest, len(rows))
         if store is not None:
@@ -114,24 +108,16 @@ def train(
         if progress:
             progress("train", epoch + 1, max_rounds(len(train_rows), o), f"batch {batch}")
 
-    train_matrix, whitening = session.guard(
-        lambda: precondition_features(matrix, train_rows, o, intercept=False)
-    )
-    trained = session.guard(
-        lambda: training.run_host(
-            session,
-            train_matrix,
-            keypair=keypair,
-            workers=workers,
-            progress=on_epoch,
+    trained = train_weights(
+        session, o, matrix, train_rows, intercept=False,
+        run=lambda train_matrix: training.run_host(
+            session, train_matrix, keypair=keypair, workers=workers, progress=on_epoch,
             interrupted=start.interrupted,
             **checkpointing(store, resuming=saved is not None or start.interrupted is not None),
-        )
-    )
+        ),
+    )  # fmt: skip
     if progress:
         progress("train", trained.epochs, trained.epochs, "done")
-    # The model on the host's own (standardized) columns, whatever the preconditioning.
-    trained = dataclasses.replace(trained, weights=whitening.to_original(trained.weights))
     scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="train-score")
     session.guard(lambda: predict.send_partial_matrix(session, scoring, matrix @ trained.weights))
     shard = session.guard(lambda: make_shard(session, job, "host", names, trained.weights, scaler))
@@ -155,14 +141,7 @@ def score(
     needed = [id_column, *shard.scaler().input_names]
     session.guard(lambda: require_columns(data, needed, what=f"host '{session.party}' data"))
     session.guard(lambda: session.agree(job.settings()))
-    result = psi.run_host(
-        session,
-        data[id_column],
-        job.guest,
-        job.psi,
-        column=id_column,
-        multiplier=psi_multiplier(workers, job.psi),
-    )
+    result = run_psi(session, job, data[id_column], job.psi, column=id_column, workers=workers)
     session.guard(result.require_nonempty)
     aligned = result.align(data)
     partial = session.guard(lambda: shard.scaler().transform(aligned) @ shard.weight_vector)

@@ -24,8 +24,7 @@ from vfl.io import atomic_write_json, atomic_write_text
 from vfl.ledger import Ledger
 from vfl.model_reports import screen_report_html
 from vfl.options import ScreenOptions
-from vfl.parties.common import Job, feature_columns, ledger_for, write_outputs
-from vfl.protocols import psi
+from vfl.parties.common import Job, feature_columns, ledger_for, run_psi, write_outputs
 from vfl.protocols import screen as protocol
 from vfl.protocols.session import Session
 
@@ -60,14 +59,11 @@ def _plan(job: Job) -> protocol.ScreenPlan:
     return protocol.ScreenPlan(job.guest, job.hosts, _options(job))
 
 
-def _align(session: Session, job: Job, data: pd.DataFrame, id_column: str, guest: bool):
+def _align(session: Session, job: Job, data: pd.DataFrame, id_column: str):
     o = _options(job)
     if job.psi.reveal != "all":
         raise ConfigError('a screening job needs [psi] reveal = "all": the hosts bin their aligned rows')
-    if guest:
-        result = psi.run_guest(session, data[id_column], list(job.hosts), job.psi, column=id_column)
-    else:
-        result = psi.run_host(session, data[id_column], job.guest, job.psi, column=id_column)
+    result = run_psi(session, job, data[id_column], job.psi, column=id_column)
     session.guard(result.require_nonempty)
 
     def enough() -> None:
@@ -104,7 +100,7 @@ def guest(
 
     features, positive_label = session.guard(check)
     session.guard(lambda: session.agree(job.settings()))
-    result = _align(session, job, data, id_column, guest=True)
+    result = _align(session, job, data, id_column)
     aligned = result.align(data)
     labels = session.guard(lambda: binary_labels(aligned[label], column=label, positive=positive_label))
     session.guard(lambda: _two_classes(labels))
@@ -164,7 +160,7 @@ def host(
 ) -> ScreenOutcome:
     features = session.guard(lambda: feature_columns(data, id_column, None, columns))
     session.guard(lambda: session.agree(job.settings()))
-    result = _align(session, job, data, id_column, guest=False)
+    result = _align(session, job, data, id_column)
     aligned = result.align(data)
     numeric, skipped = protocol.numeric_columns(aligned[features])
     shared = session.guard(lambda: protocol.run_host(session, _plan(job), aligned[numeric]))
