@@ -12,64 +12,23 @@ A new kind of job is one protocol module in ``protocols/`` plus one ``JobKind`` 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from vfl.crypto import PrivateKey, PublicKey, WorkerPool
 from vfl.errors import ConfigError
 from vfl.io import atomic_write_text
-from vfl.model import ModelShard
 from vfl.parties import arbiter as arbiter_party
 from vfl.parties import audience as audience_party
 from vfl.parties import guest as guest_party
 from vfl.parties import host as host_party
 from vfl.parties import screen as screen_party
 from vfl.parties import segment as segment_party
-from vfl.parties.common import Job, ProgressFn, ledger_for, run_psi, write_outputs
-from vfl.protocols.session import Session
+from vfl.parties.common import Job, ledger_for, run_psi, write_outputs
+from vfl.parties.context import Outcome, RoleContext, RoleFn
 from vfl.segmentation.model import SegmentModel
-
-
-@dataclass
-class RoleContext:
-    """What one party brings to one job."""
-
-    session: Session
-    job: Job
-    data: pd.DataFrame | None = None
-    id_column: str = "id"
-    label: str | None = None
-    columns: list[str] | None = None
-    positive: str | None = None
-    output_dir: Path | None = None
-    workers: WorkerPool | None = None
-    progress: ProgressFn | None = None
-    resumable: bool = False
-    model: ModelShard | None = None
-    keypair: tuple[PublicKey, PrivateKey] | None = None
-    source: str | None = None  # the data file's name, for the report's provenance
-    segment_policy: Any = None  # segment jobs: this party's [segment] policy from party.toml
-    budget: Any = None  # audience and segment jobs: the party's PrivacyBudget (None: no budget is kept)
-    disable_noise_for_tests: bool = False  # audience jobs: exactness tests only; no option maps to it
-
-    @property
-    def role(self) -> str:
-        return self.session.role
-
-
-@dataclass
-class Outcome:
-    """What one party's role of a job produced."""
-
-    outputs: dict[str, Path] = field(default_factory=dict)
-    summary: dict[str, Any] = field(default_factory=dict)
-    result: Any = None
-
-
-RoleFn = Callable[[RoleContext], Outcome]
 
 
 @dataclass(frozen=True)
@@ -187,23 +146,6 @@ def _predict_host(ctx: RoleContext) -> Outcome:
     return Outcome(outputs, {"rows": rows}, rows)
 
 
-# --- screen ----------------------------------------------------------------------------------------
-
-
-def _screen_guest(ctx: RoleContext) -> Outcome:
-    assert ctx.label is not None
-    result = _call(
-        screen_party.guest, ctx, "id_column", "label", "columns", "positive", "output_dir", "workers",
-        "keypair",
-    )  # fmt: skip
-    return Outcome(result.outputs, result.summary, result)
-
-
-def _screen_host(ctx: RoleContext) -> Outcome:
-    result = _call(screen_party.host, ctx, "id_column", "columns", "output_dir")
-    return Outcome(result.outputs, result.summary, result)
-
-
 # --- segment ---------------------------------------------------------------------------------------
 
 
@@ -275,7 +217,7 @@ JOB_KINDS: dict[str, JobKind] = {
             uses_arbiter=True,
         ),
         JobKind("predict", {"guest": _predict_guest, "host": _predict_host}, needs_model=True),
-        JobKind("screen", {"guest": _screen_guest, "host": _screen_host}, needs_label=True),
+        JobKind("screen", {"guest": screen_party.guest, "host": screen_party.host}, needs_label=True),
         JobKind("segment", {"guest": _segment_guest, "host": _segment_host}, spends_budget=True),
         JobKind(
             "audience",

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vfl.crypto import PrivateKey, PublicKey, WorkerPool, generate_keypair
+from vfl.crypto import generate_keypair
 from vfl.data import binary_labels, positive_class, require_columns
 from vfl.errors import ConfigError, DataError
 from vfl.io import atomic_write_json, atomic_write_text
@@ -25,6 +25,7 @@ from vfl.ledger import Ledger
 from vfl.model_reports import screen_report_html
 from vfl.options import ScreenOptions
 from vfl.parties.common import Job, feature_columns, ledger_for, run_psi, write_outputs
+from vfl.parties.context import Outcome, RoleContext
 from vfl.protocols import screen as protocol
 from vfl.protocols.session import Session
 
@@ -77,19 +78,11 @@ def _align(session: Session, job: Job, data: pd.DataFrame, id_column: str):
     return result
 
 
-def guest(
-    session: Session,
-    job: Job,
-    data: pd.DataFrame,
-    *,
-    id_column: str,
-    label: str,
-    columns: list[str] | None = None,
-    positive: str | None = None,
-    output_dir: Path | None = None,
-    workers: WorkerPool | None = None,
-    keypair: tuple[PublicKey, PrivateKey] | None = None,
-) -> ScreenOutcome:
+def guest(ctx: RoleContext) -> Outcome:
+    """The guest's role of a screening job: its own columns, then every host's through the protocol."""
+    session, job, data, id_column, label = ctx.session, ctx.job, ctx.data, ctx.id_column, ctx.label
+    columns, positive, output_dir = ctx.columns, ctx.positive, ctx.output_dir
+    assert data is not None and label is not None
     o = _options(job)
 
     def check() -> tuple[list[str], str]:
@@ -113,8 +106,10 @@ def guest(
         ]
 
     results = session.guard(own)
-    keys = keypair or generate_keypair(o.key_bits)
-    results += session.guard(lambda: protocol.run_guest(session, _plan(job), labels, keys, workers=workers))
+    keys = ctx.keypair or generate_keypair(o.key_bits)
+    results += session.guard(
+        lambda: protocol.run_guest(session, _plan(job), labels, keys, workers=ctx.workers)
+    )
     if o.share_iv:
         protocol.share_iv(session, _plan(job), results)
     session.barrier("screen")
@@ -141,7 +136,7 @@ def guest(
         outcome.outputs["report"] = atomic_write_text(
             output_dir / "report.html", screen_report_html(job.id, iv, woe, ledger)
         )
-    return outcome
+    return Outcome(outcome.outputs, outcome.summary, outcome)
 
 
 def _two_classes(labels: np.ndarray) -> None:
@@ -149,16 +144,11 @@ def _two_classes(labels: np.ndarray) -> None:
         raise DataError("the aligned rows have one label class only; WOE and IV need events and non-events")
 
 
-def host(
-    session: Session,
-    job: Job,
-    data: pd.DataFrame,
-    *,
-    id_column: str,
-    columns: list[str] | None = None,
-    output_dir: Path | None = None,
-) -> ScreenOutcome:
-    features = session.guard(lambda: feature_columns(data, id_column, None, columns))
+def host(ctx: RoleContext) -> Outcome:
+    """A host's role of a screening job: per-bin counts and encrypted label sums of its columns."""
+    session, job, data, id_column, output_dir = ctx.session, ctx.job, ctx.data, ctx.id_column, ctx.output_dir
+    assert data is not None
+    features = session.guard(lambda: feature_columns(data, id_column, None, ctx.columns))
     session.guard(lambda: session.agree(job.settings()))
     result = _align(session, job, data, id_column)
     aligned = result.align(data)
@@ -178,4 +168,4 @@ def host(
         outcome.outputs = write_outputs(output_dir, None, ledger)
         if shared is not None:
             outcome.outputs["iv"] = atomic_write_text(output_dir / "iv.csv", shared.to_csv(index=False))
-    return outcome
+    return Outcome(outcome.outputs, outcome.summary, outcome)
