@@ -271,11 +271,7 @@ def train(
         calibrator=calibrator, baseline=baseline, data_files=[{"name": source or "(in memory)", "rows": len(data)}],
         input_rows=np.asarray(rows),
     )  # fmt: skip
-    if output_dir is not None:
-        outcome.outputs = write_guest_outputs(output_dir, outcome, job)
-    if store is not None:
-        store.clear()
-    return outcome
+    return _save(outcome, job, output_dir, store)
 
 
 def class_columns(probabilities: np.ndarray, classes: Any) -> dict[str, Any]:
@@ -340,11 +336,7 @@ def _finish_regression(
         shard, None, table, trained.losses, trained.epochs, info["size"], ledger, "",
         data_files=[{"name": source or "(in memory)", "rows": rows_in}], model=o.model, kind_metrics=metrics,
     )  # fmt: skip
-    if output_dir is not None:
-        outcome.outputs = write_guest_outputs(output_dir, outcome, job)
-    if store is not None:
-        store.clear()
-    return outcome
+    return _save(outcome, job, output_dir, store)
 
 
 def _end_training(
@@ -360,6 +352,15 @@ def _end_training(
         session.guard(lambda: output_dir.mkdir(parents=True, exist_ok=True))
     session.barrier("train")
     return ledger_for(session, notes)
+
+
+def _save(outcome: GuestOutcome, job: Job, output_dir: Path | None, store: Any) -> GuestOutcome:
+    """The last step of a training job at the guest: its outputs written, its resumable state dropped."""
+    if output_dir is not None:
+        outcome.outputs = write_guest_outputs(output_dir, outcome, job)
+    if store is not None:
+        store.clear()
+    return outcome
 
 
 def write_guest_outputs(directory: Path, outcome: GuestOutcome, job: Job) -> dict[str, Path]:
