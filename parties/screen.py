@@ -114,13 +114,9 @@ def guest(ctx: RoleContext) -> Outcome:
         protocol.share_iv(session, _plan(job), results)
     session.barrier("screen")
     iv, woe = protocol.iv_ranking(results), protocol.woe_tables(results)
-    notes = [f"intersection size {result.size}; set sizes {dict(result.set_sizes)}"]
-    if skipped:
-        notes.append(f"text columns not screened: {', '.join(skipped)}")
-    ledger = ledger_for(session, notes)
-    outcome = ScreenOutcome(iv, woe, result.size, ledger, skipped=skipped)
+    outcome = _finish(session, result, skipped, [], iv, woe, output_dir)
+    ledger = outcome.ledger
     if output_dir is not None:
-        outcome.outputs = write_outputs(output_dir, None, ledger)
         outcome.outputs["iv"] = atomic_write_text(output_dir / "iv.csv", iv.to_csv(index=False))
         outcome.outputs["woe"] = atomic_write_text(output_dir / "woe.csv", woe.to_csv(index=False))
         outcome.outputs["screen"] = atomic_write_json(
@@ -139,6 +135,27 @@ def guest(ctx: RoleContext) -> Outcome:
     return Outcome(outcome.outputs, outcome.summary, outcome)
 
 
+def _finish(
+    session: Session,
+    result: Any,
+    skipped: list[str],
+    sent: list[str],
+    iv: pd.DataFrame | None,
+    woe: pd.DataFrame | None,
+    output_dir: Path | None,
+) -> ScreenOutcome:
+    """Either side's end of a screening job: its ledger (the alignment, what it ``sent``, the columns it
+    skipped), written with the outcome's first outputs."""
+    notes = [f"intersection size {result.size}; set sizes {dict(result.set_sizes)}", *sent]
+    if skipped:
+        notes.append(f"text columns not screened: {', '.join(skipped)}")
+    ledger = ledger_for(session, notes)
+    outcome = ScreenOutcome(iv, woe, result.size, ledger, skipped=skipped)
+    if output_dir is not None:
+        outcome.outputs = write_outputs(output_dir, None, ledger)
+    return outcome
+
+
 def _two_classes(labels: np.ndarray) -> None:
     if len(np.unique(labels)) < 2:
         raise DataError("the aligned rows have one label class only; WOE and IV need events and non-events")
@@ -155,17 +172,11 @@ def host(ctx: RoleContext) -> Outcome:
     numeric, skipped = protocol.numeric_columns(aligned[features])
     shared = session.guard(lambda: protocol.run_host(session, _plan(job), aligned[numeric]))
     session.barrier("screen")
-    notes = [f"intersection size {result.size}; set sizes {dict(result.set_sizes)}"]
-    notes.append(
+    sent = (
         f"sent per-bin row counts of {len(numeric)} column(s) (bins of at least {_options(job).min_bin_size} "
         "customers) and their encrypted per-bin label sums"
     )
-    if skipped:
-        notes.append(f"text columns not screened: {', '.join(skipped)}")
-    ledger = ledger_for(session, notes)
-    outcome = ScreenOutcome(shared, None, result.size, ledger, skipped=skipped)
-    if output_dir is not None:
-        outcome.outputs = write_outputs(output_dir, None, ledger)
-        if shared is not None:
-            outcome.outputs["iv"] = atomic_write_text(output_dir / "iv.csv", shared.to_csv(index=False))
+    outcome = _finish(session, result, skipped, [sent], shared, None, output_dir)
+    if output_dir is not None and shared is not None:
+        outcome.outputs["iv"] = atomic_write_text(output_dir / "iv.csv", shared.to_csv(index=False))
     return Outcome(outcome.outputs, outcome.summary, outcome)
