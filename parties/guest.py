@@ -25,7 +25,6 @@ from vfl.models.kinds import from_name as model_kind
 from vfl.optim import max_rounds
 from vfl.parties.common import (
     Job,
-    ProgressFn,
     Start,
     align_for_training,
     begin,
@@ -42,6 +41,7 @@ from vfl.parties.common import (
     training_notes,
     write_outputs,
 )
+from vfl.parties.context import RoleContext
 from vfl.parties.state import Alignment
 from vfl.protocols import lr, predict
 from vfl.protocols.session import Session
@@ -145,22 +145,7 @@ def random_split(n: int, test_size: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(train), np.sort(held)
 
 
-def train(
-    session: Session,
-    job: Job,
-    data: pd.DataFrame,
-    *,
-    id_column: str,
-    label: str,
-    columns: list[str] | None = None,
-    positive: str | None = None,
-    output_dir: Path | None = None,
-    workers: WorkerPool | None = None,
-    progress: ProgressFn | None = None,
-    resumable: bool = False,
-    source: str | None = None,
-    keypair: Any = None,
-) -> GuestOutcome:
+def train(ctx: RoleContext) -> GuestOutcome:
     """Run the guest's side of a whole training job: align, split, prepare, train, score, evaluate, save.
 
     With ``resumable`` (and an ``output_dir``) the alignment and every epoch's state are saved, and a
@@ -168,6 +153,10 @@ def train(
     training the guest coordinates: restarted with saved epochs, it skips the agreement and
     resynchronizes at once, as the arbiter does in coordinated training (DESIGN.md §12, §15).
     """
+    session, job, data, id_column, label = ctx.session, ctx.job, ctx.data, ctx.id_column, ctx.label
+    columns, positive, output_dir, workers = ctx.columns, ctx.positive, ctx.output_dir, ctx.workers
+    progress, source, keypair = ctx.progress, ctx.source, ctx.keypair
+    assert data is not None and label is not None
     o = job.options
     training = session.guard(lambda: trainer(job))
     binary = o.model == "binary-lr"
@@ -177,7 +166,7 @@ def train(
         )
     )
     positive_label = positive_class(data[label], column=label, positive=positive) if binary else ""
-    store = open_store(output_dir, job, data[id_column]) if resumable else None
+    store = open_store(output_dir, job, data[id_column]) if ctx.resumable else None
     own = store.load_alignment() if store is not None and training.coordinator == session.party else None
     if own is not None and store is not None and store.checkpoints():
         start = Start(own)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -17,7 +16,6 @@ from vfl.model import ModelShard
 from vfl.optim import max_rounds
 from vfl.parties.common import (
     Job,
-    ProgressFn,
     align_for_training,
     begin,
     checkpointing,
@@ -33,6 +31,7 @@ from vfl.parties.common import (
     training_notes,
     write_outputs,
 )
+from vfl.parties.context import RoleContext
 from vfl.parties.state import Alignment
 from vfl.protocols import predict
 from vfl.protocols.session import Session
@@ -67,24 +66,15 @@ def revealed_notes(job: Job) -> list[str]:
     return ["its partial scores were sent to the guest under masks that cancel only in the sum over hosts"]
 
 
-def train(
-    session: Session,
-    job: Job,
-    data: pd.DataFrame,
-    *,
-    id_column: str,
-    columns: list[str] | None = None,
-    output_dir: Path | None = None,
-    workers: WorkerPool | None = None,
-    progress: ProgressFn | None = None,
-    resumable: bool = False,
-    keypair: Any = None,
-) -> HostOutcome:
+def train(ctx: RoleContext) -> HostOutcome:
     """Run a host's side of a training job: align, prepare its columns, train its weights, score, save."""
+    session, job, data, id_column, columns = ctx.session, ctx.job, ctx.data, ctx.id_column, ctx.columns
+    output_dir, workers, progress, keypair = ctx.output_dir, ctx.workers, ctx.progress, ctx.keypair
+    assert data is not None
     o = job.options
     features = session.guard(lambda: check_host_data(data, session.party, id_column, columns))
     training = trainer(job)
-    store = open_store(output_dir, job, data[id_column]) if resumable else None
+    store = open_store(output_dir, job, data[id_column]) if ctx.resumable else None
     start = begin(session, job, store, coordinator=training.coordinator)
     saved = start.saved if start.saved is not None and start.saved.held_out is not None else None
     if saved is None:

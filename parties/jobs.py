@@ -87,11 +87,7 @@ def idle_note(job: Job) -> str:
 
 
 def _train_guest(ctx: RoleContext) -> Outcome:
-    assert ctx.label is not None
-    result = _call(
-        guest_party.train, ctx, "id_column", "label", "columns", "positive", "output_dir", "workers", "progress",
-        "resumable", "source", "keypair",
-    )  # fmt: skip
+    result = guest_party.train(ctx)
     summary = {
         **result.metrics, "positive class": result.positive, "epochs": result.epochs,
         "intersection": result.intersection_size,
@@ -100,10 +96,7 @@ def _train_guest(ctx: RoleContext) -> Outcome:
 
 
 def _train_host(ctx: RoleContext) -> Outcome:
-    result = _call(
-        host_party.train, ctx, "id_column", "columns", "output_dir", "workers", "progress", "resumable",
-        "keypair",
-    )  # fmt: skip
+    result = host_party.train(ctx)
     return Outcome(
         result.outputs, {"epochs": result.epochs, "intersection": result.intersection_size}, result
     )
