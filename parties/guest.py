@@ -12,13 +12,13 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from vfl.baseline import Baseline, fit_baseline
-from vfl.calibration import Calibrator, fit_calibrator, sigmoid
+from vfl.calibration import Calibrator, sigmoid
 from vfl.crypto import WorkerPool
 from vfl.data import binary_labels, check_columns, positive_class, require_columns
 from vfl.errors import DataError
 from vfl.io import atomic_write_json, atomic_write_text
 from vfl.ledger import Ledger
-from vfl.metrics import Evaluation, evaluate, jsonable
+from vfl.metrics import Evaluation, evaluate_held_out, jsonable
 from vfl.model import ModelShard
 from vfl.model_reports import kind_report_html
 from vfl.models.kinds import from_name as model_kind
@@ -226,11 +226,9 @@ def train(ctx: RoleContext) -> GuestOutcome:
     scores = sigmoid(z)
 
     def evaluate_locally() -> tuple:
-        calibrator = fit_calibrator(z[train_rows], labels[train_rows], method=o.calibration)
-        evaluation = evaluate(
-            labels[held_rows], scores[held_rows], calibrator=calibrator, positive_label=positive_label,
-            train_labels=labels[train_rows], train_scores=scores[train_rows],
-        )  # fmt: skip
+        calibrator, evaluation = evaluate_held_out(
+            labels, z, train_rows, held_rows, positive_label=positive_label, method=o.calibration
+        )
         baseline = fit_baseline(matrix, labels, train_rows, held_rows, columns=names)
         return calibrator, evaluation, baseline
 
