@@ -290,6 +290,26 @@ def begin(session: Session, job: Job, store: StateStore | None, *, coordinator: 
     return Start(saved)
 
 
+def start_training(
+    session: Session, job: Job, ids: pd.Series, output_dir: Path | None, *, resumable: bool, coordinator: str
+) -> tuple[StateStore | None, Start]:
+    """Open this party's resumable state (with ``resumable``) and agree on the job. A coordinator with
+    saved epochs of its own skips the agreement: it resynchronizes the others at once (DESIGN.md §12, §15)."""
+    store = open_store(output_dir, job, ids) if resumable else None
+    own = store.load_alignment() if store is not None and coordinator == session.party else None
+    if own is not None and store is not None and store.checkpoints():
+        return store, Start(own)
+    return store, begin(session, job, store, coordinator=coordinator)
+
+
+def end_training(session: Session, output_dir: Path | None, notes: list[str]) -> Ledger:
+    """The end of a training job at a data party: its output folder made, the done-barrier, its ledger."""
+    if output_dir is not None:
+        session.guard(lambda: output_dir.mkdir(parents=True, exist_ok=True))
+    session.barrier("train")
+    return ledger_for(session, notes)
+
+
 def require_min_intersection(size: int, options: TrainOptions) -> None:
     """Refuse to compute anything from labels or features on fewer aligned rows than the job allows."""
     if size < options.min_intersection:

@@ -25,17 +25,15 @@ from vfl.models.kinds import from_name as model_kind
 from vfl.optim import max_rounds
 from vfl.parties.common import (
     Job,
-    Start,
     align_for_training,
-    begin,
     checkpointing,
+    end_training,
     feature_columns,
-    ledger_for,
     make_shard,
-    open_store,
     prepare_features,
     require_min_intersection,
     run_psi,
+    start_training,
     train_weights,
     trainer,
     training_notes,
@@ -166,12 +164,9 @@ def train(ctx: RoleContext) -> GuestOutcome:
         )
     )
     positive_label = positive_class(data[label], column=label, positive=positive) if binary else ""
-    store = open_store(output_dir, job, data[id_column]) if ctx.resumable else None
-    own = store.load_alignment() if store is not None and training.coordinator == session.party else None
-    if own is not None and store is not None and store.checkpoints():
-        start = Start(own)
-    else:
-        start = begin(session, job, store, coordinator=training.coordinator)
+    store, start = start_training(
+        session, job, data[id_column], output_dir, resumable=ctx.resumable, coordinator=training.coordinator
+    )
     saved = start.saved
     if saved is None:
         rows, info = align_for_training(session, job, data[id_column], column=id_column, workers=workers)
@@ -329,16 +324,13 @@ def _finish_regression(
 def _end_training(
     session: Session, job: Job, info: dict[str, Any], trained: Any, note: str, output_dir: Path | None
 ) -> Ledger:
-    """The end of every training job at the guest: the barrier, then the ledger with its notes."""
+    """The end of every training job at the guest: the barrier, then the ledger with the guest's notes."""
     notes = [*training_notes(info, trained.generations), note]
     if job.scoring_reveal == "partial" or len(job.hosts) == 1:
         notes.append(
             "with a single host, the guest can derive the host's partial scores from the final scores"
         )
-    if output_dir is not None:
-        session.guard(lambda: output_dir.mkdir(parents=True, exist_ok=True))
-    session.barrier("train")
-    return ledger_for(session, notes)
+    return end_training(session, output_dir, notes)
 
 
 def _save(outcome: GuestOutcome, job: Job, output_dir: Path | None, store: Any) -> GuestOutcome:

@@ -17,15 +17,14 @@ from vfl.optim import max_rounds
 from vfl.parties.common import (
     Job,
     align_for_training,
-    begin,
     checkpointing,
+    end_training,
     feature_columns,
-    ledger_for,
     make_shard,
-    open_store,
     prepare_features,
     require_min_intersection,
     run_psi,
+    start_training,
     train_weights,
     trainer,
     training_notes,
@@ -74,8 +73,9 @@ def train(ctx: RoleContext) -> HostOutcome:
     o = job.options
     features = session.guard(lambda: check_host_data(data, session.party, id_column, columns))
     training = trainer(job)
-    store = open_store(output_dir, job, data[id_column]) if ctx.resumable else None
-    start = begin(session, job, store, coordinator=training.coordinator)
+    store, start = start_training(
+        session, job, data[id_column], output_dir, resumable=ctx.resumable, coordinator=training.coordinator
+    )
     saved = start.saved if start.saved is not None and start.saved.held_out is not None else None
     if saved is None:
         rows, info = align_for_training(session, job, data[id_column], column=id_column, workers=workers)
@@ -111,11 +111,9 @@ def train(ctx: RoleContext) -> HostOutcome:
     scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="train-score")
     session.guard(lambda: predict.send_partial_matrix(session, scoring, matrix @ trained.weights))
     shard = session.guard(lambda: make_shard(session, job, "host", names, trained.weights, scaler))
-    if output_dir is not None:
-        session.guard(lambda: output_dir.mkdir(parents=True, exist_ok=True))
-    session.barrier("train")
-    notes = training_notes(info, trained.generations) + revealed_notes(job)
-    ledger = ledger_for(session, notes)
+    ledger = end_training(
+        session, output_dir, training_notes(info, trained.generations) + revealed_notes(job)
+    )
     outcome = HostOutcome(shard, trained.epochs, info["size"], ledger)
     outcome.outputs = write_outputs(output_dir, shard, ledger)
     if store is not None:
