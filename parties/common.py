@@ -21,7 +21,7 @@ from vfl.ledger import Ledger
 from vfl.model import INTERCEPT, ModelShard
 from vfl.options import MIN_INTERSECTION_FLOOR, ScreenOptions, TrainOptions
 from vfl.parties.state import Alignment, StateStore, job_fingerprint
-from vfl.protocols import lr, lr_two_key
+from vfl.protocols import lr, lr_two_key, psi
 from vfl.protocols.catalog import ALL_PROTOCOLS
 from vfl.protocols.lr import LrPlan, PartyState
 from vfl.protocols.messages import find, learned_by
@@ -285,6 +285,26 @@ def begin(session: Session, job: Job, store: StateStore | None, *, coordinator: 
     return Start(saved)
 
 
+def start_training(
+    session: Session, job: Job, ids: pd.Series, output_dir: Path | None, *, resumable: bool, coordinator: str
+) -> tuple[StateStore | None, Start]:
+    """Open this party's resumable state (with ``resumable``) and agree on the job. A coordinator with
+    saved epochs of its own skips the agreement: it resynchronizes the others at once (DESIGN.md §12, §15)."""
+    store = open_store(output_dir, job, ids) if resumable else None
+    own = store.load_alignment() if store is not None and coordinator == session.party else None
+    if own is not None and store is not None and store.checkpoints():
+        return store, Start(own)
+    return store, begin(session, job, store, coordinator=coordinator)
+
+
+def end_training(session: Session, output_dir: Path | None, notes: list[str]) -> Ledger:
+    """The end of a training job at a data party: its output folder made, the done-barrier, its ledger."""
+    if output_dir is not None:
+        session.guard(lambda: output_dir.mkdir(parents=True, exist_ok=True))
+    session.barrier("train")
+    return ledger_for(session, notes)
+
+
 def require_min_intersection(size: int, options: TrainOptions) -> None:
     """Refuse to compute anything from labels or features on fewer aligned rows than the job allows."""
     if size < options.min_intersection:
@@ -303,6 +323,25 @@ def require_intersection(result: PsiResult) -> None:
         )
 
 
+def run_psi(
+    session: Session, job: Job, ids: pd.Series, options: PsiOptions, *, column: str, workers: Any = None
+) -> PsiResult:
+    """This party's side of PSI with the job's other data parties (the guest with every host, a host with the guest)."""
+    multiplier = psi_multiplier(workers, options)
+    if session.party == job.guest:
+        return psi.run_guest(session, ids, list(job.hosts), options, column=column, multiplier=multiplier)
+    return psi.run_host(session, ids, job.guest, options, column=column, multiplier=multiplier)
+
+
+def align_for_training(
+    session: Session, job: Job, ids: pd.Series, *, column: str, workers: Any = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A training job's fresh alignment: its aligned rows and the summary the state store keeps with them."""
+    result = run_psi(session, job, ids, job.training_psi, column=column, workers=workers)
+    session.guard(lambda: require_intersection(result))
+    return result.rows, {"size": result.size, "set_sizes": dict(result.set_sizes)}
+
+
 def open_store(output_dir: Path | None, job: Job, ids: pd.Series | None) -> StateStore | None:
     """This party's resumable state for the job (None when nothing is written to disk)."""
     if output_dir is None:
@@ -318,6 +357,24 @@ def checkpointing(store: StateStore | None, resuming: bool) -> dict[str, Any]:
         else None,
         "on_epoch": (lambda state: store.save_checkpoint(state.to_dict())) if store is not None else None,
     }
+
+
+def train_weights(
+    session: Session,
+    options: TrainOptions,
+    matrix: np.ndarray,
+    train_rows: np.ndarray,
+    *,
+    intercept: bool,
+    run: Callable[[np.ndarray], Any],
+) -> Any:
+    """Run a party's training role on its preconditioned training rows (``run``); the trained shard's
+    weights come back on the party's standardized columns, whatever the preconditioning."""
+    train_matrix, whitening = session.guard(
+        lambda: precondition_features(matrix, train_rows, options, intercept=intercept)
+    )
+    trained = session.guard(lambda: run(train_matrix))
+    return dataclasses.replace(trained, weights=whitening.to_original(trained.weights))
 
 
 def make_shard(
