@@ -106,7 +106,9 @@ def read_ids(source: str | Path, id_column: str, *, batch_rows: int = DEFAULT_BA
     ids = pa.chunked_array(chunks)
     if pa.types.is_dictionary(ids.type):
         ids = ids.cast(ids.type.value_type)
-    return pd.DataFrame({id_column: ids.to_pandas()})
+    frame = pd.DataFrame({id_column: ids.to_pandas()})
+    pa.default_memory_pool().release_unused()  # the decoded batches: keep only the ids
+    return frame
 
 
 # --- moments ---------------------------------------------------------------------------------------
