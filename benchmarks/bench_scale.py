@@ -73,6 +73,12 @@ def _dask(cluster: Any, workers: int) -> DaskBackend:
     return backend
 
 
+def _header(text: str) -> None:
+    """A table's header line and the rule under it."""
+    print(text)
+    print("-" * len(text))
+
+
 def _timed(fn: Any) -> float:
     t0 = time.perf_counter()
     fn()
@@ -169,12 +175,10 @@ def bench_kernels(args: argparse.Namespace) -> None:
     terms = m * k
     work = (n_enc, terms)
     print(f"\n1. kernels, 2048-bit key: encryption of {n_enc:,} values, X^T[[d]] of {m:,} rows x {k} columns")
-    header = (
+    _header(
         f"{'backend':<11} | {'cores':>5} | {'enc/s/core':>10} | {'ratio':>5} | {'enc/CPU-s':>9} | {'ratio':>5} | "
         f"{'terms/s/core':>12} | {'ratio':>5} | {'terms/CPU-s':>11} | {'ratio':>5}"
     )
-    print(header)
-    print("-" * len(header))
     base = {(op, w): work[op] / med(engine["local pool"], op, w) for op in (0, 1) for w in (0, 1)}
     for name, runs in engine.items():
         cells = []
@@ -190,9 +194,10 @@ def bench_kernels(args: argparse.Namespace) -> None:
         "(this one, pool workers, Dask workers and nannies; the LocalCluster scheduler runs in this process), which\n"
         "other users of the machine do not distort. ratio = / the local pool's (target >= 0.9x)\n"
     )
-    header = f"{'chunk functions':<16} | {'cores':>5} | {'enc s':>6} | {'speed-up':>8} | {'enc CPU-s':>9} | {'rdot s':>6} | {'speed-up':>8} | {'rdot CPU-s':>10}"
-    print(header)
-    print("-" * len(header))
+    _header(
+        f"{'chunk functions':<16} | {'cores':>5} | {'enc s':>6} | {'speed-up':>8} | {'enc CPU-s':>9} | "
+        f"{'rdot s':>6} | {'speed-up':>8} | {'rdot CPU-s':>10}"
+    )
     one = scale["dask, 1 worker"]
     for name, runs in scale.items():
         cores = 1 if "1 worker" in name else 2
@@ -305,12 +310,10 @@ def bench_psi(args: argparse.Namespace) -> None:
     print(
         "\n2. PSI, ids streamed from Parquet, guest and host in separate processes (1 core each), 50 % overlap"
     )
-    header = (
+    _header(
         f"{'n x n':>21} | {'backend':<7} | {'wall s':>7} | {'us/id':>6} | {'read s':>6} | "
         f"{'peak MB guest':>13} | {'peak MB host':>12} | {'worker MB':>9}"
     )
-    print(header)
-    print("-" * len(header))
     for run in rows:
         g, h = run["reports"]["guest"], run["reports"]["host"]
         size = f"{run['n']:,} x {run['n']:,}"
@@ -320,6 +323,57 @@ def bench_psi(args: argparse.Namespace) -> None:
             f"{max(g[4], h[4]):9.0f}"
         )
     print("us/id = wall time / ids per party; peak MB = max resident memory of the party's main process")
+
+
+# --- 2b. streamed preprocessing -------------------------------------------------------------------
+
+
+def prepare_party(path: str, rows_path: str, streamed: bool, out: Any) -> None:
+    """Build the aligned model matrix of a party (PSI rows in the shared order), whole table or streamed."""
+    from vfl.data import Preprocessor, load_table
+    from vfl.streaming import take_rows
+
+    rows = np.load(rows_path)
+    columns = [f"x{j}" for j in range(20)]
+    t0 = time.perf_counter()
+    if streamed:
+        aligned = take_rows(path, rows, ["id", *columns], text_columns=["id"])
+    else:
+        aligned = load_table(path, id_column="id").iloc[rows].reset_index(drop=True)
+    train = np.arange(0, len(rows), 5)  # any fixed training split: the same for both paths
+    matrix = Preprocessor.fit(aligned.iloc[train][columns]).transform(aligned[columns])
+    out.put((streamed, time.perf_counter() - t0, _maxrss_mb(), float(matrix.sum()), matrix.shape))
+
+
+def bench_prepare(args: argparse.Namespace) -> None:
+    n = args.prepare_rows
+    rng = np.random.default_rng(4)
+    context = mp.get_context("spawn")
+    rows_out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "party.parquet"
+        frame = pd.DataFrame({"id": [f"customer-{i:09d}" for i in range(n)]})
+        for j in range(20):
+            frame[f"x{j}"] = rng.normal(size=n)
+        frame.to_parquet(path, index=False, row_group_size=262_144)
+        del frame
+        rows_path = Path(tmp) / "rows.npy"
+        np.save(rows_path, rng.permutation(n)[: n // 2])  # 50 % shared, in the shared order
+        for streamed in (False, True):
+            out = context.Queue()
+            proc = context.Process(target=prepare_party, args=(str(path), str(rows_path), streamed, out))
+            proc.start()
+            rows_out.append(out.get(timeout=3600))
+            proc.join()
+    same = rows_out[0][3] == rows_out[1][3] and rows_out[0][4] == rows_out[1][4]
+    print(
+        f"\n2b. aligned model matrix of {n // 2:,} shared rows x 20 columns from a Parquet file of {n:,} rows"
+    )
+    _header(f"{'load':<22} | {'wall s':>6} | {'peak MB':>7} | {'ratio':>5}")
+    for streamed, wall, peak, _, _ in rows_out:
+        name = "take_rows (streamed)" if streamed else "load_table + iloc"
+        print(f"{name:<22} | {wall:6.1f} | {peak:7.0f} | {peak / rows_out[0][2]:4.2f}x")
+    print(f"peak MB = max resident memory of the party's process; same matrix on both paths: {same}")
 
 
 # --- 3. one epoch -----------------------------------------------------------------------------------
@@ -392,11 +446,9 @@ def bench_epoch(args: argparse.Namespace) -> None:
     print(
         f"\n3. one training epoch, 2048-bit key, 10 + 10 columns, batches of 512, {train_rows:,} training rows"
     )
-    header = (
+    _header(
         f"{'backend':<10} | {'epoch s':>7} | {'ms/row':>6} | {'1M rows, h (extrapolated)':>25} | {'ratio':>5}"
     )
-    print(header)
-    print("-" * len(header))
     base = None
     for name, runs in times.items():
         epoch = statistics.median(runs)
@@ -415,24 +467,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (~3 min)")
     parser.add_argument(
-        "--parts", nargs="+", default=["kernels", "psi", "epoch"], choices=["kernels", "psi", "epoch"]
-    )
+        "--parts", nargs="+", default=["kernels", "psi", "prepare", "epoch"],
+        choices=["kernels", "psi", "prepare", "epoch"],
+    )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the kernel part")
     parser.add_argument("--enc", type=int, default=4000, help="values encrypted per round")
     parser.add_argument("--rdot-rows", type=int, default=2048, help="rows of X^T[[d]] per round")
     parser.add_argument("--psi-sizes", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--psi-backends", nargs="+", default=["local", "dask"], choices=["local", "dask"])
+    parser.add_argument(
+        "--prepare-rows", type=int, default=2_000_000, help="rows of the streamed-preprocessing table"
+    )
     parser.add_argument("--epoch-rows", type=int, default=2560, help="rows of the training subsample")
     parser.add_argument("--epoch-rounds", type=int, default=1)
     args = parser.parse_args()
     if args.quick:
         args.enc, args.rdot_rows, args.rounds = 1000, 1024, 2
-        args.psi_sizes, args.epoch_rows = [100_000], 1280
+        args.psi_sizes, args.epoch_rows, args.prepare_rows = [100_000], 1280, 200_000
     print(f"bench_scale: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at start", flush=True)
     if "kernels" in args.parts:
         bench_kernels(args)
     if "psi" in args.parts:
         bench_psi(args)
+    if "prepare" in args.parts:
+        bench_prepare(args)
     if "epoch" in args.parts:
         bench_epoch(args)
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end", flush=True)

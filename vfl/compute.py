@@ -52,6 +52,7 @@ DASK_MIN_ITEMS = 256
 """A Dask task costs a few ms of latency and CPU (client, scheduler, worker): chunks of ~0.25 s keep that small."""
 SCATTER_MIN_BITS = 256
 """Integers at least this wide in a task's arguments are scattered once (key material), not pickled per task."""
+SCATTER_TIMEOUT = 5.0
 
 
 @runtime_checkable
@@ -294,17 +295,27 @@ class DaskBackend(Chunked):
     # --- the WorkerPool interface -----------------------------------------------------------
 
     def _shared(self, arg: Any) -> Any:
-        """A scattered reference for key material (wide integers), the argument itself otherwise."""
-        if isinstance(arg, mpz) and arg.bit_length() >= SCATTER_MIN_BITS:
-            ref = self._scattered.get(arg)
-            if ref is None:
-                try:
-                    ref = self.client.scatter(arg, broadcast=True, hash=False)
-                except (OSError, TimeoutError) as exc:
+        """A scattered reference for key material (wide integers), the argument itself otherwise.
+
+        A broadcast to a worker that dies meanwhile can wait for ever inside Dask (the scheduler
+        keeps replicating to it), so the scatter has a timeout; after one the value travels inside
+        each task instead (a few hundred bytes), and the job goes on.
+        """
+        if not isinstance(arg, mpz) or arg.bit_length() < SCATTER_MIN_BITS:
+            return arg
+        ref = self._scattered.get(arg)
+        if ref is None:
+            try:
+                ref = self.client.scatter(arg, broadcast=True, hash=False, timeout=SCATTER_TIMEOUT)
+            except TimeoutError as exc:
+                if self.client.status != "running":  # the scheduler itself is gone
                     raise self.lost(exc) from exc
-                self._scattered[arg] = ref
-            return ref
-        return arg
+                log.debug("scattering key material timed out (a worker lost?): it travels with each task")
+                ref = arg
+            except OSError as exc:
+                raise self.lost(exc) from exc
+            self._scattered[arg] = ref
+        return ref
 
     def submit(self, fn: Callable[..., T], *args: Any) -> _DaskFuture:
         """Run ``fn(*args)`` on a Dask worker (key material by reference, integer lists packed)."""
@@ -344,7 +355,7 @@ class DaskBackend(Chunked):
         if self._closed:
             return
         self._closed = True
-        refs, self._scattered = list(self._scattered.values()), {}
+        refs, self._scattered = [r for r in self._scattered.values() if not isinstance(r, mpz)], {}
         try:
             for ref in refs:
                 ref.release()

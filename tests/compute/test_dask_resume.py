@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,14 +14,13 @@ import pytest
 
 import vfl
 from tests.faults.helpers import free_port
+from tests.faults.test_resume import JOB, _saved_epoch, _start  # the same job runner and checkpoint reader
 from vfl import datasets
 from vfl.cli.demo import setup_demo
 from vfl.config import JobConfig
 from vfl.model import ModelShard
 
-ROOT = Path(__file__).resolve().parents[2]
 OPTIONS = {"key_bits": 1024, "max_epochs": 6, "batch_size": 128, "tol": 0.0}
-JOB = "dask-resume"
 QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
 
 pytestmark = pytest.mark.skipif(shutil.which("dask") is None, reason="the dask command line is not installed")
@@ -48,21 +44,6 @@ def _stop(procs: list[subprocess.Popen], sig: int = signal.SIGTERM) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(30)
-
-
-def _start(workspace: Path, job: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRPC_VERBOSITY": "ERROR"}
-    command = [sys.executable, "-m", "vfl.cli", "run", str(job), "--party", str(workspace), "--quiet"]
-    with log.open("a") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-
-
-def _saved_epoch(workspace: Path) -> int:
-    try:
-        meta = json.loads((workspace / "out" / JOB / "state" / "state.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return -1
-    return max((c["epoch"] for c in meta["checkpoints"]), default=-1)
 
 
 @pytest.mark.slow
