@@ -1,6 +1,6 @@
 """Benchmark: one party's heavy work on a Dask cluster against the local process pool (issue 17).
 
-Three parts, each measured against its baseline in the same run on the same machine:
+Four parts, each measured against its baseline in the same run on the same machine:
 
 1. **kernels** (2048-bit key): throughput of DJN encryption and of ``X^T [[d]]`` (bucket
    multi-exponentiation, 20 columns) per core, through the engine's own entry points
@@ -12,6 +12,9 @@ Three parts, each measured against its baseline in the same run on the same mach
 2. **psi**: guest and host in separate processes (a loopback pipe carries the Arrow messages), each
    reading its ids from its own Parquet file in batches (``vfl.streaming.read_ids``), 50 % overlap;
    wall time, time per id and peak resident memory of each party's main process and of its workers.
+2b. **prepare**: a party's aligned model matrix (half of a Parquet table of ``--prepare-rows`` rows x 20
+   columns, in a shuffled shared order) built from the whole table (``load_table(...).iloc[rows]``) and
+   streamed (``vfl.streaming.take_rows``), each in its own process: wall time, peak memory, same matrix.
 3. **epoch**: one training epoch at 2048 bits, 10 + 10 columns, on a subsample (``--epoch-rows``),
    all three parties in this process sharing one backend: epoch time = (2 epochs) - (1 epoch),
    extrapolated linearly to 1M training rows (batches have a fixed size, so an epoch's cost is

@@ -40,6 +40,7 @@ from vfl.protocols.session import Members, Session
 from vfl.psi.ecdh import ScalarMultiplier, SecretScalar
 from vfl.psi.hashing import POINT_BYTES, POINT_DTYPE, SALT_BYTES, hash_ids
 from vfl.psi.ids import PreparedIds, as_id_series, prepare_ids
+from vfl.psi.matching import match_points
 from vfl.psi.options import PsiOptions, PsiResult
 from vfl.transport.channel import Channel
 
@@ -179,45 +180,6 @@ def _gather(n: int, pieces: Iterator[np.ndarray]) -> np.ndarray:
         out[position : position + len(piece)] = piece
         position += len(piece)
     return out
-
-
-def match_points(mine: np.ndarray, theirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(i, j)`` with ``mine[i] == theirs[j]``, ``i`` ascending, for arrays of distinct ``S32`` points.
-
-    Equivalent to ``np.intersect1d(mine, theirs, return_indices=True)[1:]`` in far less memory and
-    time: only ``theirs`` is sorted, on the first 8 bytes of each point as an integer key (points are
-    pseudo-random), and ``mine`` is looked up in it; a repeated key (probability ~n^2 / 2^65) or a
-    repeated point falls back to ``np.intersect1d``.
-    """
-    if not len(mine) or not len(theirs):
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    key = np.dtype(">u8")
-    theirs_keys = (
-        np.ascontiguousarray(theirs).view(np.uint8).reshape(-1, POINT_BYTES)[:, :8].copy().view(key)[:, 0]
-    )
-    order = np.argsort(theirs_keys, kind="stable")
-    sorted_keys = theirs_keys[order]
-    del theirs_keys
-    if np.any(sorted_keys[1:] == sorted_keys[:-1]):
-        return _intersect(mine, theirs)
-    mine_keys = (
-        np.ascontiguousarray(mine).view(np.uint8).reshape(-1, POINT_BYTES)[:, :8].copy().view(key)[:, 0]
-    )
-    slot = np.minimum(np.searchsorted(sorted_keys, mine_keys), len(sorted_keys) - 1)
-    candidate = order[slot]
-    hit = np.flatnonzero(theirs[candidate] == mine)
-    matched = candidate[hit]
-    seen = np.zeros(len(theirs), dtype=bool)
-    seen[matched] = True
-    if int(seen.sum()) != len(matched):  # a point repeated in ``mine``: keep intersect1d's first occurrence
-        return _intersect(mine, theirs)
-    return hit.astype(np.int64), matched.astype(np.int64)
-
-
-def _intersect(mine: np.ndarray, theirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    _, i, j = np.intersect1d(mine, theirs, assume_unique=False, return_indices=True)
-    keep = np.argsort(i, kind="stable")
-    return i[keep].astype(np.int64), j[keep].astype(np.int64)
 
 
 def _size(table: pa.Table, peer: str) -> int:

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from vfl.errors import ProtocolError
-from vfl.protocols.psi import _gather, match_points
+from vfl.protocols.psi import _gather
 from vfl.psi.hashing import POINT_DTYPE
+from vfl.psi.matching import match_points
 
 
 def _points(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -32,6 +33,10 @@ def test_match_points_equals_intersect1d(n_mine, n_theirs, shared):
     ri, rj = _reference(mine, theirs)
     np.testing.assert_array_equal(i, ri)
     np.testing.assert_array_equal(j, rj)
+    for block in (1, 7, 64):  # looked up in blocks: the same answer
+        bi, bj = match_points(mine, theirs, block=block)
+        np.testing.assert_array_equal(bi, ri)
+        np.testing.assert_array_equal(bj, rj)
     assert len(i) == shared and (mine[i] == theirs[j]).all()
 
 
