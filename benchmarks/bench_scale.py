@@ -154,6 +154,8 @@ def bench_kernels(args: argparse.Namespace) -> None:
     for b in (local, dask2, dask1):
         b.warm_up(pk)
     backends = {"local pool": local, "dask": dask2}
+    idle = {name: _measure(b, lambda: time.sleep(2.0)) for name, b in backends.items()}
+    background = {name: cpu / wall for name, (wall, cpu) in idle.items()}  # heartbeats, nannies: CPU-s per s
     engine: dict[str, list[list[tuple[float, float]]]] = {name: [] for name in backends}
     scale: dict[str, list[list[tuple[float, float]]]] = {"dask, 1 worker": [], "dask, 2 workers": []}
     for r in range(args.rounds):
@@ -195,7 +197,21 @@ def bench_kernels(args: argparse.Namespace) -> None:
     print(
         "per core = throughput (wall clock) / 2 cores; per CPU-s = work / CPU seconds of every process involved\n"
         "(this one, pool workers, Dask workers and nannies; the LocalCluster scheduler runs in this process), which\n"
-        "other users of the machine do not distort. ratio = / the local pool's (target >= 0.9x)\n"
+        "other users of the machine do not distort. ratio = / the local pool's (target >= 0.9x)"
+    )
+    net = {
+        name: [work[op] / max(1e-9, med(runs, op, 1) - background[name] * med(runs, op, 0)) for op in (0, 1)]
+        for name, runs in engine.items()
+    }
+    print(
+        "net of idle background (CPU-s per s measured idle: "
+        + ", ".join(f"{name} {rate:.3f}" for name, rate in background.items())
+        + "): dask/local per CPU-s "
+        + ", ".join(
+            f"{what} {net['dask'][op] / net['local pool'][op]:.2f}x"
+            for op, what in ((0, "enc"), (1, "terms"))
+        )
+        + "\n"
     )
     _header(
         f"{'chunk functions':<16} | {'cores':>5} | {'enc s':>6} | {'speed-up':>8} | {'enc CPU-s':>9} | "
