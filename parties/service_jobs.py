@@ -50,21 +50,10 @@ class JobFiles:
         job_log_path(workspace, job_id)  # refuses a job id that cannot name a file
         return cls(Path(workspace) / SERVICE_DIR / "jobs" / job_id)
 
-    @property
-    def job(self) -> Path:
-        return self.directory / "job.toml"
-
-    @property
-    def federation(self) -> Path:
-        return self.directory / "federation.toml"
-
-    @property
-    def listen_file(self) -> Path:
-        return self.directory / "listen"
-
-    @property
-    def result(self) -> Path:
-        return self.directory / "result.json"
+    job = property(lambda self: self.directory / "job.toml", doc="the job file")
+    federation = property(lambda self: self.directory / "federation.toml", doc="the job's federation")
+    listen_file = property(lambda self: self.directory / "listen", doc="this party's job inbox address")
+    result = property(lambda self: self.directory / "result.json", doc="the worker's result")
 
     def listen(self) -> str:
         return self.listen_file.read_text().strip()
@@ -78,6 +67,16 @@ class JobFiles:
 
 def service_info_path(workspace: str | Path) -> Path:
     return Path(workspace) / SERVICE_DIR / "service.json"
+
+
+def read_service_info(workspace: str | Path) -> dict[str, Any] | None:
+    """``service/service.json`` of a service that runs now at ``workspace`` (None: none runs)."""
+    try:
+        info = json.loads(service_info_path(workspace).read_text())
+        alive = process_alive(int(info["pid"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info if alive else None
 
 
 def members_of(federation: Federation) -> Members:
@@ -124,6 +123,20 @@ def offered_columns(party: PartyConfig) -> list[str]:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"data file {party.data} cannot be read: {exc}") from exc
     return [c for c in names if c not in (party.id_column, party.label_column)]
+
+
+def count_rows(path: Path) -> int:
+    """The rows of a CSV or Parquet data file (Parquet: from its metadata; CSV: streamed)."""
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        import pyarrow.csv as pacsv
+
+        return sum(batch.num_rows for batch in pacsv.open_csv(path))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"data file {path} cannot be read: {exc}") from exc
 
 
 def job_epsilon(config: JobConfig) -> float:

@@ -213,6 +213,22 @@ def jobs_cancel(party: PartyOption, job_id: Annotated[str, typer.Argument(metava
         stdout().print(f"{peer}: {state}", soft_wrap=True)
 
 
+def jobs_refused(
+    party: PartyOption, limit: Annotated[int, typer.Option("--lines", "-n", min=1)] = 20
+) -> None:
+    """Control calls the service refused before any other work (unpinned certificate, forged signature)."""
+    from vfl.cli import stdout
+
+    with _store(party) as store:
+        calls = store.refused_calls(limit)
+    table = Table(title=f"refused calls at {party} (newest first)", title_justify="left")
+    for col in ("when", "claimed sender", "call", "certificate", "reason"):
+        table.add_column(col, overflow="fold")
+    for c in calls:
+        table.add_row(_when(c.at), c.claimed, c.tag, c.fingerprint or "(none)", c.reason)
+    stdout().print(table)
+
+
 def jobs_logs(
     party: PartyOption,
     job_id: Annotated[str, typer.Argument(metavar="ID")],
@@ -236,4 +252,5 @@ def register(app: typer.Typer) -> None:
     jobs_app.command("approve")(jobs_approve)
     jobs_app.command("cancel")(jobs_cancel)
     jobs_app.command("logs")(jobs_logs)
+    jobs_app.command("refused")(jobs_refused)
     app.add_typer(jobs_app, name="jobs")
