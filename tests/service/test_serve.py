@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from tests.service.serving import (
+    AUTO,
     Services,
     cli,
     job_file,
@@ -25,6 +26,7 @@ from tests.service.serving import (
     wait_state,
 )
 from vfl.model import ModelShard
+from vfl.service.store import JobStore
 
 
 def test_submit_approve_complete(tmp_path):
@@ -251,3 +253,29 @@ def test_scoring_new_ids_through_the_services_equals_vfl_predict(tmp_path):
     np.testing.assert_allclose(
         served["score"].to_numpy(), direct.loc[served.index, "score"].to_numpy(), rtol=1e-9
     )
+
+
+def test_a_serving_guest_takes_a_hosts_proposal_submits_itself_and_rows_caps_hold(tmp_path):
+    """The guest serves too: a host proposes to it; its own 'vfl submit' runs beside its service; the
+    host's rows cap counts the intersection of the completed job and refuses the next one."""
+    fed = served_federation(
+        tmp_path, policies={"host": AUTO + '[[caps.guest]]\nperiod = "day"\nrows = 150\n'}
+    )
+    (fed.ws["guest"] / "policy.toml").write_text(AUTO)
+    with Services(fed, ("guest", "host")):
+        by_host = cli("submit", str(job_file(fed, "h1", "psi")), "--party", str(fed.ws["host"]), "-q")
+        assert by_host.returncode == 0, by_host.stderr
+        wait_state(fed, "guest", "h1", "completed")
+        with JobStore.for_workspace(fed.ws["guest"]) as store:
+            assert store.get("h1").proposer == "host" and store.get("h1").rows == 120  # its intersection
+        by_guest = cli("submit", str(job_file(fed, "g1", "psi")), "--party", str(fed.ws["guest"]), "-q")
+        assert by_guest.returncode == 0, by_guest.stderr
+        wait_state(fed, "host", "g1", "completed")
+        with JobStore.for_workspace(fed.ws["host"]) as store:
+            assert store.get("g1").rows == 120  # charged the intersection, not the bound
+        over = cli("submit", str(job_file(fed, "g2", "psi")), "--party", str(fed.ws["guest"]), "-q")
+        assert over.returncode != 0
+        lines = [line for line in over.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "refused by policy rule [caps.guest] rows" in lines[0], over.stderr
+        assert "has used 120 of 150 this day" in lines[0]
+        assert state(fed, "host", "g2") == "refused" and state(fed, "guest", "g2") == "refused"
