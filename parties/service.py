@@ -93,6 +93,7 @@ class PartyService:
         grace: float = 30.0,
         poll: float = 0.2,
         warm: bool = True,
+        models_kept: int = 4,
     ) -> None:
         self.workspace = Path(workspace)
         self.party = PartyConfig.load(self.workspace)
@@ -112,6 +113,7 @@ class PartyService:
         self.poll = poll
         self.workers: dict[str, subprocess.Popen] = {}
         self.warm = warm
+        self.worker = [sys.executable, "-m", "vfl.parties.worker", "--models", str(models_kept)]
         self._spare: subprocess.Popen | None = None
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -261,7 +263,7 @@ class PartyService:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as out:
             self._spare = subprocess.Popen(
-                [sys.executable, "-m", "vfl.parties.worker", "--warm", str(self.workspace)],
+                [*self.worker, "--warm", str(self.workspace)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, text=True,
             )  # fmt: skip
 
@@ -294,7 +296,7 @@ class PartyService:
         if proc is None:
             with log_path.open("a") as out:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "vfl.parties.worker", str(self.workspace), job_id],
+                    [*self.worker, str(self.workspace), job_id],
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 )  # fmt: skip
         self._start_spare()
@@ -323,6 +325,9 @@ class PartyService:
             elif result["state"] == "completed":
                 self.store.finish(job_id, result["outcome"], result["outputs"])
                 self._charge_rows(record, result.get("summary", {}).get("intersection"))
+                if record.kind == "train" and self._spare is not None:  # a new model: load it in advance
+                    self._drop_spare()
+                    self._start_spare()
             elif result["state"] == "cancelled":
                 self.store.cancel(job_id, result["outcome"])
             else:

@@ -26,6 +26,7 @@ from vfl.parties.network import load_party_identity, to_peers
 from vfl.parties.runner import run_party
 from vfl.protocols.session import Members
 from vfl.service.logs import job_log_path
+from vfl.service.models import ModelCache
 from vfl.service.store import JobRecord, JobStateError, JobStore, process_alive
 from vfl.transport.address import format_address, parse_address
 
@@ -172,8 +173,11 @@ def run_job(
     progress: Any = None,
     settings: Any = None,
     data: str | Path | None = None,
+    models: ModelCache | None = None,
 ) -> dict[str, Any]:
     """Run this party's role of a served job; write and return its result (never raises a ``VflError``).
+
+    ``models``: shards loaded already (the warm worker's cache), used when the job scores with one.
 
     SIGTERM cancels the job: every peer is told (abort code ``cancelled``) and the partial outputs
     are removed. A peer's cancel ends it the same way here.
@@ -188,7 +192,7 @@ def run_job(
     try:
         outcome = run_party(
             workspace, files.job, federation_file=files.federation, listen=listen, progress=progress,
-            settings=settings, data=data,
+            settings=settings, data=data, models=models,
         )  # fmt: skip
         summary = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in outcome.summary.items()}
         result = {

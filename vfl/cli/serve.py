@@ -56,6 +56,12 @@ def serve(
         float,
         typer.Option("--grace", metavar="SECONDS", help="On SIGTERM, let running jobs finish this long."),
     ] = 30.0,
+    models: Annotated[
+        int,
+        typer.Option(
+            "--models", min=0, metavar="N", help="Trained models kept loaded for scoring (0: none)."
+        ),
+    ] = 4,
 ) -> None:
     """Run this party as a service: accept jobs from pinned partners under its policy, until SIGTERM."""
     from vfl.cli import stderr
@@ -67,6 +73,7 @@ def serve(
         job_ports=_job_ports(job_ports),
         health_port=health_port,
         grace=grace,
+        models_kept=models,
     )
     stderr().print(
         f"serving party '{service.party.id}' ({service.party.role}) on {service.party.listen}; "
