@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from vfl.cli.params import file_option, option
 from vfl.config import Federation
 from vfl.errors import ConfigError, TransportError, VflError
 
@@ -58,22 +59,11 @@ def add(
         typer.Argument(metavar="CARD", help="Card files (card.toml) made by 'vfl init'.", show_default=False),
     ],
     file: Annotated[
-        Path | None,
-        typer.Option(
-            "--file",
-            "-f",
-            metavar="FILE",
-            help="Federation file to create or update (default: ./federation.toml).",
-        ),
+        Path | None, file_option("Federation file to create or update (default: ./federation.toml).")
     ] = None,
     party: Annotated[
         Path | None,
-        typer.Option(
-            "--party",
-            "-p",
-            metavar="DIR",
-            help="Update DIR/federation.toml, the file 'vfl run --party DIR' reads.",
-        ),
+        option("--party,-p", "DIR", "Update DIR/federation.toml, the file 'vfl run --party DIR' reads."),
     ] = None,
 ) -> None:
     """Add partners' cards to the federation file (a card with the same id replaces the old one)."""
@@ -94,9 +84,7 @@ def add(
 
 
 def show(
-    file: Annotated[
-        Path, typer.Option("--file", "-f", metavar="FILE", help="Federation file to show.")
-    ] = DEFAULT_FILE,
+    file: Annotated[Path, file_option("Federation file to show.")] = DEFAULT_FILE,
 ) -> None:
     """Show the parties of a federation file."""
     from vfl.cli import stdout
@@ -127,26 +115,8 @@ def _verdict(status: PeerStatus, pinned: str) -> Text:
 
 
 def check(
-    party_dir: Annotated[
-        Path,
-        typer.Option(
-            "--party",
-            "-p",
-            metavar="DIR",
-            help="This party's workspace (made by 'vfl init').",
-            show_default=False,
-        ),
-    ],
-    file: Annotated[
-        Path | None,
-        typer.Option(
-            "--file",
-            "-f",
-            metavar="FILE",
-            help="Federation file (default: DIR/federation.toml).",
-            show_default=False,
-        ),
-    ] = None,
+    party_dir: Annotated[Path, option("--party,-p", "DIR", "This party's workspace (made by 'vfl init').")],
+    file: Annotated[Path | None, file_option("Federation file (default: DIR/federation.toml).")] = None,
     timeout: Annotated[
         float, typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Seconds to wait for each peer.")
     ] = 3.0,

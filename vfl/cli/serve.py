@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vfl.cli.jobs import FederationOption, PartyOption, ProgressDisplay, _summary_table
+from vfl.cli.params import option
 from vfl.errors import ConfigError
 
 jobs_app = typer.Typer(
@@ -43,24 +44,16 @@ def serve(
     party: PartyOption,
     federation: FederationOption = None,
     job_ports: Annotated[
-        str | None,
-        typer.Option(
-            "--job-ports", metavar="START-END", help="Ports for job inboxes (default: any free port)."
-        ),
+        str | None, option("--job-ports", "START-END", "Ports for job inboxes (default: any free).")
     ] = None,
     health_port: Annotated[
-        int | None,
-        typer.Option("--health-port", metavar="PORT", help="Serve GET /health on 127.0.0.1:PORT (0: any)."),
+        int | None, option("--health-port", "PORT", "Serve GET /health on 127.0.0.1:PORT (0: any).")
     ] = None,
     grace: Annotated[
-        float,
-        typer.Option("--grace", metavar="SECONDS", help="On SIGTERM, let running jobs finish this long."),
+        float, option("--grace", "SECONDS", "On SIGTERM, let running jobs finish this long.")
     ] = 30.0,
     models: Annotated[
-        int,
-        typer.Option(
-            "--models", min=0, metavar="N", help="Trained models kept loaded for scoring (0: none)."
-        ),
+        int, option("--models", "N", "Trained models kept loaded for scoring (0: none).", min=0)
     ] = 4,
 ) -> None:
     """Run this party as a service: accept jobs from pinned partners under its policy, until SIGTERM."""

@@ -233,10 +233,9 @@ class RpcChannel(Channel):
         return self._peer(party_id).address
 
     def _peer(self, party_id: str) -> Peer:
-        peer = self._peers.get(party_id)
-        if peer is None:
+        if party_id not in self._peers:
             raise ConfigError(f"unknown peer '{party_id}'; the federation of '{self.party}' has {self.peers}")
-        return peer
+        return self._peers[party_id]
 
     def _send_bytes(self, to: str, tag: str, payload: bytes) -> None:
         peer = self._peer(to)
@@ -287,16 +286,12 @@ class RpcChannel(Channel):
 
     def _diagnose(self, to: str, exc: BaseException) -> str:
         peer = self._peer(to)
+        pinned, mine = fingerprint(self._certs[to]), self.identity.fingerprint
         try:
             status = probe_peer(
-                me=self.party,
-                my_fingerprint=self.identity.fingerprint,
-                files=self._files,
-                party_id=to,
-                address=peer.address,
-                pinned=fingerprint(self._certs[to]),
-                timeout=self._probe_timeout,
-            )
+                me=self.party, my_fingerprint=mine, files=self._files, party_id=to, address=peer.address,
+                pinned=pinned, timeout=self._probe_timeout,
+            )  # fmt: skip
         except Exception:  # noqa: BLE001 - the diagnosis must not hide the failure
             return first_line(exc)
         if status.problem:
