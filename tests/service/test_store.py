@@ -403,3 +403,22 @@ def test_sqlite_failures_become_store_errors(tmp_path: Path) -> None:
         finally:
             jobs._db.execute("ROLLBACK")
         assert other.propose("j", "psi", "bank").state == "proposed"
+
+
+def test_refused_calls_are_kept_newest_first_and_bounded(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(st, "REFUSED_CALLS_KEPT", 3)
+    with JobStore(tmp_path / "jobs.db") as jobs:
+        for i in range(5):
+            jobs.record_refused_call("guest", f"service/{i}/propose", f"sha256:{i}", "not pinned")
+        calls = jobs.refused_calls()
+    assert [c.fingerprint for c in calls] == ["sha256:4", "sha256:3", "sha256:2"]
+    assert calls[0].claimed == "guest" and calls[0].reason == "not pinned"
+
+
+def test_rows_are_recorded_per_job(tmp_path: Path) -> None:
+    with JobStore(tmp_path / "jobs.db") as jobs:
+        jobs.propose("r1", "psi", "bank")
+        assert jobs.get("r1").rows is None
+        assert jobs.set_rows("r1", 120).rows == 120
+        with pytest.raises(st.UnknownJobError):
+            jobs.set_rows("nope", 1)

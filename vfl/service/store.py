@@ -74,6 +74,7 @@ TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
 RESUMABLE_KINDS = ("train",)
 DEFAULT_FILE = "jobs.db"  # in the party's workspace (JobStore.for_workspace)
 SCHEMA_VERSION = 2
+REFUSED_CALLS_KEPT = 1000  # refused control calls kept (newest)
 
 # MIGRATIONS[v] takes a database from version v to v + 1 (version 0: empty file).
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -112,24 +113,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
+# fmt: off
 _COLUMN_NAMES = (
-    "id",
-    "kind",
-    "state",
-    "proposer",
-    "options_digest",
-    "job_toml",
-    "created",
-    "updated",
-    "started",
-    "ended",
-    "outcome",
-    "outputs",
-    "pid",
-    "pid_token",
-    "resume",
-    "rows",
+    "id", "kind", "state", "proposer", "options_digest", "job_toml", "created", "updated", "started",
+    "ended", "outcome", "outputs", "pid", "pid_token", "resume", "rows",
 )
+# fmt: on
 _COLUMNS = ", ".join(_COLUMN_NAMES)
 
 
@@ -347,7 +336,7 @@ class JobStore:
         """The most recent control calls refused before any other work, newest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT at, claimed, tag, fingerprint, reason FROM refused_calls ORDER BY at DESC LIMIT ?",
+                "SELECT at, claimed, tag, fingerprint, reason FROM refused_calls ORDER BY rowid DESC LIMIT ?",
                 (limit,),
             ).fetchall()
         return [RefusedCall(*row) for row in rows]
@@ -358,6 +347,11 @@ class JobStore:
             db.execute(
                 "INSERT INTO refused_calls (at, claimed, tag, fingerprint, reason) VALUES (?, ?, ?, ?, ?)",
                 (time.time(), claimed, tag, fingerprint, reason),
+            )
+            # anyone may knock: keep the most recent REFUSED_CALLS_KEPT, so callers cannot grow the file
+            db.execute(
+                "DELETE FROM refused_calls WHERE rowid <= (SELECT max(rowid) FROM refused_calls) - ?",
+                (REFUSED_CALLS_KEPT,),
             )
 
     def set_rows(self, job_id: str, rows: int) -> JobRecord:
