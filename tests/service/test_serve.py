@@ -222,7 +222,7 @@ def test_scoring_new_ids_through_the_services_equals_vfl_predict(tmp_path):
     guest = pd.read_csv(fed.base / "data" / "guest.csv")
     new = guest.sample(40, random_state=3)
     (fed.base / "ids.csv").write_text(new[["id"]].to_csv(index=False))  # ids only: columns from guest data
-    with Services(fed, ("host", "arbiter")):
+    with Services(fed, ("guest", "host", "arbiter")):  # the guest serves too: its own roles beside it
         assert (
             vfl(
                 "submit",
