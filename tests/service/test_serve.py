@@ -279,3 +279,26 @@ def test_a_serving_guest_takes_a_hosts_proposal_submits_itself_and_rows_caps_hol
         assert len(lines) == 1 and "refused by policy rule [caps.guest] rows" in lines[0], over.stderr
         assert "has used 120 of 150 this day" in lines[0]
         assert state(fed, "host", "g2") == "refused" and state(fed, "guest", "g2") == "refused"
+
+
+def test_the_federation_check_tells_a_service_that_does_not_pin_us(tmp_path):
+    """The service's TLS accepts any caller; its refusal of our certificate shows in the check."""
+    from tests.faults.helpers import card_of
+    from vfl.transport.tls import create_identity
+
+    fed = served_federation(tmp_path)
+    with Services(fed, ("host",)):
+        guest = fed.ws["guest"]
+        create_identity("guest", guest / "tls" / "key.pem", guest / "tls" / "cert.pem", hosts=["127.0.0.1"],
+                        overwrite=True)  # fmt: skip
+        mine = fed.federation("guest")
+        mine.add(card_of(fed, "guest"))  # the guest pins its new certificate, the host still the old one
+        fed.save_federation(mine, "guest")
+        check = cli("federation", "check", "--party", str(guest), "--timeout", "3")
+        assert check.returncode != 0
+        host_row = next(line for line in check.stdout.split("party services", 1)[1].splitlines()
+                        if line.strip().startswith("host"))  # fmt: skip
+        assert "does not pin us" in host_row
+        assert "- host:" in check.stdout and "is not pinned by this party" in check.stdout
+        with JobStore.for_workspace(fed.ws["host"]) as store:
+            assert store.refused_calls()[0].fingerprint == card_of(fed, "guest").fingerprint

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from vfl.transport.flight import PeerStatus
 
 DEFAULT_FILE = Path("federation.toml")
+NOT_PINNED = "is not pinned by this party"  # a service's refusal of a caller's certificate (transport/rpc.py)
 
 federation_app = typer.Typer(
     no_args_is_help=True,
@@ -177,10 +178,12 @@ def check(
         for peer, report in services.items():
             served.add_row(escape(peer), *_service_cells(report))
         out.print(served)
-    for status in statuses:
-        if not status.ok:
-            out.print(Text(f"- {status.party_id}: {status.problem}", style="red"), soft_wrap=True)
-    failed = [s.party_id for s in statuses if not s.ok]
+    problems = {s.party_id: s.problem for s in statuses if not s.ok}
+    # a service checks our pin itself (its TLS does not), so only its answer tells that it does not pin us
+    problems.update({p: r for p, r in services.items() if isinstance(r, str) and NOT_PINNED in r})
+    for peer, problem in problems.items():
+        out.print(Text(f"- {peer}: {problem}", style="red"), soft_wrap=True)
+    failed = list(problems)
     if failed:
         raise TransportError(
             f"{len(failed)} of {len(statuses)} peer(s) failed the check: {', '.join(failed)} (see the table above)"
@@ -204,6 +207,8 @@ def _service_reports(party_dir: Path, peers: list[str], timeout: float) -> dict[
 def _service_cells(report: object) -> tuple[Text, Text]:
     if report is None:
         return Text("-", style="dim"), Text("-", style="dim")
+    if isinstance(report, str) and NOT_PINNED in report:
+        return Text("does not pin us", style="red"), Text("-", style="dim")
     if isinstance(report, str):
         word = "not serving" if "not serving" in report or "did not answer" in report else "error"
         return Text(word, style="dim"), Text("-", style="dim")
