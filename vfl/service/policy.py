@@ -21,10 +21,11 @@ columns = { train = ["age", "income"] }   # overrides [columns] for this partner
 train = ["age", "income", "tenure"]
 predict = "*"                   # every offered column
 
-[[caps.retailer]]               # audience privacy-budget caps: parsed and exposed (Policy.caps),
-period = "month"                # enforced by the service's budget accounting, not here
-epsilon = 3.0
-jobs = 10
+[[caps.retailer]]               # caps per period: parsed here (Policy.caps), enforced by the
+period = "month"                # service when a proposal arrives (parties/service_proposals.py)
+epsilon = 3.0                   # epsilon summed over the period's jobs
+jobs = 10                       # jobs proposed in the period
+rows = 100000                   # rows of ours the period's jobs may use (each: its intersection)
 ```
 
 With no policy at all (no file, no ``[policy]`` table): only the parties of the federation file
