@@ -199,7 +199,10 @@ class PartyService:
         """How many rows our data file has (None: no data, the arbiter); read once per data file."""
         if self.party.role == "arbiter" or self.party.data is None:
             return None
-        stamp = (str(self.party.data), self.party.data.stat().st_mtime_ns)
+        try:
+            stamp = (str(self.party.data), self.party.data.stat().st_mtime_ns)
+        except OSError as exc:
+            raise ConfigError(f"data file {self.party.data} cannot be read: {exc}") from exc
         if self._rows is None or self._rows[0] != stamp:
             self._rows = (stamp, count_rows(self.party.data))
         return self._rows[1]
@@ -338,9 +341,9 @@ class PartyService:
 
     def _charge_rows(self, record: JobRecord, used: object) -> None:
         """A completed job is charged the rows it used (its intersection) instead of its bound."""
-        if record.rows is None or not isinstance(used, int):
+        if not isinstance(used, int):
             return
-        if used > record.rows:
+        if record.rows is not None and used > record.rows:
             log.warning(
                 "job %s used %d rows, more than the %d it was accepted for", record.id, used, record.rows
             )

@@ -6,8 +6,8 @@ it records a decision. A refusal is ``(rule, one line)``; the line kept in our s
 columns, what the proposer is told (``public_reason``) does not.
 
 **Rows caps.** A job may use at most ``min(our rows, the rows the proposer declares)`` of our rows
-(the intersection cannot be larger than either set); that bound is charged when the job is
-accepted and replaced by the intersection the job reports once it completed. A proposal whose
+(the intersection cannot be larger than either set); where a rows cap applies, that bound is
+charged when the job is accepted, and every completed job is charged the intersection it reports. A proposal whose
 bound would take the partner past ``rows`` for the period is refused naming ``[caps.<partner>]
 rows``. The declared size is the proposer's id count, which the PSI of the job reveals anyway.
 """
@@ -94,9 +94,15 @@ def check_proposal(service: PartyService, p: Proposal) -> Verdict:
         and not (service.party.output_dir / job.model / "model.json").exists()
     ):
         return _no("model", f"refused: '{me}' has no model of job '{job.model}'")
-    rows = row_bound(service.data_rows(), p.rows)
+    caps = service.policy.caps_for(p.sender)
+    rows = None
+    if any(cap.rows is not None for cap in caps):  # our data is counted only when a cap needs it
+        try:
+            rows = row_bound(service.data_rows(), p.rows)
+        except VflError as exc:
+            return _no("data", f"refused: '{me}' cannot count the rows of its data: {exc}")
     past = service.store.list()
-    for cap in service.policy.caps_for(p.sender):
+    for cap in caps:
         refusal = check_cap(cap, past, config, rows, time.time())
         if refusal is not None:
             return Verdict(refusal)

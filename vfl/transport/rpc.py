@@ -4,8 +4,8 @@ A job's messages go one way (``do_put`` into the receiver's inbox, ``flight.py``
 control messages (propose a job, start it, cancel it, ask its state) want an answer at once, and
 the asking party may have no inbox of its own running (a guest that submits a job). So a control
 message is one ``do_action``: the request and the answer each carry a signed envelope
-(``envelope.py``) for the reserved job id ``SERVICE_JOB``, checked exactly as a job message is
-(pinned sender, TLS identity, signature, receiver, size, SHA-256 of the bytes).
+(``envelope.py``) for the reserved job id ``SERVICE_JOB``, checked as a job message is (pinned
+sender, its certificate, signature, receiver, size, SHA-256 of the bytes).
 
 * ``RpcServer``: the service's Flight server on the party's address. TLS authenticates the server
   only; the caller's certificate travels in the request, and before any other work the server
@@ -110,8 +110,14 @@ def _claimed(body: bytes) -> tuple[str, str]:
     """Who a refused request claimed to come from, and its tag (``?`` where unreadable)."""
     with contextlib.suppress(Exception):
         env = unseal(unframe(unframe(body)[1])[0])[0]
-        return env.sender, env.tag
+        return _printable(env.sender), _printable(env.tag)
     return "?", "?"
+
+
+def _printable(text: object, limit: int = 120) -> str:
+    """A caller's claim as one short printable line (it goes into our log and store as it came)."""
+    line = "".join(c if c.isprintable() else "?" for c in str(text))
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _pinned(
