@@ -26,6 +26,7 @@ from vfl.parties.network import load_party_identity, to_peers
 from vfl.parties.runner import run_party
 from vfl.protocols.session import Members
 from vfl.service.logs import job_log_path
+from vfl.service.models import ModelCache
 from vfl.service.store import JobRecord, JobStateError, JobStore, process_alive
 from vfl.transport.address import format_address, parse_address
 
@@ -50,21 +51,10 @@ class JobFiles:
         job_log_path(workspace, job_id)  # refuses a job id that cannot name a file
         return cls(Path(workspace) / SERVICE_DIR / "jobs" / job_id)
 
-    @property
-    def job(self) -> Path:
-        return self.directory / "job.toml"
-
-    @property
-    def federation(self) -> Path:
-        return self.directory / "federation.toml"
-
-    @property
-    def listen_file(self) -> Path:
-        return self.directory / "listen"
-
-    @property
-    def result(self) -> Path:
-        return self.directory / "result.json"
+    job = property(lambda self: self.directory / "job.toml", doc="the job file")
+    federation = property(lambda self: self.directory / "federation.toml", doc="the job's federation")
+    listen_file = property(lambda self: self.directory / "listen", doc="this party's job inbox address")
+    result = property(lambda self: self.directory / "result.json", doc="the worker's result")
 
     def listen(self) -> str:
         return self.listen_file.read_text().strip()
@@ -78,6 +68,16 @@ class JobFiles:
 
 def service_info_path(workspace: str | Path) -> Path:
     return Path(workspace) / SERVICE_DIR / "service.json"
+
+
+def read_service_info(workspace: str | Path) -> dict[str, Any] | None:
+    """``service/service.json`` of a service that runs now at ``workspace`` (None: none runs)."""
+    try:
+        info = json.loads(service_info_path(workspace).read_text())
+        alive = process_alive(int(info["pid"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info if alive else None
 
 
 def members_of(federation: Federation) -> Members:
@@ -126,6 +126,20 @@ def offered_columns(party: PartyConfig) -> list[str]:
     return [c for c in names if c not in (party.id_column, party.label_column)]
 
 
+def count_rows(path: Path) -> int:
+    """The rows of a CSV or Parquet data file (Parquet: from its metadata; CSV: streamed)."""
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        import pyarrow.csv as pacsv
+
+        return sum(batch.num_rows for batch in pacsv.open_csv(path))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"data file {path} cannot be read: {exc}") from exc
+
+
 def job_epsilon(config: JobConfig) -> float:
     """The privacy budget a job spends (its sections' ``epsilon``; 0 for kinds that release no noisy aggregate)."""
     total = 0.0
@@ -159,8 +173,11 @@ def run_job(
     progress: Any = None,
     settings: Any = None,
     data: str | Path | None = None,
+    models: ModelCache | None = None,
 ) -> dict[str, Any]:
     """Run this party's role of a served job; write and return its result (never raises a ``VflError``).
+
+    ``models``: shards loaded already (the warm worker's cache), used when the job scores with one.
 
     SIGTERM cancels the job: every peer is told (abort code ``cancelled``) and the partial outputs
     are removed. A peer's cancel ends it the same way here.
@@ -175,7 +192,7 @@ def run_job(
     try:
         outcome = run_party(
             workspace, files.job, federation_file=files.federation, listen=listen, progress=progress,
-            settings=settings, data=data,
+            settings=settings, data=data, models=models,
         )  # fmt: skip
         summary = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in outcome.summary.items()}
         result = {
