@@ -15,7 +15,7 @@ import pandas as pd
 
 from vfl.analytics.budget import PrivacyBudget
 from vfl.data import Preprocessor, Whitening, require_columns
-from vfl.errors import ConfigError, DataError
+from vfl.errors import ConfigError, DataError, PolicyError
 from vfl.io import check_writable
 from vfl.ledger import Ledger
 from vfl.model import INTERCEPT, ModelShard
@@ -38,6 +38,14 @@ ProgressFn = Callable[[str, int, int, str], None]
 
 
 @dataclass(frozen=True)
+class RowLimit:
+    """A serving party's rows cap for one job: at most ``rows`` shared rows (``[caps.<partner>] rows``)."""
+
+    partner: str
+    rows: int
+
+
+@dataclass(frozen=True)
 class Job:
     """One federated job as every party sees it: who takes part, with which options."""
 
@@ -54,6 +62,9 @@ class Job:
     screen: ScreenOptions | None = None  # [screen] of a screening job
     segment: Any = None  # segment jobs: the [segment] options (vfl.segmentation.options.SegmentOptions)
     audience: Any = None  # audience jobs: the [audience] options (vfl.analytics.options.AudienceJobOptions)
+    # Local, never agreed: the most shared rows this party's service accepted the job for (its
+    # policy's [caps.<partner>] rows); the PSI stops the job if the intersection is larger.
+    row_limit: RowLimit | None = None
 
     def __post_init__(self) -> None:
         if not self.hosts:
@@ -329,8 +340,21 @@ def run_psi(
     """This party's side of PSI with the job's other data parties (the guest with every host, a host with the guest)."""
     multiplier = psi_multiplier(workers, options)
     if session.party == job.guest:
-        return psi.run_guest(session, ids, list(job.hosts), options, column=column, multiplier=multiplier)
-    return psi.run_host(session, ids, job.guest, options, column=column, multiplier=multiplier)
+        result = psi.run_guest(session, ids, list(job.hosts), options, column=column, multiplier=multiplier)
+    else:
+        result = psi.run_host(session, ids, job.guest, options, column=column, multiplier=multiplier)
+    session.guard(lambda: require_row_limit(job, result.size))
+    return result
+
+
+def require_row_limit(job: Job, shared: int) -> None:
+    """A served job stops here if it shares more rows than this party's policy accepted it for."""
+    limit = job.row_limit
+    if limit is not None and shared > limit.rows:
+        raise PolicyError(
+            f"refused by policy rule [caps.{limit.partner}] rows: job '{job.id}' shares {shared} rows, more "
+            f"than the {limit.rows} it was accepted for ('{limit.partner}' declared fewer ids than it brought)"
+        )
 
 
 def align_for_training(

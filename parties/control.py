@@ -20,7 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vfl.config import Federation, JobConfig, PartyConfig
-from vfl.errors import ConfigError, DataError, JobCancelledError, ProtocolError, TransportError, VflError
+from vfl.errors import (
+    ConfigError,
+    DataError,
+    JobCancelledError,
+    PolicyError,
+    ProtocolError,
+    TransportError,
+    VflError,
+)
 from vfl.io import atomic_write_text
 from vfl.parties.common import ProgressFn
 from vfl.parties.network import load_party_identity, to_peers, verify_membership
@@ -49,10 +57,8 @@ log = logging.getLogger(__name__)
 WaitFn = Callable[[str, str], None]
 
 
-class ProposalRefusedError(ConfigError):
+class ProposalRefusedError(PolicyError):
     """A partner's service refused the job; the message names the partner and its rule."""
-
-    code = "policy"
 
 
 @dataclass

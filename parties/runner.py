@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from vfl.errors import ConfigError, OutputError
 from vfl.io import check_writable
 from vfl.model import ModelShard
 from vfl.options import PredictOptions, TrainOptions
-from vfl.parties.common import Job, ProgressFn, ledger_for, open_budget, write_outputs
+from vfl.parties.common import Job, ProgressFn, RowLimit, ledger_for, open_budget, write_outputs
 from vfl.parties.guest import check_guest_data
 from vfl.parties.host import check_host_data
 from vfl.parties.jobs import RoleContext, idle_note, job_kind, run_role
@@ -151,16 +151,18 @@ def run_party(
     restart: bool = False,
     listen: str | None = None,
     models: ModelCache | None = None,
+    row_limit: RowLimit | None = None,
 ) -> RunOutcome:
     """Run this party's role of the job in ``job_file``; return what it wrote.
 
     ``listen`` overrides the inbox address of party.toml (a service runs each job on its own port);
-    ``models`` holds model shards loaded already (a serving party's warm worker).
+    ``models`` holds model shards loaded already (a serving party's warm worker); ``row_limit`` the
+    rows cap its service accepted the job under (the PSI stops a job that shares more).
     """
     party = PartyConfig.load(workspace)
     federation = Federation.load(federation_file or party.workspace / "federation.toml")
     config = JobConfig.load(job_file)
-    job = build_job(config, federation)
+    job = replace(build_job(config, federation), row_limit=row_limit)
     kind = job_kind(config.kind)
     role = federation.get(party.id).role
     if role != party.role:

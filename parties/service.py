@@ -35,6 +35,7 @@ from vfl import __version__
 from vfl.config import JOB_KINDS, Federation, PartyConfig
 from vfl.errors import ConfigError, ProtocolError
 from vfl.io import atomic_write_json, atomic_write_text
+from vfl.parties.common import RowLimit
 from vfl.parties.network import load_party_identity, to_peers, verify_membership
 from vfl.parties.runner import federation_digest
 from vfl.parties.service_jobs import (  # noqa: F401 - re-exported
@@ -177,6 +178,7 @@ class PartyService:
             assert decided is not None
             if verdict.rows is not None:
                 self.store.set_rows(job_id, verdict.rows)
+                files.write_row_limit(RowLimit(sender, verdict.rows))
             record = self.store.approve(job_id) if decided.accepted else self.store.queue(job_id)
             log.info("job %s from '%s': %s", job_id, sender, decided.message)
             return self._decision(job_id, decided.action, decided.rule, decided.message, record.state, port)

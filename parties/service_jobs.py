@@ -22,6 +22,7 @@ from typing import Any
 from vfl.config import Federation, JobConfig, PartyConfig
 from vfl.errors import ConfigError, JobCancelledError, PeerAbortedError, VflError
 from vfl.io import atomic_write_json
+from vfl.parties.common import RowLimit
 from vfl.parties.network import load_party_identity, to_peers
 from vfl.parties.runner import run_party
 from vfl.protocols.session import Members
@@ -55,6 +56,24 @@ class JobFiles:
     federation = property(lambda self: self.directory / "federation.toml", doc="the job's federation")
     listen_file = property(lambda self: self.directory / "listen", doc="this party's job inbox address")
     result = property(lambda self: self.directory / "result.json", doc="the worker's result")
+    limit_file = property(
+        lambda self: self.directory / "row_limit.json", doc="the rows the job was accepted for"
+    )
+
+    def write_row_limit(self, limit: RowLimit) -> None:
+        atomic_write_json(self.limit_file, {"partner": limit.partner, "rows": limit.rows})
+
+    def row_limit(self) -> RowLimit | None:
+        """The rows cap this party's service accepted the job under (None: no cap applies)."""
+        try:
+            saved = json.loads(self.limit_file.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"the job's rows cap in {self.limit_file} is unreadable ({exc}); cancel the job"
+            ) from exc
+        return RowLimit(str(saved["partner"]), int(saved["rows"]))
 
     def listen(self) -> str:
         return self.listen_file.read_text().strip()
@@ -192,7 +211,7 @@ def run_job(
     try:
         outcome = run_party(
             workspace, files.job, federation_file=files.federation, listen=listen, progress=progress,
-            settings=settings, data=data, models=models,
+            settings=settings, data=data, models=models, row_limit=files.row_limit(),
         )  # fmt: skip
         summary = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in outcome.summary.items()}
         result = {

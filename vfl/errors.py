@@ -29,6 +29,10 @@ class ConfigError(VflError, code="config"):
     """A configuration file, job option or command-line argument is wrong."""
 
 
+class PolicyError(ConfigError, code="policy"):
+    """A party's own policy refuses the job (a partner's rule, a cap); the message names the rule."""
+
+
 class DisagreementError(ConfigError, code="disagreement"):
     """The parties' shared job settings differ (job.toml, federation.toml or a version)."""
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from vfl.config import JobConfig
+from vfl.errors import ConfigError
 from vfl.parties.service_proposals import PERIOD_SECONDS, check_cap, row_bound
 from vfl.service.policy import Cap
 from vfl.service.store import JobRecord
@@ -51,3 +54,18 @@ def test_jobs_and_epsilon_caps() -> None:
     assert check_cap(Cap("bank", "week", epsilon=0.5), past, noisy, 1, NOW) is None
     rule, line = check_cap(Cap("bank", "week", epsilon=0.4), past, noisy, 1, NOW)
     assert rule == "[caps.bank] epsilon" and "spends epsilon 0.5" in line
+
+
+def test_the_accepted_rows_bound_travels_to_the_jobs_worker(tmp_path):
+    """What the service accepted a job for is what the worker's run checks after the PSI."""
+    from vfl.parties.common import RowLimit
+    from vfl.parties.service_jobs import JobFiles
+
+    files = JobFiles.of(tmp_path, "job-1")
+    files.directory.mkdir(parents=True)
+    assert files.row_limit() is None  # no cap applied: nothing to check
+    files.write_row_limit(RowLimit("retailer", 1200))
+    assert files.row_limit() == RowLimit("retailer", 1200)
+    files.limit_file.write_text("{not json")
+    with pytest.raises(ConfigError, match="rows cap .* is unreadable"):
+        files.row_limit()
