@@ -87,7 +87,12 @@ class Decision:
 
 @dataclass(frozen=True)
 class Cap:
-    """An audience privacy-budget cap for one partner over one period (None: no limit on that)."""
+    """An audience privacy-budget cap for one partner over one period (None: no limit on that).
+
+    ``delta``: every vfl release is pure epsilon-DP (two-sided geometric noise, DESIGN.md §13), so a
+    job spends delta 0 and a delta cap never refuses one; it is read so that a policy written for
+    (epsilon, delta) mechanisms stays valid here.
+    """
 
     partner: str
     period: str
