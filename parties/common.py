@@ -21,7 +21,7 @@ from vfl.ledger import Ledger
 from vfl.model import INTERCEPT, ModelShard
 from vfl.options import MIN_INTERSECTION_FLOOR, ScreenOptions, TrainOptions
 from vfl.parties.state import Alignment, StateStore, job_fingerprint
-from vfl.protocols import lr, lr_two_key
+from vfl.protocols import lr, lr_two_key, lr_two_key_multiclass
 from vfl.protocols.catalog import ALL_PROTOCOLS
 from vfl.protocols.lr import LrPlan, PartyState
 from vfl.protocols.messages import find, learned_by
@@ -174,7 +174,8 @@ def _coordinated(job: Job) -> Trainer:
 
 
 def _arbiter_free(job: Job) -> Trainer:
-    return Trainer(job.two_key_plan, job.guest, lr_two_key.run_guest, lr_two_key.run_host, takes_keypair=True)
+    roles = lr_two_key_multiclass if job.options.model == "multiclass-lr" else lr_two_key
+    return Trainer(job.two_key_plan, job.guest, roles.run_guest, roles.run_host, takes_keypair=True)
 
 
 #: The training protocol of each ``[train] topology`` (DESIGN.md §6 and §15).
