@@ -175,12 +175,12 @@ def run_guest(
     return guest_rounds(session, plan, party, epoch_fn)
 
 
+EpochFn = Callable[[PartyState], PartyState]  # one round of a model kind at one party
+StartHook = Callable[[], None] | None  # what a model kind adds to a fresh start (before the first keys)
+
+
 def guest_rounds(
-    session: Session,
-    plan: TwoKeyPlan,
-    party: TwoKeyParty,
-    epoch_fn: Callable[[PartyState], PartyState],
-    on_start: Callable[[], None] | None = None,
+    session: Session, plan: TwoKeyPlan, party: TwoKeyParty, epoch_fn: EpochFn, on_start: StartHook = None
 ) -> TrainedShard:
     """The guest's round loop of every arbiter-free model kind: set up (``on_start`` before the first
     generation's keys), run ``epoch_fn`` per round and resynchronize a restarted party."""
@@ -282,11 +282,7 @@ def run_host(
 
 
 def host_rounds(
-    session: Session,
-    plan: TwoKeyPlan,
-    party: TwoKeyParty,
-    epoch_fn: Callable[[PartyState], PartyState],
-    on_start: Callable[[], None] | None = None,
+    session: Session, plan: TwoKeyPlan, party: TwoKeyParty, epoch_fn: EpochFn, on_start: StartHook = None
 ) -> TrainedShard:
     """A host's round loop of every arbiter-free model kind (``on_start`` after its setup message)."""
     o, me = plan.options, party.me

@@ -192,12 +192,9 @@ def _loss_ciphertext(loss: DiagonalLoss, mask: int) -> pa.Table:
 
 
 def run_guest(
-    session: Session,
-    plan: TwoKeyPlan,
-    features: np.ndarray,
-    labels: np.ndarray,
+    session: Session, plan: TwoKeyPlan, features: np.ndarray, labels: np.ndarray,
     **context: Unpack[TwoKeyContext],
-) -> TrainedShard:
+) -> TrainedShard:  # fmt: skip
     """Guest role of arbiter-free one-vs-rest LR: ``labels`` are class indices ``0..K-1``."""
     o, obj = plan.options, two_key_objective(plan.options)
     y = np.asarray(labels).astype(np.int64)
