@@ -21,9 +21,11 @@ from vfl.ledger import Ledger
 from vfl.model import INTERCEPT, ModelShard
 from vfl.options import MIN_INTERSECTION_FLOOR, ScreenOptions, TrainOptions
 from vfl.parties.state import Alignment, StateStore, job_fingerprint
-from vfl.protocols import lr, lr_two_key, lr_two_key_multiclass
+from vfl.protocols import lr, lr_two_key
 from vfl.protocols.catalog import ALL_PROTOCOLS
 from vfl.protocols.lr import LrPlan, PartyState
+from vfl.protocols.lr_two_key_multiclass import run_guest as classes_guest
+from vfl.protocols.lr_two_key_multiclass import run_host as classes_host
 from vfl.protocols.messages import find, learned_by
 from vfl.protocols.session import Generations, Members, Session
 from vfl.protocols.shards import exchange_digests
@@ -174,8 +176,9 @@ def _coordinated(job: Job) -> Trainer:
 
 
 def _arbiter_free(job: Job) -> Trainer:
-    roles = lr_two_key_multiclass if job.options.model == "multiclass-lr" else lr_two_key
-    return Trainer(job.two_key_plan, job.guest, roles.run_guest, roles.run_host, takes_keypair=True)
+    if job.options.model == "multiclass-lr":  # packed parts per key (protocols/lr_two_key_multiclass.py)
+        return Trainer(job.two_key_plan, job.guest, classes_guest, classes_host, takes_keypair=True)
+    return Trainer(job.two_key_plan, job.guest, lr_two_key.run_guest, lr_two_key.run_host, takes_keypair=True)
 
 
 #: The training protocol of each ``[train] topology`` (DESIGN.md §6 and §15).
