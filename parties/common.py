@@ -24,6 +24,8 @@ from vfl.parties.state import Alignment, StateStore, job_fingerprint
 from vfl.protocols import lr, lr_two_key, psi
 from vfl.protocols.catalog import ALL_PROTOCOLS
 from vfl.protocols.lr import LrPlan, PartyState
+from vfl.protocols.lr_two_key_multiclass import run_guest as classes_guest
+from vfl.protocols.lr_two_key_multiclass import run_host as classes_host
 from vfl.protocols.messages import find, learned_by
 from vfl.protocols.session import Generations, Members, Session
 from vfl.protocols.shards import exchange_digests
@@ -185,6 +187,8 @@ def _coordinated(job: Job) -> Trainer:
 
 
 def _arbiter_free(job: Job) -> Trainer:
+    if job.options.model == "multiclass-lr":  # packed parts per key (protocols/lr_two_key_multiclass.py)
+        return Trainer(job.two_key_plan, job.guest, classes_guest, classes_host, takes_keypair=True)
     return Trainer(job.two_key_plan, job.guest, lr_two_key.run_guest, lr_two_key.run_host, takes_keypair=True)
 
 

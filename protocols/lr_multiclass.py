@@ -94,12 +94,15 @@ class ClassGroups:
         return [vector[g * m : (g + 1) * m] for g in range(self.groups)]
 
 
-def slot_layout(options: TrainOptions, n_rows: int, n_classes: int, key_bits: int) -> ClassGroups:
-    """The packing every party of a multi-class job uses (the same from the shared options and row count)."""
+def slot_layout(
+    options: TrainOptions, n_rows: int, n_classes: int, key_bits: int, mask_bits: int = MASK_BITS
+) -> ClassGroups:
+    """The packing every party of a multi-class job uses (the same from the shared options and row count);
+    ``mask_bits``: the statistical hiding of every masked slot (the arbiter-free topology's is wider)."""
     batch = max(len(b) for b in epoch_batches(n_rows, options, 0))  # the same sizes every epoch
 
     def layout(k: int) -> SlotLayout:
-        return SlotLayout.for_problem(k, batch, X_BOUND, LOGIT_BOUND + 2.0, key_bits, mask_bits=MASK_BITS)
+        return SlotLayout.for_problem(k, batch, X_BOUND, LOGIT_BOUND + 2.0, key_bits, mask_bits=mask_bits)
 
     try:
         top = (key_bits - 1) // layout(1).slot_bits  # the slot width does not depend on K

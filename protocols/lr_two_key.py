@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -121,18 +122,6 @@ def run_guest(
     workers, progress = party.workers, party.progress
     s = obj.guest_target(labels)  # binary-lr: s = 2y - 1; linear: y
 
-    def start() -> PartyState:
-        if party.states:  # restarted: resynchronize at once, the hosts may be waiting for us
-            return party.states[party.generations.resync(party.states)]
-        problem = batch_size_problem(o, party.n, party.k, party.me)
-        if problem:
-            raise ConfigError(problem)  # local detail; the others learn only the reason code
-        sizes = {h: int(one(session.recv(SETUP, h), "n_rows")) for h in plan.hosts}
-        if any(v != party.n for v in sizes.values()):
-            raise ProtocolError(f"parties disagree on the number of aligned training rows: {sizes}")
-        party.new_generation(0)
-        return party.fresh_state()
-
     def epoch_fn(state: PartyState) -> PartyState:
         epoch, gen = state.epoch, party.generation
         steps = RoundSteps(o, state, party.n, intercept_index=0)
@@ -183,6 +172,34 @@ def run_guest(
             progress(epoch, len(steps.batches), losses[-1])
         return steps.end(losses, stop)
 
+    return guest_rounds(session, plan, party, epoch_fn)
+
+
+EpochFn = Callable[[PartyState], PartyState]  # one round of a model kind at one party
+StartHook = Callable[[], None] | None  # what a model kind adds to a fresh start (before the first keys)
+
+
+def guest_rounds(
+    session: Session, plan: TwoKeyPlan, party: TwoKeyParty, epoch_fn: EpochFn, on_start: StartHook = None
+) -> TrainedShard:
+    """The guest's round loop of every arbiter-free model kind: set up (``on_start`` before the first
+    generation's keys), run ``epoch_fn`` per round and resynchronize a restarted party."""
+    o = plan.options
+
+    def start() -> PartyState:
+        if party.states:  # restarted: resynchronize at once, the hosts may be waiting for us
+            return party.states[party.generations.resync(party.states)]
+        problem = batch_size_problem(o, party.n, party.k, party.me)
+        if problem:
+            raise ConfigError(problem)  # local detail; the others learn only the reason code
+        sizes = {h: int(one(session.recv(SETUP, h), "n_rows")) for h in plan.hosts}
+        if any(v != party.n for v in sizes.values()):
+            raise ProtocolError(f"parties disagree on the number of aligned training rows: {sizes}")
+        if on_start is not None:
+            on_start()
+        party.new_generation(0)
+        return party.fresh_state()
+
     def finished(state: PartyState) -> bool:
         return state.stopped or state.epoch >= party.rounds
 
@@ -225,18 +242,6 @@ def run_host(
     workers, progress = party.workers, party.progress
     me, others = party.me, [h for h in plan.hosts if h != party.me]
 
-    def start() -> PartyState:
-        if party.interrupted is not None:  # the guest resynchronizes while we start
-            return party.states[party.generations.answer(party.interrupted, party.states)]
-        if party.states:
-            return party.states[party.generations.rejoin(party.states)]
-        problem = batch_size_problem(o, party.n, party.k, me)
-        if problem:
-            raise ConfigError(problem)
-        session.send(SETUP, plan.guest, pa.table({"n_rows": [party.n]}))
-        party.new_generation(0)
-        return party.fresh_state()
-
     def epoch_fn(state: PartyState) -> PartyState:
         epoch, gen = state.epoch, party.generation
         steps = RoundSteps(o, state, party.n, intercept_index=None)
@@ -273,6 +278,29 @@ def run_host(
         session.send(LOSS_PART, plan.guest, ints_to_arrow([reply], kind=SLOTS), gen=gen, epoch=epoch)
         return steps.end(stopped=bool(one(session.recv(STOP, plan.guest, gen=gen, epoch=epoch), "stop")))
 
+    return host_rounds(session, plan, party, epoch_fn)
+
+
+def host_rounds(
+    session: Session, plan: TwoKeyPlan, party: TwoKeyParty, epoch_fn: EpochFn, on_start: StartHook = None
+) -> TrainedShard:
+    """A host's round loop of every arbiter-free model kind (``on_start`` after its setup message)."""
+    o, me = plan.options, party.me
+
+    def start() -> PartyState:
+        if party.interrupted is not None:  # the guest resynchronizes while we start
+            return party.states[party.generations.answer(party.interrupted, party.states)]
+        if party.states:
+            return party.states[party.generations.rejoin(party.states)]
+        problem = batch_size_problem(o, party.n, party.k, me)
+        if problem:
+            raise ConfigError(problem)
+        session.send(SETUP, plan.guest, pa.table({"n_rows": [party.n]}))
+        if on_start is not None:
+            on_start()
+        party.new_generation(0)
+        return party.fresh_state()
+
     state = start()
     while True:
         try:
@@ -294,6 +322,8 @@ __all__ = [
     "LR_TWO_KEY",
     "VERSION",
     "TwoKeyPlan",
+    "guest_rounds",
+    "host_rounds",
     "mask_stream",
     "modulus_bits",
     "pair_masks",

@@ -270,16 +270,18 @@ def objective_for(options: TrainOptions) -> Objective:
 
 
 # The kinds the arbiter-free topology trains (DESIGN.md §15): the quadratic ones, whose residual is
-# ``a + sum_k u_k`` with the guest's part ``a``. Multi-class needs packed parts and pairwise masks per
-# slot (not built); Poisson's exp(z) cannot be formed without a key no data party holds (§15).
-TWO_KEY_MODELS = ("binary-lr", "linear")
+# ``a + sum_k u_k`` with the guest's part ``a``, and multi-class one-vs-rest (the binary steps per class,
+# K parts packed per ciphertext: protocols/lr_two_key_multiclass.py). Poisson's exp(z) cannot be formed
+# without a key no data party holds (§15).
+TWO_KEY_MODELS = ("binary-lr", "linear", "multiclass-lr")
 
 
 def two_key_objective(options: TrainOptions) -> Objective:
-    """The steps of ``options.model`` in the arbiter-free topology (ConfigError for a kind it does not train)."""
+    """The steps of ``options.model`` in the arbiter-free topology (ConfigError for a kind it does not train);
+    multi-class runs the binary steps per class."""
     if options.model not in TWO_KEY_MODELS:
         raise ConfigError(
             f'[train] model = "{options.model}" trains in the coordinated topology only (it needs an arbiter); '
-            f"arbiter-free training fits model = {' or '.join(map(repr, TWO_KEY_MODELS))}"
+            f"arbiter-free training fits model = {', '.join(map(repr, TWO_KEY_MODELS))}"
         )
-    return OBJECTIVES[options.model]
+    return OBJECTIVES["binary-lr" if options.model == "multiclass-lr" else options.model]
