@@ -1,19 +1,20 @@
-"""Time to a converged model: coordinated LR on default_credit, from the first message to the saved model.
+"""Time to a converged model: LR on default_credit in both topologies, from the first message to the saved model.
 
     python benchmarks/bench_converge.py [--bits 1024 2048] [--modes simulate processes]
-                                        [--configs today new new+stream] [--sweep]
+                                        [--topologies coordinated arbiter-free]
+                                        [--configs today defaults fast fast+stream] [--sweep]
 
-What a user waits for is a finished model, not one epoch. For every key size and mode, in ONE run
-(the machine is shared, so only same-run ratios mean anything):
+What a user waits for is a finished model, not one epoch. For every key size, mode and topology,
+in ONE run (the machine is shared, so only same-run ratios mean anything):
 
-* **configs**: ``today`` (the options of the branch base: Adam 0.2, tol 1e-3 for 2 epochs, no
-  preconditioning, one loss check per pass, no averaging, every party computes its own randomness),
-  ``new`` (the defaults: local whitening, SGD 1.0, round averaging, two loss checks per pass, tol
-  3e-3 once) and ``new+stream`` (the defaults with the arbiter's CRT randomizer stream, to price
-  lever 1 alone).
-* **modes**: ``simulate`` (``vfl.simulate``: three threads, one shared worker pool) and
-  ``processes`` (three ``vfl run`` processes talking Arrow Flight over loopback mTLS, as
-  ``vfl demo`` starts them, each with its own worker pool).
+* **configs**: ``today`` (the defaults before round averaging: Adam 0.2, tol 1e-3 for 2 epochs, one
+  loss check per pass, no averaging), ``defaults`` (today's ``TrainOptions()``: the same Adam, round
+  averaging, two loss checks per pass, tol 2e-3 for two checks), ``fast`` (``FAST_CONVERGENCE``:
+  local whitening, SGD 1.0, tol 3e-3 once) and ``fast+stream`` (with the arbiter's CRT randomizer
+  stream, coordinated only, to price lever 1 alone).
+* **modes**: ``simulate`` (``vfl.simulate``: threads, one shared worker pool) and ``processes``
+  (``vfl run`` processes talking Arrow Flight over loopback mTLS, as ``vfl demo`` starts them, each
+  with its own worker pool; no arbiter process for ``arbiter-free``).
 * **columns**: wall seconds from start to saved model (PSI, preprocessing, training, scoring,
   outputs); rounds (loss checks) and encrypted passes over the training rows; CPU use (CPU seconds
   of every process of the run over wall seconds x cores, from ``/proc``); held-out AUC and
@@ -23,10 +24,10 @@ What a user waits for is a finished model, not one epoch. For every key size and
   (10.5 M modmul-times).
 
 ``--sweep``: encrypted passes to converge and held-out AUC on every binary FATE dataset and on
-heavy-tailed synthetic data, for ``today`` and ``new``, with the numpy reference trainer on exactly
-the matrices each party would build (the shared order, the split and the preprocessing of a real
-job; tests/lr/test_training.py checks that federated training equals that trainer to 1e-6), so it
-takes seconds, not hours.
+heavy-tailed synthetic data, for ``today``, ``defaults`` and ``fast``, with the numpy reference
+trainer on exactly the matrices each party would build (the shared order, the split and the
+preprocessing of a real job; tests/lr/ check that federated training in both topologies equals
+that trainer to 1e-6), so it takes seconds, not hours.
 """
 
 from __future__ import annotations
@@ -66,18 +67,20 @@ TODAY = dict(
     optimizer="adam", learning_rate=0.2, tol=1e-3, patience=2, precondition="none", loss_checks=1,
     averaging="none", randomizer_stream="none",
 )  # fmt: skip
-# "today" = the defaults; "new" = the FAST_CONVERGENCE profile (vfl/options.py).
 CONFIGS = {
     "today": TODAY,
-    "new": dict(FAST_CONVERGENCE),
-    "new+stream": {**FAST_CONVERGENCE, "randomizer_stream": "arbiter"},
+    "defaults": {},
+    "fast": dict(FAST_CONVERGENCE),
+    "fast+stream": {**FAST_CONVERGENCE, "randomizer_stream": "arbiter"},
 }
+TOPOLOGIES = ("coordinated", "arbiter-free")
 
 
 @dataclass
 class Run:
     config: str
     mode: str
+    topology: str
     bits: int
     wall: float
     cpu: float | None
@@ -148,32 +151,35 @@ def passes_of(rounds: int, n_train: int, options: dict) -> float:
     return rounds / rounds_per_pass(n_train, TrainOptions(**options))
 
 
-def run_simulate(name, config, bits, keypair, modmul) -> Run:
+def run_simulate(name, config, topology, bits, keypairs, modmul) -> Run:
     guest, host, id_column, label = frames(name)
-    options = {**CONFIGS[config], "key_bits": bits}
+    options = {**CONFIGS[config], "key_bits": bits, "topology": topology}
+    keys = {"keypairs": keypairs} if topology == "arbiter-free" else {"keypair": keypairs["arbiter"]}
     cpu0 = tree_cpu_seconds()
     t = time.perf_counter()
-    result = vfl.simulate(guest, [host], id=id_column, label=label, keypair=keypair, **options)
+    result = vfl.simulate(guest, [host], id=id_column, label=label, **keys, **options)
     wall = time.perf_counter() - t
     time.sleep(0.3)  # let the forkserver reap the pool's workers (their CPU lands in its cutime)
     cpu1 = tree_cpu_seconds()
     held = result.scores["held_out"].to_numpy()
     order = result.scores[id_column]
     return Run(
-        config, "simulate", bits, wall, None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
+        config, "simulate", topology, bits, wall, None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
         result.epochs, passes_of(result.epochs, int((~held).sum()), options), result.metrics["auc"],
         sklearn_auc(guest, host, id_column, label, order, held), modmul,
     )  # fmt: skip
 
 
-def run_processes(name, config, bits, modmul) -> Run:
-    """Three ``vfl run`` processes over loopback mTLS (as ``vfl demo``), on the dataset's two files."""
+def run_processes(name, config, topology, bits, modmul) -> Run:
+    """``vfl run`` processes over loopback mTLS (as ``vfl demo``), on the dataset's two files: guest,
+    host and (coordinated) arbiter."""
     from vfl.cli.demo import free_port
     from vfl.cli.workspace import DataSpec, create_workspace
     from vfl.config import Federation, JobConfig
 
     guest, host, id_column, label = frames(name)
-    options = {**CONFIGS[config], "key_bits": bits}
+    options = {**CONFIGS[config], "key_bits": bits, "topology": topology}
+    parties = ("guest", "host", "arbiter") if topology == "coordinated" else ("guest", "host")
     with tempfile.TemporaryDirectory(prefix="vfl-bench-") as tmp:
         base = Path(tmp)
         guest.to_csv(base / "guest.csv", index=False)
@@ -184,7 +190,7 @@ def run_processes(name, config, bits, modmul) -> Run:
             "arbiter": None,
         }
         federation, spaces = Federation(), {}
-        for party in ("guest", "host", "arbiter"):
+        for party in parties:
             _, card, _ = create_workspace(
                 base / party, party_id=party, role=party, listen=f"127.0.0.1:{free_port()}",
                 data=specs[party], force=True,
@@ -206,13 +212,13 @@ def run_processes(name, config, bits, modmul) -> Run:
                 stdin=subprocess.DEVNULL,
                 env=env,
             )  # fmt: skip
-            for p in ("guest", "host", "arbiter")
+            for p in parties
         ]
         codes = [p.wait(timeout=3600) for p in procs]
         wall = time.perf_counter() - t
         cpu1 = tree_cpu_seconds()
         if any(codes):
-            logs = {p: (base / f"{p}.log").read_text()[-2000:] for p in ("guest", "host", "arbiter")}
+            logs = {p: (base / f"{p}.log").read_text()[-2000:] for p in parties}
             raise RuntimeError(f"a party failed: {codes}\n{logs}")
         out = spaces["guest"] / "out" / "bench"
         metrics = json.loads((out / "metrics.json").read_text())
@@ -221,7 +227,7 @@ def run_processes(name, config, bits, modmul) -> Run:
         held = scores["held_out"].to_numpy(bool)
         rounds = int(metrics["epochs"])
     return Run(
-        config, "processes", bits, wall, None if cpu0 is None or cpu1 is None else cpu1 - cpu0, rounds,
+        config, "processes", topology, bits, wall, None if cpu0 is None or cpu1 is None else cpu1 - cpu0, rounds,
         passes_of(rounds, int((~held).sum()), options), float(metrics["metrics"]["auc"]),
         sklearn_auc(guest, host, id_column, label, scores[id_column], held), modmul,
     )  # fmt: skip
@@ -229,18 +235,25 @@ def run_processes(name, config, bits, modmul) -> Run:
 
 def print_runs(runs: list[Run]) -> None:
     header = (
-        f"{'bits':>5} {'mode':<10} {'config':<19} {'wall':>8} {'rounds':>6} {'passes':>6} {'CPU use':>7} "
-        f"{'AUC':>7} {'sklearn':>7} {'wall/modmul':>12} {'vs today':>8}"
+        f"{'bits':>5} {'mode':<10} {'topology':<12} {'config':<12} {'wall':>8} {'rounds':>6} {'passes':>6} "
+        f"{'CPU use':>7} {'AUC':>7} {'sklearn':>7} {'wall/modmul':>12} {'vs today':>8}"
     )
     print(header)
     print("-" * len(header))
     for r in runs:
-        base = next((b for b in runs if b.config == "today" and b.mode == r.mode and b.bits == r.bits), None)
+        base = next(
+            (
+                b
+                for b in runs
+                if b.config == "today" and (b.mode, b.topology, b.bits) == (r.mode, r.topology, r.bits)
+            ),
+            None,
+        )
         ratio = f"{base.wall / r.wall:7.2f}x" if base is not None else "       -"
         cpu = f"{100 * r.cpu_use:6.0f}%" if r.cpu_use is not None else "      -"
         print(
-            f"{r.bits:>5} {r.mode:<10} {r.config:<19} {r.wall:7.1f}s {r.rounds:>6} {r.passes:>6.1f} {cpu} "
-            f"{r.auc:7.4f} {r.sklearn:7.4f} {r.wall / r.modmul / 1e6:10.1f} M {ratio}"
+            f"{r.bits:>5} {r.mode:<10} {r.topology:<12} {r.config:<12} {r.wall:7.1f}s {r.rounds:>6} "
+            f"{r.passes:>6.1f} {cpu} {r.auc:7.4f} {r.sklearn:7.4f} {r.wall / r.modmul / 1e6:10.1f} M {ratio}"
         )
     print(
         f"\nCPU use = CPU seconds of every process of the run / (wall x {CORES} cores). wall/modmul = wall "
@@ -285,11 +298,14 @@ def sweep() -> None:
         "on the matrices a real job builds; 'best' = the best AUC either reaches, at its stop or\n"
         "after 1, 2, 3, 5, 10, 20 or 50 passes without stopping):\n"
     )
-    print(f"{'dataset':<18} {'rows':>6} {'today':>16} {'new':>16} {'best':>7} {'passes saved':>12}")
+    names = ("today", "defaults", "fast")
+    print(
+        f"{'dataset':<18} {'rows':>6} " + " ".join(f"{n:>16}" for n in names) + f" {'best':>7} {'saved':>6}"
+    )
     for name in SWEEP:
         xg, xh, y, train, held = job_matrices(name)
         row, best = {}, 0.0
-        for config in ("today", "new"):
+        for config in names:
             o = TrainOptions(**CONFIGS[config])
             blocks, maps = [], []
             for x, intercept in ((xg, True), (xh, False)):
@@ -304,11 +320,10 @@ def sweep() -> None:
                 weights, _ = train_reference(blocks, y[train], free, ["guest", "host1"])
                 z = xg[held] @ maps[0].to_original(weights[0]) + xh[held] @ maps[1].to_original(weights[1])
                 best = max(best, roc_auc_score(y[held], z))
-        (tp, ta), (np_, na) = row["today"], row["new"]
-        best = max(best, ta, na)
-        print(
-            f"{name:<18} {len(train):>6} {tp:6.1f} / {ta:.4f} {np_:6.1f} / {na:.4f} {best:7.4f} {tp / np_:11.1f}x"
-        )
+        best = max(best, *(a for _, a in row.values()))
+        cells = " ".join(f"{p:6.1f} / {a:.4f}" for p, a in row.values())
+        print(f"{name:<18} {len(train):>6} {cells} {best:7.4f} {row['today'][0] / row['defaults'][0]:5.1f}x")
+    print("\n(passes / AUC per config; 'saved' = today's passes over the defaults')")
 
 
 def main() -> None:
@@ -317,7 +332,8 @@ def main() -> None:
     )
     parser.add_argument("--bits", type=int, nargs="+", default=[1024])
     parser.add_argument("--modes", nargs="+", default=["simulate"], choices=["simulate", "processes"])
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", default=["today", "defaults"], choices=list(CONFIGS))
+    parser.add_argument("--topologies", nargs="+", default=list(TOPOLOGIES), choices=TOPOLOGIES)
     parser.add_argument("--data", default="default_credit")
     parser.add_argument("--sweep", action="store_true", help="only the plaintext sweep over every dataset")
     args = parser.parse_args()
@@ -327,15 +343,18 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()}, {CORES} cores\n")
     runs = []
     for bits in args.bits:
-        keypair = generate_keypair(bits)
-        modmul = modmul_cost(keypair[0].n_square, 20000)
+        keypairs = {p: generate_keypair(bits) for p in ("arbiter", "guest", "host1")}
+        modmul = modmul_cost(keypairs["arbiter"][0].n_square, 20000)
         for mode in args.modes:
-            for config in args.configs:
-                if mode == "simulate":
-                    runs.append(run_simulate(args.data, config, bits, keypair, modmul))
-                else:
-                    runs.append(run_processes(args.data, config, bits, modmul))
-                print(f"  done: {bits} {mode} {config}: {runs[-1].wall:.1f} s", flush=True)
+            for topology in args.topologies:
+                for config in args.configs:
+                    if config == "fast+stream" and topology == "arbiter-free":
+                        continue  # the stream needs an arbiter
+                    if mode == "simulate":
+                        runs.append(run_simulate(args.data, config, topology, bits, keypairs, modmul))
+                    else:
+                        runs.append(run_processes(args.data, config, topology, bits, modmul))
+                    print(f"  done: {bits} {mode} {topology} {config}: {runs[-1].wall:.1f} s", flush=True)
     print()
     print_runs(runs)
     print(f"\nload average after: {os.getloadavg()}")

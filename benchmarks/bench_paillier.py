@@ -160,6 +160,11 @@ def main() -> None:
 
     floor_items: list[tuple[str, int, float]] = []
 
+    def add_workers(op, size, engine, baseline, target=None, note=""):
+        """The row of ``op`` on the worker pool: against the same baseline as its 1-process row."""
+        full_note = f"same baseline; {note}" if note else "same baseline"
+        add(f"{op}, {args.workers} workers", size, engine, baseline, target, full_note)
+
     def add_floor(op, count, engine):
         # the modmul cost is sampled after every section; the floor uses the fastest sample
         mm_samples.append(modmul_cost(pk.n_square, 5_000))
@@ -196,14 +201,10 @@ def main() -> None:
         )
         note = f"phe loop timed on {phe_rows} rows x {k}, scaled x{m / phe_rows:g}; prepare_matrix {fmt_t(t_prep)} once"
         add(f"X^T[[d]] {m}x{k}, 1 process", f"{m * k:,} terms", t_rdot, t_naive, 25, note)
-        add(
-            f"X^T[[d]] {m}x{k}, {args.workers} workers",
-            f"{m * k:,} terms",
-            t_rdot_par,
-            t_naive,
-            25,
-            f"same baseline; pool warm-up (start + tables) {fmt_t(t_warm)} not included",
-        )
+        add_workers(
+            f"X^T[[d]] {m}x{k}", f"{m * k:,} terms", t_rdot_par, t_naive, 25,
+            f"pool warm-up (start + tables) {fmt_t(t_warm)} not included",
+        )  # fmt: skip
         rr = k * (nwin - 1 + 1)  # output re-randomization without a pool
         add_floor(f"X^T[[d]] {m}x{k} (1 process)", prepared.modmul_count(m) + rr, t_rdot)
 
@@ -220,14 +221,7 @@ def main() -> None:
         assert np.array_equal(decrypt(sk, enc_online[:50]), decrypt(sk, enc[:50]))
         note = f"phe timed on {phe_enc} values, scaled x{n_enc / phe_enc:g}"
         add(f"encrypt {n_enc:,}, no pool, 1 process", f"{n_enc:,} values", t_enc, t_phe, 12, note)
-        add(
-            f"encrypt {n_enc:,}, {args.workers} workers",
-            f"{n_enc:,} values",
-            t_enc_par,
-            t_phe,
-            None,
-            "same baseline",
-        )
+        add_workers(f"encrypt {n_enc:,}", f"{n_enc:,} values", t_enc_par, t_phe)
         add(
             f"encrypt {n_enc:,}, online, full pool",
             f"{n_enc:,} values",

@@ -1,6 +1,6 @@
 """Benchmark: one party's heavy work on a Dask cluster against the local process pool (issue 17).
 
-Three parts, each measured against its baseline in the same run on the same machine:
+Four parts, each measured against its baseline in the same run on the same machine:
 
 1. **kernels** (2048-bit key): throughput of DJN encryption and of ``X^T [[d]]`` (bucket
    multi-exponentiation, 20 columns) per core, through the engine's own entry points
@@ -12,6 +12,9 @@ Three parts, each measured against its baseline in the same run on the same mach
 2. **psi**: guest and host in separate processes (a loopback pipe carries the Arrow messages), each
    reading its ids from its own Parquet file in batches (``vfl.streaming.read_ids``), 50 % overlap;
    wall time, time per id and peak resident memory of each party's main process and of its workers.
+2b. **prepare**: a party's aligned model matrix (half of a Parquet table of ``--prepare-rows`` rows x 20
+   columns, in a shuffled shared order) built from the whole table (``load_table(...).iloc[rows]``) and
+   streamed (``vfl.streaming.take_rows``), each in its own process: wall time, peak memory, same matrix.
 3. **epoch**: one training epoch at 2048 bits, 10 + 10 columns, on a subsample (``--epoch-rows``),
    all three parties in this process sharing one backend: epoch time = (2 epochs) - (1 epoch),
    extrapolated linearly to 1M training rows (batches have a fixed size, so an epoch's cost is
@@ -71,6 +74,12 @@ def _dask(cluster: Any, workers: int) -> DaskBackend:
     backend.client.wait_for_workers(workers, timeout=60)
     backend.workers = workers
     return backend
+
+
+def _header(text: str) -> None:
+    """A table's header line and the rule under it."""
+    print(text)
+    print("-" * len(text))
 
 
 def _timed(fn: Any) -> float:
@@ -145,6 +154,8 @@ def bench_kernels(args: argparse.Namespace) -> None:
     for b in (local, dask2, dask1):
         b.warm_up(pk)
     backends = {"local pool": local, "dask": dask2}
+    idle = {name: _measure(b, lambda: time.sleep(2.0)) for name, b in backends.items()}
+    background = {name: cpu / wall for name, (wall, cpu) in idle.items()}  # heartbeats, nannies: CPU-s per s
     engine: dict[str, list[list[tuple[float, float]]]] = {name: [] for name in backends}
     scale: dict[str, list[list[tuple[float, float]]]] = {"dask, 1 worker": [], "dask, 2 workers": []}
     for r in range(args.rounds):
@@ -169,12 +180,10 @@ def bench_kernels(args: argparse.Namespace) -> None:
     terms = m * k
     work = (n_enc, terms)
     print(f"\n1. kernels, 2048-bit key: encryption of {n_enc:,} values, X^T[[d]] of {m:,} rows x {k} columns")
-    header = (
+    _header(
         f"{'backend':<11} | {'cores':>5} | {'enc/s/core':>10} | {'ratio':>5} | {'enc/CPU-s':>9} | {'ratio':>5} | "
         f"{'terms/s/core':>12} | {'ratio':>5} | {'terms/CPU-s':>11} | {'ratio':>5}"
     )
-    print(header)
-    print("-" * len(header))
     base = {(op, w): work[op] / med(engine["local pool"], op, w) for op in (0, 1) for w in (0, 1)}
     for name, runs in engine.items():
         cells = []
@@ -188,11 +197,26 @@ def bench_kernels(args: argparse.Namespace) -> None:
     print(
         "per core = throughput (wall clock) / 2 cores; per CPU-s = work / CPU seconds of every process involved\n"
         "(this one, pool workers, Dask workers and nannies; the LocalCluster scheduler runs in this process), which\n"
-        "other users of the machine do not distort. ratio = / the local pool's (target >= 0.9x)\n"
+        "other users of the machine do not distort. ratio = / the local pool's (target >= 0.9x)"
     )
-    header = f"{'chunk functions':<16} | {'cores':>5} | {'enc s':>6} | {'speed-up':>8} | {'enc CPU-s':>9} | {'rdot s':>6} | {'speed-up':>8} | {'rdot CPU-s':>10}"
-    print(header)
-    print("-" * len(header))
+    net = {
+        name: [work[op] / max(1e-9, med(runs, op, 1) - background[name] * med(runs, op, 0)) for op in (0, 1)]
+        for name, runs in engine.items()
+    }
+    print(
+        "net of idle background (CPU-s per s measured idle: "
+        + ", ".join(f"{name} {rate:.3f}" for name, rate in background.items())
+        + "): dask/local per CPU-s "
+        + ", ".join(
+            f"{what} {net['dask'][op] / net['local pool'][op]:.2f}x"
+            for op, what in ((0, "enc"), (1, "terms"))
+        )
+        + "\n"
+    )
+    _header(
+        f"{'chunk functions':<16} | {'cores':>5} | {'enc s':>6} | {'speed-up':>8} | {'enc CPU-s':>9} | "
+        f"{'rdot s':>6} | {'speed-up':>8} | {'rdot CPU-s':>10}"
+    )
     one = scale["dask, 1 worker"]
     for name, runs in scale.items():
         cores = 1 if "1 worker" in name else 2
@@ -305,12 +329,10 @@ def bench_psi(args: argparse.Namespace) -> None:
     print(
         "\n2. PSI, ids streamed from Parquet, guest and host in separate processes (1 core each), 50 % overlap"
     )
-    header = (
+    _header(
         f"{'n x n':>21} | {'backend':<7} | {'wall s':>7} | {'us/id':>6} | {'read s':>6} | "
         f"{'peak MB guest':>13} | {'peak MB host':>12} | {'worker MB':>9}"
     )
-    print(header)
-    print("-" * len(header))
     for run in rows:
         g, h = run["reports"]["guest"], run["reports"]["host"]
         size = f"{run['n']:,} x {run['n']:,}"
@@ -320,6 +342,57 @@ def bench_psi(args: argparse.Namespace) -> None:
             f"{max(g[4], h[4]):9.0f}"
         )
     print("us/id = wall time / ids per party; peak MB = max resident memory of the party's main process")
+
+
+# --- 2b. streamed preprocessing -------------------------------------------------------------------
+
+
+def prepare_party(path: str, rows_path: str, streamed: bool, out: Any) -> None:
+    """Build the aligned model matrix of a party (PSI rows in the shared order), whole table or streamed."""
+    from vfl.data import Preprocessor, load_table
+    from vfl.streaming import take_rows
+
+    rows = np.load(rows_path)
+    columns = [f"x{j}" for j in range(20)]
+    t0 = time.perf_counter()
+    if streamed:
+        aligned = take_rows(path, rows, ["id", *columns], text_columns=["id"])
+    else:
+        aligned = load_table(path, id_column="id").iloc[rows].reset_index(drop=True)
+    train = np.arange(0, len(rows), 5)  # any fixed training split: the same for both paths
+    matrix = Preprocessor.fit(aligned.iloc[train][columns]).transform(aligned[columns])
+    out.put((streamed, time.perf_counter() - t0, _maxrss_mb(), float(matrix.sum()), matrix.shape))
+
+
+def bench_prepare(args: argparse.Namespace) -> None:
+    n = args.prepare_rows
+    rng = np.random.default_rng(4)
+    context = mp.get_context("spawn")
+    rows_out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "party.parquet"
+        frame = pd.DataFrame({"id": [f"customer-{i:09d}" for i in range(n)]})
+        for j in range(20):
+            frame[f"x{j}"] = rng.normal(size=n)
+        frame.to_parquet(path, index=False, row_group_size=262_144)
+        del frame
+        rows_path = Path(tmp) / "rows.npy"
+        np.save(rows_path, rng.permutation(n)[: n // 2])  # 50 % shared, in the shared order
+        for streamed in (False, True):
+            out = context.Queue()
+            proc = context.Process(target=prepare_party, args=(str(path), str(rows_path), streamed, out))
+            proc.start()
+            rows_out.append(out.get(timeout=3600))
+            proc.join()
+    same = rows_out[0][3] == rows_out[1][3] and rows_out[0][4] == rows_out[1][4]
+    print(
+        f"\n2b. aligned model matrix of {n // 2:,} shared rows x 20 columns from a Parquet file of {n:,} rows"
+    )
+    _header(f"{'load':<22} | {'wall s':>6} | {'peak MB':>7} | {'ratio':>5}")
+    for streamed, wall, peak, _, _ in rows_out:
+        name = "take_rows (streamed)" if streamed else "load_table + iloc"
+        print(f"{name:<22} | {wall:6.1f} | {peak:7.0f} | {peak / rows_out[0][2]:4.2f}x")
+    print(f"peak MB = max resident memory of the party's process; same matrix on both paths: {same}")
 
 
 # --- 3. one epoch -----------------------------------------------------------------------------------
@@ -392,11 +465,9 @@ def bench_epoch(args: argparse.Namespace) -> None:
     print(
         f"\n3. one training epoch, 2048-bit key, 10 + 10 columns, batches of 512, {train_rows:,} training rows"
     )
-    header = (
+    _header(
         f"{'backend':<10} | {'epoch s':>7} | {'ms/row':>6} | {'1M rows, h (extrapolated)':>25} | {'ratio':>5}"
     )
-    print(header)
-    print("-" * len(header))
     base = None
     for name, runs in times.items():
         epoch = statistics.median(runs)
@@ -415,24 +486,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (~3 min)")
     parser.add_argument(
-        "--parts", nargs="+", default=["kernels", "psi", "epoch"], choices=["kernels", "psi", "epoch"]
-    )
+        "--parts", nargs="+", default=["kernels", "psi", "prepare", "epoch"],
+        choices=["kernels", "psi", "prepare", "epoch"],
+    )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the kernel part")
     parser.add_argument("--enc", type=int, default=4000, help="values encrypted per round")
     parser.add_argument("--rdot-rows", type=int, default=2048, help="rows of X^T[[d]] per round")
     parser.add_argument("--psi-sizes", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--psi-backends", nargs="+", default=["local", "dask"], choices=["local", "dask"])
+    parser.add_argument(
+        "--prepare-rows", type=int, default=2_000_000, help="rows of the streamed-preprocessing table"
+    )
     parser.add_argument("--epoch-rows", type=int, default=2560, help="rows of the training subsample")
     parser.add_argument("--epoch-rounds", type=int, default=1)
     args = parser.parse_args()
     if args.quick:
         args.enc, args.rdot_rows, args.rounds = 1000, 1024, 2
-        args.psi_sizes, args.epoch_rows = [100_000], 1280
+        args.psi_sizes, args.epoch_rows, args.prepare_rows = [100_000], 1280, 200_000
     print(f"bench_scale: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at start", flush=True)
     if "kernels" in args.parts:
         bench_kernels(args)
     if "psi" in args.parts:
         bench_psi(args)
+    if "prepare" in args.parts:
+        bench_prepare(args)
     if "epoch" in args.parts:
         bench_epoch(args)
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end", flush=True)

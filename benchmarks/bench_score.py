@@ -13,6 +13,11 @@ size is timed twice in the same run:
 The ratio served / per-job shows what the service costs or saves; both include one process start
 at the host (the worker, or the ``vfl predict`` process).
 
+A second table times scoring 1 id ``--repeat`` times with the host's models kept loaded (``vfl
+serve``, its warm worker loads the most recent models while it waits) and again with the host
+restarted with ``--models 0`` (every job reads its model), in the same run; it reports the
+medians and their ratio.
+
     python benchmarks/bench_score.py            # 1, 1,000 and 100,000 ids
     python benchmarks/bench_score.py --quick    # 1, 1,000 and 10,000 ids
 """
@@ -82,11 +87,11 @@ def setup(base: Path, n_host: int, n_train: int) -> dict[str, Path]:
     return ws
 
 
-def serve(ws: Path, log: Path) -> subprocess.Popen:
+def serve(ws: Path, log: Path, *extra: str) -> subprocess.Popen:
     info = ws / "service" / "service.json"
     info.unlink(missing_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vfl.cli", "serve", "--party", str(ws)], env=vfl_env(), cwd=ROOT,
+        [sys.executable, "-m", "vfl.cli", "serve", "--party", str(ws), *extra], env=vfl_env(), cwd=ROOT,
         stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     while not info.exists():
@@ -94,6 +99,15 @@ def serve(ws: Path, log: Path) -> subprocess.Popen:
             raise SystemExit(log.read_text())
         time.sleep(0.1)
     return proc
+
+
+def wait_warm(ws: Path, timeout: float = 300) -> None:
+    """Until the service's next warm worker has its imports and models loaded (``service/warm/<pid>``)."""
+    deadline = time.monotonic() + timeout
+    while not any((ws / "service" / "warm").glob("*")):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no warm worker at {ws} after {timeout:g} s")
+        time.sleep(0.1)
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -105,6 +119,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1, 1,000 and 10,000 ids")
     parser.add_argument("--sizes", type=str, default=None, help="comma-separated id counts")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="1-id scorings with and without the model cache"
+    )
     args = parser.parse_args()
     sizes = parse_sizes(args.sizes, args.quick, [1, 1000, 10_000], [1, 1000, 100_000])
     from vfl.parties.control import score_ids, submit_job
@@ -124,9 +141,16 @@ def main() -> None:
         for n in sizes:
             new = everyone.sample(n, random_state=n)
             new.to_csv(base / f"ids-{n}.csv", index=False)
+            wait_warm(ws["host"])
             t = time.perf_counter()
             score_ids(ws["guest"], base / f"ids-{n}.csv", model="m", output=base / f"served-{n}.csv")
             served[n] = time.perf_counter() - t
+        one = everyone.sample(1, random_state=7)
+        one.to_csv(base / "ids-one.csv", index=False)
+        cached = _score_times(ws["guest"], ws["host"], base / "ids-one.csv", args.repeat, score_ids)
+        stop(services.pop("host"))
+        services["host"] = serve(ws["host"], base / "host.log", "--models", "0")
+        uncached = _score_times(ws["guest"], ws["host"], base / "ids-one.csv", args.repeat, score_ids)
         stop(services.pop("host"))
         for n in sizes:
             job = base / f"predict-{n}.toml"
@@ -149,6 +173,23 @@ def main() -> None:
     print(f"{'ids':>8}  {'served s':>9}  {'per-job s':>9}  {'ratio':>6}  same scores")
     for n, s, d, r, same in rows:
         print(f"{n:>8,}  {s:9.2f}  {d:9.2f}  {r:6.2f}  {same}")
+    a, b = float(np.median(uncached)), float(np.median(cached))
+    print(
+        f"\n1 id, median of {args.repeat}: model read per job {a:.2f} s, model kept loaded {b:.2f} s, ratio {a / b:.2f}"
+    )
+    print("  each run (s): per job " + ", ".join(f"{t:.2f}" for t in uncached)
+          + "; kept loaded " + ", ".join(f"{t:.2f}" for t in cached))  # fmt: skip
+
+
+def _score_times(guest: Path, host: Path, ids: Path, repeat: int, score_ids) -> list[float]:  # noqa: ANN001
+    """Seconds of ``repeat`` scorings of ``ids`` through the services, each once the host's warm worker is ready."""
+    times = []
+    for _ in range(repeat):
+        wait_warm(host)
+        t = time.perf_counter()
+        score_ids(guest, ids, model="m")
+        times.append(time.perf_counter() - t)
+    return times
 
 
 if __name__ == "__main__":

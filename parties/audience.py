@@ -293,7 +293,7 @@ def run_host(
             lambda: protocol.run_host(
                 session, guest, mech, keypair, protocol.HostRows(
                     categories, ordered[segments] if segments else None,
-                    ordered[metrics] if metrics else None, result.size,
+                    ordered[metrics] if metrics else None, len(ordered), result.size,
                 ),
                 workers=workers, disable_noise_for_tests=disable_noise_for_tests, timings=timings,
             )

@@ -15,15 +15,17 @@ import pandas as pd
 
 from vfl.analytics.budget import PrivacyBudget
 from vfl.data import Preprocessor, Whitening, require_columns
-from vfl.errors import ConfigError, DataError
+from vfl.errors import ConfigError, DataError, PolicyError
 from vfl.io import check_writable
 from vfl.ledger import Ledger
 from vfl.model import INTERCEPT, ModelShard
 from vfl.options import MIN_INTERSECTION_FLOOR, ScreenOptions, TrainOptions
 from vfl.parties.state import Alignment, StateStore, job_fingerprint
-from vfl.protocols import lr, lr_two_key
+from vfl.protocols import lr, lr_two_key, psi
 from vfl.protocols.catalog import ALL_PROTOCOLS
 from vfl.protocols.lr import LrPlan, PartyState
+from vfl.protocols.lr_two_key_multiclass import run_guest as classes_guest
+from vfl.protocols.lr_two_key_multiclass import run_host as classes_host
 from vfl.protocols.messages import find, learned_by
 from vfl.protocols.session import Generations, Members, Session
 from vfl.protocols.shards import exchange_digests
@@ -35,6 +37,14 @@ log = logging.getLogger(__name__)
 
 # A progress callback: (stage, done, total, note). Stages: "psi", "train", "score".
 ProgressFn = Callable[[str, int, int, str], None]
+
+
+@dataclass(frozen=True)
+class RowLimit:
+    """A serving party's rows cap for one job: at most ``rows`` shared rows (``[caps.<partner>] rows``)."""
+
+    partner: str
+    rows: int
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,9 @@ class Job:
     screen: ScreenOptions | None = None  # [screen] of a screening job
     segment: Any = None  # segment jobs: the [segment] options (vfl.segmentation.options.SegmentOptions)
     audience: Any = None  # audience jobs: the [audience] options (vfl.analytics.options.AudienceJobOptions)
+    # Local, never agreed: the most shared rows this party's service accepted the job for (its
+    # policy's [caps.<partner>] rows); the PSI stops the job if the intersection is larger.
+    row_limit: RowLimit | None = None
 
     def __post_init__(self) -> None:
         if not self.hosts:
@@ -65,18 +78,13 @@ class Job:
             # "topology" unset: coordinated with an arbiter, arbiter-free without (DESIGN.md §15).
             object.__setattr__(self, "options", self.options.resolved_for(self.arbiter is not None))
             o = self.options
-            if (o.loss_checks > 1 or o.averaging != "none" or o.randomizer_stream != "none") and (
-                self.topology == "arbiter-free" or o.model != "binary-lr"
-            ):
+            if o.randomizer_stream != "none" and self.topology == "arbiter-free":
                 raise ConfigError(
-                    "loss_checks, averaging and randomizer_stream apply to coordinated binary-lr training only; "
-                    'leave them at their defaults (1, "none", "none") for this job'
+                    'randomizer_stream = "arbiter" needs the coordinated topology (the arbiter makes the '
+                    "randomizers); remove it for arbiter-free training"
                 )
-            if self.topology == "arbiter-free" and self.options.model != "binary-lr":
-                raise ConfigError(
-                    f'[train] model = "{self.options.model}" trains in the coordinated topology only (it needs an '
-                    'arbiter); arbiter-free training fits model = "binary-lr"'
-                )
+            if self.topology == "arbiter-free":
+                lr_two_key.two_key_objective(self.options)  # ConfigError for a kind it does not train
 
     @property
     def topology(self) -> str:
@@ -179,6 +187,8 @@ def _coordinated(job: Job) -> Trainer:
 
 
 def _arbiter_free(job: Job) -> Trainer:
+    if job.options.model == "multiclass-lr":  # packed parts per key (protocols/lr_two_key_multiclass.py)
+        return Trainer(job.two_key_plan, job.guest, classes_guest, classes_host, takes_keypair=True)
     return Trainer(job.two_key_plan, job.guest, lr_two_key.run_guest, lr_two_key.run_host, takes_keypair=True)
 
 
@@ -290,6 +300,26 @@ def begin(session: Session, job: Job, store: StateStore | None, *, coordinator: 
     return Start(saved)
 
 
+def start_training(
+    session: Session, job: Job, ids: pd.Series, output_dir: Path | None, *, resumable: bool, coordinator: str
+) -> tuple[StateStore | None, Start]:
+    """Open this party's resumable state (with ``resumable``) and agree on the job. A coordinator with
+    saved epochs of its own skips the agreement: it resynchronizes the others at once (DESIGN.md §12, §15)."""
+    store = open_store(output_dir, job, ids) if resumable else None
+    own = store.load_alignment() if store is not None and coordinator == session.party else None
+    if own is not None and store is not None and store.checkpoints():
+        return store, Start(own)
+    return store, begin(session, job, store, coordinator=coordinator)
+
+
+def end_training(session: Session, output_dir: Path | None, notes: list[str]) -> Ledger:
+    """The end of a training job at a data party: its output folder made, the done-barrier, its ledger."""
+    if output_dir is not None:
+        session.guard(lambda: output_dir.mkdir(parents=True, exist_ok=True))
+    session.barrier("train")
+    return ledger_for(session, notes)
+
+
 def require_min_intersection(size: int, options: TrainOptions) -> None:
     """Refuse to compute anything from labels or features on fewer aligned rows than the job allows."""
     if size < options.min_intersection:
@@ -308,6 +338,38 @@ def require_intersection(result: PsiResult) -> None:
         )
 
 
+def run_psi(
+    session: Session, job: Job, ids: pd.Series, options: PsiOptions, *, column: str, workers: Any = None
+) -> PsiResult:
+    """This party's side of PSI with the job's other data parties (the guest with every host, a host with the guest)."""
+    multiplier = psi_multiplier(workers, options)
+    if session.party == job.guest:
+        result = psi.run_guest(session, ids, list(job.hosts), options, column=column, multiplier=multiplier)
+    else:
+        result = psi.run_host(session, ids, job.guest, options, column=column, multiplier=multiplier)
+    session.guard(lambda: require_row_limit(job, result.size))
+    return result
+
+
+def require_row_limit(job: Job, shared: int) -> None:
+    """A served job stops here if it shares more rows than this party's policy accepted it for."""
+    limit = job.row_limit
+    if limit is not None and shared > limit.rows:
+        raise PolicyError(
+            f"refused by policy rule [caps.{limit.partner}] rows: job '{job.id}' shares {shared} rows, more "
+            f"than the {limit.rows} it was accepted for ('{limit.partner}' declared fewer ids than it brought)"
+        )
+
+
+def align_for_training(
+    session: Session, job: Job, ids: pd.Series, *, column: str, workers: Any = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A training job's fresh alignment: its aligned rows and the summary the state store keeps with them."""
+    result = run_psi(session, job, ids, job.training_psi, column=column, workers=workers)
+    session.guard(lambda: require_intersection(result))
+    return result.rows, {"size": result.size, "set_sizes": dict(result.set_sizes)}
+
+
 def open_store(output_dir: Path | None, job: Job, ids: pd.Series | None) -> StateStore | None:
     """This party's resumable state for the job (None when nothing is written to disk)."""
     if output_dir is None:
@@ -323,6 +385,24 @@ def checkpointing(store: StateStore | None, resuming: bool) -> dict[str, Any]:
         else None,
         "on_epoch": (lambda state: store.save_checkpoint(state.to_dict())) if store is not None else None,
     }
+
+
+def train_weights(
+    session: Session,
+    options: TrainOptions,
+    matrix: np.ndarray,
+    train_rows: np.ndarray,
+    *,
+    intercept: bool,
+    run: Callable[[np.ndarray], Any],
+) -> Any:
+    """Run a party's training role on its preconditioned training rows (``run``); the trained shard's
+    weights come back on the party's standardized columns, whatever the preconditioning."""
+    train_matrix, whitening = session.guard(
+        lambda: precondition_features(matrix, train_rows, options, intercept=intercept)
+    )
+    trained = session.guard(lambda: run(train_matrix))
+    return dataclasses.replace(trained, weights=whitening.to_original(trained.weights))
 
 
 def make_shard(

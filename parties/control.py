@@ -1,10 +1,11 @@
-"""The guest's side of served jobs: ``vfl submit``, ``vfl score``, ``vfl jobs cancel`` and the service
-part of ``vfl federation check`` (the calls of ``protocols/service.py``).
+"""The proposer's side of served jobs: ``vfl submit``, ``vfl score``, ``vfl jobs cancel`` and the
+service part of ``vfl federation check`` (the calls of ``protocols/service.py``).
 
-``submit_job`` proposes a job to every other party of it, waits while any partner queues it for a
-person's approval, sends every party the job inbox addresses once all approved, and then runs the
-guest's own role here with the normal ``run_party`` (progress bars as in ``vfl run``), on the
-guest's own address. A refusal stops at once with the partner's one-line reason naming its rule;
+``submit_job`` (at the guest, or at a host with data in the job) proposes a job to every other party
+of it, waits while any partner queues it for a person's approval, sends every party the job inbox
+addresses once all approved, and then runs the proposer's own role here with the normal
+``run_party`` (progress bars as in ``vfl run``), on the party's own address, or, when the party's
+own service holds that address, on a free job port of that service. A refusal stops at once with the partner's one-line reason naming its rule;
 the partners that had accepted are told the job is cancelled.
 """
 
@@ -14,17 +15,35 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from vfl.config import Federation, JobConfig, PartyConfig
-from vfl.errors import ConfigError, DataError, JobCancelledError, ProtocolError, TransportError, VflError
+from vfl.errors import (
+    ConfigError,
+    DataError,
+    JobCancelledError,
+    PolicyError,
+    ProtocolError,
+    TransportError,
+    VflError,
+)
 from vfl.io import atomic_write_text
 from vfl.parties.common import ProgressFn
 from vfl.parties.network import load_party_identity, to_peers, verify_membership
 from vfl.parties.runner import RunOutcome, build_job, federation_digest
-from vfl.parties.service import JobFiles, cancel_locally, job_federation, members_of, run_job, with_port
+from vfl.parties.service_jobs import (
+    JobFiles,
+    PortPool,
+    cancel_locally,
+    count_rows,
+    job_federation,
+    members_of,
+    read_service_info,
+    run_job,
+    with_port,
+)
 from vfl.protocols import service as control
 from vfl.protocols.session import Session
 from vfl.service.store import APPROVED, CANCELLED, REFUSED, JobStore
@@ -38,10 +57,8 @@ log = logging.getLogger(__name__)
 WaitFn = Callable[[str, str], None]
 
 
-class ProposalRefusedError(ConfigError):
+class ProposalRefusedError(PolicyError):
     """A partner's service refused the job; the message names the partner and its rule."""
-
-    code = "policy"
 
 
 @dataclass
@@ -54,25 +71,20 @@ class Control:
     session: Session
 
     @classmethod
+    @contextlib.contextmanager
     def open(
         cls, workspace: str | Path, federation_file: str | Path | None = None, **timeouts: float
-    ) -> Control:
+    ) -> Iterator[Control]:
+        """The session for the duration of a ``with`` block (its connections close at the end)."""
         party = PartyConfig.load(workspace)
         path = Path(federation_file or party.workspace / "federation.toml")
         federation = Federation.load(path)
         identity = load_party_identity(party)
         verify_membership(party, federation, identity, str(path))
-        channel = RpcChannel(identity, to_peers(federation), **timeouts)
-        return cls(party, federation, channel, Session(channel, members_of(federation), job_id=SERVICE_JOB))
-
-    def close(self) -> None:
-        self.channel.close()
-
-    def __enter__(self) -> Control:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        with RpcChannel(identity, to_peers(federation), **timeouts) as channel:
+            yield cls(
+                party, federation, channel, Session(channel, members_of(federation), job_id=SERVICE_JOB)
+            )
 
 
 def submit_job(
@@ -92,19 +104,24 @@ def submit_job(
     config = JobConfig.load(job_file)
     job_toml = Path(job_file).read_text()
     with Control.open(workspace, federation_file) as ctl:
-        if ctl.party.role != "guest":
-            raise ConfigError(f"jobs are submitted by the guest; '{ctl.party.id}' is a {ctl.party.role}")
         job = build_job(config, ctl.federation)
-        partners = [p for p in job.members.parties if p != ctl.party.id]
-        check_port_free(ctl.party.id, *parse_address(ctl.party.listen))  # before any partner starts a worker
+        me = ctl.party.id
+        if ctl.party.role == "arbiter" or me not in job.members.parties:
+            raise ConfigError(
+                f"jobs are proposed by a party with data in them; '{me}' is not one in this job"
+            )
+        partners = [p for p in job.members.parties if p != me]
+        listen, address = own_inbox(ctl.party, ctl.federation)  # before any partner starts a worker
+        source = Path(data) if data is not None else ctl.party.data
+        ids = count_rows(source) if source is not None else 0
         digest = federation_digest(ctl.federation)
         store = JobStore.for_workspace(workspace)
         try:
-            store.propose(config.id, config.kind, ctl.party.id, job_toml, digest)
+            store.propose(config.id, config.kind, me, job_toml, digest)
             ports = _gather_approvals(
-                ctl, store, config, job_toml, digest, partners, on_wait, approval_timeout, poll
+                ctl, store, config, job_toml, digest, partners, on_wait, approval_timeout, poll, ids
             )
-            addresses = {ctl.party.id: ctl.federation.get(ctl.party.id).address}
+            addresses = {me: address}
             addresses.update({p: with_port(ctl.federation.get(p).address, ports[p]) for p in partners})
             files = JobFiles.of(workspace, config.id)
             files.directory.mkdir(parents=True, exist_ok=True)
@@ -118,9 +135,7 @@ def submit_job(
         except BaseException as exc:
             _withdraw(ctl, store, config.id, partners, exc)
             raise
-    result = run_job(
-        workspace, files, listen=ctl.party.listen, progress=progress, settings=settings, data=data
-    )
+    result = run_job(workspace, files, listen=listen, progress=progress, settings=settings, data=data)
     if result["state"] == "failed":  # partners whose workers never heard from us must not wait for us
         with (
             contextlib.suppress(VflError),
@@ -161,12 +176,13 @@ def _gather_approvals(
     on_wait: WaitFn | None,
     timeout: float,
     poll: float,
+    ids: int,
 ) -> dict[str, int]:
     ports: dict[str, int] = {}
     waiting: list[str] = []
     for p in partners:
         d = control.propose(
-            ctl.session, p, job=config.id, kind=config.kind, job_toml=job_toml, federation=digest
+            ctl.session, p, job=config.id, kind=config.kind, job_toml=job_toml, federation=digest, ids=ids
         )
         if d.action == "refuse":
             store.refuse(config.id, f"party '{p}': {d.message}")
@@ -200,6 +216,22 @@ def _gather_approvals(
             time.sleep(poll)
     store.approve(config.id)
     return ports
+
+
+def own_inbox(party: PartyConfig, federation: Federation) -> tuple[str, str]:
+    """``(listen, address)`` of the proposer's own job inbox: the party's address, or, when its own
+    service holds that port, a free job port of that service (``--job-ports``) on the same host."""
+    host, port = parse_address(party.listen)
+    try:
+        check_port_free(party.id, host, port)
+        return party.listen, federation.get(party.id).address
+    except VflError:
+        info = read_service_info(party.workspace)
+        if info is None:
+            raise
+    low, high = info.get("job_ports") or (0, -1)
+    job_port = PortPool(host, range(low, high + 1) if high >= low else None).take()
+    return with_port(party.listen, job_port), with_port(federation.get(party.id).address, job_port)
 
 
 def _withdraw(ctl: Control, store: JobStore, job_id: str, partners: list[str], exc: BaseException) -> None:
@@ -273,7 +305,7 @@ def score_ids(
     workspace = Path(workspace)
     party = PartyConfig.load(workspace)
     if party.role != "guest":
-        raise ConfigError(f"scoring runs at the guest; '{party.id}' is a {party.role}")
+        raise ConfigError(f"scoring runs at the guest (it holds the scores); '{party.id}' is a {party.role}")
     model = model or latest_model(party)
     from vfl.data import load_table
     from vfl.model import ModelShard

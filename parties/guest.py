@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,38 +12,36 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from vfl.baseline import Baseline, fit_baseline
-from vfl.calibration import Calibrator, fit_calibrator, sigmoid
+from vfl.calibration import Calibrator, sigmoid
 from vfl.crypto import WorkerPool
 from vfl.data import binary_labels, check_columns, positive_class, require_columns
 from vfl.errors import DataError
 from vfl.io import atomic_write_json, atomic_write_text
 from vfl.ledger import Ledger
-from vfl.metrics import Evaluation, evaluate, jsonable
+from vfl.metrics import Evaluation, evaluate_held_out, jsonable
 from vfl.model import ModelShard
 from vfl.model_reports import kind_report_html
 from vfl.models.kinds import from_name as model_kind
 from vfl.optim import max_rounds
 from vfl.parties.common import (
     Job,
-    ProgressFn,
-    Start,
-    begin,
+    align_for_training,
     checkpointing,
+    end_training,
     feature_columns,
-    ledger_for,
     make_shard,
-    open_store,
-    precondition_features,
     prepare_features,
-    psi_multiplier,
-    require_intersection,
     require_min_intersection,
+    run_psi,
+    start_training,
+    train_weights,
     trainer,
     training_notes,
     write_outputs,
 )
+from vfl.parties.context import RoleContext
 from vfl.parties.state import Alignment
-from vfl.protocols import lr, predict, psi
+from vfl.protocols import lr, predict
 from vfl.protocols.session import Session
 from vfl.protocols.split import send_held_out
 from vfl.report import build_report_data, write_report
@@ -146,22 +143,7 @@ def random_split(n: int, test_size: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(train), np.sort(held)
 
 
-def train(
-    session: Session,
-    job: Job,
-    data: pd.DataFrame,
-    *,
-    id_column: str,
-    label: str,
-    columns: list[str] | None = None,
-    positive: str | None = None,
-    output_dir: Path | None = None,
-    workers: WorkerPool | None = None,
-    progress: ProgressFn | None = None,
-    resumable: bool = False,
-    source: str | None = None,
-    keypair: Any = None,
-) -> GuestOutcome:
+def train(ctx: RoleContext) -> GuestOutcome:
     """Run the guest's side of a whole training job: align, split, prepare, train, score, evaluate, save.
 
     With ``resumable`` (and an ``output_dir``) the alignment and every epoch's state are saved, and a
@@ -169,6 +151,10 @@ def train(
     training the guest coordinates: restarted with saved epochs, it skips the agreement and
     resynchronizes at once, as the arbiter does in coordinated training (DESIGN.md §12, §15).
     """
+    session, job, data, id_column, label = ctx.session, ctx.job, ctx.data, ctx.id_column, ctx.label
+    columns, positive, output_dir, workers = ctx.columns, ctx.positive, ctx.output_dir, ctx.workers
+    progress, source, keypair = ctx.progress, ctx.source, ctx.keypair
+    assert data is not None and label is not None
     o = job.options
     training = session.guard(lambda: trainer(job))
     binary = o.model == "binary-lr"
@@ -178,20 +164,12 @@ def train(
         )
     )
     positive_label = positive_class(data[label], column=label, positive=positive) if binary else ""
-    store = open_store(output_dir, job, data[id_column]) if resumable else None
-    own = store.load_alignment() if store is not None and training.coordinator == session.party else None
-    if own is not None and store is not None and store.checkpoints():
-        start = Start(own)
-    else:
-        start = begin(session, job, store, coordinator=training.coordinator)
+    store, start = start_training(
+        session, job, data[id_column], output_dir, resumable=ctx.resumable, coordinator=training.coordinator
+    )
     saved = start.saved
     if saved is None:
-        result = psi.run_guest(
-            session, data[id_column], list(job.hosts), job.training_psi, column=id_column,
-            multiplier=psi_multiplier(workers, job.training_psi),
-        )  # fmt: skip
-        session.guard(lambda: require_intersection(result))
-        rows, info = result.rows, {"size": result.size, "set_sizes": dict(result.set_sizes)}
+        rows, info = align_for_training(session, job, data[id_column], column=id_column, workers=workers)
     else:
         rows, info = saved.rows, saved.info
         log.info("resuming job %s: alignment of %d rows loaded from %s", job.id, len(rows), store.directory)
@@ -222,26 +200,17 @@ def train(
         if progress and loss is not None:
             progress("train", epoch + 1, max_rounds(len(train_rows), o), f"loss {loss:.5f}")
 
-    train_matrix, whitening = session.guard(
-        lambda: precondition_features(matrix, train_rows, o, intercept=True)
-    )
-    trained = session.guard(
-        lambda: training.run_guest(
-            session,
-            train_matrix,
-            labels[train_rows],
-            keypair=keypair,
-            workers=workers,
-            progress=on_epoch,
+    trained = train_weights(
+        session, o, matrix, train_rows, intercept=True,
+        run=lambda train_matrix: training.run_guest(
+            session, train_matrix, labels[train_rows], keypair=keypair, workers=workers, progress=on_epoch,
             interrupted=start.interrupted,
             **({} if offset is None else {"offset": offset[train_rows]}),
             **checkpointing(store, resuming=saved is not None or start.interrupted is not None),
-        )
-    )
+        ),
+    )  # fmt: skip
     if progress:
         progress("train", trained.epochs, trained.epochs, f"done, loss {trained.losses[-1]:.5f}")
-    # The model on the guest's own (standardized) columns, whatever the preconditioning.
-    trained = dataclasses.replace(trained, weights=whitening.to_original(trained.weights))
     scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="train-score")
     z = session.guard(lambda: predict.joint_logit_matrix(session, scoring, matrix @ trained.weights))
     if not binary:
@@ -252,11 +221,9 @@ def train(
     scores = sigmoid(z)
 
     def evaluate_locally() -> tuple:
-        calibrator = fit_calibrator(z[train_rows], labels[train_rows], method=o.calibration)
-        evaluation = evaluate(
-            labels[held_rows], scores[held_rows], calibrator=calibrator, positive_label=positive_label,
-            train_labels=labels[train_rows], train_scores=scores[train_rows],
-        )  # fmt: skip
+        calibrator, evaluation = evaluate_held_out(
+            labels, z, train_rows, held_rows, positive_label=positive_label, method=o.calibration
+        )
         baseline = fit_baseline(matrix, labels, train_rows, held_rows, columns=names)
         return calibrator, evaluation, baseline
 
@@ -286,11 +253,7 @@ def train(
         calibrator=calibrator, baseline=baseline, data_files=[{"name": source or "(in memory)", "rows": len(data)}],
         input_rows=np.asarray(rows),
     )  # fmt: skip
-    if output_dir is not None:
-        outcome.outputs = write_guest_outputs(output_dir, outcome, job)
-    if store is not None:
-        store.clear()
-    return outcome
+    return _save(outcome, job, output_dir, store)
 
 
 def class_columns(probabilities: np.ndarray, classes: Any) -> dict[str, Any]:
@@ -355,26 +318,28 @@ def _finish_regression(
         shard, None, table, trained.losses, trained.epochs, info["size"], ledger, "",
         data_files=[{"name": source or "(in memory)", "rows": rows_in}], model=o.model, kind_metrics=metrics,
     )  # fmt: skip
-    if output_dir is not None:
-        outcome.outputs = write_guest_outputs(output_dir, outcome, job)
-    if store is not None:
-        store.clear()
-    return outcome
+    return _save(outcome, job, output_dir, store)
 
 
 def _end_training(
     session: Session, job: Job, info: dict[str, Any], trained: Any, note: str, output_dir: Path | None
 ) -> Ledger:
-    """The end of every training job at the guest: the barrier, then the ledger with its notes."""
+    """The end of every training job at the guest: the barrier, then the ledger with the guest's notes."""
     notes = [*training_notes(info, trained.generations), note]
     if job.scoring_reveal == "partial" or len(job.hosts) == 1:
         notes.append(
             "with a single host, the guest can derive the host's partial scores from the final scores"
         )
+    return end_training(session, output_dir, notes)
+
+
+def _save(outcome: GuestOutcome, job: Job, output_dir: Path | None, store: Any) -> GuestOutcome:
+    """The last step of a training job at the guest: its outputs written, its resumable state dropped."""
     if output_dir is not None:
-        session.guard(lambda: output_dir.mkdir(parents=True, exist_ok=True))
-    session.barrier("train")
-    return ledger_for(session, notes)
+        outcome.outputs = write_guest_outputs(output_dir, outcome, job)
+    if store is not None:
+        store.clear()
+    return outcome
 
 
 def write_guest_outputs(directory: Path, outcome: GuestOutcome, job: Job) -> dict[str, Path]:
@@ -461,10 +426,7 @@ def score(
         )
     )
     session.guard(lambda: session.agree(job.settings()))
-    result = psi.run_guest(
-        session, data[id_column], list(job.hosts), job.psi, column=id_column,
-        multiplier=psi_multiplier(workers, job.psi),
-    )  # fmt: skip
+    result = run_psi(session, job, data[id_column], job.psi, column=id_column, workers=workers)
     session.guard(result.require_nonempty)
     aligned = result.align(data)
 

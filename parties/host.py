@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,24 +16,23 @@ from vfl.model import ModelShard
 from vfl.optim import max_rounds
 from vfl.parties.common import (
     Job,
-    ProgressFn,
-    begin,
+    align_for_training,
     checkpointing,
+    end_training,
     feature_columns,
-    ledger_for,
     make_shard,
-    open_store,
-    precondition_features,
     prepare_features,
-    psi_multiplier,
-    require_intersection,
     require_min_intersection,
+    run_psi,
+    start_training,
+    train_weights,
     trainer,
     training_notes,
     write_outputs,
 )
+from vfl.parties.context import RoleContext
 from vfl.parties.state import Alignment
-from vfl.protocols import predict, psi
+from vfl.protocols import predict
 from vfl.protocols.session import Session
 from vfl.protocols.split import receive_held_out
 
@@ -68,33 +65,20 @@ def revealed_notes(job: Job) -> list[str]:
     return ["its partial scores were sent to the guest under masks that cancel only in the sum over hosts"]
 
 
-def train(
-    session: Session,
-    job: Job,
-    data: pd.DataFrame,
-    *,
-    id_column: str,
-    columns: list[str] | None = None,
-    output_dir: Path | None = None,
-    workers: WorkerPool | None = None,
-    progress: ProgressFn | None = None,
-    resumable: bool = False,
-    keypair: Any = None,
-) -> HostOutcome:
+def train(ctx: RoleContext) -> HostOutcome:
     """Run a host's side of a training job: align, prepare its columns, train its weights, score, save."""
+    session, job, data, id_column, columns = ctx.session, ctx.job, ctx.data, ctx.id_column, ctx.columns
+    output_dir, workers, progress, keypair = ctx.output_dir, ctx.workers, ctx.progress, ctx.keypair
+    assert data is not None
     o = job.options
     features = session.guard(lambda: check_host_data(data, session.party, id_column, columns))
     training = trainer(job)
-    store = open_store(output_dir, job, data[id_column]) if resumable else None
-    start = begin(session, job, store, coordinator=training.coordinator)
+    store, start = start_training(
+        session, job, data[id_column], output_dir, resumable=ctx.resumable, coordinator=training.coordinator
+    )
     saved = start.saved if start.saved is not None and start.saved.held_out is not None else None
     if saved is None:
-        result = psi.run_host(
-            session, data[id_column], job.guest, job.training_psi, column=id_column,
-            multiplier=psi_multiplier(workers, job.training_psi),
-        )  # fmt: skip
-        session.guard(lambda: require_intersection(result))
-        rows, info = result.rows, {"size": result.size, "set_sizes": dict(result.set_sizes)}
+        rows, info = align_for_training(session, job, data[id_column], column=id_column, workers=workers)
         session.guard(lambda: require_min_intersection(info["size"], o))
         held_rows = receive_held_out(session, job.guest, len(rows))
         if store is not None:
@@ -114,32 +98,22 @@ def train(
         if progress:
             progress("train", epoch + 1, max_rounds(len(train_rows), o), f"batch {batch}")
 
-    train_matrix, whitening = session.guard(
-        lambda: precondition_features(matrix, train_rows, o, intercept=False)
-    )
-    trained = session.guard(
-        lambda: training.run_host(
-            session,
-            train_matrix,
-            keypair=keypair,
-            workers=workers,
-            progress=on_epoch,
+    trained = train_weights(
+        session, o, matrix, train_rows, intercept=False,
+        run=lambda train_matrix: training.run_host(
+            session, train_matrix, keypair=keypair, workers=workers, progress=on_epoch,
             interrupted=start.interrupted,
             **checkpointing(store, resuming=saved is not None or start.interrupted is not None),
-        )
-    )
+        ),
+    )  # fmt: skip
     if progress:
         progress("train", trained.epochs, trained.epochs, "done")
-    # The model on the host's own (standardized) columns, whatever the preconditioning.
-    trained = dataclasses.replace(trained, weights=whitening.to_original(trained.weights))
     scoring = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="train-score")
     session.guard(lambda: predict.send_partial_matrix(session, scoring, matrix @ trained.weights))
     shard = session.guard(lambda: make_shard(session, job, "host", names, trained.weights, scaler))
-    if output_dir is not None:
-        session.guard(lambda: output_dir.mkdir(parents=True, exist_ok=True))
-    session.barrier("train")
-    notes = training_notes(info, trained.generations) + revealed_notes(job)
-    ledger = ledger_for(session, notes)
+    ledger = end_training(
+        session, output_dir, training_notes(info, trained.generations) + revealed_notes(job)
+    )
     outcome = HostOutcome(shard, trained.epochs, info["size"], ledger)
     outcome.outputs = write_outputs(output_dir, shard, ledger)
     if store is not None:
@@ -155,14 +129,7 @@ def score(
     needed = [id_column, *shard.scaler().input_names]
     session.guard(lambda: require_columns(data, needed, what=f"host '{session.party}' data"))
     session.guard(lambda: session.agree(job.settings()))
-    result = psi.run_host(
-        session,
-        data[id_column],
-        job.guest,
-        job.psi,
-        column=id_column,
-        multiplier=psi_multiplier(workers, job.psi),
-    )
+    result = run_psi(session, job, data[id_column], job.psi, column=id_column, workers=workers)
     session.guard(result.require_nonempty)
     aligned = result.align(data)
     partial = session.guard(lambda: shard.scaler().transform(aligned) @ shard.weight_vector)

@@ -12,65 +12,23 @@ A new kind of job is one protocol module in ``protocols/`` plus one ``JobKind`` 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from vfl.crypto import PrivateKey, PublicKey, WorkerPool
 from vfl.errors import ConfigError
 from vfl.io import atomic_write_text
-from vfl.model import ModelShard
 from vfl.parties import arbiter as arbiter_party
 from vfl.parties import audience as audience_party
 from vfl.parties import guest as guest_party
 from vfl.parties import host as host_party
 from vfl.parties import screen as screen_party
 from vfl.parties import segment as segment_party
-from vfl.parties.common import Job, ProgressFn, ledger_for, psi_multiplier, write_outputs
-from vfl.protocols import psi
-from vfl.protocols.session import Session
+from vfl.parties.common import Job, ledger_for, run_psi, write_outputs
+from vfl.parties.context import Outcome, RoleContext, RoleFn
 from vfl.segmentation.model import SegmentModel
-
-
-@dataclass
-class RoleContext:
-    """What one party brings to one job."""
-
-    session: Session
-    job: Job
-    data: pd.DataFrame | None = None
-    id_column: str = "id"
-    label: str | None = None
-    columns: list[str] | None = None
-    positive: str | None = None
-    output_dir: Path | None = None
-    workers: WorkerPool | None = None
-    progress: ProgressFn | None = None
-    resumable: bool = False
-    model: ModelShard | None = None
-    keypair: tuple[PublicKey, PrivateKey] | None = None
-    source: str | None = None  # the data file's name, for the report's provenance
-    segment_policy: Any = None  # segment jobs: this party's [segment] policy from party.toml
-    budget: Any = None  # audience and segment jobs: the party's PrivacyBudget (None: no budget is kept)
-    disable_noise_for_tests: bool = False  # audience jobs: exactness tests only; no option maps to it
-
-    @property
-    def role(self) -> str:
-        return self.session.role
-
-
-@dataclass
-class Outcome:
-    """What one party's role of a job produced."""
-
-    outputs: dict[str, Path] = field(default_factory=dict)
-    summary: dict[str, Any] = field(default_factory=dict)
-    result: Any = None
-
-
-RoleFn = Callable[[RoleContext], Outcome]
 
 
 @dataclass(frozen=True)
@@ -88,6 +46,15 @@ class JobKind:
     spends_budget: bool = False  # releases noised aggregates: opens the party's privacy budget
 
 
+def _call(role: Callable[..., Any], ctx: RoleContext, *fields: str, **renamed: str) -> Any:
+    """Call a party's role function with the session, the job and the data, then the context's ``fields``
+    as keywords of the same name and the ``renamed`` ones as ``parameter="field"``."""
+    assert ctx.data is not None
+    keywords = {name: getattr(ctx, name) for name in fields}
+    keywords.update({parameter: getattr(ctx, name) for parameter, name in renamed.items()})
+    return role(ctx.session, ctx.job, ctx.data, **keywords)
+
+
 # --- psi -------------------------------------------------------------------------------------------
 
 
@@ -95,14 +62,7 @@ def _psi(ctx: RoleContext) -> Outcome:
     session, job, data = ctx.session, ctx.job, ctx.data
     assert data is not None
     session.guard(lambda: session.agree(job.settings()))
-    ids = data[ctx.id_column]
-    multiplier = psi_multiplier(ctx.workers, job.psi)
-    if ctx.role == "guest":
-        result = psi.run_guest(
-            session, ids, list(job.hosts), job.psi, column=ctx.id_column, multiplier=multiplier
-        )
-    else:
-        result = psi.run_host(session, ids, job.guest, job.psi, column=ctx.id_column, multiplier=multiplier)
+    result = run_psi(session, job, data[ctx.id_column], job.psi, column=ctx.id_column, workers=ctx.workers)
     if ctx.progress:
         ctx.progress("psi", 1, 1, f"{result.size} shared rows")
     session.barrier("psi")
@@ -127,12 +87,7 @@ def idle_note(job: Job) -> str:
 
 
 def _train_guest(ctx: RoleContext) -> Outcome:
-    assert ctx.data is not None and ctx.label is not None
-    result = guest_party.train(
-        ctx.session, ctx.job, ctx.data, id_column=ctx.id_column, label=ctx.label, columns=ctx.columns,
-        positive=ctx.positive, output_dir=ctx.output_dir, workers=ctx.workers, progress=ctx.progress,
-        resumable=ctx.resumable, source=ctx.source, keypair=ctx.keypair,
-    )  # fmt: skip
+    result = guest_party.train(ctx)
     summary = {
         **result.metrics, "positive class": result.positive, "epochs": result.epochs,
         "intersection": result.intersection_size,
@@ -141,12 +96,7 @@ def _train_guest(ctx: RoleContext) -> Outcome:
 
 
 def _train_host(ctx: RoleContext) -> Outcome:
-    assert ctx.data is not None
-    result = host_party.train(
-        ctx.session, ctx.job, ctx.data, id_column=ctx.id_column, columns=ctx.columns,
-        output_dir=ctx.output_dir, workers=ctx.workers, progress=ctx.progress, resumable=ctx.resumable,
-        keypair=ctx.keypair,
-    )  # fmt: skip
+    result = host_party.train(ctx)
     return Outcome(
         result.outputs, {"epochs": result.epochs, "intersection": result.intersection_size}, result
     )
@@ -166,12 +116,10 @@ def _train_arbiter(ctx: RoleContext) -> Outcome:
 
 
 def _predict_guest(ctx: RoleContext) -> Outcome:
-    assert ctx.data is not None and ctx.model is not None
+    assert ctx.model is not None
     if isinstance(ctx.model, SegmentModel):
         return _assign_guest(ctx)
-    scores = guest_party.score(
-        ctx.session, ctx.job, ctx.data, ctx.model, id_column=ctx.id_column, workers=ctx.workers
-    )
+    scores = _call(guest_party.score, ctx, "id_column", "workers", shard="model")
     outputs: dict[str, Path] = {}
     if ctx.output_dir is not None:
         outputs["scores"] = atomic_write_text(ctx.output_dir / "scores.csv", scores.to_csv(index=False))
@@ -182,40 +130,13 @@ def _predict_guest(ctx: RoleContext) -> Outcome:
 
 
 def _predict_host(ctx: RoleContext) -> Outcome:
-    assert ctx.data is not None and ctx.model is not None
+    assert ctx.model is not None
     if isinstance(ctx.model, SegmentModel):
         return _assign_host(ctx)
-    rows = host_party.score(
-        ctx.session, ctx.job, ctx.data, ctx.model, id_column=ctx.id_column, workers=ctx.workers
-    )
+    rows = _call(host_party.score, ctx, "id_column", "workers", shard="model")
     notes = host_party.revealed_notes(ctx.job)
     outputs = write_outputs(ctx.output_dir, None, ledger_for(ctx.session, notes))
     return Outcome(outputs, {"rows": rows}, rows)
-
-
-# --- screen ----------------------------------------------------------------------------------------
-
-
-def _screen_guest(ctx: RoleContext) -> Outcome:
-    assert ctx.data is not None and ctx.label is not None
-    result = screen_party.guest(
-        ctx.session, ctx.job, ctx.data, id_column=ctx.id_column, label=ctx.label, columns=ctx.columns,
-        positive=ctx.positive, output_dir=ctx.output_dir, workers=ctx.workers, keypair=ctx.keypair,
-    )  # fmt: skip
-    return Outcome(result.outputs, result.summary, result)
-
-
-def _screen_host(ctx: RoleContext) -> Outcome:
-    assert ctx.data is not None
-    result = screen_party.host(
-        ctx.session,
-        ctx.job,
-        ctx.data,
-        id_column=ctx.id_column,
-        columns=ctx.columns,
-        output_dir=ctx.output_dir,
-    )
-    return Outcome(result.outputs, result.summary, result)
 
 
 # --- segment ---------------------------------------------------------------------------------------
@@ -268,26 +189,22 @@ def _assign_host(ctx: RoleContext) -> Outcome:
 # --- audience --------------------------------------------------------------------------------------
 
 
-def _audience_guest(ctx: RoleContext) -> Outcome:
-    assert ctx.data is not None
-    run = audience_party.run_guest(
-        ctx.session, ctx.job, ctx.data, id_column=ctx.id_column, label=ctx.label, offered=ctx.columns,
-        output_dir=ctx.output_dir, workers=ctx.workers, budget=ctx.budget,
-        disable_noise_for_tests=ctx.disable_noise_for_tests,
+def _audience(ctx: RoleContext, role: Callable[..., Any], *fields: str) -> Outcome:
+    """Either side of an audience job: the fields both take, then the side's own ``fields``."""
+    run = _call(
+        role, ctx, "id_column", "output_dir", "workers", "budget", "disable_noise_for_tests", *fields,
+        offered="columns",
     )  # fmt: skip
     summary = {"overlap": dict(zip(run.overlap["between"], run.overlap["size"], strict=True))}
     return Outcome(run.outputs, summary, run)
+
+
+def _audience_guest(ctx: RoleContext) -> Outcome:
+    return _audience(ctx, audience_party.run_guest, "label")
 
 
 def _audience_host(ctx: RoleContext) -> Outcome:
-    assert ctx.data is not None
-    run = audience_party.run_host(
-        ctx.session, ctx.job, ctx.data, id_column=ctx.id_column, offered=ctx.columns,
-        output_dir=ctx.output_dir, workers=ctx.workers, budget=ctx.budget, keypair=ctx.keypair,
-        disable_noise_for_tests=ctx.disable_noise_for_tests,
-    )  # fmt: skip
-    summary = {"overlap": dict(zip(run.overlap["between"], run.overlap["size"], strict=True))}
-    return Outcome(run.outputs, summary, run)
+    return _audience(ctx, audience_party.run_host, "keypair")
 
 
 JOB_KINDS: dict[str, JobKind] = {
@@ -301,7 +218,7 @@ JOB_KINDS: dict[str, JobKind] = {
             uses_arbiter=True,
         ),
         JobKind("predict", {"guest": _predict_guest, "host": _predict_host}, needs_model=True),
-        JobKind("screen", {"guest": _screen_guest, "host": _screen_host}, needs_label=True),
+        JobKind("screen", {"guest": screen_party.guest, "host": screen_party.host}, needs_label=True),
         JobKind("segment", {"guest": _segment_guest, "host": _segment_host}, spends_budget=True),
         JobKind(
             "audience",

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from vfl.errors import ConfigError, OutputError
 from vfl.io import check_writable
 from vfl.model import ModelShard
 from vfl.options import PredictOptions, TrainOptions
-from vfl.parties.common import Job, ProgressFn, ledger_for, open_budget, write_outputs
+from vfl.parties.common import Job, ProgressFn, RowLimit, ledger_for, open_budget, write_outputs
 from vfl.parties.guest import check_guest_data
 from vfl.parties.host import check_host_data
 from vfl.parties.jobs import RoleContext, idle_note, job_kind, run_role
@@ -33,6 +33,7 @@ from vfl.parties.network import open_channel
 from vfl.psi.ids import prepare_ids
 from vfl.psi.options import PsiOptions
 from vfl.segmentation.model import MODEL_FILE, SegmentModel
+from vfl.service.models import ModelCache
 from vfl.streaming import read_ids
 from vfl.transport.flight import FlightSettings
 
@@ -149,15 +150,19 @@ def run_party(
     force: bool = False,
     restart: bool = False,
     listen: str | None = None,
+    models: ModelCache | None = None,
+    row_limit: RowLimit | None = None,
 ) -> RunOutcome:
     """Run this party's role of the job in ``job_file``; return what it wrote.
 
-    ``listen`` overrides the inbox address of party.toml (a service runs each job on its own port).
+    ``listen`` overrides the inbox address of party.toml (a service runs each job on its own port);
+    ``models`` holds model shards loaded already (a serving party's warm worker); ``row_limit`` the
+    rows cap its service accepted the job under (the PSI stops a job that shares more).
     """
     party = PartyConfig.load(workspace)
     federation = Federation.load(federation_file or party.workspace / "federation.toml")
     config = JobConfig.load(job_file)
-    job = build_job(config, federation)
+    job = replace(build_job(config, federation), row_limit=row_limit)
     kind = job_kind(config.kind)
     role = federation.get(party.id).role
     if role != party.role:
@@ -178,7 +183,7 @@ def run_party(
     if kind.precheck is not None:  # before anything is written
         kind.precheck(job, party.id, frame, party.id_column, party.label_column, party.columns)
     out = _prepare_output(out, force=force, restart=restart)
-    model = _load_model(party, job, frame) if kind.needs_model else None
+    model = _load_model(party, job, frame, models) if kind.needs_model else None
     # Jobs that release noised aggregates spend this party's privacy budget (vfl/analytics/budget.py).
     budget = (
         open_budget(party.workspace, party.budget) if kind.spends_budget and party.role != "arbiter" else None
@@ -223,7 +228,9 @@ def _write_failure_ledger(session: Any, out: Path) -> None:
         log.warning("could not write the ledger of the failed job: %s", exc)
 
 
-def _load_model(party: PartyConfig, job: Job, frame: pd.DataFrame | None) -> ModelShard | SegmentModel:
+def _load_model(
+    party: PartyConfig, job: Job, frame: pd.DataFrame | None, models: ModelCache | None = None
+) -> ModelShard | SegmentModel:
     assert job.model is not None
     segment_model = party.output_dir / job.model / MODEL_FILE
     if segment_model.exists() and not (party.output_dir / job.model / "model.json").exists():
@@ -231,7 +238,8 @@ def _load_model(party: PartyConfig, job: Job, frame: pd.DataFrame | None) -> Mod
         if frame is not None:
             require_columns(frame, list(model.columns), what=f"the data assigned with model '{job.model}'")
         return model
-    shard = ModelShard.load(party.output_dir / job.model / "model.json")
+    path = party.output_dir / job.model / "model.json"
+    shard = models.get(path) if models is not None and path.exists() else ModelShard.load(path)
     if frame is not None:
         require_columns(frame, shard.scaler().input_names, what=f"the data scored with model '{job.model}'")
     return shard

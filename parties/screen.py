@@ -17,15 +17,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vfl.crypto import PrivateKey, PublicKey, WorkerPool, generate_keypair
+from vfl.crypto import generate_keypair
 from vfl.data import binary_labels, positive_class, require_columns
 from vfl.errors import ConfigError, DataError
 from vfl.io import atomic_write_json, atomic_write_text
 from vfl.ledger import Ledger
 from vfl.model_reports import screen_report_html
 from vfl.options import ScreenOptions
-from vfl.parties.common import Job, feature_columns, ledger_for, write_outputs
-from vfl.protocols import psi
+from vfl.parties.common import Job, feature_columns, ledger_for, run_psi, write_outputs
+from vfl.parties.context import Outcome, RoleContext
 from vfl.protocols import screen as protocol
 from vfl.protocols.session import Session
 
@@ -60,14 +60,11 @@ def _plan(job: Job) -> protocol.ScreenPlan:
     return protocol.ScreenPlan(job.guest, job.hosts, _options(job))
 
 
-def _align(session: Session, job: Job, data: pd.DataFrame, id_column: str, guest: bool):
+def _align(session: Session, job: Job, data: pd.DataFrame, id_column: str):
     o = _options(job)
     if job.psi.reveal != "all":
         raise ConfigError('a screening job needs [psi] reveal = "all": the hosts bin their aligned rows')
-    if guest:
-        result = psi.run_guest(session, data[id_column], list(job.hosts), job.psi, column=id_column)
-    else:
-        result = psi.run_host(session, data[id_column], job.guest, job.psi, column=id_column)
+    result = run_psi(session, job, data[id_column], job.psi, column=id_column)
     session.guard(result.require_nonempty)
 
     def enough() -> None:
@@ -81,19 +78,11 @@ def _align(session: Session, job: Job, data: pd.DataFrame, id_column: str, guest
     return result
 
 
-def guest(
-    session: Session,
-    job: Job,
-    data: pd.DataFrame,
-    *,
-    id_column: str,
-    label: str,
-    columns: list[str] | None = None,
-    positive: str | None = None,
-    output_dir: Path | None = None,
-    workers: WorkerPool | None = None,
-    keypair: tuple[PublicKey, PrivateKey] | None = None,
-) -> ScreenOutcome:
+def guest(ctx: RoleContext) -> Outcome:
+    """The guest's role of a screening job: its own columns, then every host's through the protocol."""
+    session, job, data, id_column, label = ctx.session, ctx.job, ctx.data, ctx.id_column, ctx.label
+    columns, positive, output_dir = ctx.columns, ctx.positive, ctx.output_dir
+    assert data is not None and label is not None
     o = _options(job)
 
     def check() -> tuple[list[str], str]:
@@ -104,7 +93,7 @@ def guest(
 
     features, positive_label = session.guard(check)
     session.guard(lambda: session.agree(job.settings()))
-    result = _align(session, job, data, id_column, guest=True)
+    result = _align(session, job, data, id_column)
     aligned = result.align(data)
     labels = session.guard(lambda: binary_labels(aligned[label], column=label, positive=positive_label))
     session.guard(lambda: _two_classes(labels))
@@ -117,19 +106,17 @@ def guest(
         ]
 
     results = session.guard(own)
-    keys = keypair or generate_keypair(o.key_bits)
-    results += session.guard(lambda: protocol.run_guest(session, _plan(job), labels, keys, workers=workers))
+    keys = ctx.keypair or generate_keypair(o.key_bits)
+    results += session.guard(
+        lambda: protocol.run_guest(session, _plan(job), labels, keys, workers=ctx.workers)
+    )
     if o.share_iv:
         protocol.share_iv(session, _plan(job), results)
     session.barrier("screen")
     iv, woe = protocol.iv_ranking(results), protocol.woe_tables(results)
-    notes = [f"intersection size {result.size}; set sizes {dict(result.set_sizes)}"]
-    if skipped:
-        notes.append(f"text columns not screened: {', '.join(skipped)}")
-    ledger = ledger_for(session, notes)
-    outcome = ScreenOutcome(iv, woe, result.size, ledger, skipped=skipped)
+    outcome = _finish(session, result, skipped, [], iv, woe, output_dir)
+    ledger = outcome.ledger
     if output_dir is not None:
-        outcome.outputs = write_outputs(output_dir, None, ledger)
         outcome.outputs["iv"] = atomic_write_text(output_dir / "iv.csv", iv.to_csv(index=False))
         outcome.outputs["woe"] = atomic_write_text(output_dir / "woe.csv", woe.to_csv(index=False))
         outcome.outputs["screen"] = atomic_write_json(
@@ -145,6 +132,27 @@ def guest(
         outcome.outputs["report"] = atomic_write_text(
             output_dir / "report.html", screen_report_html(job.id, iv, woe, ledger)
         )
+    return Outcome(outcome.outputs, outcome.summary, outcome)
+
+
+def _finish(
+    session: Session,
+    result: Any,
+    skipped: list[str],
+    sent: list[str],
+    iv: pd.DataFrame | None,
+    woe: pd.DataFrame | None,
+    output_dir: Path | None,
+) -> ScreenOutcome:
+    """Either side's end of a screening job: its ledger (the alignment, what it ``sent``, the columns it
+    skipped), written with the outcome's first outputs."""
+    notes = [f"intersection size {result.size}; set sizes {dict(result.set_sizes)}", *sent]
+    if skipped:
+        notes.append(f"text columns not screened: {', '.join(skipped)}")
+    ledger = ledger_for(session, notes)
+    outcome = ScreenOutcome(iv, woe, result.size, ledger, skipped=skipped)
+    if output_dir is not None:
+        outcome.outputs = write_outputs(output_dir, None, ledger)
     return outcome
 
 
@@ -153,33 +161,22 @@ def _two_classes(labels: np.ndarray) -> None:
         raise DataError("the aligned rows have one label class only; WOE and IV need events and non-events")
 
 
-def host(
-    session: Session,
-    job: Job,
-    data: pd.DataFrame,
-    *,
-    id_column: str,
-    columns: list[str] | None = None,
-    output_dir: Path | None = None,
-) -> ScreenOutcome:
-    features = session.guard(lambda: feature_columns(data, id_column, None, columns))
+def host(ctx: RoleContext) -> Outcome:
+    """A host's role of a screening job: per-bin counts and encrypted label sums of its columns."""
+    session, job, data, id_column, output_dir = ctx.session, ctx.job, ctx.data, ctx.id_column, ctx.output_dir
+    assert data is not None
+    features = session.guard(lambda: feature_columns(data, id_column, None, ctx.columns))
     session.guard(lambda: session.agree(job.settings()))
-    result = _align(session, job, data, id_column, guest=False)
+    result = _align(session, job, data, id_column)
     aligned = result.align(data)
     numeric, skipped = protocol.numeric_columns(aligned[features])
     shared = session.guard(lambda: protocol.run_host(session, _plan(job), aligned[numeric]))
     session.barrier("screen")
-    notes = [f"intersection size {result.size}; set sizes {dict(result.set_sizes)}"]
-    notes.append(
+    sent = (
         f"sent per-bin row counts of {len(numeric)} column(s) (bins of at least {_options(job).min_bin_size} "
         "customers) and their encrypted per-bin label sums"
     )
-    if skipped:
-        notes.append(f"text columns not screened: {', '.join(skipped)}")
-    ledger = ledger_for(session, notes)
-    outcome = ScreenOutcome(shared, None, result.size, ledger, skipped=skipped)
-    if output_dir is not None:
-        outcome.outputs = write_outputs(output_dir, None, ledger)
-        if shared is not None:
-            outcome.outputs["iv"] = atomic_write_text(output_dir / "iv.csv", shared.to_csv(index=False))
-    return outcome
+    outcome = _finish(session, result, skipped, [sent], shared, None, output_dir)
+    if output_dir is not None and shared is not None:
+        outcome.outputs["iv"] = atomic_write_text(output_dir / "iv.csv", shared.to_csv(index=False))
+    return Outcome(outcome.outputs, outcome.summary, outcome)

@@ -32,17 +32,19 @@ import time
 from pathlib import Path
 
 from vfl import __version__
-from vfl.config import JOB_KINDS, Federation, JobConfig, PartyConfig
-from vfl.errors import ConfigError, ProtocolError, VflError
+from vfl.config import JOB_KINDS, Federation, PartyConfig
+from vfl.errors import ConfigError, ProtocolError
 from vfl.io import atomic_write_json, atomic_write_text
+from vfl.parties.common import RowLimit
 from vfl.parties.network import load_party_identity, to_peers, verify_membership
-from vfl.parties.runner import build_job, federation_digest
+from vfl.parties.runner import federation_digest
 from vfl.parties.service_jobs import (  # noqa: F401 - re-exported
     JOB_OUTPUTS,
     SERVICE_DIR,
     JobFiles,
     PortPool,
     cancel_locally,
+    count_rows,
     job_epsilon,
     job_federation,
     members_of,
@@ -52,11 +54,12 @@ from vfl.parties.service_jobs import (  # noqa: F401 - re-exported
     service_info_path,
     with_port,
 )
+from vfl.parties.service_proposals import Proposal, check_proposal, public_reason
 from vfl.protocols import service as control
 from vfl.protocols.session import Session
 from vfl.service.health import HealthStatus, start_health_server
 from vfl.service.logs import add_service_log, job_log_path, remove_handlers
-from vfl.service.policy import Decision, Policy
+from vfl.service.policy import Policy
 from vfl.service.store import (
     APPROVED,
     AWAITING_APPROVAL,
@@ -71,18 +74,9 @@ from vfl.service.store import (
     process_alive,
 )
 from vfl.transport.address import format_address, parse_address
-from vfl.transport.rpc import SERVICE_JOB, AnswerChannel, RpcServer
+from vfl.transport.rpc import SERVICE_JOB, AnswerChannel, CallRejection, RpcServer
 
 log = logging.getLogger(__name__)
-
-PERIOD_SECONDS = {
-    "day": 86400,
-    "week": 7 * 86400,
-    "month": 30 * 86400,
-    "quarter": 91 * 86400,
-    "year": 365 * 86400,
-}
-
 
 # ---- the service ---------------------------------------------------------------------------------
 
@@ -100,6 +94,7 @@ class PartyService:
         grace: float = 30.0,
         poll: float = 0.2,
         warm: bool = True,
+        models_kept: int = 4,
     ) -> None:
         self.workspace = Path(workspace)
         self.party = PartyConfig.load(self.workspace)
@@ -119,12 +114,14 @@ class PartyService:
         self.poll = poll
         self.workers: dict[str, subprocess.Popen] = {}
         self.warm = warm
+        self.worker = [sys.executable, "-m", "vfl.parties.worker", "--models", str(models_kept)]
         self._spare: subprocess.Popen | None = None
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self.backend = control.Backend(self.propose, self.start_job, self.cancel, self.status)
         self.server: RpcServer | None = None
         self.started = time.monotonic()
+        self._rows: tuple[tuple[str, int], int] | None = None
 
     # ---- calls
 
@@ -140,7 +137,7 @@ class PartyService:
         return control.Decision(self.party.id, job, action, rule, message, state, port)
 
     def propose(
-        self, sender: str, job_id: str, kind: str, job_toml: str, digest: str, version: str
+        self, sender: str, job_id: str, kind: str, job_toml: str, digest: str, version: str, rows: int = 0
     ) -> control.Decision:
         with self._lock:
             try:
@@ -162,13 +159,13 @@ class PartyService:
                     f"job '{job_id}' exists already at '{self.party.id}' (state {existing.state}); a job id is used once: pick another",
                     existing.state,
                 )  # fmt: skip
-            reason, decided = self._check(sender, job_id, kind, job_toml, digest)
+            verdict = check_proposal(self, Proposal(sender, job_id, kind, job_toml, digest, rows))
             try:
                 self.store.propose(job_id, kind, sender, job_toml, digest)
             except DuplicateJobError as exc:  # another call won the race
                 return self._decision(job_id, "refuse", "job id", str(exc), "")
-            if reason is not None:
-                rule, message = reason
+            if verdict.refusal is not None:
+                rule, message = verdict.refusal
                 self.store.refuse(job_id, message)
                 log.warning("refused job %s from '%s': %s", job_id, sender, message)
                 return self._decision(job_id, "refuse", rule, public_reason(rule, message, kind), REFUSED)
@@ -177,71 +174,14 @@ class PartyService:
             atomic_write_text(files.job, job_toml)
             port = self.ports.take()
             atomic_write_text(files.listen_file, format_address(self.ports.host, port))
+            decided = verdict.decision
             assert decided is not None
+            if verdict.rows is not None:
+                self.store.set_rows(job_id, verdict.rows)
+                files.write_row_limit(RowLimit(sender, verdict.rows))
             record = self.store.approve(job_id) if decided.accepted else self.store.queue(job_id)
             log.info("job %s from '%s': %s", job_id, sender, decided.message)
             return self._decision(job_id, decided.action, decided.rule, decided.message, record.state, port)
-
-    def _check(
-        self, sender: str, job_id: str, kind: str, job_toml: str, digest: str
-    ) -> tuple[tuple[str, str] | None, Decision | None]:
-        """``((rule, refusal), None)`` for a refused proposal, else ``(None, the policy's decision)``."""
-        if digest != self.digest:
-            return _no(
-                "federation",
-                f"refused: '{sender}' proposes job '{job_id}' with another federation file than "
-                f"'{self.party.id}' has; every party must use the same federation.toml",
-            )
-        incoming = self.workspace / SERVICE_DIR / "incoming"
-        incoming.mkdir(parents=True, exist_ok=True)
-        probe = incoming / f"{os.getpid()}-{threading.get_ident()}.toml"
-        try:
-            probe.write_text(job_toml)
-            config = JobConfig.load(probe)
-            job = build_job(config, self.federation)
-        except VflError as exc:
-            return _no("job.toml", f"refused: the job file is not usable at '{self.party.id}': {exc}")
-        finally:
-            probe.unlink(missing_ok=True)
-        if config.id != job_id or config.kind != kind:
-            return _no("job.toml", "refused: the proposal's id or kind differs from its job file")
-        if sender != job.guest:
-            return _no("proposer", f"refused: only the guest '{job.guest}' proposes jobs, not '{sender}'")
-        if self.party.id not in job.members.parties:
-            return _no("job", f"refused: '{self.party.id}' takes no part in {kind} jobs")
-        self.reload_policy()
-        decision = self.policy.check(sender, kind, self.columns, options=config.train)
-        if decision.refused:
-            return _no(decision.rule, decision.message)
-        if (
-            config.kind == "predict"
-            and job.model is not None
-            and not (self.party.output_dir / job.model / "model.json").exists()
-        ):
-            return _no("model", f"refused: '{self.party.id}' has no model of job '{job.model}'")
-        for cap in self.policy.caps_for(sender):
-            since = time.time() - PERIOD_SECONDS[cap.period]
-            past = [
-                r for r in self.store.list()
-                if r.proposer == sender and r.created >= since and r.state != REFUSED
-            ]  # fmt: skip
-            rule = f"[caps.{sender}]"
-            if cap.jobs is not None and len(past) + 1 > cap.jobs:
-                return _no(
-                    f"{rule} jobs",
-                    f"refused by policy rule {rule} jobs: '{sender}' has proposed {len(past)} job(s) this "
-                    f"{cap.period}, the cap is {cap.jobs}",
-                )
-            if cap.epsilon is not None:
-                spent = sum(job_epsilon(_config_of(r)) for r in past)
-                want = job_epsilon(config)
-                if spent + want > cap.epsilon + 1e-12:
-                    return _no(
-                        f"{rule} epsilon",
-                        f"refused by policy rule {rule} epsilon: this job spends epsilon {want:g}, "
-                        f"'{sender}' has spent {spent:g} of {cap.epsilon:g} this {cap.period}",
-                    )
-        return None, decision
 
     def _port_of(self, job_id: str) -> int:
         try:
@@ -256,6 +196,18 @@ class PartyService:
         return control.Report(
             self.party.id, job_id, record.state, record.outcome, __version__, kinds, self._port_of(job_id)
         )
+
+    def data_rows(self) -> int | None:
+        """How many rows our data file has (None: no data, the arbiter); read once per data file."""
+        if self.party.role == "arbiter" or self.party.data is None:
+            return None
+        try:
+            stamp = (str(self.party.data), self.party.data.stat().st_mtime_ns)
+        except OSError as exc:
+            raise ConfigError(f"data file {self.party.data} cannot be read: {exc}") from exc
+        if self._rows is None or self._rows[0] != stamp:
+            self._rows = (stamp, count_rows(self.party.data))
+        return self._rows[1]
 
     def reload_policy(self) -> None:
         """Read the policy again (an edited policy.toml applies to the next proposal; a broken one is kept out)."""
@@ -316,7 +268,7 @@ class PartyService:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as out:
             self._spare = subprocess.Popen(
-                [sys.executable, "-m", "vfl.parties.worker", "--warm", str(self.workspace)],
+                [*self.worker, "--warm", str(self.workspace)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.PIPE, text=True,
             )  # fmt: skip
 
@@ -349,7 +301,7 @@ class PartyService:
         if proc is None:
             with log_path.open("a") as out:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "vfl.parties.worker", str(self.workspace), job_id],
+                    [*self.worker, str(self.workspace), job_id],
                     stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 )  # fmt: skip
         self._start_spare()
@@ -377,6 +329,10 @@ class PartyService:
                 self.store.fail(job_id, f"its worker stopped (exit code {exit_code}) without a result")
             elif result["state"] == "completed":
                 self.store.finish(job_id, result["outcome"], result["outputs"])
+                self._charge_rows(record, result.get("summary", {}).get("intersection"))
+                if record.kind == "train" and self._spare is not None:  # a new model: load it in advance
+                    self._drop_spare()
+                    self._start_spare()
             elif result["state"] == "cancelled":
                 self.store.cancel(job_id, result["outcome"])
             else:
@@ -384,6 +340,16 @@ class PartyService:
         except JobStateError as exc:
             log.info("job %s: %s", job_id, exc)
         log.info("job %s is %s", job_id, self.store.get(job_id).state)
+
+    def _charge_rows(self, record: JobRecord, used: object) -> None:
+        """A completed job is charged the rows it used (its intersection) instead of its bound."""
+        if not isinstance(used, int):
+            return
+        if record.rows is not None and used > record.rows:
+            log.warning(
+                "job %s used %d rows, more than the %d it was accepted for", record.id, used, record.rows
+            )
+        self.store.set_rows(record.id, used)
 
     def _reap(self) -> None:
         with self._lock:
@@ -416,6 +382,14 @@ class PartyService:
         for record in self.store.list([APPROVED, AWAITING_APPROVAL]):
             self.ports.keep(self._port_of(record.id))
 
+    def _record_refused_call(self, r: CallRejection) -> None:
+        """A call refused before any other work: kept in the store (``vfl jobs refused``) and the log."""
+        log.warning(
+            "refused a call claimed from '%s' (%s), certificate %s: %s",
+            r.claimed_sender, r.tag, r.fingerprint or "(none)", r.reason,
+        )  # fmt: skip
+        self.store.record_refused_call(r.claimed_sender, r.tag, r.fingerprint, r.reason)
+
     # ---- running
 
     def health(self) -> HealthStatus:
@@ -436,9 +410,7 @@ class PartyService:
             self._resume_recovered()
             self.server = RpcServer(
                 self.identity, to_peers(self.federation), self.party.listen, self.handle,
-                on_reject=lambda r: log.warning(
-                    "refused a call claimed from '%s' (%s): %s", r.claimed_sender, r.tag, r.reason
-                ),
+                on_reject=self._record_refused_call,
             )  # fmt: skip
             health = start_health_server(self.health_port, self.health, started=self.started)
             atomic_write_json(
@@ -446,6 +418,7 @@ class PartyService:
                 {
                     "pid": os.getpid(), "party": self.party.id, "address": self.server.address,
                     "health": health.url if health else None, "version": __version__,
+                    "job_ports": [self.ports.ports.start, self.ports.ports.stop - 1] if self.ports.ports else None,
                 },
             )  # fmt: skip
             with self._lock:
@@ -483,39 +456,12 @@ class PartyService:
             remove_handlers(root, handlers)
 
 
-def public_reason(rule: str, message: str, kind: str) -> str:
-    """What the proposer is told: the rule, but never our column names (the full line stays in our store)."""
-    if "columns" in rule:
-        return (
-            f"refused by policy rule {rule}: this party offers columns its policy does not allow for {kind} "
-            "jobs; its operator must change [data] columns or the policy"
-        )
-    return message
-
-
-def _no(rule: str, message: str) -> tuple[tuple[str, str], None]:
-    return (rule, message), None
-
-
 def _action_of(record: JobRecord) -> str:
     if record.state == REFUSED:
         return "refuse"
     if record.state == AWAITING_APPROVAL:
         return "queue"
     return "accept"
-
-
-def _config_of(record: JobRecord) -> JobConfig:
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
-        f.write(record.job_toml)
-    try:
-        return JobConfig.load(f.name)
-    except VflError:
-        return JobConfig(id=record.id, kind=record.kind)
-    finally:
-        os.unlink(f.name)
 
 
 __all__ = ["JobFiles", "PartyService", "cancel_locally", "job_federation", "run_job"]

@@ -22,10 +22,12 @@ from typing import Any
 from vfl.config import Federation, JobConfig, PartyConfig
 from vfl.errors import ConfigError, JobCancelledError, PeerAbortedError, VflError
 from vfl.io import atomic_write_json
+from vfl.parties.common import RowLimit
 from vfl.parties.network import load_party_identity, to_peers
 from vfl.parties.runner import run_party
 from vfl.protocols.session import Members
 from vfl.service.logs import job_log_path
+from vfl.service.models import ModelCache
 from vfl.service.store import JobRecord, JobStateError, JobStore, process_alive
 from vfl.transport.address import format_address, parse_address
 
@@ -50,21 +52,28 @@ class JobFiles:
         job_log_path(workspace, job_id)  # refuses a job id that cannot name a file
         return cls(Path(workspace) / SERVICE_DIR / "jobs" / job_id)
 
-    @property
-    def job(self) -> Path:
-        return self.directory / "job.toml"
+    job = property(lambda self: self.directory / "job.toml", doc="the job file")
+    federation = property(lambda self: self.directory / "federation.toml", doc="the job's federation")
+    listen_file = property(lambda self: self.directory / "listen", doc="this party's job inbox address")
+    result = property(lambda self: self.directory / "result.json", doc="the worker's result")
+    limit_file = property(
+        lambda self: self.directory / "row_limit.json", doc="the rows the job was accepted for"
+    )
 
-    @property
-    def federation(self) -> Path:
-        return self.directory / "federation.toml"
+    def write_row_limit(self, limit: RowLimit) -> None:
+        atomic_write_json(self.limit_file, {"partner": limit.partner, "rows": limit.rows})
 
-    @property
-    def listen_file(self) -> Path:
-        return self.directory / "listen"
-
-    @property
-    def result(self) -> Path:
-        return self.directory / "result.json"
+    def row_limit(self) -> RowLimit | None:
+        """The rows cap this party's service accepted the job under (None: no cap applies)."""
+        try:
+            saved = json.loads(self.limit_file.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(
+                f"the job's rows cap in {self.limit_file} is unreadable ({exc}); cancel the job"
+            ) from exc
+        return RowLimit(str(saved["partner"]), int(saved["rows"]))
 
     def listen(self) -> str:
         return self.listen_file.read_text().strip()
@@ -78,6 +87,16 @@ class JobFiles:
 
 def service_info_path(workspace: str | Path) -> Path:
     return Path(workspace) / SERVICE_DIR / "service.json"
+
+
+def read_service_info(workspace: str | Path) -> dict[str, Any] | None:
+    """``service/service.json`` of a service that runs now at ``workspace`` (None: none runs)."""
+    try:
+        info = json.loads(service_info_path(workspace).read_text())
+        alive = process_alive(int(info["pid"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info if alive else None
 
 
 def members_of(federation: Federation) -> Members:
@@ -126,6 +145,20 @@ def offered_columns(party: PartyConfig) -> list[str]:
     return [c for c in names if c not in (party.id_column, party.label_column)]
 
 
+def count_rows(path: Path) -> int:
+    """The rows of a CSV or Parquet data file (Parquet: from its metadata; CSV: streamed)."""
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        import pyarrow.csv as pacsv
+
+        return sum(batch.num_rows for batch in pacsv.open_csv(path))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"data file {path} cannot be read: {exc}") from exc
+
+
 def job_epsilon(config: JobConfig) -> float:
     """The privacy budget a job spends (its sections' ``epsilon``; 0 for kinds that release no noisy aggregate)."""
     total = 0.0
@@ -159,8 +192,11 @@ def run_job(
     progress: Any = None,
     settings: Any = None,
     data: str | Path | None = None,
+    models: ModelCache | None = None,
 ) -> dict[str, Any]:
     """Run this party's role of a served job; write and return its result (never raises a ``VflError``).
+
+    ``models``: shards loaded already (the warm worker's cache), used when the job scores with one.
 
     SIGTERM cancels the job: every peer is told (abort code ``cancelled``) and the partial outputs
     are removed. A peer's cancel ends it the same way here.
@@ -175,7 +211,7 @@ def run_job(
     try:
         outcome = run_party(
             workspace, files.job, federation_file=files.federation, listen=listen, progress=progress,
-            settings=settings, data=data,
+            settings=settings, data=data, models=models, row_limit=files.row_limit(),
         )  # fmt: skip
         summary = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in outcome.summary.items()}
         result = {

@@ -240,12 +240,8 @@ class HostRows:
     categories: Mapping[str, Sequence]
     segments: pd.DataFrame | None
     metrics: pd.DataFrame | None
+    count: int  # rows encrypted: all of the host's rows
     shared: int
-
-    @property
-    def count(self) -> int:
-        frame = self.segments if self.segments is not None else self.metrics
-        return self.shared if frame is None else len(frame)
 
 
 def run_host(

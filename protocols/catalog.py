@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from vfl.protocols.audience import AUDIENCE
 from vfl.protocols.lr import LR, LR_STREAM
+from vfl.protocols.lr_chain import LR_CHAIN
 from vfl.protocols.lr_two_key import LR_TWO_KEY
+from vfl.protocols.lr_two_key_multiclass import LR_TWO_KEY_CLASSES
 from vfl.protocols.messages import Protocol, find
 from vfl.protocols.predict import PREDICT
 from vfl.protocols.psi import PSI
@@ -21,9 +23,11 @@ ALL_PROTOCOLS: tuple[Protocol, ...] = (
     SPLIT,
     LR,
     LR_STREAM,
+    LR_CHAIN,
     PREDICT,
     SHARDS,
     LR_TWO_KEY,
+    LR_TWO_KEY_CLASSES,
     SCREEN,
     AUDIENCE,
     SEGMENT,

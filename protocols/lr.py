@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -64,7 +65,8 @@ from vfl.crypto import (
     randomizers_to_arrow,
 )
 from vfl.errors import ProtocolError
-from vfl.optim import EarlyStopping, IterateAverage, ShardOptimizer, epoch_batches, max_rounds, passes
+from vfl.optim import EarlyStopping, epoch_batches, max_rounds
+from vfl.protocols.lr_chain import send_exp_chain
 from vfl.protocols.lr_common import (  # noqa: F401 - re-exported
     KEEP_STATES,
     ArbiterState,
@@ -72,8 +74,12 @@ from vfl.protocols.lr_common import (  # noqa: F401 - re-exported
     LrPlan,
     PartyState,
     Progress,
+    RoleContext,
+    RoundSteps,
     TrainedShard,
     batch_size_problem,
+    coordinate,
+    role_arguments,
 )
 from vfl.protocols.lr_multiclass import (  # noqa: F401 - re-exported
     X_BOUND,
@@ -109,69 +115,61 @@ from vfl.protocols.lr_party import (  # noqa: F401 - re-exported: the message ta
 from vfl.protocols.messages import one
 from vfl.protocols.objectives import LOGIT_BOUND, Objective, objective_for  # noqa: F401 - re-exported
 from vfl.protocols.session import Generations, Session
-from vfl.transport.channel import Interrupted
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 log = logging.getLogger(__name__)
 
 
 def run_guest(
-    session: Session,
-    plan: LrPlan,
-    features: np.ndarray,
-    labels: np.ndarray,
-    *,
-    workers: WorkerPool | None = None,
-    progress: Progress | None = None,
-    resume: list[PartyState] | None = None,
-    on_epoch: Callable[[PartyState], None] | None = None,
-    interrupted: Interrupted | None = None,
-    offset: np.ndarray | None = None,
-) -> TrainedShard:
+    session: Session, plan: LrPlan, features: np.ndarray, labels: np.ndarray, *,
+    offset: np.ndarray | None = None, **context: Unpack[RoleContext],
+) -> TrainedShard:  # fmt: skip
     """Guest role. ``features`` are the guest's standardized training rows with the intercept column first.
 
     ``labels`` are the training targets of the plan's model kind (0/1 for binary-lr, numbers for
     linear, counts for poisson); ``offset`` is poisson's ``log(exposure)`` per training row, if any.
     """
-    o = plan.options
+    o, args = plan.options, role_arguments(context)
     if o.model == "multiclass-lr":
-        return multiclass_guest(
-            session, plan, features, labels, workers=workers, progress=progress, resume=resume,
-            on_epoch=on_epoch, interrupted=interrupted,
-        )  # fmt: skip
+        return multiclass_guest(session, plan, features, labels, **args)
     obj = plan.objective
     obj.check_targets(np.asarray(labels, dtype=float))
     party = DataParty(
-        session, plan, features, intercept=True, workers=workers, resume=resume, on_epoch=on_epoch,
-        interrupted=interrupted,
-    )  # fmt: skip
+        session,
+        plan,
+        features,
+        intercept=True,
+        intercept_start=obj.initial_intercept(labels, offset),
+        **context,
+    )
+    workers, progress = args["workers"], args["progress"]
     s = obj.guest_target(labels)  # binary-lr: s = 2y - 1; regression: y
 
     def epoch_fn(state: PartyState) -> PartyState:
         epoch, gen, pk = state.epoch, party.generation, party.public_key
         assert pk is not None and party.randomness is not None
-        optimizer = ShardOptimizer(o, party.k, intercept_index=0)
-        optimizer.load_state(state.optimizer)
-        w, average = state.weights, IterateAverage()
+        steps = RoundSteps(o, state, party.n, intercept_index=0)
         q_total: EncryptedVector | None = None
-        batches = epoch_batches(party.n, o, epoch)
-        for b, rows in enumerate(batches):
+        for b, rows in enumerate(steps.batches):
             m = len(rows)
             tag = {"gen": gen, "epoch": epoch, "batch": b}
-            u_g = party.xq[rows] @ w
+            u_g = party.xq[rows] @ steps.weights
             off = None if offset is None else offset[rows]
             host_in = [
                 {
                     name: EncryptedVector.from_arrow(session.recv(HOST_VECTORS[name], h, **tag), pk)
-                    for name in obj.host_vectors
+                    for name in obj.host_sends(i, len(plan.hosts))
                 }
-                for h in plan.hosts
+                for i, h in enumerate(plan.hosts)
             ]
             # Fresh randomness before it leaves: a host could otherwise divide out its own [[u_k]].
             d4 = obj.guest_residual(host_in, u_g, s[rows], off).rerandomize(randomness=party.randomness)
             session.broadcast(D, plan.hosts, d4.to_arrow(), **tag)
+            party.refill(steps.batches, b)  # the workers make the next batch's while we multiply
             gradient = d4.rdot(party.matrix, rows=rows, workers=workers, randomness=party.randomness)
             mask = party.masked_decrypt_send(gradient, m, tag)
-            party.refill(batches, b)
             # While the arbiter decrypts: this batch's encrypted loss terms.
             wgs = [
                 EncryptedVector.from_arrow(session.recv(WG, h, **tag), pk) if obj.host_sends_wg else None
@@ -179,76 +177,66 @@ def run_guest(
             ]
             q_b = obj.guest_loss_terms(host_in, wgs, u_g, s[rows], d4, off, workers=workers)
             q_total = q_b if q_total is None else q_total + q_b
-            g = party.masked_decrypt_receive(mask, tag)
-            w = optimizer.update(w, g / obj.gradient_divisor(m), passes(party.n, o, epoch))
-            average.add(w)
+            steps.step(party.masked_decrypt_receive(mask, tag) / obj.gradient_divisor(m))
             if progress:
                 progress(epoch, b + 1, None)
-        w = average.result(w, o)
         assert isinstance(q_total, EncryptedVector)
         session.send(LOSS, plan.arbiter, q_total.to_arrow(), gen=gen, epoch=epoch)
         control = session.recv(CONTROL, plan.arbiter, gen=gen, epoch=epoch)
         losses = [*state.losses, float(one(control, "loss"))]
         if progress:
-            progress(epoch, len(batches), losses[-1])
-        return PartyState(epoch + 1, w, optimizer.state(), losses, bool(one(control, "stop")))
+            progress(epoch, len(steps.batches), losses[-1])
+        return steps.end(losses, bool(one(control, "stop")))
 
     final = party.run(epoch_fn)
     return TrainedShard(final.weights, final.epoch, final.losses, final.stopped, party.generation + 1)
 
 
 def run_host(
-    session: Session,
-    plan: LrPlan,
-    features: np.ndarray,
-    *,
-    workers: WorkerPool | None = None,
-    progress: Progress | None = None,
-    resume: list[PartyState] | None = None,
-    on_epoch: Callable[[PartyState], None] | None = None,
-    interrupted: Interrupted | None = None,
+    session: Session, plan: LrPlan, features: np.ndarray, **context: Unpack[RoleContext]
 ) -> TrainedShard:
     """Host role. ``features`` are the host's standardized training rows, in the shared order."""
-    o = plan.options
+    o, args = plan.options, role_arguments(context)
     if o.model == "multiclass-lr":
-        return multiclass_host(
-            session, plan, features, workers=workers, progress=progress, resume=resume, on_epoch=on_epoch,
-            interrupted=interrupted,
-        )  # fmt: skip
+        return multiclass_host(session, plan, features, **args)
     obj = plan.objective
-    party = DataParty(
-        session, plan, features, intercept=False, workers=workers, resume=resume, on_epoch=on_epoch,
-        interrupted=interrupted,
-    )  # fmt: skip
+    party = DataParty(session, plan, features, intercept=False, **context)
+    workers, progress = args["workers"], args["progress"]
 
     def epoch_fn(state: PartyState) -> PartyState:
         epoch, gen, pk = state.epoch, party.generation, party.public_key
         assert pk is not None and party.randomness is not None
-        optimizer = ShardOptimizer(o, party.k, intercept_index=None)
-        optimizer.load_state(state.optimizer)
-        w, average = state.weights, IterateAverage()
-        batches = epoch_batches(party.n, o, epoch)
-        for b, rows in enumerate(batches):
-            m = len(rows)
+        steps = RoundSteps(o, state, party.n, intercept_index=None)
+        for b, rows in enumerate(steps.batches):
+            m, w = len(rows), steps.weights
             tag = {"gen": gen, "epoch": epoch, "batch": b}
-            for name, plain in obj.host_plain(party.xq[rows] @ w).items():
+            u = party.xq[rows] @ w
+            for name, plain in obj.host_plain(u).items():
+                if name == "expu" and len(plan.hosts) > 1:  # the hosts' chain (protocols/lr_chain.py)
+                    send_exp_chain(
+                        session,
+                        plan.hosts,
+                        plan.guest,
+                        u,
+                        pk,
+                        tag,
+                        randomness=party.randomness,
+                        workers=workers,
+                    )
+                    continue
                 vector = encrypt(pk, plain, randomness=party.randomness, workers=workers)
                 session.send(HOST_VECTORS[name], plan.guest, vector.to_arrow(), **tag)
+            party.refill(steps.batches, b)  # the workers make the next batch's while we wait and multiply
             d4 = EncryptedVector.from_arrow(session.recv(D, plan.guest, **tag), pk)
             gradient = d4.rdot(party.matrix, rows=rows, workers=workers, randomness=party.randomness)
             if obj.host_sends_wg:
                 wg = gradient.dot(w).rerandomize(randomness=party.randomness)
                 session.send(WG, plan.guest, wg.to_arrow(), **tag)
             mask = party.masked_decrypt_send(gradient, m, tag)
-            party.refill(batches, b)
-            g = party.masked_decrypt_receive(mask, tag)
-            w = optimizer.update(w, g / obj.gradient_divisor(m), passes(party.n, o, epoch))
-            average.add(w)
+            steps.step(party.masked_decrypt_receive(mask, tag) / obj.gradient_divisor(m))
             if progress:
                 progress(epoch, b + 1, None)
-        w = average.result(w, o)
-        stop = bool(one(session.recv(STOP, plan.arbiter, gen=gen, epoch=epoch), "stop"))
-        return PartyState(epoch + 1, w, optimizer.state(), [], stop)
+        return steps.end(stopped=bool(one(session.recv(STOP, plan.arbiter, gen=gen, epoch=epoch), "stop")))
 
     final = party.run(epoch_fn)
     return TrainedShard(final.weights, final.epoch, [], final.stopped, party.generation + 1)
@@ -375,20 +363,15 @@ def run_arbiter(
 ) -> ArbiterSummary:
     """Arbiter role: hold the private key, check the row counts, decrypt masked values, decide when to stop."""
     arbiter = _Arbiter(session, plan, keypair, workers, on_epoch, {s.epoch: s for s in resume or []})
-    state = arbiter.resync() if arbiter.history else arbiter.setup()
-    while True:
-        try:
-            while not arbiter.finished(state):
-                state = arbiter.epoch(state)
-                arbiter._keep(state)
-            # Stay until every data party has the final decision (a restarted one may need a resync).
-            for p in plan.data_parties:
-                session.await_done(f"lr-g{state.generation}", p)
-            break
-        except Interrupted as exc:
-            if exc.notice.kind != "rejoin":
-                raise
-            state = arbiter.resync()
+
+    def step(state: ArbiterState) -> ArbiterState:
+        arbiter._keep(after := arbiter.epoch(state))
+        return after
+
+    state = coordinate(
+        session, arbiter.resync() if arbiter.history else arbiter.setup(), step, arbiter.finished,
+        peers=plan.data_parties, done=lambda: f"lr-g{arbiter.generations.generation}", resync=arbiter.resync,
+    )  # fmt: skip
     stopped = state.epoch < max_rounds(state.n_rows, plan.options)
     assert arbiter.public_key is not None
     return ArbiterSummary(

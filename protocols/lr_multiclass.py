@@ -5,15 +5,18 @@ hand a ``multiclass-lr`` job to these; the messages are those of the ``LR`` tabl
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from vfl.crypto import EncryptedVector, PrivateKey, WorkerPool, encrypt, ints_from_arrow
-from vfl.errors import ConfigError, ProtocolError
+from vfl.crypto import EncryptedVector, PrivateKey, encrypt, ints_from_arrow
+from vfl.crypto.packing import PackedCiphertexts
+from vfl.errors import ConfigError, CryptoError, ProtocolError
 from vfl.models.kinds import MAX_CLASSES
 from vfl.models.packing import (
     DiagonalLoss,
@@ -25,7 +28,7 @@ from vfl.models.packing import (
     packed_rdot,
     read_slot,
 )
-from vfl.optim import ShardOptimizer, epoch_batches
+from vfl.optim import IterateAverage, ShardOptimizer, epoch_batches, passes
 from vfl.options import TrainOptions
 from vfl.protocols.lr_common import LrPlan, PartyState, Progress, TrainedShard
 from vfl.protocols.lr_party import (
@@ -44,36 +47,76 @@ from vfl.protocols.lr_party import (
 from vfl.protocols.messages import one
 from vfl.protocols.objectives import LOGIT_BOUND
 from vfl.protocols.session import Session
-from vfl.transport.channel import Interrupted
 
 # Every party's quantized columns satisfy |q| <= 2^19 - 1 (at most 20-bit fixed point, vfl/crypto/multiexp.py),
 # so one slot layout, known to all parties from the shared options, fits every party's X^T [[D]].
 X_BOUND = (1 << 19) - 1
 
 
-def slot_layout(options: TrainOptions, n_rows: int, n_classes: int, key_bits: int) -> SlotLayout:
-    """The packing every party of a multi-class job uses (the same from the shared options and row count)."""
+@dataclass(frozen=True)
+class ClassGroups:
+    """How K classes share plaintexts: G ciphertexts per row of c slots each (``layout``: ``G c`` classes,
+    ``c`` per plaintext; classes ``K .. G c - 1`` are padding with zero residuals, weights and gradients).
+
+    ``c <= (t + 1) / 2`` for the ``t`` slots a plaintext holds, because the loss of a plaintext's c classes
+    needs ``2c - 1`` slot positions (:class:`DiagonalLoss`); the G group losses then add up in one
+    ciphertext. So K classes take ``G = ceil(K / floor((t + 1) / 2))`` ciphertexts per row, every party's
+    ``U``/``D`` message has ``G m`` rows (group by group) and its masked gradient ``G`` ciphertexts per column.
+    """
+
+    layout: SlotLayout
+    n_classes: int
+
+    @property
+    def groups(self) -> int:
+        return self.layout.n_plaintexts
+
+    @property
+    def per(self) -> int:
+        return self.layout.slots_per_plaintext
+
+    @property
+    def group_layout(self) -> SlotLayout:
+        """The layout of one plaintext (c classes): for the loss and the per-plaintext offsets."""
+        return dataclasses.replace(self.layout, k_classes=self.per)
+
+    def pad(self, a: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        """``(rows, K)`` as ``(rows, G c)``: the padding classes hold ``fill``."""
+        extra = self.layout.k_classes - a.shape[1]
+        return np.hstack([a, np.full((a.shape[0], extra), fill)]) if extra else a
+
+    def split(self, vector: EncryptedVector, m: int) -> list[EncryptedVector]:
+        """A ``G m`` message's ciphertexts, one vector per plaintext group."""
+        if len(vector) != self.groups * m:
+            raise ProtocolError(
+                f"a packed message has {len(vector)} ciphertexts, expected {self.groups} x {m}"
+            )
+        return [vector[g * m : (g + 1) * m] for g in range(self.groups)]
+
+
+def slot_layout(
+    options: TrainOptions, n_rows: int, n_classes: int, key_bits: int, mask_bits: int = MASK_BITS
+) -> ClassGroups:
+    """The packing every party of a multi-class job uses (the same from the shared options and row count);
+    ``mask_bits``: the statistical hiding of every masked slot (the arbiter-free topology's is wider)."""
     batch = max(len(b) for b in epoch_batches(n_rows, options, 0))  # the same sizes every epoch
-    layout = SlotLayout.for_problem(
-        n_classes, batch, X_BOUND, LOGIT_BOUND + 2.0, key_bits, mask_bits=MASK_BITS
-    )
-    if layout.n_plaintexts != 1:
-        raise ConfigError(
-            f"{n_classes} classes do not fit one {key_bits}-bit plaintext ({layout.slots_per_plaintext} slots "
-            f"of {layout.slot_bits} bits); use a larger key_bits or smaller batches"
-        )
-    return layout
+
+    def layout(k: int) -> SlotLayout:
+        return SlotLayout.for_problem(k, batch, X_BOUND, LOGIT_BOUND + 2.0, key_bits, mask_bits=mask_bits)
+
+    try:
+        top = (key_bits - 1) // layout(1).slot_bits  # the slot width does not depend on K
+    except CryptoError as exc:
+        raise ConfigError(f"multiclass-lr: {exc}") from None
+    per = (top + 1) // 2
+    groups = -(-n_classes // per)
+    c = -(-n_classes // groups)
+    return ClassGroups(dataclasses.replace(layout(groups * c), slots_per_plaintext=c), n_classes)
 
 
 def check_multiclass(options: TrainOptions, n_rows: int, n_classes: int) -> None:
-    """Refuse, before any peer is contacted, K classes that the key's plaintexts cannot carry."""
-    layout = slot_layout(options, n_rows, n_classes, options.key_bits)
-    top = (options.key_bits - 1) // layout.slot_bits
-    if 2 * n_classes - 1 > top:
-        raise ConfigError(
-            f"multiclass-lr with a {options.key_bits}-bit key takes at most {(top + 1) // 2} classes (its loss "
-            f"needs 2K - 1 slots of {layout.slot_bits} bits), the label has {n_classes}; use a larger key_bits"
-        )
+    """Refuse, before any peer is contacted, a batch size whose slots a plaintext of the key cannot hold."""
+    slot_layout(options, n_rows, n_classes, options.key_bits)
 
 
 def _class_optimizers(
@@ -87,20 +130,40 @@ def _class_optimizers(
     return optimizers
 
 
-def _step(optimizers: list[ShardOptimizer], w: np.ndarray, g: np.ndarray, epoch: int) -> np.ndarray:
-    return np.stack([opt.update(w[:, c], g[:, c], epoch) for c, opt in enumerate(optimizers)], axis=1)
+def _step(optimizers: list[ShardOptimizer], w: np.ndarray, g: np.ndarray, at: float) -> np.ndarray:
+    """One step of every class's optimizer; ``at`` is the position in passes over the rows."""
+    return np.stack([opt.update(w[:, c], g[:, c], at) for c, opt in enumerate(optimizers)], axis=1)
+
+
+def _trained(party: DataParty, epoch_fn: Callable[[PartyState], PartyState]) -> TrainedShard:
+    final = party.run(epoch_fn)
+    return TrainedShard(final.weights, final.epoch, final.losses, final.stopped, party.generation + 1)
 
 
 def _packed_gradient(
-    party: DataParty, layout: SlotLayout, packed: EncryptedVector, rows: np.ndarray, tag: dict[str, int]
+    party: DataParty, groups: ClassGroups, packed: EncryptedVector, rows: np.ndarray, tag: dict[str, int]
 ) -> np.ndarray:
-    """``X_p[rows]^T 4D`` as a (columns, K) float matrix: one multi-exponentiation, masked for the arbiter."""
-    out = packed_rdot(packed, party.matrix, rows, randomness=party.randomness)
-    messages, mask = layout.mask([out], randomness=party.randomness)
-    party.session.send(MASKED, party.plan.arbiter, messages[0].to_arrow(), **tag)
+    """``X_p[rows]^T 4D`` as a (columns, K) float matrix: one multi-exponentiation per plaintext group,
+    masked for the arbiter in one message (``G`` ciphertexts of ``c`` slots per column, group by group)."""
+    layout = groups.layout
+    outs = [
+        packed_rdot(v, party.matrix, rows, randomness=party.randomness)
+        for v in groups.split(packed, len(rows))
+    ]
+    messages, mask = layout.mask(outs, randomness=party.randomness)
+    joined = PackedCiphertexts(
+        messages[0].public_key, [ct for msg in messages for ct in msg.ciphertexts], layout.slot_bits,
+        sum(msg.count for msg in messages), groups.per,
+    )  # fmt: skip
+    party.session.send(MASKED, party.plan.arbiter, joined.to_arrow(), **tag)
     slots = ints_from_arrow(party.session.recv(UNMASKED, party.plan.arbiter, **tag))
-    ints = mask.unmask([slots], column_sums(party.matrix, rows))
-    return layout.gradient(ints, party.matrix.shifts)
+    n = messages[0].count
+    if len(slots) != groups.groups * n:
+        raise ProtocolError(f"the arbiter returned {len(slots)} gradient slots, expected {groups.groups * n}")
+    ints = mask.unmask(
+        [slots[g * n : (g + 1) * n] for g in range(groups.groups)], column_sums(party.matrix, rows)
+    )
+    return layout.gradient(ints, party.matrix.shifts)[:, : groups.n_classes]
 
 
 def multiclass_guest(
@@ -109,34 +172,31 @@ def multiclass_guest(
     features: np.ndarray,
     labels: np.ndarray,
     *,
-    workers: WorkerPool | None,
     progress: Progress | None,
-    resume: list[PartyState] | None,
-    on_epoch: Callable[[PartyState], None] | None,
-    interrupted: Interrupted | None,
+    **run: Any,
 ) -> TrainedShard:
-    """Guest role of one-vs-rest multi-class LR: ``labels`` are class indices ``0..K-1``."""
+    """Guest role of one-vs-rest multi-class LR: ``labels`` are class indices ``0..K-1``; ``run`` holds
+    :class:`DataParty`'s keyword arguments (workers, resume, on_epoch, interrupted)."""
     o = plan.options
     y = np.asarray(labels).astype(np.int64)
     n_classes = int(y.max()) + 1
     signs = 2.0 * np.eye(n_classes)[y] - 1.0  # s_ic
-    party = DataParty(
-        session, plan, features, intercept=True, workers=workers, resume=resume, on_epoch=on_epoch,
-        interrupted=interrupted,
-    )  # fmt: skip
+    party = DataParty(session, plan, features, intercept=True, **run)
     party.classes = n_classes
-    if not resume and interrupted is None:
+    if not run["resume"] and run["interrupted"] is None:
         session.broadcast(CLASSES, plan.hosts, pa.table({"n_classes": [n_classes]}))
     hosts = len(plan.hosts)
 
     def epoch_fn(state: PartyState) -> PartyState:
         epoch, gen, pk = state.epoch, party.generation, party.public_key
         assert pk is not None and party.randomness is not None
-        layout = slot_layout(o, party.n, n_classes, pk.bits)
-        offsets = hosts * offset_packed(layout)
+        groups = slot_layout(o, party.n, n_classes, pk.bits)
+        layout, one_group = groups.layout, groups.group_layout
+        offsets = hosts * offset_packed(one_group)
+        padded_signs = groups.pad(signs, 1.0)  # padding classes: residual 0, any sign
         optimizers = _class_optimizers(o, party.k, state.optimizer, 0)
-        w = state.weights
-        loss = DiagonalLoss(layout, pk)
+        w, average = state.weights, IterateAverage()
+        loss = DiagonalLoss(one_group, pk)  # the G groups' losses add up in its one slot
         batches = epoch_batches(party.n, o, epoch)
         for b, rows in enumerate(batches):
             m = len(rows)
@@ -148,19 +208,22 @@ def multiclass_guest(
                 total = u_h if total is None else total + u_h
             assert total is not None
             # Slots: sum_h (u_h 2^f + E) + (u_g - 2s) 2^f + E - H E = 4D 2^f + E.
-            mine = [p - offsets for p in layout.pack(u_g - 2.0 * signs[rows])]
+            mine = [p - offsets for p in layout.pack(groups.pad(u_g - 2.0 * signs[rows]))]
             d4 = add_packed(total, mine).rerandomize(randomness=party.randomness)
             session.broadcast(D, plan.hosts, d4.to_arrow(), **tag)
-            g = _packed_gradient(party, layout, d4, rows, tag)
+            g = _packed_gradient(party, groups, d4, rows, tag)
             party.refill(batches, b)
             # The loss: sum_c |4D_c|^2 - 4mK = sum_c (w_c.g_c - 2 s_c.4D_c) + sum_h t_h - 4mK, at 2^f.
-            loss.add_label_terms(d4, signs[rows].astype(np.int64), -2)
+            s_rows = padded_signs[rows].astype(np.int64)
+            for part, classes in zip(groups.split(d4, m), range(groups.groups), strict=True):
+                loss.add_label_terms(part, s_rows[:, list(layout.classes_in(classes))], -2)
             e = layout.residual_offset
             plain = float(np.sum(w * g)) - 4.0 * m * n_classes
-            loss.add_top(int(round(plain * 2.0**layout.frac_bits)) + 2 * e * int(signs[rows].sum()))
+            loss.add_top(int(round(plain * 2.0**layout.frac_bits)) + 2 * e * int(s_rows.sum()))
             for h in plan.hosts:
                 loss.add_top(EncryptedVector.from_arrow(session.recv(WG, h, **tag), pk))
-            w = _step(optimizers, w, g / (4.0 * m), epoch)
+            w = _step(optimizers, w, g / (4.0 * m), passes(party.n, o, epoch))
+            average.add(w)
             if progress:
                 progress(epoch, b + 1, None)
         record = pa.table(
@@ -168,7 +231,7 @@ def multiclass_guest(
                 "ciphertext": pa.array([int(loss.seal(party.randomness)).to_bytes(2 * pk.key_bytes, "big")],
                                        pa.binary(2 * pk.key_bytes)),
                 "slot_bits": [layout.slot_bits],
-                "slot": [n_classes - 1],
+                "slot": [groups.per - 1],
                 "frac_bits": [layout.frac_bits],
                 "n_classes": [n_classes],
             }
@@ -178,11 +241,10 @@ def multiclass_guest(
         losses = [*state.losses, float(one(control, "loss"))]
         if progress:
             progress(epoch, len(batches), losses[-1])
-        states = {"classes": [opt.state() for opt in optimizers]}
+        states, w = {"classes": [opt.state() for opt in optimizers]}, average.result(w, o)
         return PartyState(epoch + 1, w, states, losses, bool(one(control, "stop")))
 
-    final = party.run(epoch_fn)
-    return TrainedShard(final.weights, final.epoch, final.losses, final.stopped, party.generation + 1)
+    return _trained(party, epoch_fn)
 
 
 def multiclass_host(
@@ -190,18 +252,13 @@ def multiclass_host(
     plan: LrPlan,
     features: np.ndarray,
     *,
-    workers: WorkerPool | None,
     progress: Progress | None,
-    resume: list[PartyState] | None,
-    on_epoch: Callable[[PartyState], None] | None,
-    interrupted: Interrupted | None,
+    **run: Any,
 ) -> TrainedShard:
     """Host role of one-vs-rest multi-class LR: K partial scores per row packed in one ciphertext."""
     o = plan.options
-    party = DataParty(
-        session, plan, features, intercept=False, workers=workers, resume=resume, on_epoch=on_epoch,
-        interrupted=interrupted,
-    )  # fmt: skip
+    party = DataParty(session, plan, features, intercept=False, **run)
+    resume = run["resume"]
     if resume:
         party.classes = int(np.asarray(resume[0].weights).shape[1])
     else:
@@ -213,32 +270,33 @@ def multiclass_host(
     def epoch_fn(state: PartyState) -> PartyState:
         epoch, gen, pk = state.epoch, party.generation, party.public_key
         assert pk is not None and party.randomness is not None
-        layout = slot_layout(o, party.n, n_classes, pk.bits)
+        groups = slot_layout(o, party.n, n_classes, pk.bits)
+        layout = groups.layout
         optimizers = _class_optimizers(o, party.k, state.optimizer, None)
-        w = state.weights
+        w, average = state.weights, IterateAverage()
         batches = epoch_batches(party.n, o, epoch)
         for b, rows in enumerate(batches):
             m = len(rows)
             tag = {"gen": gen, "epoch": epoch, "batch": b}
-            u = encrypt_packed(pk, layout.pack(party.xq[rows] @ w), randomness=party.randomness)
+            u = encrypt_packed(pk, layout.pack(groups.pad(party.xq[rows] @ w)), randomness=party.randomness)
             session.send(U, plan.guest, u.to_arrow(), **tag)
             d4 = EncryptedVector.from_arrow(session.recv(D, plan.guest, **tag), pk)
-            g = _packed_gradient(party, layout, d4, rows, tag)
+            g = _packed_gradient(party, groups, d4, rows, tag)
             party.refill(batches, b)
             # Its loss term sum_c u_c . 4D_c = sum_c w_c . g_c, encrypted for the arbiter's one slot.
             t = encrypt(
                 pk, [float(np.sum(w * g))], exponent=-(layout.frac_bits // 4), randomness=party.randomness
             )
             session.send(WG, plan.guest, t.to_arrow(), **tag)
-            w = _step(optimizers, w, g / (4.0 * m), epoch)
+            w = _step(optimizers, w, g / (4.0 * m), passes(party.n, o, epoch))
+            average.add(w)
             if progress:
                 progress(epoch, b + 1, None)
         stop = bool(one(session.recv(STOP, plan.arbiter, gen=gen, epoch=epoch), "stop"))
-        states = {"classes": [opt.state() for opt in optimizers]}
+        states, w = {"classes": [opt.state() for opt in optimizers]}, average.result(w, o)
         return PartyState(epoch + 1, w, states, [], stop)
 
-    final = party.run(epoch_fn)
-    return TrainedShard(final.weights, final.epoch, [], final.stopped, party.generation + 1)
+    return _trained(party, epoch_fn)
 
 
 def multiclass_loss(private_key: PrivateKey, record: pa.Table, n_rows: int) -> float:

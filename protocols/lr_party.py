@@ -6,7 +6,7 @@ the arbiter's randomizer stream and the states kept at epoch boundaries.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +15,6 @@ from vfl.crypto import (
     EncryptedVector,
     PublicKey,
     RandomnessPool,
-    WorkerPool,
     ints_from_arrow,
     mask_and_pack,
     prepare_matrix,
@@ -23,10 +22,13 @@ from vfl.crypto import (
 )
 from vfl.errors import ConfigError, PeerTimeoutError, TransportError
 from vfl.optim import ShardOptimizer, initial_weights, max_rounds
-from vfl.protocols.lr_common import LrPlan, PartyState, batch_size_problem, keep_state
+from vfl.protocols.lr_common import LrPlan, PartyState, RoleContext, batch_size_problem, keep_state
 from vfl.protocols.messages import BOOL, DATA_ROLES, FIXED, FLOAT, INT, Protocol, message
 from vfl.protocols.session import Generations, Session
 from vfl.transport.channel import Interrupted
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 # LOGIT_BOUND (protocols/objectives.py): the a priori bound on |z| (the joint logit) used to size the
 # gradient masks: masks are 40 bits wider than the largest gradient this bound allows, so even a logit
@@ -113,12 +115,11 @@ class DataParty:
         features: np.ndarray,
         *,
         intercept: bool,
-        workers: WorkerPool | None,
-        resume: list[PartyState] | None,
-        on_epoch: Callable[[PartyState], None] | None,
-        interrupted: Interrupted | None,
+        intercept_start: float = 0.0,
+        **context: Unpack[RoleContext],
     ) -> None:
-        self.session, self.plan, self.workers, self.on_epoch = session, plan, workers, on_epoch
+        workers, resume = context.get("workers"), context.get("resume")
+        self.session, self.plan, self.workers, self.on_epoch = session, plan, workers, context.get("on_epoch")
         session.uses(LR)
         self.stream = plan.options.randomizer_stream == "arbiter"
         if self.stream:
@@ -128,8 +129,9 @@ class DataParty:
         self.matrix = prepare_matrix(features, workers=workers)
         self.xq = self.matrix.dequantized  # the matrix the encrypted products really use
         self.intercept = intercept
+        self.intercept_start = intercept_start  # added to the intercept's initial weight (Objective)
         self.states: dict[int, PartyState] = {s.epoch: s for s in resume or []}
-        self.interrupted = interrupted
+        self.interrupted = context.get("interrupted")
         self.public_key: PublicKey | None = None
         self.randomness: RandomnessPool | None = None
         self.classes: int | None = None
@@ -161,7 +163,10 @@ class DataParty:
             first = PartyState(0, w0, {"classes": [optimizer.state() for _ in range(self.classes)]})
             self._keep(first)
             return first
-        first = PartyState(0, initial_weights(self.k, o, self.session.party), optimizer.state())
+        w0 = initial_weights(self.k, o, self.session.party)
+        if self.intercept:
+            w0[0] += self.intercept_start
+        first = PartyState(0, w0, optimizer.state())
         self._keep(first)
         return first
 

@@ -23,12 +23,15 @@ always had (``c = 4``: the guest sends ``[[4d]] = [[z - 2s]]``). Linear regressi
 quadratic scheme with target ``y`` and ``c = 1``. Poisson follows FATE: the host sends
 ``[[exp(u_k)]]``, the guest multiplies it by ``exp(u_g + log exposure)`` under encryption
 (``vfl.models.poisson.guest_residual``), so the gradient ``X^T (exp(z) - y)`` is exact; the loss needs
-``[[u_k]]`` as well (``y . u_k``). Poisson takes one host (the product of two hosts' ``exp(u_k)`` is
-a product of two ciphertexts, which Paillier cannot form).
+``[[u_k]]`` as well (``y . u_k``). With several hosts the product of their ``exp(u_k)`` is formed along a
+chain (``protocols/lr_chain.py``, DESIGN.md §16): host 1 encrypts ``exp(u_1)``, each next host raises the
+ciphertext to its own fixed-point ``exp(u_k)`` and re-randomizes it, and the last host sends the product
+to the guest; so only the last host sends ``expu`` (``host_sends``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -37,6 +40,7 @@ import numpy as np
 from vfl.crypto import EncryptedVector
 from vfl.errors import ConfigError, DataError
 from vfl.models.poisson import guest_residual as poisson_residual
+from vfl.models.poisson import null_intercept
 from vfl.options import TrainOptions
 
 # A priori bound on |z| (the joint linear predictor) used to size the gradient masks: masks are 40
@@ -48,6 +52,10 @@ TARGET_BOUND = 2.0**16
 # Poisson: every party's partial predictor |u_p| (the guest's including log exposure) must stay below
 # this, so exp(z) <= exp(2 * 20) < 2^58 sizes the masks; a run that exceeds it has diverged.
 POISSON_SCORE_BOUND = 20.0
+# Poisson with H hosts: |eta| <= (H + 1) * 20, and the chain adds 10 hexadecimal digits per party, so the
+# plaintext of [[mu]] needs about 29 (H + 1) + 40 (H + 1) + 32 bits (DESIGN.md §16); 4 hosts stay far
+# inside a 1024-bit key together with the gradient's rows, columns and mask bits.
+POISSON_MAX_HOSTS = 4
 
 
 @dataclass(frozen=True)
@@ -65,9 +73,17 @@ class Objective:
     def check_plan(self, hosts: int) -> None:
         if self.max_hosts is not None and hosts > self.max_hosts:
             raise ConfigError(
-                f"model {self.name!r} trains with at most {self.max_hosts} host(s), the job has {hosts} "
-                "(the guest would need the product of two hosts' encrypted exp(u_k), which Paillier cannot form)"
+                f"model {self.name!r} trains with at most {self.max_hosts} hosts, the job has {hosts} (each host "
+                "adds 70 bits to the encrypted exp(z) chain); join columns of some hosts before training"
             )
+
+    def for_hosts(self, hosts: int) -> Objective:
+        """These steps for a job with ``hosts`` hosts (Poisson's residual bound grows with them)."""
+        return self
+
+    def host_sends(self, position: int, hosts: int) -> tuple[str, ...]:
+        """What the guest receives from the host at ``position`` of ``hosts`` (``host_vectors`` by default)."""
+        return self.host_vectors
 
     def gradient_divisor(self, m: int) -> float:
         return self.divisor * m
@@ -76,6 +92,10 @@ class Objective:
         """``v`` for the training rows: ``s = 2y - 1`` for binary, ``y`` for regression."""
         y = np.asarray(labels, dtype=float)
         return 2.0 * y - 1.0 if self.name == "binary-lr" else y
+
+    def initial_intercept(self, labels: np.ndarray, offset: np.ndarray | None = None) -> float:
+        """Where the guest's intercept starts (added to ``initial_weights``): 0 for the quadratic kinds."""
+        return 0.0
 
     # host side -----------------------------------------------------------------------------------
     def host_plain(self, u: np.ndarray) -> dict[str, np.ndarray]:
@@ -122,6 +142,15 @@ class Objective:
             q_b = wg_h + terms[0:1] - terms[1:2] * a + q_b
         return q_b
 
+    def plain_loss_term(self, a: np.ndarray, v: np.ndarray) -> float:
+        """The guest's plain part of a batch's ``Q`` in the arbiter-free topology (DESIGN.md §15).
+
+        There ``c d = a + sum_k u_k`` with the guest's part ``a = u_g - a_s v``, and ``|c d|^2 = |a|^2 +
+        sum_k t_k`` (``t_k`` from host k). ``Q`` is ``|c d|^2 - a_s^2 |v|^2`` for binary (``|a|^2 - 4m``)
+        and ``|c d|^2`` for linear (``|a|^2``): the same ``Q`` as :meth:`guest_loss_terms`, for :meth:`loss`."""
+        constant = 0.0 if self.name == "binary-lr" else float(v @ v)
+        return float(a @ a) - self.target_scale**2 * float(v @ v) + constant
+
     def check_guest_scores(self, u_g: np.ndarray, offset: np.ndarray | None) -> None:
         """Refuse to go on when the guest's partial predictor leaves the bounds the masks rely on."""
 
@@ -158,6 +187,20 @@ class _Linear(Objective):
 class _Poisson(Objective):
     """Poisson regression (see the module docstring): ``d = exp(u_g + o) exp(u_h) - y``, ``c = 1``."""
 
+    def for_hosts(self, hosts: int) -> Objective:
+        """``|mu - y| <= exp((H + 1) 20) + 2^16``: every party's ``|u_p| <= 20``."""
+        return dataclasses.replace(
+            self, residual_bound=math.exp((hosts + 1) * POISSON_SCORE_BOUND) + TARGET_BOUND
+        )
+
+    def host_sends(self, position: int, hosts: int) -> tuple[str, ...]:
+        """Every host sends ``[[u_k]]``; only the chain's last host sends ``[[prod_k exp(u_k)]]``."""
+        return self.host_vectors if position == hosts - 1 else ("u",)
+
+    def initial_intercept(self, labels: np.ndarray, offset: np.ndarray | None = None) -> float:
+        """``log(sum y / sum exposure)``, the model without features (``vfl.models.poisson.null_intercept``)."""
+        return null_intercept(labels, offset)
+
     def host_plain(self, u: np.ndarray) -> dict[str, np.ndarray]:
         self.check_host_scores(u)
         return {"u": u, "expu": np.exp(u)}
@@ -183,13 +226,15 @@ class _Poisson(Objective):
     def guest_residual(self, host, u_g, v, offset=None):  # type: ignore[override]
         self.check_guest_scores(u_g, offset)
         exposure = None if offset is None else np.exp(offset)
-        return poisson_residual(host[0]["expu"], u_g, v, exposure)
+        return poisson_residual(host[-1]["expu"], u_g, v, exposure)  # the chain's product
 
     def guest_loss_terms(self, host, wg, u_g, v, residual, offset=None, workers=None):  # type: ignore[override]
-        """``sum exp(eta) - y.eta = sum [[d]] + sum y - y.(u_g + o) - [[y.u_h]]``."""
+        """``sum exp(eta) - y.eta = sum [[d]] + sum y - y.(u_g + o) - sum_k [[y.u_k]]``."""
         eta_g = u_g if offset is None else u_g + offset
-        y_u = host[0]["u"].dot(v)  # [[y . u_h]]
-        return residual.sum() - y_u + (float(np.sum(v)) - float(v @ eta_g))
+        total = residual.sum()
+        for h in host:
+            total = total - h["u"].dot(v)  # [[y . u_k]]
+        return total + (float(np.sum(v)) - float(v @ eta_g))
 
     def loss(self, q: float, n_rows: int) -> float:
         return q / n_rows
@@ -207,7 +252,7 @@ OBJECTIVES: dict[str, Objective] = {
             math.exp(2 * POISSON_SCORE_BOUND) + TARGET_BOUND,
             host_vectors=("u", "expu"),
             host_sends_wg=False,
-            max_hosts=1,
+            max_hosts=POISSON_MAX_HOSTS,
         ),  # fmt: skip
     )
 }
@@ -222,3 +267,21 @@ def objective_for(options: TrainOptions) -> Objective:
             f"model {options.model!r} is not trained by the coordinated protocol yet; "
             f"use one of {', '.join(OBJECTIVES)}"
         ) from None
+
+
+# The kinds the arbiter-free topology trains (DESIGN.md §15): the quadratic ones, whose residual is
+# ``a + sum_k u_k`` with the guest's part ``a``, and multi-class one-vs-rest (the binary steps per class,
+# K parts packed per ciphertext: protocols/lr_two_key_multiclass.py). Poisson's exp(z) cannot be formed
+# without a key no data party holds (§15).
+TWO_KEY_MODELS = ("binary-lr", "linear", "multiclass-lr")
+
+
+def two_key_objective(options: TrainOptions) -> Objective:
+    """The steps of ``options.model`` in the arbiter-free topology (ConfigError for a kind it does not train);
+    multi-class runs the binary steps per class."""
+    if options.model not in TWO_KEY_MODELS:
+        raise ConfigError(
+            f'[train] model = "{options.model}" trains in the coordinated topology only (it needs an arbiter); '
+            f"arbiter-free training fits model = {', '.join(map(repr, TWO_KEY_MODELS))}"
+        )
+    return OBJECTIVES["binary-lr" if options.model == "multiclass-lr" else options.model]

@@ -29,6 +29,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -40,6 +41,7 @@ from vfl.protocols.session import Members, Session
 from vfl.psi.ecdh import ScalarMultiplier, SecretScalar
 from vfl.psi.hashing import POINT_BYTES, POINT_DTYPE, SALT_BYTES, hash_ids
 from vfl.psi.ids import PreparedIds, as_id_series, prepare_ids
+from vfl.psi.matching import match_points
 from vfl.psi.options import PsiOptions, PsiResult
 from vfl.transport.channel import Channel
 
@@ -114,15 +116,23 @@ def _send_parts(
     n: int,
     rows: int,
     meta: dict[str, str] | None = None,
+    take: np.ndarray | None = None,
     **params: Any,
 ) -> None:
-    """Send a table of ``n`` rows as the parts ``0..`` of ``msg``, at most ``rows`` rows each."""
+    """Send a table of ``n`` rows as the parts ``0..`` of ``msg``, at most ``rows`` rows each.
+
+    With ``take`` (a permutation), row ``i`` is ``values[take[i]]``: a shuffled order is sent part by
+    part, never held as a second copy of the columns.
+    """
     parts = max(1, -(-n // rows))
     for i in range(parts):
         lo, hi = i * rows, min(n, (i + 1) * rows)
+        picked = {
+            name: values[lo:hi] if take is None else values[take[lo:hi]] for name, values in columns.items()
+        }
         arrays = {
-            name: points_to_arrow(values[lo:hi]) if values.dtype == POINT_DTYPE else pa.array(values[lo:hi])
-            for name, values in columns.items()
+            name: points_to_arrow(values) if values.dtype == POINT_DTYPE else pa.array(values)
+            for name, values in picked.items()
         }
         metadata = {"part": str(i), "parts": str(parts), "rows": str(n), **(meta or {})}
         session.send(msg, to, pa.table(arrays).replace_schema_metadata(metadata), part=i, **params)
@@ -159,6 +169,18 @@ def _recv_points(
 ) -> Iterator[np.ndarray]:
     for table, _, _ in _iter_parts(session, msg, frm, timeout, expected, **params):
         yield points_from_arrow(table.column("point"), peer=frm, tag=msg.name)
+
+
+def _gather(n: int, pieces: Iterator[np.ndarray]) -> np.ndarray:
+    """``n`` points arriving in pieces, written into one preallocated array (no list + concatenate copy)."""
+    out = np.empty(n, dtype=POINT_DTYPE)
+    position = 0
+    for piece in pieces:
+        if position + len(piece) > n:
+            raise ProtocolError(f"a peer sent more than the {n} points it announced")
+        out[position : position + len(piece)] = piece
+        position += len(piece)
+    return out
 
 
 def _size(table: pa.Table, peer: str) -> int:
@@ -201,12 +223,25 @@ def _agree(session: Session, options: PsiOptions) -> None:
         session.agree({f"psi.{k}": v for k, v in options.settings().items()})
 
 
-def _prepare(session: Session, ids: Any, options: PsiOptions, column: str) -> tuple[PreparedIds, Any]:
-    """This party's ids, checked and normalized (before any peer is contacted), then the agreement."""
-    series = as_id_series(ids)
-    prepared = prepare_ids(series, normalization=options.normalization, dedupe=options.dedupe, column=column)
-    _agree(session, options)
-    return prepared, series
+@dataclass(frozen=True)
+class _Run:
+    """One party's PSI run: its session, ids, options, the id column's name, and a shared multiplier."""
+
+    session: Session
+    ids: Any
+    options: PsiOptions
+    column: str
+    multiplier: ScalarMultiplier | None
+
+    def prepare(self) -> tuple[PreparedIds, Any]:
+        """This party's ids, checked and normalized (before any peer is contacted), then the agreement."""
+        series = as_id_series(self.ids)
+        options = self.options
+        prepared = prepare_ids(
+            series, normalization=options.normalization, dedupe=options.dedupe, column=self.column
+        )
+        _agree(self.session, options)
+        return prepared, series
 
 
 def _own_multiplier(options: PsiOptions) -> ScalarMultiplier:
@@ -243,19 +278,13 @@ def run_guest(
         raise ConfigError(f"PSI hosts must be distinct and differ from the guest '{me}', got {hosts}")
     session = _session(channel, me, tuple(hosts))
     session.uses(PSI)
-    return session.guard(lambda: _guest(session, ids, list(hosts), options, column, multiplier))
+    return session.guard(lambda: _guest(_Run(session, ids, options, column, multiplier), list(hosts)))
 
 
-def _guest(
-    session: Session,
-    ids: Any,
-    hosts: list[str],
-    options: PsiOptions,
-    column: str,
-    multiplier: ScalarMultiplier | None,
-) -> PsiResult:
+def _guest(run: _Run, hosts: list[str]) -> PsiResult:
+    session, options, multiplier = run.session, run.options, run.multiplier
     me, tag, started = session.party, options.tag, time.perf_counter()
-    prepared, series = _prepare(session, ids, options, column)
+    prepared, series = run.prepare()
     n_g = len(prepared)
     salt = options.salt if options.salt is not None else os.urandom(SALT_BYTES)
     hello = pa.table({"salt": [salt], "set_size": [n_g]})
@@ -276,35 +305,25 @@ def _guest(
             order = rng.permutation(n_g)
             orders[host] = order
             _send_parts(
-                session,
-                GUEST_POINTS,
-                host,
-                {"point": blinded[order]},
-                n_g,
-                options.message_rows,
-                psi=tag,
-                host=host,
-            )
+                session, GUEST_POINTS, host, {"point": blinded}, n_g, options.message_rows, take=order,
+                psi=tag, host=host,
+            )  # fmt: skip
         del blinded
 
         host_points: dict[str, np.ndarray] = {}
         for host in hosts:
-            pieces = [
-                multiplier.multiply(scalar, part)
-                for part in _recv_points(
-                    session, HOST_POINTS, host, options.timeout, sizes[host], psi=tag, host=host
-                )
-            ]
-            host_points[host] = np.concatenate(pieces) if pieces else np.empty(0, POINT_DTYPE)  # a·b·H(h)
+            received = _recv_points(
+                session, HOST_POINTS, host, options.timeout, sizes[host], psi=tag, host=host
+            )
+            host_points[host] = _gather(sizes[host], (multiplier.multiply(scalar, part) for part in received))
 
         matches: dict[str, np.ndarray] = {}
         present = np.ones(n_g, dtype=bool)
         for host in hosts:
-            pieces = list(_recv_points(session, DOUBLE, host, options.timeout, n_g, psi=tag, host=host))
-            double = np.concatenate(pieces) if pieces else np.empty(0, POINT_DTYPE)  # b·a·H(g), host's order
-            _, in_guest, in_host = np.intersect1d(
-                double, host_points.pop(host), assume_unique=False, return_indices=True
-            )
+            received = _recv_points(session, DOUBLE, host, options.timeout, n_g, psi=tag, host=host)
+            double = _gather(n_g, received)  # b·a·H(g), in the host's order of receipt
+            in_guest, in_host = match_points(double, host_points.pop(host))
+            del double
             match = np.full(n_g, -1, dtype=np.int64)
             match[orders[host][in_guest]] = in_host
             matches[host] = match
@@ -362,19 +381,13 @@ def run_host(
         raise ConfigError(f"the PSI guest must be another party than the host '{me}'")
     session = _session(channel, guest, (me,))
     session.uses(PSI)
-    return session.guard(lambda: _host(session, ids, guest, options, column, multiplier))
+    return session.guard(lambda: _host(_Run(session, ids, options, column, multiplier), guest))
 
 
-def _host(
-    session: Session,
-    ids: Any,
-    guest: str,
-    options: PsiOptions,
-    column: str,
-    multiplier: ScalarMultiplier | None,
-) -> PsiResult:
+def _host(run: _Run, guest: str) -> PsiResult:
+    session, options, multiplier = run.session, run.options, run.multiplier
     me, tag, started = session.party, options.tag, time.perf_counter()
-    prepared, series = _prepare(session, ids, options, column)
+    prepared, series = run.prepare()
     hello = session.recv(HELLO, guest, timeout=options.timeout, psi=tag, host=me)
     n_g = _size(hello, guest)
     salt = bytes(one(hello, "salt"))
@@ -392,12 +405,11 @@ def _host(
     with contextlib.ExitStack() as stack:
         multiplier = multiplier or stack.enter_context(_own_multiplier(options))
         order = rng.permutation(n_h)
-        shuffled = prepared.normalized.take(pa.array(order))
-        blinded = multiplier.hash_and_multiply(scalar, salt, shuffled)  # b·H(h), shuffled
-        del shuffled
+        blinded = multiplier.hash_and_multiply(scalar, salt, prepared.normalized)  # b·H(h), item order
         _send_parts(
-            session, HOST_POINTS, guest, {"point": blinded}, n_h, options.message_rows, psi=tag, host=me
-        )
+            session, HOST_POINTS, guest, {"point": blinded}, n_h, options.message_rows, take=order,
+            psi=tag, host=me,
+        )  # fmt: skip
         del blinded
         for table, part, meta in _iter_parts(
             session, GUEST_POINTS, guest, options.timeout, n_g, psi=tag, host=me

@@ -157,14 +157,8 @@ def screen_own_column(
     binning = value_bins(values, options)
     events, non_events = bin_counts(binning.assign(values), labels, binning.n_bins)
     events, non_events, groups = finish(events, non_events, options)
-    merged = binning.merged(groups, _group_of(groups, binning.missing_into))
+    merged = binning.regrouped(groups)
     return ColumnScreen(owner, column, events, non_events, merged.labels())
-
-
-def _group_of(groups: list[list[int]], value_bin: int | None) -> int | None:
-    if value_bin is None:
-        return None
-    return next(g for g, grp in enumerate(groups) if value_bin in grp)
 
 
 # --- guest ------------------------------------------------------------------------------------------

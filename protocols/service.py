@@ -1,9 +1,9 @@
 """The control protocol of a party service (``vfl serve``): propose, decide, start, cancel, status.
 
-The guest proposes a job to every other party of it; each partner's service checks the proposal
-against its own policy (``vfl/service/policy.py``) and answers at once: accepted, queued for a
+A party with data in a job (the guest, or a host) proposes it to every other party of it; each
+partner's service (the guest's too, when it serves) checks the proposal against its own policy (``vfl/service/policy.py``) and answers at once: accepted, queued for a
 person's approval, or refused with the rule that refused it. Once every partner has approved, the
-guest sends every party the address of every party's job inbox, and each service starts the job
+proposer sends every party the address of every party's job inbox, and each service starts the job
 as a worker process running the normal role of the job (``vfl run``'s code). A cancel from any
 party reaches every service; a status call tells the state of a job, or (for ``vfl federation
 check``) the partner's version and the job kinds its policy accepts from the caller.
@@ -12,9 +12,9 @@ Each message is one call over ``vfl.transport.rpc`` (a signed request, a signed 
 
 | message | from -> to | carries | the receiver learns |
 |---|---|---|---|
-| ``service.propose`` | guest -> host, arbiter | job id, kind, job.toml, federation digest, version | the whole job as the guest wants it run |
-| ``service.decision`` | host, arbiter -> guest | accept / queue / refuse, the rule, one line, the job inbox port | the partner's decision and the policy rule that made it |
-| ``service.start`` | guest -> host, arbiter | the job inbox address of every party | where every party's job inbox listens |
+| ``service.propose`` | guest, host -> any | job id, kind, job.toml, federation digest, version, the number of ids the proposer brings | the whole job as the proposer wants it run, and the size of the proposer's id set (which the job's PSI reveals anyway) |
+| ``service.decision`` | any -> guest, host | accept / queue / refuse, the rule, one line, the job inbox port | the partner's decision and the policy rule that made it |
+| ``service.start`` | guest, host -> any | the job inbox address of every party | where every party's job inbox listens |
 | ``service.cancel`` | any -> any | job id, who cancelled | that the job was cancelled |
 | ``service.status`` | any -> any | a job id (or none) | that the caller asks |
 | ``service.report`` | any -> any | state and outcome of the job, version, kinds accepted from the caller | the partner's state of the job, its vfl version and what its policy accepts from the caller |
@@ -37,22 +37,25 @@ from vfl.errors import ProtocolError
 from vfl.protocols.messages import ANY_ROLE, INT, TEXT, Protocol, message, one
 from vfl.protocols.session import Session
 
+PROPOSERS = ("guest", "host")  # the parties with data in a job propose it; the arbiter never does
+
 SERVICE = Protocol(
     "service",
     (
         message(
-            "service.propose", "service/{req}/propose", "guest", ("host", "arbiter"),
-            "a proposed job: its id, kind, job.toml, the federation's digest and the proposer's version",
-            rows=1, job=TEXT, kind=TEXT, job_toml=TEXT, federation=TEXT, version=TEXT,
+            "service.propose", "service/{req}/propose", PROPOSERS, ANY_ROLE,
+            "a proposed job: its id, kind, job.toml, the federation's digest, the proposer's version "
+            "and the number of ids it brings (its PSI set size)",
+            rows=1, job=TEXT, kind=TEXT, job_toml=TEXT, federation=TEXT, version=TEXT, ids=INT,
         ),
         message(
-            "service.decision", "service/{req}/decision", ("host", "arbiter"), "guest",
+            "service.decision", "service/{req}/decision", ANY_ROLE, PROPOSERS,
             "whether the partner accepts, queues or refuses a job, the policy rule that decided, "
             "and the port of its job inbox",
             rows=1, job=TEXT, action=TEXT, rule=TEXT, message=TEXT, state=TEXT, port=INT,
         ),
         message(
-            "service.start", "service/{req}/start", "guest", ("host", "arbiter"),
+            "service.start", "service/{req}/start", PROPOSERS, ANY_ROLE,
             "the job inbox address of every party of an approved job",
             rows=1, job=TEXT, addresses=TEXT,
         ),
@@ -73,7 +76,7 @@ SERVICE = Protocol(
     ),
     never={
         "guest": ("a partner's data, columns or policy beyond the rule that decided",),
-        "host": ("the guest's data, labels or scores",),
+        "host": ("the guest's data, labels or scores", "a partner's policy beyond the rule that decided"),
         "arbiter": ("any party's data, labels or scores",),
     },
 )  # fmt: skip
@@ -124,7 +127,10 @@ def _report(session: Session, frm: str, req: str) -> Report:
 # ---- the asking side ------------------------------------------------------------------------------
 
 
-def propose(session: Session, to: str, *, job: str, kind: str, job_toml: str, federation: str) -> Decision:
+def propose(
+    session: Session, to: str, *, job: str, kind: str, job_toml: str, federation: str, ids: int = 0
+) -> Decision:
+    """Propose a job to ``to``; ``ids`` is how many ids the proposer brings (0: not said)."""
     session.uses(SERVICE)
     req = _req()
     table = pa.table(
@@ -134,6 +140,7 @@ def propose(session: Session, to: str, *, job: str, kind: str, job_toml: str, fe
             "job_toml": [job_toml],
             "federation": [federation],
             "version": [__version__],
+            "ids": [int(ids)],
         }
     )
     session.send(PROPOSE, to, table, req=req)
@@ -180,8 +187,8 @@ class Backend:
     """What a service does with each call (the service runtime in ``vfl.parties.service`` fills it in)."""
 
     propose: Callable[
-        [str, str, str, str, str, str], Decision
-    ]  # sender, job, kind, job_toml, federation, version
+        [str, str, str, str, str, str, int], Decision
+    ]  # sender, job, kind, job_toml, federation, version, ids
     start: Callable[[str, str, dict[str, str]], Report]  # sender, job, addresses
     cancel: Callable[[str, str, str], Report]  # sender, job, reason
     status: Callable[[str, str], Report]  # sender, job
@@ -198,8 +205,9 @@ def answer(session: Session, sender: str, tag: str, backend: Backend) -> None:
     if msg is PROPOSE:
         t = session.recv(PROPOSE, sender, req=req)
         d = backend.propose(
-            sender, one(t, "job"), one(t, "kind"), one(t, "job_toml"), one(t, "federation"), one(t, "version")
-        )
+            sender, one(t, "job"), one(t, "kind"), one(t, "job_toml"), one(t, "federation"), one(t, "version"),
+            int(one(t, "ids")),
+        )  # fmt: skip
         table = pa.table(
             {
                 "job": [d.job], "action": [d.action], "rule": [d.rule], "message": [d.message],

@@ -30,7 +30,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -54,31 +54,34 @@ PROTOCOL_VERSION = "vfl/2"
 REJOIN_WAIT = 300.0  # seconds a party waits for a lost peer to come back before giving up
 FIRST_CONTACT = 600.0  # seconds a party waits for every other party to start (the agreement)
 
+
+def _session_message(name: str, tag: str, learns: str, **kinds: Any) -> Message:
+    """A message of the session layer: one row, from any role of the job to any other."""
+    return message(name, tag, ANY_ROLE, ANY_ROLE, learns, rows=1, **kinds)
+
+
 SESSION = Protocol(
     "session",
     (
-        message(
-            "session.agree", "session/agree", ANY_ROLE, ANY_ROLE,
+        _session_message(
+            "session.agree", "session/agree",
             "the shared job settings (identical at every party) and whether each peer has saved state to resume",
-            rows=1, digest=TEXT, settings=TEXT, state=TEXT,
+            digest=TEXT, settings=TEXT, state=TEXT,
         ),
-        message(
-            "session.public-key", "session/g{gen}/public-key/{owner}", ANY_ROLE, ANY_ROLE,
-            "a Paillier public key", rows=1, n=FIXED, h_s=FIXED,
+        _session_message(
+            "session.public-key", "session/g{gen}/public-key/{owner}", "a Paillier public key", n=FIXED, h_s=FIXED
         ),
-        message(
-            "session.state", "session/g{gen}/state", ANY_ROLE, ANY_ROLE,
+        _session_message(
+            "session.state", "session/g{gen}/state",
             "the epochs a party saved (for resuming), its options digest and its row count",
-            rows=1, latest=INT, earliest=INT, digest=TEXT, n_rows=INT,
+            latest=INT, earliest=INT, digest=TEXT, n_rows=INT,
         ),
-        message(
-            "session.resume", "session/g{gen}/resume", ANY_ROLE, ANY_ROLE,
-            "the epoch every party resumes from after a restart",
-            rows=1, ok=BOOL, reason=TEXT, epoch=INT,
+        _session_message(
+            "session.resume", "session/g{gen}/resume", "the epoch every party resumes from after a restart",
+            ok=BOOL, reason=TEXT, epoch=INT,
         ),
-        message(
-            "session.done", "session/done/{step}", ANY_ROLE, ANY_ROLE,
-            "that the peer completed a step of the job", rows=1, ok=BOOL,
+        _session_message(
+            "session.done", "session/done/{step}", "that the peer completed a step of the job", ok=BOOL
         ),
     ),
 )  # fmt: skip
@@ -346,6 +349,7 @@ class EpochState:
     data: dict[str, Any]
 
 
+@dataclass(eq=False)
 class Generations:
     """The generation machinery of a resumable protocol: rejoin, resync, resume (DESIGN.md §12).
 
@@ -355,21 +359,13 @@ class Generations:
     generation is agreed (the protocol hands out fresh keys there).
     """
 
-    def __init__(
-        self,
-        session: Session,
-        coordinator: str,
-        *,
-        digest: str,
-        n_rows: int,
-        on_resume: Callable[[int], None],
-    ) -> None:
-        self.session = session
-        self.coordinator = coordinator
-        self.digest = digest
-        self.n_rows = n_rows
-        self.on_resume = on_resume
-        self.generation = 0
+    session: Session
+    coordinator: str
+    _: KW_ONLY
+    digest: str
+    n_rows: int
+    on_resume: Callable[[int], None]
+    generation: int = field(default=0, init=False)
 
     @property
     def participants(self) -> list[str]:

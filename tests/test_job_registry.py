@@ -83,3 +83,45 @@ def test_a_new_job_kind_runs_through_the_registry(count_kind):
 def test_an_unknown_kind_is_a_clear_error():
     with pytest.raises(ConfigError, match="unknown kind of job 'nope'; known kinds: psi, train, predict"):
         jobs.job_kind("nope")
+
+
+def test_a_served_jobs_rows_cap_stops_it_after_the_psi():
+    """A host's service accepted the job for 3 shared rows; the PSI finds 4: the host stops the job
+    with its policy's rule, before any further step, and the guest learns only the reason code."""
+    from vfl.errors import PeerAbortedError, PolicyError
+    from vfl.parties.common import RowLimit
+
+    base = Job("capped", "guest", ("host",), kind="psi")
+    frames = {"guest": pd.DataFrame({"id": [1, 2, 3, 4, 5]}), "host": pd.DataFrame({"id": [2, 3, 4, 5, 6]})}
+    network = LocalNetwork(list(base.parties))
+    limits = {"guest": None, "host": RowLimit("guest", 3)}
+    seen: dict[str, BaseException] = {}
+
+    def role(p: str) -> Outcome:
+        job = Job("capped", "guest", ("host",), kind="psi", row_limit=limits[p])
+        try:
+            return run_role("psi", RoleContext(job.session(network.channel(p)), job, frames[p]))
+        except Exception as exc:
+            seen[p] = exc
+            raise
+
+    with pytest.raises(
+        PolicyError, match=r"\[caps.guest\] rows: job 'capped' shares 4 rows, more than the 3"
+    ):
+        run_parties(network, {p: (lambda p=p: role(p)) for p in base.parties})
+    assert isinstance(seen["guest"], PeerAbortedError) and seen["guest"].peer_code == "policy"
+    assert "4 rows" not in str(seen["guest"])
+
+
+def test_a_rows_cap_the_job_stays_within_lets_it_finish():
+    from vfl.parties.common import RowLimit
+
+    frames = {"guest": pd.DataFrame({"id": [1, 2, 3, 4, 5]}), "host": pd.DataFrame({"id": [2, 3, 4, 5, 6]})}
+    network = LocalNetwork(["guest", "host"])
+    job = Job("capped", "guest", ("host",), kind="psi", row_limit=RowLimit("guest", 4))
+    roles = {
+        p: (lambda p=p: run_role("psi", RoleContext(job.session(network.channel(p)), job, frames[p])))
+        for p in job.parties
+    }
+    outcomes = run_parties(network, roles)
+    assert outcomes["guest"].summary["intersection"] == 4

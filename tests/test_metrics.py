@@ -14,6 +14,7 @@ from vfl.metrics import (
     MIN_HELD_OUT_ROWS,
     delong_auc,
     evaluate,
+    evaluate_held_out,
     gains_curve,
     wilson_interval,
 )
@@ -75,16 +76,7 @@ def test_calibrator_rejects_bad_inputs():
 def test_evaluate_keeps_its_outputs_and_adds_the_new_ones():
     labels, z, _ = taylor_like(570, seed=2)
     train, held = np.arange(456), np.arange(456, 570)
-    cal = fit_calibrator(z[train], labels[train])
-    scores = sigmoid(z)
-    ev = evaluate(
-        labels[held],
-        scores[held],
-        calibrator=cal,
-        positive_label="malignant",
-        train_labels=labels[train],
-        train_scores=scores[train],
-    )
+    cal, ev = evaluate_held_out(labels, z, train, held, positive_label="malignant")
     for key in (
         "held_out_rows",
         "positive_rate",

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from vfl.baseline import fit_baseline
-from vfl.calibration import fit_calibrator, sigmoid
-from vfl.metrics import evaluate
+from vfl.calibration import sigmoid
+from vfl.metrics import evaluate, evaluate_held_out
 from vfl.model import INTERCEPT, ModelShard
 from vfl.report import SECTIONS, ReportData, build_report_data, render, write_report
 
@@ -41,16 +41,7 @@ def make_data(held: int, seed: int = 0, columns: int = 6) -> ReportData:
     labels = (rng.random(n) < sigmoid(truth)).astype(float)
     z = 4 * truth  # the Taylor model's over-confident logits
     train, held_rows = np.arange(4 * held), np.arange(4 * held, n)
-    cal = fit_calibrator(z[train], labels[train])
-    scores = sigmoid(z)
-    ev = evaluate(
-        labels[held_rows],
-        scores[held_rows],
-        calibrator=cal,
-        positive_label="bought",
-        train_labels=labels[train],
-        train_scores=scores[train],
-    )
+    cal, ev = evaluate_held_out(labels, z, train, held_rows, positive_label="bought")
     base = fit_baseline(np.hstack([np.ones((n, 1)), guest]), labels, train, held_rows)
     return build_report_data(
         ev,

@@ -6,6 +6,7 @@ to the workspace directory that holds it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import sys
@@ -269,23 +270,13 @@ class PeerCard:
     certificate: str  # PEM text
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "role": self.role,
-            "address": self.address,
-            "fingerprint": self.fingerprint,
-            "certificate": self.certificate,
-        }
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str) -> PeerCard:
         card = cls(
-            id=_get(raw, "id", str, where),
-            role=_get(raw, "role", str, where),
-            address=_get(raw, "address", str, where),
-            fingerprint=_get(raw, "fingerprint", str, where),
-            certificate=_get(raw, "certificate", str, where),
-        )
+            **{f.name: _get(raw, f.name, str, where) for f in dataclasses.fields(cls)}
+        )  # every field is text
         if card.role not in ROLES:
             raise ConfigError(
                 f"{where}: role of '{card.id}' must be one of {', '.join(ROLES)}, got {card.role!r}"

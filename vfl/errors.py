@@ -18,45 +18,43 @@ class VflError(Exception):
     exit_code: int = 2
     code: str = "error"
 
+    def __init_subclass__(cls, code: str | None = None, **kwargs: object) -> None:
+        """``class DataError(VflError, code="data")``: a subclass names its reason code where it is declared."""
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
 
-class ConfigError(VflError):
+
+class ConfigError(VflError, code="config"):
     """A configuration file, job option or command-line argument is wrong."""
 
-    code = "config"
+
+class PolicyError(ConfigError, code="policy"):
+    """A party's own policy refuses the job (a partner's rule, a cap); the message names the rule."""
 
 
-class DisagreementError(ConfigError):
+class DisagreementError(ConfigError, code="disagreement"):
     """The parties' shared job settings differ (job.toml, federation.toml or a version)."""
 
-    code = "disagreement"
 
-
-class DataError(VflError):
+class DataError(VflError, code="data"):
     """Input data is unusable: missing columns, duplicate or missing ids, non-numeric values, ..."""
 
-    code = "data"
 
-
-class KeyFileError(VflError):
+class KeyFileError(VflError, code="keys"):
     """A key or certificate file is missing, damaged, or belongs to someone else."""
 
-    code = "keys"
 
-
-class CryptoError(VflError):
+class CryptoError(VflError, code="crypto"):
     """A cryptographic operation cannot be done as asked (wrong key, bad ciphertext, ...)."""
-
-    code = "crypto"
 
 
 class EncodingOverflowError(CryptoError):
     """A value is too large for the fixed-point encoding under this key; nothing was encrypted."""
 
 
-class ProtocolError(VflError):
+class ProtocolError(VflError, code="protocol"):
     """A peer sent something the protocol does not allow, or the parties disagree on settings."""
-
-    code = "protocol"
 
 
 class PeerAbortedError(ProtocolError):
@@ -71,26 +69,20 @@ class IntegrityError(ProtocolError):
     """A message was truncated, altered, replayed, or belongs to another job, step or sender."""
 
 
-class TransportError(VflError):
+class TransportError(VflError, code="transport"):
     """A peer could not be reached, refused us, or did not answer in time."""
-
-    code = "transport"
 
 
 class PeerTimeoutError(TransportError):
     """A peer did not send an expected message within the time-out."""
 
 
-class ComputeError(VflError):
+class ComputeError(VflError, code="compute"):
     """The compute backend (a Dask cluster) failed: its scheduler went away, or a task was lost on every worker."""
 
-    code = "compute"
 
-
-class OutputError(VflError):
+class OutputError(VflError, code="output"):
     """An output could not be written (disk full, no permission); nothing half-written is left."""
-
-    code = "output"
 
 
 # What a peer is told when a party stops: a reason code and this sentence, never the local message.
@@ -130,7 +122,5 @@ def describe_abort(sender: str, code: str) -> str:
     return f"party '{sender}' stopped the job ({code}: {meaning})"
 
 
-class JobCancelledError(VflError):
+class JobCancelledError(VflError, code="cancelled"):
     """A job was cancelled (at this party, or by a peer); nothing it would have written is left."""
-
-    code = "cancelled"

@@ -396,3 +396,26 @@ def evaluate(
         calibration_method=calibrator.method if calibrator is not None else "none",
         warnings=small_sample_warnings(n, positives),
     )
+
+
+def evaluate_held_out(
+    labels: np.ndarray,
+    z: np.ndarray,
+    train_rows: np.ndarray,
+    held_rows: np.ndarray,
+    *,
+    positive_label: str = "1",
+    method: str = "platt",
+) -> tuple[Calibrator, Evaluation]:
+    """A binary model's evaluation at the guest from its joint logits ``z`` of every aligned row: the
+    calibrator fitted on the training rows, and the held-out rows' scores evaluated with it (the
+    F1-optimal threshold chosen on the training rows)."""
+    from vfl.calibration import fit_calibrator, sigmoid
+
+    calibrator = fit_calibrator(z[train_rows], labels[train_rows], method=method)
+    scores = sigmoid(z)
+    evaluation = evaluate(
+        labels[held_rows], scores[held_rows], calibrator=calibrator, positive_label=positive_label,
+        train_labels=labels[train_rows], train_scores=scores[train_rows],
+    )  # fmt: skip
+    return calibrator, evaluation

@@ -107,6 +107,13 @@ class Binning:
         cuts = tuple(self.cuts[grp[-1]] for grp in groups[:-1])
         return Binning(cuts, missing_into)
 
+    def regrouped(self, groups: Sequence[Sequence[int]]) -> Binning:
+        """:meth:`merged`, with missing values still in the (now merged) value bin they were folded into."""
+        into = self.missing_into
+        return self.merged(
+            groups, None if into is None else next(g for g, grp in enumerate(groups) if into in grp)
+        )
+
 
 def _check_groups(groups: Sequence[Sequence[int]], n_value_bins: int) -> None:
     flat = [b for grp in groups for b in grp]
@@ -316,7 +323,7 @@ def optimal_monotone_binning(
     groups = monotone_groups(events, non_events)
     events = merge_counts(events, groups)
     non_events = merge_counts(non_events, groups)
-    return binning.merged(groups, _group_of(groups, binning.missing_into)), events, non_events
+    return binning.regrouped(groups), events, non_events
 
 
 def bin_column(
@@ -336,12 +343,6 @@ def bin_column(
         raise DataError(f"unknown binning method {method!r}; use 'quantile' or 'monotone'")
     binning = quantile_binning(values, bins)
     return merge_small_bins(binning, bin_counts(binning.assign(values), None, binning.n_bins), k)
-
-
-def _group_of(groups: Sequence[Sequence[int]], value_bin: int | None) -> int | None:
-    if value_bin is None:
-        return None
-    return next(g for g, grp in enumerate(groups) if value_bin in grp)
 
 
 # -- the federated step ------------------------------------------------------------------------------

@@ -106,7 +106,58 @@ def read_ids(source: str | Path, id_column: str, *, batch_rows: int = DEFAULT_BA
     ids = pa.chunked_array(chunks)
     if pa.types.is_dictionary(ids.type):
         ids = ids.cast(ids.type.value_type)
-    return pd.DataFrame({id_column: ids.to_pandas()})
+    frame = pd.DataFrame({id_column: ids.to_pandas()})
+    pa.default_memory_pool().release_unused()  # the decoded batches: keep only the ids
+    return frame
+
+
+def take_rows(
+    source: str | Path,
+    rows: np.ndarray,
+    columns: Sequence[str] | None = None,
+    *,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    text_columns: Sequence[str] = (),
+) -> pd.DataFrame:
+    """The rows at file positions ``rows`` (in that order: e.g. a party's PSI rows in the shared
+    order) of ``columns`` of ``source``, read batch by batch and keeping only those rows.
+
+    The same frame as ``load_table(source).iloc[rows][columns]`` (index 0..len-1), with a peak of one
+    batch plus the kept rows, not the whole table. A row position outside the file is a ``DataError``.
+    """
+    wanted = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(wanted, kind="stable")
+    ascending = wanted[order]
+    kept: list[pa.RecordBatch] = []
+    schema = None
+    start = 0
+    for batch in iter_batches(source, columns, batch_rows=batch_rows, text_columns=text_columns):
+        schema = batch.schema
+        stop = start + batch.num_rows
+        lo, hi = np.searchsorted(ascending, [start, stop])
+        if hi > lo:
+            kept.append(batch.take(pa.array(ascending[lo:hi] - start)))
+        start = stop
+    if len(wanted) and (ascending[0] < 0 or ascending[-1] >= start):
+        raise DataError(
+            f"data file {source} has {start} rows but row {int(ascending[-1] if ascending[-1] >= start else ascending[0])} "
+            "is asked for; the data changed since the intersection: run the job again from the start"
+        )
+    if schema is None:
+        raise DataError(f"data file {source} has no data rows")
+    table = pa.Table.from_batches(kept, schema=schema)
+    del kept
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return _to_pandas(table.take(pa.array(rank)))
+
+
+def _to_pandas(table: pa.Table) -> pd.DataFrame:
+    """An Arrow table as ``load_table`` would give it (dictionary columns decoded, index 0..n-1)."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_dictionary(field.type):
+            table = table.set_column(i, field.name, table.column(i).cast(field.type.value_type))
+    return table.to_pandas().reset_index(drop=True)
 
 
 # --- moments ---------------------------------------------------------------------------------------

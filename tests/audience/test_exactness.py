@@ -92,3 +92,21 @@ def test_two_hosts_each_table_and_the_overlap_of_all(market, host_keypairs):
     # a host sees its own table only
     assert set(result.hosts["bank"].crosstabs) == {"retailer"}
     assert "page_visits" not in " ".join(result.hosts["bank"].crosstabs["retailer"].columns)
+
+
+def test_a_host_without_columns_gives_counts_by_guest_segment(market, host_keypairs):
+    """The host offers no column: its every row is one cell; the table is the shared customers by guest segment."""
+    r, b = market["retailer"], market["bank"]
+    options = {"segments": {"retailer": ["age_band"]}, "metrics": {"retailer": ["spend"]},
+               "bounds": {"spend": BOUNDS["spend"]}, "key_bits": 1024, "k": 2}  # fmt: skip
+    result = vfl.simulate_audience(
+        r, {"bank": b}, id="id", guest_name="retailer", keypairs=host_keypairs, workers=1,
+        _noise_off_for_tests=("retailer", "bank"), **options,
+    )  # fmt: skip
+    j = r.merge(b, on="id")
+    j["spend"] = _quantized(j["spend"], "spend")
+    want = j.groupby("age_band", observed=False).agg(count=("id", "size"), sum_spend=("spend", "sum"))
+    got = result.crosstabs["bank"].set_index(result.crosstabs["bank"]["age_band"].astype(str))
+    want.index = want.index.astype(str)
+    np.testing.assert_array_equal(got.loc[want.index, "count"], want["count"])
+    np.testing.assert_allclose(got.loc[want.index, "sum_spend"], want["sum_spend"], atol=1e-6)

@@ -14,24 +14,13 @@ import pytest
 from typer.testing import CliRunner
 
 import vfl
+from tests.service.serving import vfl as vfl_cli
 from vfl import datasets
 from vfl.cli import app
 from vfl.model import ModelShard
 
 ROOT = Path(__file__).resolve().parents[2]
 EPOCHS = 3
-
-
-def vfl_process(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRPC_VERBOSITY": "ERROR"}
-    return subprocess.run(
-        [sys.executable, "-m", "vfl.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-    )
 
 
 def run_together(commands: list[list[str]], timeout: float = 300) -> None:
@@ -55,7 +44,7 @@ def run_together(commands: list[list[str]], timeout: float = 300) -> None:
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("demo")
-    done = vfl_process("demo", str(base), "--key-bits", "1024", "--epochs", str(EPOCHS))
+    done = vfl_cli("demo", str(base), "--key-bits", "1024", "--epochs", str(EPOCHS), timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "auc" in done.stdout and "report:" in done.stdout
     return base
@@ -144,7 +133,7 @@ def test_inspect_and_report(demo_dir):
     ],
 )
 def test_user_mistakes_are_one_line_errors(demo_dir, args, message):
-    done = vfl_process(*[a.replace("{demo}", str(demo_dir)) for a in args], timeout=60)
+    done = vfl_cli(*[a.replace("{demo}", str(demo_dir)) for a in args], timeout=60)
     assert done.returncode != 0
     assert message in done.stderr
     assert "Traceback" not in done.stderr + done.stdout

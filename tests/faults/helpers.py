@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
 import subprocess
@@ -139,15 +140,35 @@ def card_of(fed: Fed, name: str) -> PeerCard:
     return PeerCard(old.id, old.role, old.address, fingerprint(cert), pem)
 
 
+VFL_ENV = {"PYTHONPATH": str(ROOT), "GRPC_VERBOSITY": "ERROR"}  # a vfl process of this checkout
+
+
 def vfl_process(*args: str, timeout: float = 120) -> subprocess.Popen:
     """``python -m vfl.cli ARGS`` as a real process (stdout and stderr captured separately)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRPC_VERBOSITY": "ERROR"}
     return subprocess.Popen(
         [sys.executable, "-m", "vfl.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
-        env=env,
+        env={**os.environ, **VFL_ENV},
         cwd=ROOT,
     )
+
+
+def start_party(workspace: Path, job: Path, log: Path) -> subprocess.Popen:
+    """``vfl run JOB --party WORKSPACE`` as a real process, its output appended to ``log``."""
+    command = [sys.executable, "-m", "vfl.cli", "run", str(job), "--party", str(workspace), "--quiet"]
+    with log.open("a") as out:
+        return subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **VFL_ENV}, cwd=ROOT
+        )
+
+
+def saved_epoch(workspace: Path, job_id: str) -> int:
+    """The latest epoch in a party's resumable state of job ``job_id`` (-1 while it has saved none)."""
+    try:
+        meta = json.loads((workspace / "out" / job_id / "state" / "state.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return -1
+    return max((c["epoch"] for c in meta["checkpoints"]), default=-1)

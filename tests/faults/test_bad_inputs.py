@@ -56,6 +56,8 @@ from vfl.parties.runner import run_party
 from vfl.transport.tls import create_identity
 
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# A library row's setup: prepares the federation, returns the call that must fail.
+Setup = Callable[[Fed, pytest.MonkeyPatch], Callable[[], Any]]
 
 
 @pytest.fixture
@@ -91,16 +93,6 @@ def data_path_is_a_directory(fed: Fed, _mp) -> Callable:
     return run_guest(fed)
 
 
-def wrong_id_column(fed: Fed, _mp) -> Callable:
-    edit_party(fed, "guest", id_column="customer_id")
-    return run_guest(fed)
-
-
-def wrong_label_column(fed: Fed, _mp) -> Callable:
-    edit_party(fed, "guest", label_column="converted")
-    return run_guest(fed)
-
-
 def _guest_file(fed: Fed, name: str, content: bytes) -> Callable:
     path = fed.base / "data" / name
     path.write_bytes(content)
@@ -108,16 +100,33 @@ def _guest_file(fed: Fed, name: str, content: bytes) -> Callable:
     return run_guest(fed)
 
 
-def empty_csv(fed: Fed, _mp) -> Callable:
-    return _guest_file(fed, "empty.csv", b"")
+def guest_runs_file(name: str, content: bytes) -> Setup:
+    """The guest runs the job on a data file ``name`` holding ``content``."""
+    return lambda fed, _mp: _guest_file(fed, name, content)
 
 
-def header_only_csv(fed: Fed, _mp) -> Callable:
-    return _guest_file(fed, "header.csv", b"id,y,a,b\n")
+def guest_runs_after_edit(**changes: Any) -> Setup:
+    """The guest runs the job after these changes to its party.toml."""
+
+    def setup(fed: Fed, _mp: pytest.MonkeyPatch) -> Callable[[], Any]:
+        edit_party(fed, "guest", **changes)
+        return run_guest(fed)
+
+    return setup
 
 
-def ragged_csv(fed: Fed, _mp) -> Callable:
-    return _guest_file(fed, "ragged.csv", b"id,y,a\nc1,1,0.5\nc2,0,0.1,9,9,9\n")
+def guest_runs_job(text: str) -> Setup:
+    """The guest runs the job file ``text``."""
+
+    def setup(fed: Fed, _mp: pytest.MonkeyPatch) -> Callable[[], Any]:
+        fed.write_job(text)
+        return run_guest(fed)
+
+    return setup
+
+
+def unknown_extension(fed: Fed, _mp) -> Callable:
+    return _guest_file(fed, "guest.xlsx", (fed.base / "data" / "guest.csv").read_bytes())
 
 
 def corrupt_parquet(fed: Fed, _mp) -> Callable:
@@ -127,44 +136,10 @@ def corrupt_parquet(fed: Fed, _mp) -> Callable:
     return _guest_file(fed, "guest.parquet", damaged[: len(damaged) // 2] + b"PAR1")
 
 
-def unknown_extension(fed: Fed, _mp) -> Callable:
-    return _guest_file(fed, "guest.xlsx", (fed.base / "data" / "guest.csv").read_bytes())
-
-
 def load_unknown_extension(fed: Fed, _mp) -> Callable:
     path = fed.base / "data" / "guest.json"
     path.write_text("{}")
     return lambda: load_table(path)
-
-
-def offered_column_missing(fed: Fed, _mp) -> Callable:
-    edit_party(fed, "guest", columns=["a", "income"])
-    return run_guest(fed)
-
-
-def job_invalid_toml(fed: Fed, _mp) -> Callable:
-    fed.write_job('[job]\nid = "job-1"\nkind = train\n')
-    return run_guest(fed)
-
-
-def job_unknown_section(fed: Fed, _mp) -> Callable:
-    fed.write_job(job_text("[model]\nlayers = 3\n"))
-    return run_guest(fed)
-
-
-def job_unknown_train_option(fed: Fed, _mp) -> Callable:
-    fed.write_job(job_text("[train]\nlerning_rate = 0.1\n"))
-    return run_guest(fed)
-
-
-def job_bad_optimizer(fed: Fed, _mp) -> Callable:
-    fed.write_job(job_text('[train]\noptimizer = "adagrad"\n'))
-    return run_guest(fed)
-
-
-def job_negative_learning_rate(fed: Fed, _mp) -> Callable:
-    fed.write_job(job_text("[train]\nlearning_rate = -0.1\n"))
-    return run_guest(fed)
 
 
 def job_text_learning_rate(fed: Fed, _mp) -> Callable:
@@ -172,62 +147,24 @@ def job_text_learning_rate(fed: Fed, _mp) -> Callable:
     return lambda: JobConfig.load(fed.job)
 
 
-def job_bad_key_bits(fed: Fed, _mp) -> Callable:
-    fed.write_job(job_text("[train]\nkey_bits = 1000\n"))
-    return run_guest(fed)
-
-
-def job_missing_kind(fed: Fed, _mp) -> Callable:
-    fed.write_job('[job]\nid = "job-1"\n')
-    return run_guest(fed)
-
-
-def job_unknown_kind(fed: Fed, _mp) -> Callable:
-    fed.write_job('[job]\nid = "job-1"\nkind = "deep-learning"\n')
-    return run_guest(fed)
-
-
-def job_id_escapes_output_dir(fed: Fed, _mp) -> Callable:
-    fed.write_job('[job]\nid = "../../elsewhere"\nkind = "psi"\n')
-    return run_guest(fed)
-
-
-def job_unknown_psi_option(fed: Fed, _mp) -> Callable:
-    fed.write_job(job_text("[psi]\nlowercase = true\n"))
-    return run_guest(fed)
-
-
 def missing_federation_file(fed: Fed, _mp) -> Callable:
     (fed.ws["guest"] / "federation.toml").unlink()
     return run_guest(fed)
 
 
-def wrong_role(fed: Fed, _mp) -> Callable:
-    edit_party(fed, "guest", role="host", label_column=None)
-    return run_guest(fed)
+def certificate_expired(name: str) -> Setup:
+    """The guest runs the job while party ``name``'s certificate has expired (pinned correctly: the only
+    problem is the date)."""
 
+    def setup(fed: Fed, mp: pytest.MonkeyPatch) -> Callable[[], Any]:
+        tls = fed.ws[name] / "tls"
+        expired_identity(tls / "key.pem", tls / "cert.pem", name, mp)
+        federation = fed.federation()
+        federation.add(card_of(fed, name))
+        fed.save_federation(federation)
+        return run_guest(fed)
 
-def unknown_peer(fed: Fed, _mp) -> Callable:
-    edit_party(fed, "guest", id="mallory")
-    return run_guest(fed)
-
-
-def own_certificate_expired(fed: Fed, mp) -> Callable:
-    tls = fed.ws["guest"] / "tls"
-    expired_identity(tls / "key.pem", tls / "cert.pem", "guest", mp)
-    federation = fed.federation()
-    federation.add(card_of(fed, "guest"))  # pinned correctly: the only problem is the date
-    fed.save_federation(federation)
-    return run_guest(fed)
-
-
-def peer_certificate_expired(fed: Fed, mp) -> Callable:
-    tls = fed.ws["host"] / "tls"
-    expired_identity(tls / "key.pem", tls / "cert.pem", "host", mp)
-    federation = fed.federation()
-    federation.add(card_of(fed, "host"))
-    fed.save_federation(federation)
-    return run_guest(fed)
+    return setup
 
 
 def own_certificate_not_pinned(fed: Fed, _mp) -> Callable:
@@ -271,7 +208,7 @@ def output_dir_under_a_file(fed: Fed, _mp) -> Callable:
 @dataclass(frozen=True)
 class Case:
     name: str
-    setup: Callable[[Fed, pytest.MonkeyPatch], Callable[[], Any]]
+    setup: Setup
     error: type[VflError]
     match: str
 
@@ -279,31 +216,31 @@ class Case:
 LIBRARY = [
     Case("missing data file", missing_data_file, DataError, r"data file .*nowhere\.csv does not exist; check the path"),
     Case("data path is a directory", data_path_is_a_directory, DataError, r"data path .* is a directory"),
-    Case("wrong id column", wrong_id_column, DataError, r"has no column 'customer_id'; columns present: id, y, a, b"),
-    Case("wrong label column", wrong_label_column, DataError, r"has no column 'converted'"),
-    Case("empty CSV", empty_csv, DataError, r"empty\.csv is empty; it needs a header row"),
-    Case("header-only CSV", header_only_csv, DataError, r"header\.csv has no data rows"),
-    Case("ragged CSV", ragged_csv, DataError, r"ragged\.csv could not be read: .*Expected 3 fields"),
+    Case("wrong id column", guest_runs_after_edit(id_column="customer_id"), DataError, r"has no column 'customer_id'; columns present: id, y, a, b"),
+    Case("wrong label column", guest_runs_after_edit(label_column="converted"), DataError, r"has no column 'converted'"),
+    Case("empty CSV", guest_runs_file("empty.csv", b""), DataError, r"empty\.csv is empty; it needs a header row"),
+    Case("header-only CSV", guest_runs_file("header.csv", b"id,y,a,b\n"), DataError, r"header\.csv has no data rows"),
+    Case("ragged CSV", guest_runs_file("ragged.csv", b"id,y,a\nc1,1,0.5\nc2,0,0.1,9,9,9\n"), DataError, r"ragged\.csv could not be read: .*Expected 3 fields"),
     Case("corrupt Parquet", corrupt_parquet, DataError, r"guest\.parquet could not be read"),
     Case("unknown file extension", unknown_extension, DataError, r"has an unknown type '\.xlsx'; use \.csv or \.parquet"),
     Case("unknown extension (load_table)", load_unknown_extension, DataError, r"unknown type '\.json'"),
-    Case("offered column missing", offered_column_missing, DataError, r"has no column 'income'"),
-    Case("job: invalid TOML", job_invalid_toml, ConfigError, r"job file .*job\.toml is not valid TOML"),
-    Case("job: unknown section", job_unknown_section, ConfigError, r"unknown section\(s\) model; expected job, psi"),
-    Case("job: unknown train option", job_unknown_train_option, ConfigError, r"\[train\]: unknown job option\(s\) lerning_rate"),
-    Case("job: optimizer adagrad", job_bad_optimizer, ConfigError, r"\[train\]: job option optimizer must be one of sgd, momentum, adam, got 'adagrad'"),
-    Case("job: negative learning rate", job_negative_learning_rate, ConfigError, r"\[train\]: job option learning_rate must be a float in \(0, inf\), got -0\.1"),
+    Case("offered column missing", guest_runs_after_edit(columns=["a", "income"]), DataError, r"has no column 'income'"),
+    Case("job: invalid TOML", guest_runs_job('[job]\nid = "job-1"\nkind = train\n'), ConfigError, r"job file .*job\.toml is not valid TOML"),
+    Case("job: unknown section", guest_runs_job(job_text("[model]\nlayers = 3\n")), ConfigError, r"unknown section\(s\) model; expected job, psi"),
+    Case("job: unknown train option", guest_runs_job(job_text("[train]\nlerning_rate = 0.1\n")), ConfigError, r"\[train\]: unknown job option\(s\) lerning_rate"),
+    Case("job: optimizer adagrad", guest_runs_job(job_text('[train]\noptimizer = "adagrad"\n')), ConfigError, r"\[train\]: job option optimizer must be one of sgd, momentum, adam, got 'adagrad'"),
+    Case("job: negative learning rate", guest_runs_job(job_text("[train]\nlearning_rate = -0.1\n")), ConfigError, r"\[train\]: job option learning_rate must be a float in \(0, inf\), got -0\.1"),
     Case("job: learning rate is text", job_text_learning_rate, ConfigError, r"\[train\]: job option learning_rate must be a float in \(0, inf\), got 'fast'"),
-    Case("job: key_bits 1000", job_bad_key_bits, ConfigError, r"job option key_bits must be one of 1024, 2048, 3072, got 1000"),
-    Case("job: missing [job] kind", job_missing_kind, ConfigError, r"job\.toml \[job\]: missing key kind; it must be one of psi, train, predict"),
-    Case("job: unknown kind", job_unknown_kind, ConfigError, r"kind must be one of psi, train, predict(, [a-z-]+)*, got 'deep-learning'"),
-    Case("job: id escapes the output folder", job_id_escapes_output_dir, ConfigError, r"\[job\]: key id must be a folder name .*\(it names the job's output folder\), got '\.\./\.\./elsewhere'"),
-    Case("job: unknown PSI option", job_unknown_psi_option, ConfigError, r"\[psi\]: unknown PSI option\(s\) lowercase"),
+    Case("job: key_bits 1000", guest_runs_job(job_text("[train]\nkey_bits = 1000\n")), ConfigError, r"job option key_bits must be one of 1024, 2048, 3072, got 1000"),
+    Case("job: missing [job] kind", guest_runs_job('[job]\nid = "job-1"\n'), ConfigError, r"job\.toml \[job\]: missing key kind; it must be one of psi, train, predict"),
+    Case("job: unknown kind", guest_runs_job('[job]\nid = "job-1"\nkind = "deep-learning"\n'), ConfigError, r"kind must be one of psi, train, predict(, [a-z-]+)*, got 'deep-learning'"),
+    Case("job: id escapes the output folder", guest_runs_job('[job]\nid = "../../elsewhere"\nkind = "psi"\n'), ConfigError, r"\[job\]: key id must be a folder name .*\(it names the job's output folder\), got '\.\./\.\./elsewhere'"),
+    Case("job: unknown PSI option", guest_runs_job(job_text("[psi]\nlowercase = true\n")), ConfigError, r"\[psi\]: unknown PSI option\(s\) lowercase"),
     Case("missing federation file", missing_federation_file, ConfigError, r"federation file .*federation\.toml does not exist; create it with 'vfl federation add CARD\.\.\.'"),
-    Case("wrong role", wrong_role, ConfigError, r"party 'guest' is a host in party\.toml but a guest in the federation file"),
-    Case("unknown peer", unknown_peer, ConfigError, r"party 'mallory' is not in the federation \(known: guest, host, arbiter\); add its card"),
-    Case("own certificate expired", own_certificate_expired, KeyFileError, r"certificate .*cert\.pem for 'guest' expired on \d{4}-\d\d-\d\d; create a new identity"),
-    Case("peer certificate expired", peer_certificate_expired, KeyFileError, r"certificate of peer 'host' for 'host' expired on"),
+    Case("wrong role", guest_runs_after_edit(role="host", label_column=None), ConfigError, r"party 'guest' is a host in party\.toml but a guest in the federation file"),
+    Case("unknown peer", guest_runs_after_edit(id="mallory"), ConfigError, r"party 'mallory' is not in the federation \(known: guest, host, arbiter\); add its card"),
+    Case("own certificate expired", certificate_expired("guest"), KeyFileError, r"certificate .*cert\.pem for 'guest' expired on \d{4}-\d\d-\d\d; create a new identity"),
+    Case("peer certificate expired", certificate_expired("host"), KeyFileError, r"certificate of peer 'host' for 'host' expired on"),
     Case("own certificate not the pinned one", own_certificate_not_pinned, KeyFileError, r"pins sha256:\w+ for 'guest' but this workspace's certificate is sha256:\w+"),
     Case("peer certificate not the pinned one", peer_certificate_not_pinned, KeyFileError, r"peer 'host' has fingerprint sha256:\w+, but the federation pins sha256:\w+"),
     Case("port in use", port_in_use, TransportError, r"party 'guest' cannot listen on 127\.0\.0\.1:\d+ \(Address already in use\)"),

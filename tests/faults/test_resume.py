@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,12 +12,12 @@ import pandas as pd
 import pytest
 
 import vfl
+from tests.faults.helpers import saved_epoch, start_party
 from vfl import datasets
 from vfl.cli.demo import setup_demo
 from vfl.config import JobConfig
 from vfl.model import ModelShard
 
-ROOT = Path(__file__).resolve().parents[2]
 OPTIONS = {"key_bits": 1024, "max_epochs": 6, "batch_size": 128, "tol": 0.0}
 JOB = "resume-test"
 
@@ -38,21 +35,6 @@ def reference() -> dict[str, np.ndarray]:
     return reference_weights()
 
 
-def _start(workspace: Path, job: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "GRPC_VERBOSITY": "ERROR"}
-    command = [sys.executable, "-m", "vfl.cli", "run", str(job), "--party", str(workspace), "--quiet"]
-    with log.open("a") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-
-
-def _saved_epoch(workspace: Path) -> int:
-    try:
-        meta = json.loads((workspace / "out" / JOB / "state" / "state.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return -1
-    return max((c["epoch"] for c in meta["checkpoints"]), default=-1)
-
-
 def kill_and_resume(
     tmp_path: Path, workspaces: dict[str, Path], victim: str, reference: dict[str, np.ndarray]
 ) -> dict:
@@ -60,16 +42,16 @@ def kill_and_resume(
     check every party's model against ``reference``; returns the victim's ledger."""
     job = tmp_path / "job.toml"
     job.write_text(JobConfig(id=JOB, kind="train", train=OPTIONS).to_toml())
-    procs = {p: _start(ws, job, tmp_path / f"{p}.log") for p, ws in workspaces.items()}
+    procs = {p: start_party(ws, job, tmp_path / f"{p}.log") for p, ws in workspaces.items()}
     deadline = time.monotonic() + 120
-    while _saved_epoch(workspaces[victim]) < 2:
+    while saved_epoch(workspaces[victim], JOB) < 2:
         assert time.monotonic() < deadline, "training did not reach epoch 2"
         assert procs[victim].poll() is None, (tmp_path / f"{victim}.log").read_text()
         time.sleep(0.05)
     procs[victim].send_signal(signal.SIGKILL)
     procs[victim].wait()
     assert not (workspaces[victim] / "out" / JOB / "model.json").exists()
-    procs[victim] = _start(workspaces[victim], job, tmp_path / f"{victim}.log")
+    procs[victim] = start_party(workspaces[victim], job, tmp_path / f"{victim}.log")
     for party, proc in procs.items():
         assert proc.wait(timeout=240) == 0, (tmp_path / f"{party}.log").read_text()
     for party in ("guest", "host"):

@@ -7,31 +7,14 @@ import numpy as np
 
 from vfl.crypto import prepare_matrix
 from vfl.data import Whitening
-from vfl.options import TrainOptions
+from vfl.options import FAST_CONVERGENCE, TrainOptions
 
-SGD_L1_STEP = dict(
-    max_epochs=3,
-    batch_size=150,
-    tol=0.0,
-    optimizer="sgd",
-    learning_rate=0.3,
-    penalty="l1",
-    alpha=0.01,
-    schedule="step",
-    decay_epochs=1,
-    init="random",
-)
-MOMENTUM_L2_FULLBATCH = dict(
-    max_epochs=2,
-    batch_size=None,
-    tol=0.0,
-    optimizer="momentum",
-    learning_rate=0.2,
-    penalty="l2",
-    alpha=0.1,
-    schedule="inverse-time",
-    decay=0.3,
-)
+SGD_L1_STEP = dict(max_epochs=3, batch_size=150, tol=0.0, optimizer="sgd", learning_rate=0.3, penalty="l1",
+                   alpha=0.01, schedule="step", decay_epochs=1, init="random")  # fmt: skip
+MOMENTUM_L2_FULLBATCH = dict(max_epochs=2, batch_size=None, tol=0.0, optimizer="momentum", learning_rate=0.2,
+                             penalty="l2", alpha=0.1, schedule="inverse-time", decay=0.3)  # fmt: skip
+#: The fast-convergence profile (whitened, SGD, round averaging, two loss checks), two fixed passes.
+FAST_TWO_PASSES = {**FAST_CONVERGENCE, "max_epochs": 2, "batch_size": 128, "tol": 0.0}
 
 
 def training_blocks(result, frames, id_column="id", label="y"):

@@ -49,7 +49,7 @@ def credit(fate):
         dict(max_epochs=3, batch_size=128, tol=0.0),
         SGD_L1_STEP,
         MOMENTUM_L2_FULLBATCH,
-        dict(max_epochs=2, tol=0.0, batch_size=128),  # the defaults: whitened, averaged, two loss checks
+        dict(max_epochs=2, tol=0.0, batch_size=128),  # the defaults: round averaging, two loss checks
         dict(max_epochs=2, batch_size=128, tol=0.0, precondition="none", loss_checks=1, averaging="none"),
     ],
     ids=[

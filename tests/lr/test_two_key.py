@@ -9,14 +9,7 @@ import pandas as pd
 import pytest
 
 import vfl
-from tests.lr.helpers import (
-    MOMENTUM_L2_FULLBATCH,
-    SGD_L1_STEP,
-    declared,
-    decoded,
-    float_values,
-    training_blocks,
-)
+from tests.lr import helpers
 from tests.lr.reference import train_reference
 from vfl.crypto import PackedCiphertexts, decrypt_packed, generate_keypair, ints_from_arrow, mask_and_pack
 from vfl.crypto import encrypt as paillier_encrypt
@@ -93,13 +86,16 @@ def test_sum_of_parts_equals_the_plain_sum_and_refuses_an_altered_reply(keypairs
 
 OPTION_SETS = [
     dict(max_epochs=3, batch_size=128, tol=0.0, penalty="l2", alpha=0.01),
-    SGD_L1_STEP,
-    MOMENTUM_L2_FULLBATCH,
+    helpers.SGD_L1_STEP,
+    helpers.MOMENTUM_L2_FULLBATCH,
+    helpers.FAST_TWO_PASSES,
 ]
 
 
 @pytest.mark.parametrize("n_hosts", [1, 2])
-@pytest.mark.parametrize("options", OPTION_SETS, ids=["adam-l2", "sgd-l1-step", "momentum-fullbatch"])
+@pytest.mark.parametrize(
+    "options", OPTION_SETS, ids=["adam-l2", "sgd-l1-step", "momentum-fullbatch", "fast-profile"]
+)
 def test_arbiter_free_model_equals_the_reference_and_the_coordinated_model(
     breast, keypairs, options, n_hosts
 ):
@@ -107,10 +103,12 @@ def test_arbiter_free_model_equals_the_reference_and_the_coordinated_model(
     hosts = [host] if n_hosts == 1 else [host1, host2]
     run = dict(id="id", label="y", key_bits=1024, workers=1, **options)
     result = vfl.simulate(guest, hosts, topology="arbiter-free", keypairs=keypairs, **run)
-    blocks, y, names, _ = training_blocks(result, [guest, *hosts])
+    blocks, y, names, maps = helpers.training_blocks(result, [guest, *hosts])
     expected, losses = train_reference(blocks, y, TrainOptions(key_bits=1024, **options), names)
-    for name, w in zip(names, expected, strict=True):
-        np.testing.assert_allclose(result.shards[name].weight_vector, w, rtol=1e-6, atol=1e-9)
+    for name, w, whitening in zip(names, expected, maps, strict=True):
+        np.testing.assert_allclose(
+            result.shards[name].weight_vector, whitening.to_original(w), rtol=1e-6, atol=1e-9
+        )
     np.testing.assert_allclose(result.losses, losses, rtol=1e-4)
     assert result.epochs == options["max_epochs"] and "arbiter" not in result.ledgers
     coordinated = vfl.simulate(guest, hosts, keypair=keypairs["guest"], **run)
@@ -140,14 +138,14 @@ def test_every_plaintext_a_party_receives_is_its_own_result_or_uniformly_masked(
     result, _ = two_hosts
     bits = modulus_bits(1024)
     transcript = result.network.transcript
-    replies = [m for m in transcript if declared(m.tag) in ("lr2.unmasked", "lr2.loss-part")]
+    replies = [m for m in transcript if helpers.declared(m.tag) in ("lr2.unmasked", "lr2.loss-part")]
     assert {m.receiver for m in replies} == set(PARTIES)
     for m in replies:
         # With two hosts every party's parts are decrypted by two parties: each reply alone is uniform
         # mod 2^T, so no party ever holds one other party's gradient part (or one host's loss term).
         values = ints_from_arrow(decode_table(m.payload), kind=SLOTS)
         assert all(v.bit_length() > bits - 40 for v in values), f"{m.tag} from {m.sender} looks unmasked"
-    masked = [m for m in transcript if declared(m.tag) in ("lr2.masked", "lr2.loss-masked")]
+    masked = [m for m in transcript if helpers.declared(m.tag) in ("lr2.masked", "lr2.loss-masked")]
     assert {m.receiver for m in masked} == set(PARTIES)
     for m in masked:
         # What a key owner decrypts: every slot is value + bound + a uniform mask 80 bits wider than the bound.
@@ -160,7 +158,7 @@ def test_every_plaintext_a_party_receives_is_its_own_result_or_uniformly_masked(
 
 def test_no_raw_feature_label_weight_or_id_crosses_and_each_role_receives_exactly_this(two_hosts):
     result, frames = two_hosts
-    messages = decoded(result.network.transcript)
+    messages = helpers.decoded(result.network.transcript)
     secret_values = set()
     for frame in frames:
         values = frame.drop(columns=["id"]).to_numpy(float).ravel()
@@ -170,14 +168,16 @@ def test_no_raw_feature_label_weight_or_id_crosses_and_each_role_receives_exactl
     ids = list(frames[0]["id"])[:50]
     labels = frames[0]["y"].to_numpy()
     for message, table in messages:
-        assert not secret_values & set(float_values(table)), f"a raw value crossed in {message.tag}"
+        assert not secret_values & set(helpers.float_values(table)), f"a raw value crossed in {message.tag}"
         assert not any(raw.encode() in message.payload for raw in ids), f"raw id crossed in {message.tag}"
         for column in table.columns:
             if len(column) == len(labels) and column.type in ("int64", "int32", "bool", "double"):
                 assert not np.array_equal(column.to_numpy(), labels), f"labels crossed in {message.tag}"
-        if declared(message.tag) == "lr2.stop":
+        if helpers.declared(message.tag) == "lr2.stop":
             assert table.column_names == ["stop"], "a host must not learn the loss"
-    received = {party: {declared(m.tag) for m, _ in messages if m.receiver == party} for party in PARTIES}
+    received = {
+        party: {helpers.declared(m.tag) for m, _ in messages if m.receiver == party} for party in PARTIES
+    }
     training = {
         "session.public-key",
         "lr2.seed",
@@ -266,23 +266,19 @@ def test_a_peer_key_of_another_size_is_refused_naming_the_peer(keypairs):
     plan = lr_two_key.TwoKeyPlan("j", "guest", ("host1",), TrainOptions(key_bits=1024))
     guest = Session(network.channel("guest"), members, job_id="j")
     host = Session(network.channel("host1"), members, job_id="j")
-    party = lr_two_key._Party(
-        guest, plan, np.ones((200, 2)), intercept=True, workers=None, keypair=keypairs["guest"],
-        resume=None, on_epoch=None, interrupted=None,
-    )  # fmt: skip
+    party = lr_two_key.TwoKeyParty(guest, plan, np.ones((200, 2)), intercept=True, keypair=keypairs["guest"])
     big, _ = generate_keypair(2048)
     threading.Thread(target=lambda: host.hand_out_key(big, ["guest"], generation=0), daemon=True).start()
     with pytest.raises(
         ProtocolError, match="party 'host1' sent a 2048-bit public key, but the job uses key_bits = 1024"
     ):
-        party._new_generation(0)
+        party.new_generation(0)
     with pytest.raises(
         ConfigError, match="the key pair given to party 'host1' has 1024 bits.*key_bits = 2048"
     ):
-        lr_two_key._Party(
+        lr_two_key.TwoKeyParty(
             host, lr_two_key.TwoKeyPlan("j", "guest", ("host1",), TrainOptions()), np.ones((200, 2)),
-            intercept=False, workers=None, keypair=keypairs["host1"], resume=None, on_epoch=None,
-            interrupted=None,
+            intercept=False, keypair=keypairs["host1"],
         )  # fmt: skip
 
 
@@ -314,3 +310,29 @@ def test_a_host_on_an_older_protocol_version_is_refused_by_the_agreement(breast)
         roles[party] = lambda ctx=ctx: run_role("train", ctx)
     with pytest.raises(DisagreementError, match=r"train.protocol \(lr-two-key/1 here, lr-two-key/0 there\)"):
         run_parties(network, roles)
+
+
+@pytest.mark.slow
+def test_arbiter_free_rounds_check_the_loss_twice_per_pass_and_equal_the_reference(keypairs):
+    """With 10,000 training rows a pass is two rounds: the guest's loss per round, the round averages
+    and the schedule on passes are the coordinated topology's, so the model equals the reference."""
+    rng = np.random.default_rng(12)
+    n = 12500  # 10,000 training rows after the 20 % held out
+    x = rng.standard_normal((n, 6)) @ (np.eye(6) + 0.4)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(x @ rng.normal(size=6) * 0.4)))).astype(int)
+    ids = np.arange(n)
+    guest = pd.DataFrame({"id": ids, "y": y, **{f"g{i}": x[:, i] for i in range(3)}})
+    host = pd.DataFrame({"id": ids, **{f"h{i}": x[:, 3 + i] for i in range(3)}})
+    options = {**helpers.FAST_TWO_PASSES, "max_epochs": 1, "batch_size": 2500}
+    result = vfl.simulate(
+        guest, [host], id="id", label="y", key_bits=1024, workers=1, topology="arbiter-free",
+        keypairs=keypairs, **options,
+    )  # fmt: skip
+    blocks, labels, names, maps = helpers.training_blocks(result, [guest, host])
+    expected, losses = train_reference(blocks, labels, TrainOptions(key_bits=1024, **options), names)
+    assert result.epochs == 2 and len(result.losses) == 2
+    for name, w, whitening in zip(names, expected, maps, strict=True):
+        np.testing.assert_allclose(
+            result.shards[name].weight_vector, whitening.to_original(w), rtol=1e-6, atol=1e-9
+        )
+    np.testing.assert_allclose(result.losses, losses, rtol=1e-4)

@@ -32,6 +32,7 @@ def test_registry_names_and_unknown_kind() -> None:
         ("linear", [1.0, np.nan], "missing or infinite"),
         ("poisson", [0, -1, 2], "negative value"),
         ("poisson", [0, 1.5], "non-integer"),
+        ("poisson", [0, 0, 0], "all zero"),
     ],
 )
 def test_label_checks(kind: str, labels, message: str) -> None:

@@ -146,3 +146,38 @@ def test_poisson_guest_residual_under_encryption(keypair) -> None:
     expected = exposure * np.exp(u_g + u_h) - y
     np.testing.assert_allclose(decrypt(sk, d), expected, rtol=0, atol=1e-8 * np.max(np.abs(expected)))
     assert d.exponent == enc.exponent - 10
+
+
+@pytest.mark.parametrize(
+    "key_bits, k, groups, per",
+    [(1024, 4, 1, 4), (1024, 5, 2, 3), (1024, 16, 4, 4), (2048, 9, 1, 9), (2048, 16, 2, 8)],
+)
+def test_classes_beyond_one_ciphertext_split_evenly(key_bits, k, groups, per):
+    """ceil(K / floor((t + 1) / 2)) ciphertexts per row (the loss of c classes needs 2c - 1 slots)."""
+    from vfl.options import TrainOptions
+    from vfl.protocols.lr_multiclass import slot_layout
+
+    layout = slot_layout(TrainOptions(batch_size=512), 2000, k, key_bits)
+    assert (layout.groups, layout.per, layout.layout.k_classes) == (groups, per, groups * per)
+    assert (2 * per - 1) * layout.layout.slot_bits <= key_bits - 1
+    padded = layout.pad(np.ones((3, k)))
+    assert padded.shape == (3, groups * per) and not padded[:, k:].any()
+
+
+def test_poisson_chain_of_three_hosts_under_encryption(keypair) -> None:
+    """Host 1 encrypts exp(u_1), hosts 2 and 3 raise it to exp(u_k), the guest to exp(u_g): exp(z) - y."""
+    from vfl.models.poisson import guest_residual, times_exp
+
+    pk, sk = keypair
+    rng = np.random.default_rng(10)
+    u = rng.normal(size=(4, 20))  # guest, host 1, 2, 3
+    y = rng.poisson(2.0, 20)
+    running = encrypt(pk, np.exp(u[1]))
+    for k in (2, 3):
+        running = times_exp(running, u[k]).rerandomize()
+    d = guest_residual(running, u[0], y)
+    expected = np.exp(u.sum(axis=0)) - y
+    np.testing.assert_allclose(decrypt(sk, d), expected, rtol=0, atol=1e-8 * np.max(np.abs(expected)))
+    assert d.exponent == -8 - 3 * 10
+    with pytest.raises(CryptoError, match="too large"):
+        times_exp(running, np.full(20, 16.0))  # exp(16) 16^10 needs more than 62 bits

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tests.lr.reference import train_reference
+from vfl.errors import DataError
 from vfl.models.kinds import from_name
 from vfl.models.reference import (
     predict,
@@ -84,8 +86,12 @@ def test_poisson_gradient_step_by_hand() -> None:
     opts = TrainOptions(max_epochs=1, batch_size=None, optimizer="sgd", learning_rate=0.1, penalty="none")
     weights, losses = train_poisson_reference(blocks, y, opts, PARTIES)
     x = np.hstack(blocks)
-    np.testing.assert_allclose(np.concatenate(weights), -0.1 * x.T @ (1.0 - y) / 30, rtol=1e-13)
-    assert losses[0] == 1.0  # mean(exp(0) - y * 0)
+    b0 = np.log(y.mean())  # the intercept starts at the model without features; all else at 0
+    start = np.zeros(x.shape[1])
+    start[0] = b0
+    mu = np.exp(b0)
+    np.testing.assert_allclose(np.concatenate(weights), start - 0.1 * x.T @ (mu - y) / 30, rtol=1e-13)
+    assert losses[0] == pytest.approx(mu - y.mean() * b0, rel=1e-13)  # mean(exp(b0) - y b0)
 
 
 def test_ovr_reaches_the_taylor_optimum() -> None:
@@ -99,3 +105,21 @@ def test_ovr_reaches_the_taylor_optimum() -> None:
     s = 2.0 * np.eye(3)[y] - 1.0
     exact = np.linalg.lstsq(x, 2.0 * s, rcond=None)[0]
     np.testing.assert_allclose(np.vstack(weights), exact, atol=1e-4)
+
+
+def test_poisson_starts_from_the_model_without_features() -> None:
+    """The guest's intercept starts at log(sum y / sum exposure): with zero learning rate it stays there."""
+    from vfl.models.poisson import null_intercept
+    from vfl.models.reference import train_poisson_reference
+
+    rng = np.random.default_rng(3)
+    x = [np.column_stack([np.ones(50), rng.normal(size=50)]), rng.normal(size=(50, 2))]
+    y = rng.poisson(0.4, 50).astype(float)
+    exposure = rng.uniform(0.5, 2.0, 50)
+    opts = TrainOptions(model="poisson", optimizer="sgd", learning_rate=1e-12, batch_size=0, max_epochs=1,
+                        init="zeros", tol=0.0)  # fmt: skip
+    weights, _ = train_poisson_reference(x, y, opts, PARTIES, exposure=exposure)
+    assert weights[0][0] == pytest.approx(np.log(y.sum() / exposure.sum()), abs=1e-9)
+    assert null_intercept(y, np.log(exposure)) == pytest.approx(np.log(y.sum() / exposure.sum()))
+    with pytest.raises(DataError, match="all zero"):
+        null_intercept(np.zeros(5))

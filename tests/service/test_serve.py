@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from tests.service.serving import (
+    AUTO,
     Services,
     cli,
     job_file,
@@ -23,6 +26,7 @@ from tests.service.serving import (
     wait_state,
 )
 from vfl.model import ModelShard
+from vfl.service.store import JobStore
 
 
 def test_submit_approve_complete(tmp_path):
@@ -119,8 +123,9 @@ def test_a_proposal_from_an_unpinned_certificate_is_refused_and_recorded(tmp_pat
     from vfl.parties.service import members_of
     from vfl.protocols import service as control
     from vfl.protocols.session import Session
+    from vfl.service.store import JobStore
     from vfl.transport.rpc import SERVICE_JOB, RpcChannel
-    from vfl.transport.tls import create_identity, load_identity
+    from vfl.transport.tls import create_identity, fingerprint, load_identity
 
     fed = served_federation(tmp_path)
     federation = fed.federation()
@@ -128,24 +133,41 @@ def test_a_proposal_from_an_unpinned_certificate_is_refused_and_recorded(tmp_pat
     toml = job_file(fed, "x1", "psi").read_text()
     members = members_of(federation)
     with Services(fed, ("host",)):
-        # 1. a certificate nobody pinned, claiming to be the guest: the TLS handshake is refused
+        # 1. a certificate nobody pinned, claiming to be the guest: refused before any other work, recorded
         create_identity("guest", tmp_path / "evil.key", tmp_path / "evil.crt", hosts=["127.0.0.1"])
         evil = load_identity(tmp_path / "evil.key", tmp_path / "evil.crt", party_id="guest")
         channel = RpcChannel(evil, to_peers(federation), connect_deadline=2.0)
-        with channel, pytest.raises(TransportError, match="host"):
+        with channel, pytest.raises(TransportError, match="is not pinned by this party"):
             control.propose(Session(channel, members, job_id=SERVICE_JOB), "host", job="x1", kind="psi",
                             job_toml=toml, federation=digest)  # fmt: skip
-        # 2. the guest's TLS connection, but a proposal signed with a key nobody pinned: refused, logged
+        # 2. the guest's certificate, but a proposal signed with a key nobody pinned: refused, recorded
         real = load_party_identity(PartyConfig.load(fed.ws["guest"]))
         forged = dataclasses.replace(real, private_key=ec.generate_private_key(ec.SECP256R1()))
         channel = RpcChannel(forged, to_peers(federation))
         with channel, pytest.raises(TransportError, match="not signed by the key pinned for 'guest'"):
             control.propose(Session(channel, members, job_id=SERVICE_JOB), "host", job="x1", kind="psi",
                             job_toml=toml, federation=digest)  # fmt: skip
+        with JobStore.for_workspace(fed.ws["host"]) as store:
+            second, first = store.refused_calls()[:2]
+        assert (first.claimed, first.fingerprint) == ("guest", fingerprint(evil.certificate))
+        assert first.tag.startswith("service/") and first.tag.endswith("/propose")
+        assert "is not pinned" in first.reason
+        assert (second.claimed, second.fingerprint) == ("guest", real.fingerprint)
+        assert "not signed by the key pinned" in second.reason
         log = (fed.ws["host"] / "logs" / "vfl.log").read_text()
-        assert "refused a call claimed from 'guest'" in log and "not signed by the key pinned" in log
+        assert "refused a call claimed from 'guest' (service/" in log and fingerprint(evil.certificate) in log
+        shown = cli("jobs", "refused", "--party", str(fed.ws["host"]))
+        assert shown.returncode == 0 and fingerprint(evil.certificate)[:20] in shown.stdout, shown.stderr
         listed = vfl("jobs", "list", "--party", str(fed.ws["host"]))
         assert "x1" not in listed.stdout  # no job was recorded from either
+
+
+def wait_epoch(fed, job: str, epoch: int, submit: subprocess.Popen, log: Path) -> None:
+    """Wait until the host has saved ``epoch`` epochs of ``job`` (while ``vfl submit`` still runs)."""
+    deadline = time.monotonic() + 120
+    while saved_epoch(fed, "host", job) < epoch:
+        assert time.monotonic() < deadline and submit.poll() is None, log.read_text()
+        time.sleep(0.05)
 
 
 @pytest.mark.slow
@@ -157,12 +179,7 @@ def test_cancel_stops_the_job_everywhere_and_leaves_no_outputs(tmp_path, cancell
         submit = start_vfl(
             "submit", str(job), "--party", str(fed.ws["guest"]), "-q", log=tmp_path / "submit.log"
         )
-        deadline = time.monotonic() + 120
-        while saved_epoch(fed, "host", "long") < 1:
-            assert time.monotonic() < deadline and submit.poll() is None, (
-                tmp_path / "submit.log"
-            ).read_text()
-            time.sleep(0.1)
+        wait_epoch(fed, "long", 1, submit, tmp_path / "submit.log")
         result = cli("jobs", "cancel", "long", "--party", str(fed.ws[canceller]))
         assert result.returncode == 0, result.stderr
         assert submit.wait(timeout=60) != 0
@@ -185,12 +202,7 @@ def test_a_killed_serving_host_resumes_the_job_to_the_same_model(tmp_path):
         assert ref.returncode == 0, ref.stderr
         submit = start_vfl("submit", str(job_file(fed, "k1", train=options)), "--party", str(fed.ws["guest"]),
                            "-q", log=tmp_path / "submit.log")  # fmt: skip
-        deadline = time.monotonic() + 120
-        while saved_epoch(fed, "host", "k1") < 2:
-            assert time.monotonic() < deadline and submit.poll() is None, (
-                tmp_path / "submit.log"
-            ).read_text()
-            time.sleep(0.05)
+        wait_epoch(fed, "k1", 2, submit, tmp_path / "submit.log")
         services.kill("host")  # the service and its worker, as a crash would
         assert not (fed.ws["host"] / "out" / "k1" / "model.json").exists()
         services.start("host")
@@ -210,7 +222,7 @@ def test_scoring_new_ids_through_the_services_equals_vfl_predict(tmp_path):
     guest = pd.read_csv(fed.base / "data" / "guest.csv")
     new = guest.sample(40, random_state=3)
     (fed.base / "ids.csv").write_text(new[["id"]].to_csv(index=False))  # ids only: columns from guest data
-    with Services(fed, ("host", "arbiter")):
+    with Services(fed, ("guest", "host", "arbiter")):  # the guest serves too: its own roles beside it
         assert (
             vfl(
                 "submit",
@@ -241,3 +253,52 @@ def test_scoring_new_ids_through_the_services_equals_vfl_predict(tmp_path):
     np.testing.assert_allclose(
         served["score"].to_numpy(), direct.loc[served.index, "score"].to_numpy(), rtol=1e-9
     )
+
+
+def test_a_serving_guest_takes_a_hosts_proposal_submits_itself_and_rows_caps_hold(tmp_path):
+    """The guest serves too: a host proposes to it; its own 'vfl submit' runs beside its service; the
+    host's rows cap counts the intersection of the completed job and refuses the next one."""
+    fed = served_federation(
+        tmp_path, policies={"host": AUTO + '[[caps.guest]]\nperiod = "day"\nrows = 150\n'}
+    )
+    (fed.ws["guest"] / "policy.toml").write_text(AUTO)
+    with Services(fed, ("guest", "host")):
+        by_host = cli("submit", str(job_file(fed, "h1", "psi")), "--party", str(fed.ws["host"]), "-q")
+        assert by_host.returncode == 0, by_host.stderr
+        wait_state(fed, "guest", "h1", "completed")
+        with JobStore.for_workspace(fed.ws["guest"]) as store:
+            assert store.get("h1").proposer == "host" and store.get("h1").rows == 120  # its intersection
+        by_guest = cli("submit", str(job_file(fed, "g1", "psi")), "--party", str(fed.ws["guest"]), "-q")
+        assert by_guest.returncode == 0, by_guest.stderr
+        wait_state(fed, "host", "g1", "completed")
+        with JobStore.for_workspace(fed.ws["host"]) as store:
+            assert store.get("g1").rows == 120  # charged the intersection, not the bound
+        over = cli("submit", str(job_file(fed, "g2", "psi")), "--party", str(fed.ws["guest"]), "-q")
+        assert over.returncode != 0
+        lines = [line for line in over.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "refused by policy rule [caps.guest] rows" in lines[0], over.stderr
+        assert "has used 120 of 150 this day" in lines[0]
+        assert state(fed, "host", "g2") == "refused" and state(fed, "guest", "g2") == "refused"
+
+
+def test_the_federation_check_tells_a_service_that_does_not_pin_us(tmp_path):
+    """The service's TLS accepts any caller; its refusal of our certificate shows in the check."""
+    from tests.faults.helpers import card_of
+    from vfl.transport.tls import create_identity
+
+    fed = served_federation(tmp_path)
+    with Services(fed, ("host",)):
+        guest = fed.ws["guest"]
+        create_identity("guest", guest / "tls" / "key.pem", guest / "tls" / "cert.pem", hosts=["127.0.0.1"],
+                        overwrite=True)  # fmt: skip
+        mine = fed.federation("guest")
+        mine.add(card_of(fed, "guest"))  # the guest pins its new certificate, the host still the old one
+        fed.save_federation(mine, "guest")
+        check = cli("federation", "check", "--party", str(guest), "--timeout", "3")
+        assert check.returncode != 0
+        host_row = next(line for line in check.stdout.split("party services", 1)[1].splitlines()
+                        if line.strip().startswith("host"))  # fmt: skip
+        assert "does not pin us" in host_row
+        assert "- host:" in check.stdout and "is not pinned by this party" in check.stdout
+        with JobStore.for_workspace(fed.ws["host"]) as store:
+            assert store.refused_calls()[0].fingerprint == card_of(fed, "guest").fingerprint

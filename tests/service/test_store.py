@@ -310,13 +310,18 @@ def _workers(db: Path, modes: list[str], n: int) -> list[str]:
     return outs
 
 
-def test_processes_racing_for_the_same_jobs_never_both_win(tmp_path: Path) -> None:
+def _proposed(tmp_path: Path, n: int, then: str) -> tuple[Path, int]:
+    """A store with ``n`` proposed jobs ``race-<i>``, each then approved or queued (``then``)."""
     db = tmp_path / "jobs.db"
-    n = 40
     with JobStore(db) as jobs:
         for i in range(n):
             jobs.propose(f"race-{i}", "train", "bank")
-            jobs.approve(f"race-{i}")
+            getattr(jobs, then)(f"race-{i}")
+    return db, n
+
+
+def test_processes_racing_for_the_same_jobs_never_both_win(tmp_path: Path) -> None:
+    db, n = _proposed(tmp_path, 40, "approve")
     outs = _workers(db, ["race"] * 3, n)
     wins = [line.split()[1] for out in outs for line in out.splitlines() if line.startswith("won")]
     assert sorted(wins, key=int) == [str(i) for i in range(n)]  # each job started exactly once
@@ -328,12 +333,7 @@ def test_processes_racing_for_the_same_jobs_never_both_win(tmp_path: Path) -> No
 
 def test_approve_and_refuse_of_the_same_job_from_two_processes(tmp_path: Path) -> None:
     """Mutually exclusive transitions: per job exactly one process wins, and the record says which."""
-    db = tmp_path / "jobs.db"
-    n = 40
-    with JobStore(db) as jobs:
-        for i in range(n):
-            jobs.propose(f"race-{i}", "train", "bank")
-            jobs.queue(f"race-{i}")
+    db, n = _proposed(tmp_path, 40, "queue")
     approve, refuse = _workers(db, ["approve", "refuse"], n)
     won = {
         name: {int(line.split()[1]) for line in out.splitlines() if line.startswith("won")}
@@ -403,3 +403,22 @@ def test_sqlite_failures_become_store_errors(tmp_path: Path) -> None:
         finally:
             jobs._db.execute("ROLLBACK")
         assert other.propose("j", "psi", "bank").state == "proposed"
+
+
+def test_refused_calls_are_kept_newest_first_and_bounded(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(st, "REFUSED_CALLS_KEPT", 3)
+    with JobStore(tmp_path / "jobs.db") as jobs:
+        for i in range(5):
+            jobs.record_refused_call("guest", f"service/{i}/propose", f"sha256:{i}", "not pinned")
+        calls = jobs.refused_calls()
+    assert [c.fingerprint for c in calls] == ["sha256:4", "sha256:3", "sha256:2"]
+    assert calls[0].claimed == "guest" and calls[0].reason == "not pinned"
+
+
+def test_rows_are_recorded_per_job(tmp_path: Path) -> None:
+    with JobStore(tmp_path / "jobs.db") as jobs:
+        jobs.propose("r1", "psi", "bank")
+        assert jobs.get("r1").rows is None
+        assert jobs.set_rows("r1", 120).rows == 120
+        with pytest.raises(st.UnknownJobError):
+            jobs.set_rows("nope", 1)

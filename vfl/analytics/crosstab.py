@@ -6,21 +6,25 @@ The host owns the Paillier key. All numbers travel as *signed integers in slots*
   declared categories; no segment columns = one cell); a **guest cell** likewise for the guest's;
 * a count slot holds 0 or 1 per row; a metric slot holds ``q = round(clip(x, lo, hi) * 2^f)``
   (``f = fraction_bits``), signed;
-* slot ``j`` of a block sits at bit ``S * j`` of the plaintext ``P = sum_j v_j 2^(S j)`` (encrypted as
-  ``P mod n``), ``t = floor((n_bits - 2) / S)`` slots per block.
+* the slots of a block sit one after the other from bit 0, each as wide as its kind needs (count
+  slots ``slot_bits``, host-metric slots ``metric_bits``), in a plaintext ``P`` encrypted as ``P mod n``.
 
-**Slot width.** With ``R`` the most rows the layout admits and ``T_m`` the noise limit of measure ``m``
-(:func:`vfl.analytics.dp.noise_limit`: one share exceeds it with probability < 2^-64), a slot must hold
-``|v| <= R * Q_m + 2 T_m`` after the fold and both noise shares, where ``Q_count = 1`` and ``Q_m =
-max(|lo|, |hi|) 2^f``. ``S = bitlen(max_m (R Q_m + 2 T_m)) + 2`` (a sign bit and one bit of margin), so
-every slot value stays in ``(-2^(S-1), 2^(S-1))`` and the packed total ``|P| < 2^(S t - 1) <= 2^(n_bits -
-3) < n/2``: it decrypts to a unique signed integer, and the balanced digits of ``P`` in base ``2^S``
-(taken from the lowest slot up, carrying the borrow of each negative digit) are exactly the slot values.
-Sums of plaintexts are sums of slot vectors, so no slot ever overflows into a neighbour.
+**Slot width.** With ``R`` the most rows folded (the intersection size) and ``T_m`` the noise limit of
+measure ``m`` (:func:`vfl.analytics.dp.noise_limit`: one share exceeds it with probability < 2^-64), a
+slot must hold ``|v| <= R * Q_m + 2 T_m`` after the fold and both noise shares, where ``Q_count = 1``
+and ``Q_m = max(|lo|, |hi|) 2^f``; a width is ``bitlen(that) + 2`` (a sign bit and one bit of margin),
+per kind (:func:`vfl.analytics.layout.slot_widths`: a count slot also holds the guest metrics' sums).
+Every slot value stays in ``(-2^(w-1), 2^(w-1))`` and the packed total below ``2^(n_bits - 3) < n/2``:
+it decrypts to a unique signed integer whose balanced digits (lowest slot first, carrying the borrow of
+each negative digit) are exactly the slot values. Sums of plaintexts are sums of slot vectors, so no
+slot ever overflows into a neighbour.
 
-**Blocks.** Count slots come first; if the guest has metrics of its own, count slots get blocks of their
-own (the guest raises them to its metric values), otherwise host-metric slots follow in the same
-block. Most layouts are one block, i.e. one ciphertext per row.
+**Blocks.** Count slots come first. Without guest metrics, host-metric slots follow in the same block.
+With guest metrics, if counts and host metrics fit one plaintext with the host-metric slots sized for
+the products ``R Q_g Q_h`` (plus a 64-bit mask), they share one **mixed** block (one ciphertext per row)
+and the guest-metric accumulators are **truncated**: masked so that the host's decryption is uniform
+in their count bits and statistically hidden above (:func:`seal`), and the host returns the count bits
+alone (:func:`respond`); otherwise count slots get blocks of their own.
 
 **Flow** (``[[.]]`` under the host's key; see the report/DESIGN.md for the message table)::
 
@@ -30,8 +34,9 @@ block. Most layouts are one block, i.e. one ciphertext per row.
     host:  reply = respond(sk, sealed, layout) # decrypt (uniform), + host noise share           -> guest
     guest: table = decode(state, reply)        # - mask: value + both shares; then table.release(k)
 
-Guest-metric sums by (guest cell, host cell) are ``prod_i [[P_i]]^(q_i)`` over the count blocks (one
-short exponentiation per row and metric; negative ``q_i`` are gathered apart and inverted once).
+Guest-metric sums by (guest cell, host cell) are ``prod_i [[P_i]]^(q_i)`` over the count blocks (a bucket
+multi-exponentiation per guest cell, :mod:`vfl.analytics.rows`; negative ``q_i`` are gathered apart and
+inverted once).
 """
 
 from __future__ import annotations

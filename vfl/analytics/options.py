@@ -7,7 +7,7 @@ noise or the threshold off: ``k`` is at least 2 and ``epsilon`` must be a positi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from vfl.analytics.dp import (
@@ -62,16 +62,8 @@ class AudienceJobOptions(OptionsTable):
 
     @property
     def mechanism(self) -> AudienceOptions:
-        return AudienceOptions(
-            epsilon=self.epsilon,
-            k=self.k,
-            segments=self.segments,
-            metrics=self.metrics,
-            bounds=self.bounds,
-            max_categories=self.max_categories,
-            split=self.split,
-            fraction_bits=self.fraction_bits,
-        )
+        # Every option of the mechanism is a job option of the same name (the job adds key_bits).
+        return AudienceOptions(**{f.name: getattr(self, f.name) for f in fields(AudienceOptions)})
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.mechanism.to_dict(), "key_bits": self.key_bits}

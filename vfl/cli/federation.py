@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from vfl.cli.params import file_option, option
 from vfl.config import Federation
 from vfl.errors import ConfigError, TransportError, VflError
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from vfl.transport.flight import PeerStatus
 
 DEFAULT_FILE = Path("federation.toml")
+NOT_PINNED = "is not pinned by this party"  # a service's refusal of a caller's certificate (transport/rpc.py)
 
 federation_app = typer.Typer(
     no_args_is_help=True,
@@ -58,22 +60,11 @@ def add(
         typer.Argument(metavar="CARD", help="Card files (card.toml) made by 'vfl init'.", show_default=False),
     ],
     file: Annotated[
-        Path | None,
-        typer.Option(
-            "--file",
-            "-f",
-            metavar="FILE",
-            help="Federation file to create or update (default: ./federation.toml).",
-        ),
+        Path | None, file_option("Federation file to create or update (default: ./federation.toml).")
     ] = None,
     party: Annotated[
         Path | None,
-        typer.Option(
-            "--party",
-            "-p",
-            metavar="DIR",
-            help="Update DIR/federation.toml, the file 'vfl run --party DIR' reads.",
-        ),
+        option("--party,-p", "DIR", "Update DIR/federation.toml, the file 'vfl run --party DIR' reads."),
     ] = None,
 ) -> None:
     """Add partners' cards to the federation file (a card with the same id replaces the old one)."""
@@ -94,9 +85,7 @@ def add(
 
 
 def show(
-    file: Annotated[
-        Path, typer.Option("--file", "-f", metavar="FILE", help="Federation file to show.")
-    ] = DEFAULT_FILE,
+    file: Annotated[Path, file_option("Federation file to show.")] = DEFAULT_FILE,
 ) -> None:
     """Show the parties of a federation file."""
     from vfl.cli import stdout
@@ -127,26 +116,8 @@ def _verdict(status: PeerStatus, pinned: str) -> Text:
 
 
 def check(
-    party_dir: Annotated[
-        Path,
-        typer.Option(
-            "--party",
-            "-p",
-            metavar="DIR",
-            help="This party's workspace (made by 'vfl init').",
-            show_default=False,
-        ),
-    ],
-    file: Annotated[
-        Path | None,
-        typer.Option(
-            "--file",
-            "-f",
-            metavar="FILE",
-            help="Federation file (default: DIR/federation.toml).",
-            show_default=False,
-        ),
-    ] = None,
+    party_dir: Annotated[Path, option("--party,-p", "DIR", "This party's workspace (made by 'vfl init').")],
+    file: Annotated[Path | None, file_option("Federation file (default: DIR/federation.toml).")] = None,
     timeout: Annotated[
         float, typer.Option("--timeout", min=0.1, metavar="SECONDS", help="Seconds to wait for each peer.")
     ] = 3.0,
@@ -207,10 +178,12 @@ def check(
         for peer, report in services.items():
             served.add_row(escape(peer), *_service_cells(report))
         out.print(served)
-    for status in statuses:
-        if not status.ok:
-            out.print(Text(f"- {status.party_id}: {status.problem}", style="red"), soft_wrap=True)
-    failed = [s.party_id for s in statuses if not s.ok]
+    problems = {s.party_id: s.problem for s in statuses if not s.ok}
+    # a service checks our pin itself (its TLS does not), so only its answer tells that it does not pin us
+    problems.update({p: r for p, r in services.items() if isinstance(r, str) and NOT_PINNED in r})
+    for peer, problem in problems.items():
+        out.print(Text(f"- {peer}: {problem}", style="red"), soft_wrap=True)
+    failed = list(problems)
     if failed:
         raise TransportError(
             f"{len(failed)} of {len(statuses)} peer(s) failed the check: {', '.join(failed)} (see the table above)"
@@ -234,6 +207,8 @@ def _service_reports(party_dir: Path, peers: list[str], timeout: float) -> dict[
 def _service_cells(report: object) -> tuple[Text, Text]:
     if report is None:
         return Text("-", style="dim"), Text("-", style="dim")
+    if isinstance(report, str) and NOT_PINNED in report:
+        return Text("does not pin us", style="red"), Text("-", style="dim")
     if isinstance(report, str):
         word = "not serving" if "not serving" in report or "did not answer" in report else "error"
         return Text(word, style="dim"), Text("-", style="dim")

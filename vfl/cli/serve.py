@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from vfl.cli.jobs import FederationOption, PartyOption, ProgressDisplay, _summary_table
+from vfl.cli.params import option
 from vfl.errors import ConfigError
 
 jobs_app = typer.Typer(
@@ -43,19 +44,17 @@ def serve(
     party: PartyOption,
     federation: FederationOption = None,
     job_ports: Annotated[
-        str | None,
-        typer.Option(
-            "--job-ports", metavar="START-END", help="Ports for job inboxes (default: any free port)."
-        ),
+        str | None, option("--job-ports", "START-END", "Ports for job inboxes (default: any free).")
     ] = None,
     health_port: Annotated[
-        int | None,
-        typer.Option("--health-port", metavar="PORT", help="Serve GET /health on 127.0.0.1:PORT (0: any)."),
+        int | None, option("--health-port", "PORT", "Serve GET /health on 127.0.0.1:PORT (0: any).")
     ] = None,
     grace: Annotated[
-        float,
-        typer.Option("--grace", metavar="SECONDS", help="On SIGTERM, let running jobs finish this long."),
+        float, option("--grace", "SECONDS", "On SIGTERM, let running jobs finish this long.")
     ] = 30.0,
+    models: Annotated[
+        int, option("--models", "N", "Trained models kept loaded for scoring (0: none).", min=0)
+    ] = 4,
 ) -> None:
     """Run this party as a service: accept jobs from pinned partners under its policy, until SIGTERM."""
     from vfl.cli import stderr
@@ -67,6 +66,7 @@ def serve(
         job_ports=_job_ports(job_ports),
         health_port=health_port,
         grace=grace,
+        models_kept=models,
     )
     stderr().print(
         f"serving party '{service.party.id}' ({service.party.role}) on {service.party.listen}; "
@@ -213,6 +213,22 @@ def jobs_cancel(party: PartyOption, job_id: Annotated[str, typer.Argument(metava
         stdout().print(f"{peer}: {state}", soft_wrap=True)
 
 
+def jobs_refused(
+    party: PartyOption, limit: Annotated[int, typer.Option("--lines", "-n", min=1)] = 20
+) -> None:
+    """Control calls the service refused before any other work (unpinned certificate, forged signature)."""
+    from vfl.cli import stdout
+
+    with _store(party) as store:
+        calls = store.refused_calls(limit)
+    table = Table(title=f"refused calls at {party} (newest first)", title_justify="left")
+    for col in ("when", "claimed sender", "call", "certificate", "reason"):
+        table.add_column(col, overflow="fold")
+    for c in calls:
+        table.add_row(_when(c.at), c.claimed, c.tag, c.fingerprint or "(none)", c.reason)
+    stdout().print(table)
+
+
 def jobs_logs(
     party: PartyOption,
     job_id: Annotated[str, typer.Argument(metavar="ID")],
@@ -236,4 +252,5 @@ def register(app: typer.Typer) -> None:
     jobs_app.command("approve")(jobs_approve)
     jobs_app.command("cancel")(jobs_cancel)
     jobs_app.command("logs")(jobs_logs)
+    jobs_app.command("refused")(jobs_refused)
     app.add_typer(jobs_app, name="jobs")

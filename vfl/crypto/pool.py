@@ -103,7 +103,36 @@ def _pid_alive(pid: int) -> bool:
     return fields is None or fields[0] not in (b"Z", b"X")
 
 
-class WorkerPool:
+class Chunked:
+    """``should_split`` and ``map_chunks`` of a backend with ``workers``, ``min_items``, ``_closed`` and
+    ``submit`` (the local :class:`WorkerPool` and ``vfl.compute.DaskBackend`` share them)."""
+
+    workers: int
+    min_items: int
+    _closed: bool
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Any:
+        raise NotImplementedError
+
+    def should_split(self, items: int, weight: float = 1.0) -> bool:
+        """True if ``items`` units of ``weight`` (1.0 ~ one encryption, ~1 ms) are worth splitting.
+
+        Splitting pays once every worker gets at least ``min_items`` weighted units.
+        """
+        return not self._closed and self.workers > 1 and items * weight >= 2 * self.min_items
+
+    def map_chunks(
+        self,
+        fn: Callable[..., list[T]],
+        items: Sequence[Any],
+        args: tuple[Any, ...] = (),
+        chunks: int | None = None,
+    ) -> list[T]:
+        """``fn(chunk, *args)`` over contiguous chunks of ``items`` on the workers, results concatenated in order."""
+        return map_chunks(self.submit, chunks or self.workers, fn, items, args)
+
+
+class WorkerPool(Chunked):
     """A lazily started process pool of ``workers`` processes (default ``os.cpu_count()``).
 
     ``workers=1`` (or 0) means: do everything in the calling process.
@@ -137,26 +166,9 @@ class WorkerPool:
             log.debug("started %d crypto workers (%s)", self.workers, self.start_method)
         return self._executor
 
-    def should_split(self, items: int, weight: float = 1.0) -> bool:
-        """True if ``items`` units of ``weight`` (1.0 ~ one encryption, ~1 ms) are worth splitting.
-
-        Splitting pays once every worker gets at least ``min_items`` weighted units.
-        """
-        return not self._closed and self.workers > 1 and items * weight >= 2 * self.min_items
-
     def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
         """Run ``fn(*args)`` on a worker."""
         return self.executor.submit(fn, *args)
-
-    def map_chunks(
-        self,
-        fn: Callable[..., list[T]],
-        items: Sequence[Any],
-        args: tuple[Any, ...] = (),
-        chunks: int | None = None,
-    ) -> list[T]:
-        """``fn(chunk, *args)`` over contiguous chunks of ``items`` on the workers, results concatenated in order."""
-        return map_chunks(self.submit, chunks or self.workers, fn, items, args)
 
     def warm_up(self, key: PublicKey | PrivateKey) -> None:
         """Start the workers and build the key's fixed-base table in each (best effort, ~0.3 s).

@@ -314,6 +314,8 @@ class Poisson(ModelKind):
                 f"poisson targets are counts, but row {pos} holds the non-integer value {arr[pos]}; "
                 "use linear for continuous targets"
             )
+        if arr.size and not np.any(arr > 0):
+            raise DataError("poisson targets are all zero: there is no rate to fit; check the label column")
         return Labels(arr)
 
     def link(self, z: np.ndarray, exposure: Any = None) -> np.ndarray:

@@ -85,15 +85,9 @@ class SlotLayout:
 
     @classmethod
     def for_problem(
-        cls,
-        k_classes: int,
-        n_rows: int,
-        x_bound: int,
-        residual_bound: float,
-        key_bits: int,
-        mask_bits: int = MIN_MASK_BITS,
-        frac_bits: int = DEFAULT_FRAC_BITS,
-    ) -> SlotLayout:
+        cls, k_classes: int, n_rows: int, x_bound: int, residual_bound: float, key_bits: int,
+        mask_bits: int = MIN_MASK_BITS, frac_bits: int = DEFAULT_FRAC_BITS,
+    ) -> SlotLayout:  # fmt: skip
         """The layout for ``k_classes`` residuals ``|D| <= residual_bound`` over at most ``n_rows`` rows
         of quantized columns ``|q| <= x_bound`` under a ``key_bits`` key and ``mask_bits`` masks."""
         if k_classes < 1 or n_rows < 1:

@@ -1,7 +1,7 @@
 """Plain numpy trainers of the federated algorithms on the joined data: what the protocols must equal.
 
-They see all parties' columns in one place, which the federation never does. Each follows
-``tests/lr/reference.py`` exactly: one :class:`~vfl.optim.ShardOptimizer` per party block (block 0 is
+They see all parties' columns in one place, which the federation never does. Each runs the same
+loop: one :class:`~vfl.optim.ShardOptimizer` per party block (block 0 is
 the guest's and starts with the intercept column, which is not penalized), the seeded mini-batches of
 :func:`~vfl.optim.epoch_batches`, the epoch loss as the row-weighted mean of the batch losses at the
 weights *before* each step, and :class:`~vfl.optim.EarlyStopping` on that loss. A federated run with
@@ -9,8 +9,10 @@ the same options must reproduce the weights to 1e-6 (up to the fixed-point encod
 
 * :func:`train_ovr_reference` -- one-vs-rest multi-class LR on the Taylor loss: K weight vectors per
   block, all updated on every batch; the gradient of class ``k`` is ``X^T (z_k/4 - s_k/2) / m``.
+* :func:`train_binary_reference` -- binary Taylor-loss LR (DESIGN.md §6), gradient ``X^T (z/4 - s/2) / m``.
 * :func:`train_linear_reference` -- linear regression, gradient ``X^T (z - y) / m`` (exact quadratic loss).
-* :func:`train_poisson_reference` -- Poisson regression, gradient ``X^T (exp(z + offset) - y) / m``.
+* :func:`train_poisson_reference` -- Poisson regression, gradient ``X^T (exp(z + offset) - y) / m``, the
+  guest's intercept starting at ``log(sum y / sum exposure)`` (:func:`~vfl.models.poisson.null_intercept`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from vfl.models.kinds import KINDS, one_hot
+from vfl.models.poisson import null_intercept
 from vfl.optim import (
     EarlyStopping,
     IterateAverage,
@@ -71,14 +74,29 @@ def _train_single(
     options: TrainOptions,
     parties: Sequence[str],
     residual_and_loss: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]],
+    intercept_start: float = 0.0,
 ) -> tuple[Weights, list[float]]:
     weights = [initial_weights(b.shape[1], options, p) for b, p in zip(blocks, parties, strict=True)]
+    weights[0][0] += intercept_start  # block 0 starts with the guest's intercept column
     optimizers = [ShardOptimizer(options, b.shape[1], 0 if i == 0 else None) for i, b in enumerate(blocks)]
 
     def update(i: int, w: np.ndarray, grad: np.ndarray, at: float) -> np.ndarray:
         return optimizers[i].update(w, grad, at)
 
     return _train(blocks, n, options, weights, update, residual_and_loss)
+
+
+def train_binary_reference(
+    blocks: Sequence[np.ndarray], labels: np.ndarray, options: TrainOptions, parties: Sequence[str]
+) -> tuple[Weights, list[float]]:
+    """Weights per block and epoch losses (the Taylor loss ``log 2 - s z / 2 + z^2 / 8``) of binary LR."""
+    s = 2.0 * np.asarray(labels, dtype=np.float64) - 1.0
+
+    def step(z: np.ndarray, batch: np.ndarray) -> tuple[np.ndarray, float]:
+        sb = s[batch]
+        return (z - 2.0 * sb) / 4.0, float(len(batch) * np.log(2.0) - sb @ z / 2.0 + z @ z / 8.0)
+
+    return _train_single(blocks, len(s), options, parties, step)
 
 
 def train_linear_reference(
@@ -110,7 +128,7 @@ def train_poisson_reference(
         mu = np.exp(eta)
         return mu - y[batch], float(np.sum(mu - y[batch] * eta))
 
-    return _train_single(blocks, len(y), options, parties, step)
+    return _train_single(blocks, len(y), options, parties, step, null_intercept(y, offset))
 
 
 def train_ovr_reference(

@@ -185,6 +185,10 @@ def prepare_ids(
     normalized = pa.chunked_array(chunks, type=pa.string())
     if n == 0:
         return PreparedIds(np.empty(0, dtype=np.int64), normalized, 0, 0)
+    distinct = pc.count_distinct(normalized).as_py()  # one Arrow hash pass; no per-row mask when all differ
+    pa.default_memory_pool().release_unused()  # the hash table's memory: back to the system, not kept
+    if distinct == n:
+        return PreparedIds(np.arange(n, dtype=np.int64), normalized, n, 0)
     duplicated = pd.Series(pd.arrays.ArrowExtensionArray(normalized)).duplicated(keep="first").to_numpy()
     n_dup = int(duplicated.sum())
     if n_dup and dedupe == "error":

@@ -21,10 +21,11 @@ columns = { train = ["age", "income"] }   # overrides [columns] for this partner
 train = ["age", "income", "tenure"]
 predict = "*"                   # every offered column
 
-[[caps.retailer]]               # audience privacy-budget caps: parsed and exposed (Policy.caps),
-period = "month"                # enforced by the service's budget accounting, not here
-epsilon = 3.0
-jobs = 10
+[[caps.retailer]]               # caps per period: parsed here (Policy.caps), enforced by the
+period = "month"                # service when a proposal arrives (parties/service_proposals.py)
+epsilon = 3.0                   # epsilon summed over the period's jobs
+jobs = 10                       # jobs proposed in the period
+rows = 100000                   # rows of ours the period's jobs may use (each: its intersection)
 ```
 
 With no policy at all (no file, no ``[policy]`` table): only the parties of the federation file
@@ -86,7 +87,12 @@ class Decision:
 
 @dataclass(frozen=True)
 class Cap:
-    """An audience privacy-budget cap for one partner over one period (None: no limit on that)."""
+    """An audience privacy-budget cap for one partner over one period (None: no limit on that).
+
+    ``delta``: every vfl release is pure epsilon-DP (two-sided geometric noise, DESIGN.md §13), so a
+    job spends delta 0 and a delta cap never refuses one; it is read so that a policy written for
+    (epsilon, delta) mechanisms stays valid here.
+    """
 
     partner: str
     period: str
@@ -295,14 +301,18 @@ def _table(raw: Mapping[str, Any], key: str, where: str, prefix: str) -> dict[st
     return value
 
 
-def _kinds(value: Any, where: str, name: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(k, str) for k in value):
-        raise ConfigError(f"{where} [{name}]: 'kinds' must be a list of job kinds, got {value!r}")
-    unknown = [k for k in value if k not in JOB_KINDS]
+def _choices(value: Any, kind: type, choices: Iterable[Any], where: str, name: str, key: str) -> tuple:
+    """``value`` as a tuple of distinct items of ``kind``, each one of ``choices`` (else one-line errors)."""
+    choices = tuple(choices)
+    what = {"kinds": "job kinds", "key_bits": "key sizes"}[key]
+    if not isinstance(value, list) or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+        raise ConfigError(f"{where} [{name}]: '{key}' must be a list of {what}, got {value!r}")
+    unknown = [v for v in value if v not in choices]
     if unknown:
+        listed = ", ".join(map(repr if kind is str else str, unknown))
         raise ConfigError(
-            f"{where} [{name}]: kinds: unknown job kind(s) {', '.join(map(repr, unknown))} "
-            f"(known: {', '.join(JOB_KINDS)})"
+            f"{where} [{name}]: {key}: {listed} is not one of the {what} vfl knows "
+            f"({', '.join(map(str, choices))})"
         )
     return tuple(dict.fromkeys(value))
 
@@ -324,18 +334,6 @@ def _approval(value: Any, where: str, name: str) -> dict[str, str]:
                 f'"manual" or "auto", got {mode!r}'
             )
     return dict(table)
-
-
-def _key_bits(value: Any, where: str, name: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(isinstance(b, int) and not isinstance(b, bool) for b in value):
-        raise ConfigError(f"{where} [{name}]: 'key_bits' must be a list of key sizes, got {value!r}")
-    unknown = [b for b in value if b not in KEY_BITS]
-    if unknown:
-        raise ConfigError(
-            f"{where} [{name}]: key_bits: {', '.join(map(str, unknown))} is not a key size vfl supports "
-            f"({', '.join(map(str, KEY_BITS))})"
-        )
-    return tuple(dict.fromkeys(value))
 
 
 def _columns(table: Any, where: str, name: str) -> dict[str, tuple[str, ...] | None]:
@@ -362,11 +360,11 @@ def _rules(table: Mapping[str, Any], known: tuple[str, ...], where: str, name: s
     _no_unknown(table, known, where, name)
     values: dict[str, Any] = {}
     if "kinds" in table:
-        values["kinds"] = _kinds(table["kinds"], where, name)
+        values["kinds"] = _choices(table["kinds"], str, JOB_KINDS, where, name, "kinds")
     if "approval" in table:
         values["approval"] = _approval(table["approval"], where, name)
     if "key_bits" in table:
-        values["key_bits"] = _key_bits(table["key_bits"], where, name)
+        values["key_bits"] = _choices(table["key_bits"], int, KEY_BITS, where, name, "key_bits")
     if "columns" in table:
         values["columns"] = _columns(table["columns"], where, f"{name}.columns")
     source = {rule: f"[{name}]" for rule in values}

@@ -73,7 +73,8 @@ TRANSITIONS: dict[str, tuple[frozenset[str], str]] = {
 
 RESUMABLE_KINDS = ("train",)
 DEFAULT_FILE = "jobs.db"  # in the party's workspace (JobStore.for_workspace)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+REFUSED_CALLS_KEPT = 1000  # refused control calls kept (newest)
 
 # MIGRATIONS[v] takes a database from version v to v + 1 (version 0: empty file).
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -97,26 +98,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX jobs_state ON jobs (state)",
     ),
+    (
+        # the rows of ours a job may use (its bound when accepted; the intersection once it completed)
+        "ALTER TABLE jobs ADD COLUMN rows INTEGER",
+        # control calls refused before any other work (unpinned certificate, bad signature)
+        """CREATE TABLE refused_calls (
+            at REAL NOT NULL,
+            claimed TEXT NOT NULL,
+            tag TEXT NOT NULL,
+            fingerprint TEXT NOT NULL,
+            reason TEXT NOT NULL
+        )""",
+    ),
 )
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
+# fmt: off
 _COLUMN_NAMES = (
-    "id",
-    "kind",
-    "state",
-    "proposer",
-    "options_digest",
-    "job_toml",
-    "created",
-    "updated",
-    "started",
-    "ended",
-    "outcome",
-    "outputs",
-    "pid",
-    "pid_token",
-    "resume",
+    "id", "kind", "state", "proposer", "options_digest", "job_toml", "created", "updated", "started",
+    "ended", "outcome", "outputs", "pid", "pid_token", "resume", "rows",
 )
+# fmt: on
 _COLUMNS = ", ".join(_COLUMN_NAMES)
 
 
@@ -155,6 +157,7 @@ class JobRecord:
     pid: int | None = None  # the worker process while running (kept when cancelled: stop it)
     resume: bool = False  # running, but its worker died: start a new one that resumes
     pid_token: str | None = None  # identifies the worker process beyond its pid (reuse)
+    rows: int | None = None  # rows of ours it may use (bound at acceptance), or used (once completed)
 
     @property
     def final(self) -> bool:
@@ -166,6 +169,17 @@ class JobRecord:
         values["outputs"] = tuple(json.loads(values["outputs"]))
         values["resume"] = bool(values["resume"])
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class RefusedCall:
+    """A control call the service refused before reading it: claimed sender, certificate, reason."""
+
+    at: float
+    claimed: str
+    tag: str
+    fingerprint: str
+    reason: str
 
 
 def _boot_id() -> str:
@@ -317,6 +331,35 @@ class JobStore:
                     f"SELECT {_COLUMNS} FROM jobs WHERE state IN ({marks}) ORDER BY created, id", wanted
                 ).fetchall()
         return [JobRecord._from_row(r) for r in rows]
+
+    def refused_calls(self, limit: int = 100) -> list[RefusedCall]:
+        """The most recent control calls refused before any other work, newest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT at, claimed, tag, fingerprint, reason FROM refused_calls ORDER BY rowid DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [RefusedCall(*row) for row in rows]
+
+    def record_refused_call(self, claimed: str, tag: str, fingerprint: str, reason: str) -> None:
+        """Keep a refused control call (who it claimed to be, the certificate it presented, why)."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO refused_calls (at, claimed, tag, fingerprint, reason) VALUES (?, ?, ?, ?, ?)",
+                (time.time(), claimed, tag, fingerprint, reason),
+            )
+            # anyone may knock: keep the most recent REFUSED_CALLS_KEPT, so callers cannot grow the file
+            db.execute(
+                "DELETE FROM refused_calls WHERE rowid <= (SELECT max(rowid) FROM refused_calls) - ?",
+                (REFUSED_CALLS_KEPT,),
+            )
+
+    def set_rows(self, job_id: str, rows: int) -> JobRecord:
+        """The rows of ours the job may use (or, once it completed, used)."""
+        with self._write() as db:
+            self._get(db, job_id)
+            db.execute("UPDATE jobs SET rows = ? WHERE id = ?", (int(rows), job_id))
+            return self._get(db, job_id)
 
     # -- transitions ------------------------------------------------------------------------
 

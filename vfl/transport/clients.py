@@ -19,6 +19,22 @@ from vfl.transport.envelope import CHUNK_SCHEMA, chunk_batches
 from vfl.transport.tls import PartyIdentity, party_dns_name
 
 
+class PeerSet:
+    """A set of peer ids that the channel's threads add to and ask about."""
+
+    def __init__(self) -> None:
+        self._peers: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, peer: str) -> None:
+        with self._lock:
+            self._peers.add(peer)
+
+    def has(self, peer: str) -> bool:
+        with self._lock:
+            return peer in self._peers
+
+
 class PeerClients:
     """Flight clients of party ``identity`` to its peers at ``addresses``, each trusting only its pinned PEM."""
 
@@ -37,8 +53,8 @@ class PeerClients:
         self._call_timeout = call_timeout
         self._chunk_bytes = chunk_bytes
         self._clients: dict[str, flight.FlightClient] = {}
-        self._answered: set[str] = set()
-        self._heard: set[str] = set()
+        self._answered = PeerSet()
+        self._heard = PeerSet()
         self._lock = threading.Lock()
         self._closed = False
 
@@ -96,18 +112,14 @@ class PeerClients:
 
     def has_answered(self, to: str) -> bool:
         """Whether ``to`` answered a ``put`` of ours at least once (its first contact is over)."""
-        with self._lock:
-            return to in self._answered
+        return self._answered.has(to)
 
     def answered(self, to: str) -> None:
-        with self._lock:
-            self._answered.add(to)
+        self._answered.add(to)
 
     def has_reached_us(self, frm: str) -> bool:
         """Whether a message of ``frm`` reached our inbox (then both sides pin each other)."""
-        with self._lock:
-            return frm in self._heard
+        return self._heard.has(frm)
 
     def reached_us(self, frm: str) -> None:
-        with self._lock:
-            self._heard.add(frm)
+        self._heard.add(frm)

@@ -4,13 +4,17 @@ A job's messages go one way (``do_put`` into the receiver's inbox, ``flight.py``
 control messages (propose a job, start it, cancel it, ask its state) want an answer at once, and
 the asking party may have no inbox of its own running (a guest that submits a job). So a control
 message is one ``do_action``: the request and the answer each carry a signed envelope
-(``envelope.py``) for the reserved job id ``SERVICE_JOB``, checked exactly as a job message is
-(pinned sender, TLS identity, signature, receiver, size, SHA-256 of the bytes).
+(``envelope.py``) for the reserved job id ``SERVICE_JOB``, checked as a job message is (pinned
+sender, its certificate, signature, receiver, size, SHA-256 of the bytes).
 
-* ``RpcServer``: the service's Flight server on the party's address. It trusts exactly the pinned
-  peer certificates, verifies every request, hands ``(sender, tag, payload)`` to its handler and
-  signs the handler's answer. Refused requests are kept (``rejections``) and passed to
-  ``on_reject`` so the service can record them.
+* ``RpcServer``: the service's Flight server on the party's address. TLS authenticates the server
+  only; the caller's certificate travels in the request, and before any other work the server
+  checks that its fingerprint is pinned, that it is the claimed sender's and that the request is
+  signed with its key. A refused request (an unpinned certificate, a forged signature) is kept
+  (``rejections``, with the certificate's fingerprint) and passed to ``on_reject`` so the service
+  can record it: a TLS layer that refused the handshake would leave nothing to record. (Flight
+  offers no "request a client certificate but do not verify it" mode, so the pin is checked here;
+  the per-job data channel of ``flight.py`` stays pinned at the TLS layer.)
 * ``RpcChannel``: a ``Channel`` for the asking side: ``send`` makes the call and files the answer,
   ``recv`` takes it (it never waits: the answer came with the call). Protocols speak through it
   with a ``Session`` like over any channel.
@@ -24,6 +28,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.flight as flight
@@ -35,10 +40,9 @@ from vfl.transport.address import format_address, parse_address
 from vfl.transport.channel import Channel
 from vfl.transport.clients import PeerClients
 from vfl.transport.envelope import MiB, check_envelope, seal, unseal
-from vfl.transport.mailbox import Rejection
 from vfl.transport.peers import Peer
 from vfl.transport.probe import REFUSED, IdentityFiles, cannot_listen, first_line, probe_peer, server_reason
-from vfl.transport.tls import PartyIdentity, fingerprint, party_dns_name
+from vfl.transport.tls import PartyIdentity, fingerprint, fingerprint_der, party_dns_name
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,17 @@ ACTION = "vfl.message"
 MAX_CONTROL_BYTES = 16 * MiB
 
 Handler = Callable[[str, str, bytes], tuple[str, bytes]]  # (sender, tag, payload) -> (answer tag, payload)
+
+
+@dataclass(frozen=True)
+class CallRejection:
+    """A control call refused before any other work: who it claimed to be, the certificate it showed."""
+
+    claimed_sender: str
+    tag: str
+    reason: str
+    at: float
+    fingerprint: str  # "sha256:<hex>" of the certificate the caller presented ("" if it showed none)
 
 
 def frame(command: bytes, payload: bytes) -> bytes:
@@ -70,20 +85,39 @@ def _verify(
     command, payload = unframe(body)
     env, signed, signature = unseal(command)
     check_envelope(
-        env,
-        signed,
-        signature,
-        tls_identity,
-        me=me,
-        job_id=SERVICE_JOB,
-        certificates=certificates,
+        env, signed, signature, tls_identity, me=me, job_id=SERVICE_JOB, certificates=certificates,
         max_bytes=MAX_CONTROL_BYTES,
-    )
+    )  # fmt: skip
     if len(payload) != env.size or hashlib.sha256(payload).hexdigest() != env.sha256:
         raise IntegrityError(
             f"message '{env.tag}' from '{env.sender}' does not match its signed size and SHA-256"
         )
     return env.sender, env.tag, payload
+
+
+def pinned_owner(presented: bytes, certificates: dict[str, x509.Certificate]) -> str:
+    """The party whose pinned certificate is ``presented`` (DER), or ``IntegrityError`` naming its fingerprint."""
+    if not presented:
+        raise IntegrityError("the caller presented no certificate")
+    shown = fingerprint_der(presented)
+    for party, cert in certificates.items():
+        if fingerprint(cert) == shown:
+            return party
+    raise IntegrityError(f"the caller's certificate {shown} is not pinned by this party")
+
+
+def _claimed(body: bytes) -> tuple[str, str]:
+    """Who a refused request claimed to come from, and its tag (``?`` where unreadable)."""
+    with contextlib.suppress(Exception):
+        env = unseal(unframe(unframe(body)[1])[0])[0]
+        return _printable(env.sender), _printable(env.tag)
+    return "?", "?"
+
+
+def _printable(text: object, limit: int = 120) -> str:
+    """A caller's claim as one short printable line (it goes into our log and store as it came)."""
+    line = "".join(c if c.isprintable() else "?" for c in str(text))
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _pinned(
@@ -113,34 +147,27 @@ class RpcServer(flight.FlightServerBase):
         listen: str,
         handler: Handler,
         *,
-        on_reject: Callable[[Rejection], None] | None = None,
+        on_reject: Callable[[CallRejection], None] | None = None,
     ) -> None:
         self.identity = identity
         self._peers, self._certs = _pinned(identity, peers)
         self._handler = handler
         self._on_reject = on_reject
-        self._rejections: list[Rejection] = []
+        self._rejections: list[CallRejection] = []
         host, port = parse_address(listen, f"the listen address of '{identity.party_id}'")
-        root = b"".join(c.public_bytes(Encoding.PEM) for c in self._certs.values())
-        try:
-            super().__init__(
-                f"grpc+tls://{format_address(host, port)}",
-                tls_certificates=[(identity.cert_pem, identity.key_pem)],
-                verify_client=True,
-                root_certificates=root,
-            )
+        where = format_address(host, port)
+        try:  # the pin is checked per call (do_action), so that a refusal can be recorded
+            super().__init__(f"grpc+tls://{where}", tls_certificates=[(identity.cert_pem, identity.key_pem)])
         except (pa.ArrowException, OSError) as exc:
-            raise TransportError(
-                cannot_listen(identity.party_id, format_address(host, port), first_line(exc))
-            ) from exc
+            raise TransportError(cannot_listen(identity.party_id, where, first_line(exc))) from exc
         self.address = format_address(host, self.port)
 
     @property
-    def rejections(self) -> list[Rejection]:
+    def rejections(self) -> list[CallRejection]:
         return list(self._rejections)
 
-    def _reject(self, sender: str, tag: str, reason: str) -> None:
-        rejection = Rejection(sender, tag, reason, time.time())
+    def _reject(self, sender: str, tag: str, reason: str, shown: str) -> None:
+        rejection = CallRejection(sender, tag, reason, time.time(), shown)
         self._rejections = [*self._rejections[-99:], rejection]
         log.warning("refused a control message '%s' claimed from '%s': %s", tag, sender, reason)
         if self._on_reject is not None:
@@ -151,16 +178,17 @@ class RpcServer(flight.FlightServerBase):
         if action.type != ACTION:
             raise flight.FlightServerError(f"unknown action {action.type!r}")
         body = action.body.to_pybytes()
+        shown = ""
         try:
+            presented, request = unframe(body)
+            shown = fingerprint_der(presented) if presented else ""
+            owner = pinned_owner(presented, self._certs)  # before anything else is read
             sender, tag, payload = _verify(
-                body, context.peer_identity(), me=self.identity.party_id, certificates=self._certs
+                request, party_dns_name(owner).encode(), me=self.identity.party_id, certificates=self._certs
             )
         except IntegrityError as exc:
-            claimed, tag = "?", "?"
-            with contextlib.suppress(Exception):
-                env = unseal(unframe(body)[0])[0]
-                claimed, tag = env.sender, env.tag
-            self._reject(claimed, tag, str(exc))
+            claimed, tag = _claimed(body)
+            self._reject(claimed, tag, str(exc), shown)
             raise flight.FlightUnauthorizedError(REFUSED + str(exc)) from None
         try:
             answer_tag, answer = self._handler(sender, tag, payload)
@@ -211,16 +239,16 @@ class RpcChannel(Channel):
         return self._peer(party_id).address
 
     def _peer(self, party_id: str) -> Peer:
-        peer = self._peers.get(party_id)
-        if peer is None:
+        if party_id not in self._peers:
             raise ConfigError(f"unknown peer '{party_id}'; the federation of '{self.party}' has {self.peers}")
-        return peer
+        return self._peers[party_id]
 
     def _send_bytes(self, to: str, tag: str, payload: bytes) -> None:
         peer = self._peer(to)
         where = f"party '{to}' at {peer.address}"
         command = seal(self.identity, SERVICE_JOB, to, tag, payload)
-        action = flight.Action(ACTION, frame(command, payload))
+        der = self.identity.certificate.public_bytes(Encoding.DER)
+        action = flight.Action(ACTION, frame(der, frame(command, payload)))  # our certificate, then the call
         options = flight.FlightCallOptions(timeout=self._call_timeout)
         deadline = time.monotonic() + self._connect_deadline
         delay = 0.1
@@ -264,16 +292,12 @@ class RpcChannel(Channel):
 
     def _diagnose(self, to: str, exc: BaseException) -> str:
         peer = self._peer(to)
+        pinned, mine = fingerprint(self._certs[to]), self.identity.fingerprint
         try:
             status = probe_peer(
-                me=self.party,
-                my_fingerprint=self.identity.fingerprint,
-                files=self._files,
-                party_id=to,
-                address=peer.address,
-                pinned=fingerprint(self._certs[to]),
-                timeout=self._probe_timeout,
-            )
+                me=self.party, my_fingerprint=mine, files=self._files, party_id=to, address=peer.address,
+                pinned=pinned, timeout=self._probe_timeout,
+            )  # fmt: skip
         except Exception:  # noqa: BLE001 - the diagnosis must not hide the failure
             return first_line(exc)
         if status.problem:
@@ -317,4 +341,4 @@ class AnswerChannel(Channel):
         self.answer = (tag, payload)
 
 
-__all__ = ["ACTION", "SERVICE_JOB", "AnswerChannel", "RpcChannel", "RpcServer"]
+__all__ = ["ACTION", "SERVICE_JOB", "AnswerChannel", "CallRejection", "RpcChannel", "RpcServer"]
