@@ -44,9 +44,9 @@ def column_summaries(
     """The :class:`ColumnSummary` of each of ``columns`` of ``source``, in one streamed pass."""
     total = {name: ColumnSummary() for name in columns}
     for batch in iter_batches(source, list(columns), batch_rows=batch_rows):
-        frame = _to_pandas(pa.Table.from_batches([batch]))
-        for name in columns:
-            total[name] = merge(total[name], summarize(frame[name]))
+        for i, name in enumerate(columns):  # one column of one batch at a time
+            column = _to_pandas(pa.table({name: batch.column(i)}))[name]
+            total[name] = merge(total[name], summarize(column))
     return total
 
 
@@ -79,7 +79,10 @@ class StreamedTable:
         )
         if not batches:
             raise DataError(f"data file {self.source} has no data rows")
-        return _to_pandas(pa.Table.from_batches(batches))
+        frame = _to_pandas(pa.Table.from_batches(batches))
+        del batches
+        pa.default_memory_pool().release_unused()
+        return frame
 
     def check(self, features: Sequence[str], what: str) -> None:
         """``vfl.data.check_columns`` of ``features``, from one streamed pass (done once per list)."""
@@ -88,6 +91,7 @@ class StreamedTable:
             summaries = column_summaries(self.source, features, batch_rows=self.batch_rows)
             problems = [column_problem(n, summaries[n], MAX_CATEGORIES) for n in features]
             self.checked[key] = "; ".join(p for p in problems if p)
+            pa.default_memory_pool().release_unused()
         report_problems([self.checked[key]] if self.checked[key] else [], what)
 
     def aligned(self, frame: pd.DataFrame, rows: np.ndarray, features: Sequence[str]) -> pd.DataFrame:
@@ -95,4 +99,5 @@ class StreamedTable:
         kept = frame.iloc[rows].reset_index(drop=True)
         extra = [c for c in features if c not in kept.columns]
         taken = take_rows(self.source, np.asarray(rows), extra, batch_rows=self.batch_rows)
-        return pd.concat([kept, taken], axis=1)
+        pa.default_memory_pool().release_unused()  # the decoded batches: keep only the aligned rows
+        return pd.concat([kept, taken], axis=1, copy=False)
