@@ -100,4 +100,4 @@ class StreamedTable:
         extra = [c for c in features if c not in kept.columns]
         taken = take_rows(self.source, np.asarray(rows), extra, batch_rows=self.batch_rows)
         pa.default_memory_pool().release_unused()  # the decoded batches: keep only the aligned rows
-        return pd.concat([kept, taken], axis=1, copy=False)
+        return pd.concat([kept, taken], axis=1)

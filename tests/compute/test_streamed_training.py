@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.faults.helpers import FAST, Fed, guest_frame, host_frame, make_federation
-from vfl.config import Federation, JobConfig
+from vfl.config import Federation, JobConfig, PartyConfig
 from vfl.data import check_columns
-from vfl.errors import DataError
+from vfl.errors import ConfigError, DataError
 from vfl.parties.runner import _load_data, build_job, run_party
 from vfl.streamed_table import StreamedTable, column_summaries
 
@@ -146,3 +146,15 @@ def test_column_summaries_match_check_columns(tmp_path: Path) -> None:
     with pytest.raises(DataError) as streamed:
         table.check(["x", "k", "z"], "w")
     assert str(streamed.value) == str(expected.value)
+
+
+def test_stream_settings_in_party_toml(tmp_path: Path) -> None:
+    fed = make_federation(tmp_path / "fed")
+    _stream(fed, "host", stream_bytes=1000, batch_rows=500)
+    party = fed.party("host")
+    assert (party.stream_bytes, party.batch_rows) == (1000, 500)
+    assert fed.party("guest").stream_bytes == 256 * 1024 * 1024  # the documented default
+    toml = fed.ws["host"] / "party.toml"
+    toml.write_text(toml.read_text().replace("batch_rows = 500", "batch_rows = 0"))
+    with pytest.raises(ConfigError, match=r"\[compute\]: batch_rows must be >= 1, got 0"):
+        PartyConfig.load(fed.ws["host"])
