@@ -96,16 +96,25 @@ def check_guest_data(
     *,
     model: str = "binary-lr",
     exposure: str | None = None,
+    streamed: Any = None,
 ) -> list[str]:
-    """Everything about the guest's data that can be checked before any peer is contacted."""
-    require_columns(data, [id_column, label, *([exposure] if exposure else [])], what="the guest's data")
-    features = [c for c in feature_columns(data, id_column, label, columns) if c != exposure]
+    """Everything about the guest's data that can be checked before any peer is contacted.
+
+    With ``streamed`` (a ``StreamedTable``: ``data`` holds the id, label and exposure only) the
+    feature columns are checked in one streamed pass of the file, the same checks and errors.
+    """
+    header = streamed.header() if streamed is not None else data
+    require_columns(header, [id_column, label, *([exposure] if exposure else [])], what="the guest's data")
+    features = [c for c in feature_columns(header, id_column, label, columns) if c != exposure]
     if not features:
         raise DataError("the guest's data has no feature columns besides the id, the label and the exposure")
     target_values(data[label], label, positive, model)
     if exposure is not None:
         exposures(data[exposure], exposure)
-    check_columns(data[features], what="the guest's data")
+    if streamed is not None:
+        streamed.check(features, what="the guest's data")
+    else:
+        check_columns(data[features], what="the guest's data")
     return features
 
 
@@ -154,13 +163,14 @@ def train(ctx: RoleContext) -> GuestOutcome:
     session, job, data, id_column, label = ctx.session, ctx.job, ctx.data, ctx.id_column, ctx.label
     columns, positive, output_dir, workers = ctx.columns, ctx.positive, ctx.output_dir, ctx.workers
     progress, source, keypair = ctx.progress, ctx.source, ctx.keypair
+    streamed = ctx.streamed
     assert data is not None and label is not None
     o = job.options
     training = session.guard(lambda: trainer(job))
     binary = o.model == "binary-lr"
     features = session.guard(
         lambda: check_guest_data(
-            data, id_column, label, columns, positive, model=o.model, exposure=o.exposure
+            data, id_column, label, columns, positive, model=o.model, exposure=o.exposure, streamed=streamed
         )
     )
     positive_label = positive_class(data[label], column=label, positive=positive) if binary else ""
@@ -178,7 +188,10 @@ def train(ctx: RoleContext) -> GuestOutcome:
         progress("psi", 1, 1, f"{info['size']} shared rows")
 
     def prepare() -> tuple:
-        aligned = data.iloc[rows].reset_index(drop=True)
+        if streamed is not None:  # a large file: only the aligned rows are read, in the shared order
+            aligned = streamed.aligned(data, rows, features)
+        else:
+            aligned = data.iloc[rows].reset_index(drop=True)
         labels = target_values(aligned[label], label, positive_label or None, o.model)
         if o.model in ("binary-lr", "multiclass-lr"):  # classifiers: stratified by the class
             train_rows, held_rows = split_rows(labels, o.test_size, o.seed)

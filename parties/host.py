@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,11 +51,21 @@ class HostOutcome:
     outputs: dict[str, Path] = field(default_factory=dict)
 
 
-def check_host_data(data: pd.DataFrame, party: str, id_column: str, columns: list[str] | None) -> list[str]:
-    """Everything about a host's data that can be checked before any peer is contacted."""
-    require_columns(data, [id_column], what=f"host '{party}' data")
-    features = feature_columns(data, id_column, None, columns)
-    check_columns(data[features], what=f"host '{party}' data")
+def check_host_data(
+    data: pd.DataFrame, party: str, id_column: str, columns: list[str] | None, *, streamed: Any = None
+) -> list[str]:
+    """Everything about a host's data that can be checked before any peer is contacted.
+
+    With ``streamed`` (a ``StreamedTable``: ``data`` holds the id only) the columns are checked in
+    one streamed pass of the file, the same checks and errors.
+    """
+    header = streamed.header() if streamed is not None else data
+    require_columns(header, [id_column], what=f"host '{party}' data")
+    features = feature_columns(header, id_column, None, columns)
+    if streamed is not None:
+        streamed.check(features, what=f"host '{party}' data")
+    else:
+        check_columns(data[features], what=f"host '{party}' data")
     return features
 
 
@@ -71,7 +82,10 @@ def train(ctx: RoleContext) -> HostOutcome:
     output_dir, workers, progress, keypair = ctx.output_dir, ctx.workers, ctx.progress, ctx.keypair
     assert data is not None
     o = job.options
-    features = session.guard(lambda: check_host_data(data, session.party, id_column, columns))
+    streamed = ctx.streamed
+    features = session.guard(
+        lambda: check_host_data(data, session.party, id_column, columns, streamed=streamed)
+    )
     training = trainer(job)
     store, start = start_training(
         session, job, data[id_column], output_dir, resumable=ctx.resumable, coordinator=training.coordinator
@@ -88,7 +102,13 @@ def train(ctx: RoleContext) -> HostOutcome:
         log.info("resuming job %s: alignment of %d rows loaded from %s", job.id, len(rows), store.directory)
     if progress:
         progress("psi", 1, 1, f"{info['size']} shared rows")
-    aligned = data.iloc[rows].reset_index(drop=True)
+    aligned = session.guard(
+        lambda: (
+            streamed.aligned(data, rows, features)
+            if streamed is not None
+            else data.iloc[rows].reset_index(drop=True)
+        )
+    )
     train_rows = np.setdiff1d(np.arange(len(aligned)), held_rows)
     scaler, matrix, names = session.guard(
         lambda: prepare_features(aligned, features, train_rows, o, intercept=False)

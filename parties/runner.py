@@ -34,6 +34,7 @@ from vfl.psi.ids import prepare_ids
 from vfl.psi.options import PsiOptions
 from vfl.segmentation.model import MODEL_FILE, SegmentModel
 from vfl.service.models import ModelCache
+from vfl.streamed_table import StreamedTable, should_stream
 from vfl.streaming import read_ids
 from vfl.transport.flight import FlightSettings
 
@@ -85,22 +86,37 @@ def build_job(config: JobConfig, federation: Federation) -> Job:
     )
 
 
-def _load_data(party: PartyConfig, job: Job, data: Path | None, *, with_label: bool) -> pd.DataFrame:
-    """Load and check this party's data before any peer is contacted: columns, ids, labels."""
+def _load_data(
+    party: PartyConfig, job: Job, data: Path | None, *, with_label: bool
+) -> tuple[pd.DataFrame, StreamedTable | None]:
+    """Load and check this party's data before any peer is contacted: columns, ids, labels.
+
+    A training job on a file of at least ``[compute] stream_bytes`` loads only the id (and the
+    guest's label and exposure) and checks its feature columns in one streamed pass; its
+    ``StreamedTable`` reads the aligned rows after the PSI.
+    """
     source = data or party.data
     if source is None:
         raise ConfigError(
             f"party '{party.id}' has no data; set [data] path in {party.workspace / 'party.toml'}"
         )
-    # A PSI job reads only the ids, streamed in batches: memory bounded by the ids, not the table.
-    frame = (
-        read_ids(source, party.id_column)
-        if job.kind == "psi"
-        else load_table(source, id_column=party.id_column)
+    streamed = (
+        StreamedTable.open(source, party.id_column, batch_rows=party.batch_rows)
+        if job.kind == "train" and should_stream(source, party.stream_bytes)
+        else None
     )
-    require_columns(frame, [party.id_column], what=f"data file {source}")
+    # A PSI job reads only the ids, streamed in batches: memory bounded by the ids, not the table.
+    if job.kind == "psi":
+        frame = read_ids(source, party.id_column)
+    elif streamed is not None:
+        kept = [party.id_column, party.label_column or "", job.options.exposure or ""]
+        frame = streamed.load(kept if party.role == "guest" else kept[:1])
+    else:
+        frame = load_table(source, id_column=party.id_column)
+    header = streamed.header() if streamed is not None else frame
+    require_columns(header, [party.id_column], what=f"data file {source}")
     if party.columns and job.kind != "psi":
-        require_columns(frame, party.columns, what=f"data file {source} (see [data] columns in party.toml)")
+        require_columns(header, party.columns, what=f"data file {source} (see [data] columns in party.toml)")
     prepare_ids(
         frame[party.id_column],
         normalization=job.psi.normalization,
@@ -111,11 +127,11 @@ def _load_data(party: PartyConfig, job: Job, data: Path | None, *, with_label: b
         assert party.label_column is not None
         check_guest_data(
             frame, party.id_column, party.label_column, party.columns, party.positive,
-            model=job.options.model, exposure=job.options.exposure,
+            model=job.options.model, exposure=job.options.exposure, streamed=streamed,
         )  # fmt: skip
     elif with_label:
-        check_host_data(frame, party.id, party.id_column, party.columns)
-    return frame
+        check_host_data(frame, party.id, party.id_column, party.columns, streamed=streamed)
+    return frame, streamed
 
 
 def _prepare_output(out: Path, *, force: bool, restart: bool) -> Path:
@@ -177,9 +193,9 @@ def run_party(
     if party.id not in job.members.parties:
         outcome.summary["note"] = idle_note(job)
         return outcome
-    frame = None
+    frame = streamed = None
     if party.role != "arbiter":
-        frame = _load_data(party, job, Path(data) if data else None, with_label=kind.needs_label)
+        frame, streamed = _load_data(party, job, Path(data) if data else None, with_label=kind.needs_label)
     if kind.precheck is not None:  # before anything is written
         kind.precheck(job, party.id, frame, party.id_column, party.label_column, party.columns)
     out = _prepare_output(out, force=force, restart=restart)
@@ -204,7 +220,7 @@ def run_party(
             session, job, frame, id_column=party.id_column, label=party.label_column, columns=party.columns,
             positive=party.positive, output_dir=out, workers=pool, progress=progress, resumable=True, model=model,
             source=Path(data or party.data).name if (data or party.data) else None,
-            segment_policy=party.segment_policy, budget=budget,
+            segment_policy=party.segment_policy, budget=budget, streamed=streamed,
         )  # fmt: skip
         try:
             result = run_role(config.kind, ctx)

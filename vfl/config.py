@@ -139,6 +139,10 @@ class PartyConfig:
     positive: str | None = None  # guest: the label value that is the positive class (needed unless 0/1)
     compute: str = "local"  # [compute] backend: "local" (a process pool here) or "dask://HOST:PORT"
     compute_workers: int | None = None  # [compute] workers: local pool size (default: every core)
+    # [compute] stream_bytes: a training party's data file at least this large is streamed, not loaded
+    # (vfl.streamed_table; -1: never); batch_rows: the rows of one streamed batch
+    stream_bytes: int = 256 * 1024 * 1024
+    batch_rows: int = 262_144
     segment_policy: Any = None  # [segment] of party.toml (vfl.segmentation.options.SegmentPolicy)
     # [budget]: privacy budget caps per partner ({partner: {epsilon, period}}, "*" for any other);
     # None: the safe default cap of vfl.analytics.budget.DEFAULT_CAP
@@ -184,9 +188,16 @@ class PartyConfig:
         compute = _get(raw, "compute", dict, where, {})
         cfg.compute = _get(compute, "backend", str, f"{where} [compute]", "local").strip()
         cfg.compute_workers = _get(compute, "workers", int, f"{where} [compute]", None)
-        unknown = sorted(set(compute) - {"backend", "workers"})
+        cfg.stream_bytes = _get(compute, "stream_bytes", int, f"{where} [compute]", cfg.stream_bytes)
+        cfg.batch_rows = _get(compute, "batch_rows", int, f"{where} [compute]", cfg.batch_rows)
+        unknown = sorted(set(compute) - {"backend", "workers", "stream_bytes", "batch_rows"})
         if unknown:
-            raise ConfigError(f"{where} [compute]: unknown key '{unknown[0]}'; known keys: backend, workers")
+            raise ConfigError(
+                f"{where} [compute]: unknown key '{unknown[0]}'; known keys: backend, workers, stream_bytes, "
+                "batch_rows"
+            )
+        if cfg.batch_rows < 1:
+            raise ConfigError(f"{where} [compute]: batch_rows must be >= 1, got {cfg.batch_rows}")
         if cfg.compute_workers is not None and cfg.compute_workers < 1:
             raise ConfigError(f"{where} [compute]: workers must be >= 1, got {cfg.compute_workers}")
         from vfl.compute import parse_backend  # imports gmpy2: only once a party file is read
@@ -228,6 +239,10 @@ class PartyConfig:
         }
         if self.compute != "local" or self.compute_workers is not None:
             tables["compute"] = {"backend": self.compute, "workers": self.compute_workers}
+        streaming = {"stream_bytes": self.stream_bytes, "batch_rows": self.batch_rows}
+        changed = {k: v for k, v in streaming.items() if v != getattr(PartyConfig, k)}
+        if changed:
+            tables.setdefault("compute", {"backend": self.compute}).update(changed)
         if self.data is not None:
             tables["data"] = {
                 "path": str(self.data),

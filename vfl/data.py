@@ -14,12 +14,12 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from vfl.column_checks import MAX_MAGNITUDE, as_float, column_problem, summarize  # noqa: F401 - re-exported
 from vfl.errors import DataError
 
 log = logging.getLogger(__name__)
 
 MAX_CATEGORIES = 20
-MAX_MAGNITUDE = 1e100  # larger values overflow the variance (x**2) in double precision
 # Columns more skewed than this are log-compressed (sign(x) log(1 + |x|)) before scaling: the Taylor
 # loss is a least-squares fit, and a few huge values would otherwise dominate it.
 HEAVY_TAIL_SKEW = 3.0
@@ -126,30 +126,12 @@ def check_columns(
     Refuses a column without values, a constant one, infinite values, and text columns with more
     categories than one-hot encoding takes. Checks that depend on the intersection run after it.
     """
-    problems: list[str] = []
-    for name in frame.columns:
-        col = frame[name]
-        if col.isna().all():
-            problems.append(f"column '{name}' has no values")
-            continue
-        try:
-            numeric = _as_numeric(col)
-        except DataError as exc:
-            problems.append(str(exc).split(";")[0])
-            continue
-        if numeric is None:
-            categories = col.dropna().nunique()
-            if categories > max_categories:
-                problems.append(
-                    f"text column '{name}' has {categories} distinct values (at most {max_categories})"
-                )
-        elif np.nanmin(numeric) == np.nanmax(numeric):
-            problems.append(f"column '{name}' is constant")
-        elif np.nanmax(np.abs(numeric)) > MAX_MAGNITUDE:
-            problems.append(
-                f"column '{name}' has values up to {np.nanmax(np.abs(numeric)):.3g}, too large to standardize "
-                f"(at most {MAX_MAGNITUDE:.0e}); rescale it"
-            )
+    problems = [column_problem(name, summarize(frame[name]), max_categories) for name in frame.columns]
+    report_problems([p for p in problems if p], what)
+
+
+def report_problems(problems: list[str], what: str) -> None:
+    """The one-line error of the column checks (nothing when there is no problem)."""
     if problems:
         raise DataError(
             f"{what}: {'; '.join(problems)}; drop these columns from the offered columns or fix them"
@@ -296,13 +278,9 @@ class Preprocessor:
 
 def _as_numeric(col: pd.Series) -> np.ndarray | None:
     """The column as float64 (NaN for missing), or None when it holds text that is not a number."""
-    if pd.api.types.is_bool_dtype(col) or pd.api.types.is_numeric_dtype(col):
-        values = col.to_numpy(dtype=float, na_value=np.nan)
-    else:
-        converted = pd.to_numeric(col, errors="coerce")
-        if (converted.isna() & col.notna()).any():
-            return None
-        values = converted.to_numpy(dtype=float, na_value=np.nan)
+    values = as_float(col)
+    if values is None:
+        return None
     if np.isinf(values).any():
         raise DataError(
             f"column '{col.name}' has {int(np.isinf(values).sum())} infinite values; replace them or drop the column"
