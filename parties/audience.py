@@ -33,6 +33,7 @@ from vfl.crypto import generate_keypair
 from vfl.errors import ConfigError, DataError
 from vfl.io import atomic_write_bytes, atomic_write_json, atomic_write_text, check_writable
 from vfl.ledger import Ledger
+from vfl.parties.alignment import require_row_limit
 from vfl.parties.budget import reserve_budget
 from vfl.parties.common import Job, ledger_for
 from vfl.protocols import audience as protocol
@@ -216,6 +217,7 @@ def run_guest(
             shared[host] = result.rows
             sizes[host] = int(result.set_sizes.get(host, 0))
             session.guard(result.require_nonempty)
+            session.guard(lambda result=result, host=host: require_row_limit(job, result.size, host))
             aligned = data.iloc[result.rows].reset_index(drop=True)
             cells, by_row = host_order(result, host, ct.cell_codes(aligned, categories), aligned[metrics])
             exposed = True  # from here on noised numbers may have been seen
@@ -284,6 +286,7 @@ def run_host(
         result = psi.run_host(session, data[id_column], guest, psi_options, column=id_column)
         timings["psi"] = time.perf_counter() - started
         session.guard(result.require_nonempty)
+        session.guard(lambda: require_row_limit(job, result.size, guest))
         ordered = data.iloc[result.shuffled_rows].reset_index(drop=True)  # every row, in its PSI order
         segments, metrics = options.columns_of(me)
         if keypair is None or keypair[0].bits != options.key_bits:

@@ -15,13 +15,13 @@ import pandas as pd
 
 from vfl.analytics.budget import PrivacyBudget
 from vfl.data import Preprocessor, Whitening, require_columns
-from vfl.errors import ConfigError, DataError, PolicyError
+from vfl.errors import ConfigError, DataError
 from vfl.io import check_writable
 from vfl.ledger import Ledger
 from vfl.model import INTERCEPT, ModelShard
-from vfl.options import MIN_INTERSECTION_FLOOR, ScreenOptions, TrainOptions
+from vfl.options import ScreenOptions, TrainOptions
 from vfl.parties.state import Alignment, StateStore, job_fingerprint
-from vfl.protocols import lr, lr_two_key, psi
+from vfl.protocols import lr, lr_two_key
 from vfl.protocols.catalog import ALL_PROTOCOLS
 from vfl.protocols.lr import LrPlan, PartyState
 from vfl.protocols.lr_two_key_multiclass import run_guest as classes_guest
@@ -29,8 +29,7 @@ from vfl.protocols.lr_two_key_multiclass import run_host as classes_host
 from vfl.protocols.messages import find, learned_by
 from vfl.protocols.session import Generations, Members, Session
 from vfl.protocols.shards import exchange_digests
-from vfl.psi.ecdh import ScalarMultiplier
-from vfl.psi.options import PsiOptions, PsiResult
+from vfl.psi.options import PsiOptions
 from vfl.transport.channel import Interrupted
 
 log = logging.getLogger(__name__)
@@ -320,56 +319,6 @@ def end_training(session: Session, output_dir: Path | None, notes: list[str]) ->
     return ledger_for(session, notes)
 
 
-def require_min_intersection(size: int, options: TrainOptions) -> None:
-    """Refuse to compute anything from labels or features on fewer aligned rows than the job allows."""
-    if size < options.min_intersection:
-        raise DataError(
-            f"the parties share {size} ids, fewer than the job's minimum of {options.min_intersection} "
-            f"(min_intersection in [train]; at least {MIN_INTERSECTION_FLOOR}): on so few customers every "
-            "aggregate is close to a single customer's value"
-        )
-
-
-def require_intersection(result: PsiResult) -> None:
-    result.require_nonempty()
-    if not result.rows_revealed:
-        raise ConfigError(
-            "training needs PSI reveal='all': with 'guest-only' the hosts do not know their rows"
-        )
-
-
-def run_psi(
-    session: Session, job: Job, ids: pd.Series, options: PsiOptions, *, column: str, workers: Any = None
-) -> PsiResult:
-    """This party's side of PSI with the job's other data parties (the guest with every host, a host with the guest)."""
-    multiplier = psi_multiplier(workers, options)
-    if session.party == job.guest:
-        result = psi.run_guest(session, ids, list(job.hosts), options, column=column, multiplier=multiplier)
-    else:
-        result = psi.run_host(session, ids, job.guest, options, column=column, multiplier=multiplier)
-    session.guard(lambda: require_row_limit(job, result.size))
-    return result
-
-
-def require_row_limit(job: Job, shared: int) -> None:
-    """A served job stops here if it shares more rows than this party's policy accepted it for."""
-    limit = job.row_limit
-    if limit is not None and shared > limit.rows:
-        raise PolicyError(
-            f"refused by policy rule [caps.{limit.partner}] rows: job '{job.id}' shares {shared} rows, more "
-            f"than the {limit.rows} it was accepted for ('{limit.partner}' declared fewer ids than it brought)"
-        )
-
-
-def align_for_training(
-    session: Session, job: Job, ids: pd.Series, *, column: str, workers: Any = None
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """A training job's fresh alignment: its aligned rows and the summary the state store keeps with them."""
-    result = run_psi(session, job, ids, job.training_psi, column=column, workers=workers)
-    session.guard(lambda: require_intersection(result))
-    return result.rows, {"size": result.size, "set_sizes": dict(result.set_sizes)}
-
-
 def open_store(output_dir: Path | None, job: Job, ids: pd.Series | None) -> StateStore | None:
     """This party's resumable state for the job (None when nothing is written to disk)."""
     if output_dir is None:
@@ -483,19 +432,6 @@ def ledger_for(session: Session, notes: list[str] | None = None, status: str = "
         protocols=[p.name for p in ran],
         name=name,
         status=status,
-    )
-
-
-def psi_multiplier(workers: Any, options: PsiOptions) -> ScalarMultiplier | None:
-    """The PSI curve operations on the party's compute backend when it is a cluster (``DaskBackend``);
-    None keeps the PSI's own local pool (``PsiOptions.workers``), as without a ``[compute]`` backend."""
-    if workers is None or not getattr(workers, "remote", False):
-        return None
-    return ScalarMultiplier(
-        workers=workers.workers,
-        chunk_size=options.chunk_size,
-        parallel_threshold=options.parallel_threshold,
-        executor=workers,
     )
 
 

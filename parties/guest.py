@@ -23,16 +23,14 @@ from vfl.model import ModelShard
 from vfl.model_reports import kind_report_html
 from vfl.models.kinds import from_name as model_kind
 from vfl.optim import max_rounds
+from vfl.parties.alignment import align_for_training, require_min_intersection, run_psi
 from vfl.parties.common import (
     Job,
-    align_for_training,
     checkpointing,
     end_training,
     feature_columns,
     make_shard,
     prepare_features,
-    require_min_intersection,
-    run_psi,
     start_training,
     train_weights,
     trainer,

@@ -15,16 +15,14 @@ from vfl.data import check_columns, require_columns
 from vfl.ledger import Ledger
 from vfl.model import ModelShard
 from vfl.optim import max_rounds
+from vfl.parties.alignment import align_for_training, require_min_intersection, run_psi
 from vfl.parties.common import (
     Job,
-    align_for_training,
     checkpointing,
     end_training,
     feature_columns,
     make_shard,
     prepare_features,
-    require_min_intersection,
-    run_psi,
     start_training,
     train_weights,
     trainer,

@@ -26,7 +26,8 @@ from vfl.parties import guest as guest_party
 from vfl.parties import host as host_party
 from vfl.parties import screen as screen_party
 from vfl.parties import segment as segment_party
-from vfl.parties.common import Job, ledger_for, run_psi, write_outputs
+from vfl.parties.alignment import run_psi
+from vfl.parties.common import Job, ledger_for, write_outputs
 from vfl.parties.context import Outcome, RoleContext, RoleFn
 from vfl.segmentation.model import SegmentModel
 

@@ -24,7 +24,8 @@ from vfl.io import atomic_write_json, atomic_write_text
 from vfl.ledger import Ledger
 from vfl.model_reports import screen_report_html
 from vfl.options import ScreenOptions
-from vfl.parties.common import Job, feature_columns, ledger_for, run_psi, write_outputs
+from vfl.parties.alignment import run_psi
+from vfl.parties.common import Job, feature_columns, ledger_for, write_outputs
 from vfl.parties.context import Outcome, RoleContext
 from vfl.protocols import screen as protocol
 from vfl.protocols.session import Session

@@ -30,9 +30,9 @@ from vfl.crypto import PrivateKey, PublicKey, WorkerPool, generate_keypair
 from vfl.errors import ConfigError, DataError
 from vfl.io import atomic_write_text
 from vfl.ledger import Ledger
+from vfl.parties.alignment import run_psi
 from vfl.parties.budget import reserve_budget as _reserve
 from vfl.parties.common import Job, ledger_for, write_outputs
-from vfl.protocols import psi
 from vfl.protocols import segment as protocol
 from vfl.protocols.session import Session
 from vfl.psi.options import PsiResult
@@ -146,10 +146,7 @@ def _local(
 def _prepare(session: Session, job: Job, data: pd.DataFrame, id_column: str) -> PsiResult:
     session.guard(lambda: session.agree(job.settings()))
     ids = data[id_column]
-    if session.role == "guest":
-        result = psi.run_guest(session, ids, list(job.hosts), job.psi, column=id_column)
-    else:
-        result = psi.run_host(session, ids, job.guest, job.psi, column=id_column)
+    result = run_psi(session, job, ids, job.psi, column=id_column)
     session.guard(result.require_nonempty)
     session.guard(lambda: require_audience(job.segment, result.size))
     return result
@@ -414,10 +411,7 @@ def _score_clusters(
     """Check the data against the model, agree, PSI on the new ids, and every aligned row's local cluster."""
     session.guard(lambda: model.local_clusters(data))
     session.guard(lambda: session.agree(job.settings()))
-    if session.role == "guest":
-        result = psi.run_guest(session, data[id_column], list(job.hosts), job.psi, column=id_column)
-    else:
-        result = psi.run_host(session, data[id_column], job.guest, job.psi, column=id_column)
+    result = run_psi(session, job, data[id_column], job.psi, column=id_column)
     session.guard(result.require_nonempty)
     return result, model.local_clusters(result.align(data))
 

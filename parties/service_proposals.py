@@ -8,7 +8,7 @@ columns, what the proposer is told (``public_reason``) does not.
 **Rows caps.** A job may use at most ``min(our rows, the rows the proposer declares)`` of our rows
 (the intersection cannot be larger than either set); where a rows cap applies, that bound is
 charged when the job is accepted (and kept beside the job, ``JobFiles.row_limit``: the job's PSI
-stops a job that shares more, ``parties.common.require_row_limit``), and every completed job is
+stops a job that shares more, ``parties.alignment.require_row_limit``), and every completed job is
 charged the intersection it reports. A proposal whose
 bound would take the partner past ``rows`` for the period is refused naming ``[caps.<partner>]
 rows``. The declared size is the proposer's id count, which the PSI of the job reveals anyway.
