@@ -12,9 +12,7 @@ Four parts, each measured against its baseline in the same run on the same machi
 2. **psi**: guest and host in separate processes (a loopback pipe carries the Arrow messages), each
    reading its ids from its own Parquet file in batches (``vfl.streaming.read_ids``), 50 % overlap;
    wall time, time per id and peak resident memory of each party's main process and of its workers.
-2b. **prepare**: a party's aligned model matrix (half of a Parquet table of ``--prepare-rows`` rows x 20
-   columns, in a shuffled shared order) built from the whole table (``load_table(...).iloc[rows]``) and
-   streamed (``vfl.streaming.take_rows``), each in its own process: wall time, peak memory, same matrix.
+   (Streamed preprocessing, through a real job's load/check/prepare steps: ``bench_stream_load.py``.)
 3. **epoch**: one training epoch at 2048 bits, 10 + 10 columns, on a subsample (``--epoch-rows``),
    all three parties in this process sharing one backend: epoch time = (2 epochs) - (1 epoch),
    extrapolated linearly to 1M training rows (batches have a fixed size, so an epoch's cost is
@@ -344,57 +342,6 @@ def bench_psi(args: argparse.Namespace) -> None:
     print("us/id = wall time / ids per party; peak MB = max resident memory of the party's main process")
 
 
-# --- 2b. streamed preprocessing -------------------------------------------------------------------
-
-
-def prepare_party(path: str, rows_path: str, streamed: bool, out: Any) -> None:
-    """Build the aligned model matrix of a party (PSI rows in the shared order), whole table or streamed."""
-    from vfl.data import Preprocessor, load_table
-    from vfl.streaming import take_rows
-
-    rows = np.load(rows_path)
-    columns = [f"x{j}" for j in range(20)]
-    t0 = time.perf_counter()
-    if streamed:
-        aligned = take_rows(path, rows, ["id", *columns], text_columns=["id"])
-    else:
-        aligned = load_table(path, id_column="id").iloc[rows].reset_index(drop=True)
-    train = np.arange(0, len(rows), 5)  # any fixed training split: the same for both paths
-    matrix = Preprocessor.fit(aligned.iloc[train][columns]).transform(aligned[columns])
-    out.put((streamed, time.perf_counter() - t0, _maxrss_mb(), float(matrix.sum()), matrix.shape))
-
-
-def bench_prepare(args: argparse.Namespace) -> None:
-    n = args.prepare_rows
-    rng = np.random.default_rng(4)
-    context = mp.get_context("spawn")
-    rows_out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "party.parquet"
-        frame = pd.DataFrame({"id": [f"customer-{i:09d}" for i in range(n)]})
-        for j in range(20):
-            frame[f"x{j}"] = rng.normal(size=n)
-        frame.to_parquet(path, index=False, row_group_size=262_144)
-        del frame
-        rows_path = Path(tmp) / "rows.npy"
-        np.save(rows_path, rng.permutation(n)[: n // 2])  # 50 % shared, in the shared order
-        for streamed in (False, True):
-            out = context.Queue()
-            proc = context.Process(target=prepare_party, args=(str(path), str(rows_path), streamed, out))
-            proc.start()
-            rows_out.append(out.get(timeout=3600))
-            proc.join()
-    same = rows_out[0][3] == rows_out[1][3] and rows_out[0][4] == rows_out[1][4]
-    print(
-        f"\n2b. aligned model matrix of {n // 2:,} shared rows x 20 columns from a Parquet file of {n:,} rows"
-    )
-    _header(f"{'load':<22} | {'wall s':>6} | {'peak MB':>7} | {'ratio':>5}")
-    for streamed, wall, peak, _, _ in rows_out:
-        name = "take_rows (streamed)" if streamed else "load_table + iloc"
-        print(f"{name:<22} | {wall:6.1f} | {peak:7.0f} | {peak / rows_out[0][2]:4.2f}x")
-    print(f"peak MB = max resident memory of the party's process; same matrix on both paths: {same}")
-
-
 # --- 3. one epoch -----------------------------------------------------------------------------------
 
 
@@ -486,30 +433,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (~3 min)")
     parser.add_argument(
-        "--parts", nargs="+", default=["kernels", "psi", "prepare", "epoch"],
-        choices=["kernels", "psi", "prepare", "epoch"],
+        "--parts", nargs="+", default=["kernels", "psi", "epoch"], choices=["kernels", "psi", "epoch"],
     )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the kernel part")
     parser.add_argument("--enc", type=int, default=4000, help="values encrypted per round")
     parser.add_argument("--rdot-rows", type=int, default=2048, help="rows of X^T[[d]] per round")
     parser.add_argument("--psi-sizes", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--psi-backends", nargs="+", default=["local", "dask"], choices=["local", "dask"])
-    parser.add_argument(
-        "--prepare-rows", type=int, default=2_000_000, help="rows of the streamed-preprocessing table"
-    )
     parser.add_argument("--epoch-rows", type=int, default=2560, help="rows of the training subsample")
     parser.add_argument("--epoch-rounds", type=int, default=1)
     args = parser.parse_args()
     if args.quick:
         args.enc, args.rdot_rows, args.rounds = 1000, 1024, 2
-        args.psi_sizes, args.epoch_rows, args.prepare_rows = [100_000], 1280, 200_000
+        args.psi_sizes, args.epoch_rows = [100_000], 1280
     print(f"bench_scale: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at start", flush=True)
     if "kernels" in args.parts:
         bench_kernels(args)
     if "psi" in args.parts:
         bench_psi(args)
-    if "prepare" in args.parts:
-        bench_prepare(args)
     if "epoch" in args.parts:
         bench_epoch(args)
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end", flush=True)
