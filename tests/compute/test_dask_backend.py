@@ -258,13 +258,15 @@ def test_training_on_dask_gives_the_local_model(backend, local_model):
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_epoch_still_yields_the_same_model(backend, local_model, cluster):
+def test_a_worker_killed_mid_epoch_still_yields_the_same_model(backend, cluster):
     guest, host = _frames()
+    train = {**TRAIN, "max_epochs": 8}  # long enough (several seconds) that the kill lands inside training
+    local_model = vfl.simulate(guest, host, id="id", label="y", workers=2, **train)
     pids_before = set(backend.worker_pids().values())
     killed: list[int] = []
 
     def kill_one() -> None:
-        time.sleep(1.5)  # inside the first epoch (the run takes several seconds)
+        time.sleep(1.0)  # inside training (the run takes several seconds)
         pid = sorted(pids_before)[0]
         os.kill(pid, signal.SIGKILL)
         killed.append(pid)
@@ -272,10 +274,10 @@ def test_a_worker_killed_mid_epoch_still_yields_the_same_model(backend, local_mo
     killer = threading.Thread(target=kill_one)
     started = time.monotonic()
     killer.start()
-    result = vfl.simulate(guest, host, id="id", label="y", workers=backend, **TRAIN)
+    result = vfl.simulate(guest, host, id="id", label="y", workers=backend, **train)
     elapsed = time.monotonic() - started
     killer.join()
-    assert killed and elapsed > 1.5, "the worker must die while the job runs"
+    assert killed and elapsed > 1.0, "the worker must die while the job runs"
     for name, w in _weights(local_model).items():
         np.testing.assert_allclose(_weights(result)[name], w, rtol=0, atol=1e-9)
     backend.client.wait_for_workers(2, timeout=60)  # the nanny restarted the killed worker

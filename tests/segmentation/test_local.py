@@ -56,3 +56,20 @@ def test_bad_inputs_name_the_problem() -> None:
         cluster_locally(np.array([["a", "b"], ["c", "d"]]), 1)
     with pytest.raises(ConfigError, match="cannot make 5 local clusters from 3 rows"):
         cluster_locally(pd.DataFrame({"age": [1.0, 2.0, 3.0]}), 5)
+
+
+def test_every_training_row_is_in_its_nearest_local_cluster():
+    """The labels a segment job uses are what scoring recomputes (nearest centroid), even where
+    scikit-learn stopped at its tolerance with boundary rows on the other side (overlapping blobs)."""
+    from sklearn.datasets import make_blobs
+
+    from vfl.segmentation.grid import party_distances
+
+    x, _ = make_blobs(n_samples=3000, centers=12, cluster_std=3.0, n_features=4, random_state=3)
+    for seed in range(3):
+        local = cluster_locally(x, 16, seed=seed, standardized=True, n_init=1, max_iter=5)
+        nearest = np.argmin(party_distances(x, local.centroids), axis=1)
+        np.testing.assert_array_equal(local.labels, nearest)
+        sizes = np.bincount(local.labels, minlength=16)
+        means = np.stack([x[local.labels == c].mean(axis=0) for c in range(16) if sizes[c]])
+        np.testing.assert_allclose(local.centroids[sizes > 0], means, atol=1e-9)

@@ -33,6 +33,7 @@ import pandas as pd
 from sklearn.cluster import KMeans
 
 from vfl.errors import ConfigError, DataError
+from vfl.segmentation.grid import party_distances
 
 #: Default minimum of the mean number of rows per grid cell when choosing ``k_p``.
 MIN_MEAN_CELL = 5.0
@@ -159,6 +160,27 @@ class LocalClustering:
         return np.bincount(self.labels, minlength=self.k)
 
 
+def settle(
+    matrix: np.ndarray, labels: np.ndarray, fallback: np.ndarray, rounds: int = 100
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lloyd steps from scikit-learn's result to the fixed point: every centroid the exact mean of its
+    rows (the grid step relies on cluster means) and every row's label its nearest centroid, which is
+    how ``SegmentModel.local_clusters`` assigns rows later -- so a training row scored again gets the
+    cluster it had. scikit-learn stops at a tolerance, where a few boundary rows can disagree.
+    ``fallback``: the centroid of a cluster that lost all its rows."""
+    k = len(fallback)
+    for _ in range(rounds):
+        sizes = np.bincount(labels, minlength=k)
+        centers = np.where(
+            sizes[:, None] > 0, group_sums(labels, matrix, k) / np.maximum(sizes, 1)[:, None], fallback
+        )
+        nearest = np.argmin(party_distances(matrix, centers), axis=1).astype(np.int64)
+        if np.array_equal(nearest, labels):
+            break
+        labels = nearest
+    return nearest, centers  # nearest to the centers returned, converged or not
+
+
 def cluster_locally(
     data: pd.DataFrame | np.ndarray,
     k: int,
@@ -182,11 +204,8 @@ def cluster_locally(
     if not 1 <= k <= matrix.shape[0]:
         raise ConfigError(f"{party}: cannot make {k} local clusters from {matrix.shape[0]} rows")
     model = KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter, random_state=seed).fit(matrix)
-    labels = model.labels_.astype(np.int64)
-    # Centroids as the exact means of the final labels (the grid step relies on cluster means).
+    labels, centers = settle(matrix, model.labels_.astype(np.int64), model.cluster_centers_)
     sizes = np.bincount(labels, minlength=k)
-    sums = group_sums(labels, matrix, k)
-    centers = np.where(sizes[:, None] > 0, sums / np.maximum(sizes, 1)[:, None], model.cluster_centers_)
     inertia = float(((matrix - centers[labels]) ** 2).sum())
     # Re-number clusters by size (largest first) so that ids do not depend on scikit-learn's internal order.
     order = np.lexsort((np.arange(k), -sizes))
