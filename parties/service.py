@@ -65,6 +65,7 @@ from vfl.service.store import (
     AWAITING_APPROVAL,
     CANCELLED,
     REFUSED,
+    RESUMABLE_KINDS,
     RUNNING,
     DuplicateJobError,
     JobRecord,
@@ -363,7 +364,18 @@ class PartyService:
                 if record.id in self.workers or record.resume:
                     continue
                 if record.pid is None or not process_alive(record.pid, record.pid_token):
-                    self._settle(record.id, None)
+                    self._orphan_ended(record)
+
+    def _orphan_ended(self, record: JobRecord) -> None:
+        """A worker left by a service that died has ended: a resumable job it left without a result
+        resumes from its checkpoints (the worker may still have been exiting when this service
+        started, so ``recover`` saw it alive); any other job is settled by its result."""
+        if record.kind in RESUMABLE_KINDS and JobFiles.of(self.workspace, record.id).read_result() is None:
+            self.store.recover()
+            log.info("job %s: its worker ended without a result; it resumes from its checkpoints", record.id)
+            self._spawn(record.id)
+            return
+        self._settle(record.id, None)
 
     def _resume_recovered(self) -> None:
         for record in self.store.recover():
