@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import parse_sizes  # noqa: E402
+from _common import parse_sizes, run_two_parties  # noqa: E402
 
 from vfl.errors import PeerTimeoutError, TransportError  # noqa: E402
 from vfl.protocols.psi import run_guest, run_host  # noqa: E402
@@ -161,26 +161,7 @@ class Run:
 
 
 def run_pair(target: Any, n: int, workers: int, system: str) -> Run:
-    context = mp.get_context("spawn")
-    left, right = context.Pipe(duplex=True)
-    barrier = context.Barrier(2)
-    out = context.Queue()
-    procs = [
-        context.Process(
-            target=target, args=("guest", n, workers, left, barrier, out), name=f"{system}-guest"
-        ),
-        context.Process(target=target, args=("host", n, workers, right, barrier, out), name=f"{system}-host"),
-    ]
-    for p in procs:
-        p.start()
-    reports = {}
-    for _ in procs:
-        role, elapsed, size, rss, wrss = out.get(timeout=3600)
-        reports[role] = (elapsed, size, rss, wrss)
-    for p in procs:
-        p.join()
-        if p.exitcode:
-            raise SystemExit(f"{p.name} failed with exit code {p.exitcode}")
+    reports = run_two_parties(target, (n, workers))  # role -> (elapsed, size, rss, worker rss)
     wall = max(r[0] for r in reports.values())
     return Run(
         system,

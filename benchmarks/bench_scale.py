@@ -241,7 +241,7 @@ def _rss_probe(_: Any = None) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def psi_party(role: str, path: str, backend_kind: str, conn: Any, barrier: Any, out: Any) -> None:
+def psi_party(role: str, paths: dict[str, str], backend_kind: str, conn: Any, barrier: Any, out: Any) -> None:
     from bench_psi import PipeChannel
 
     from vfl.protocols.psi import run_guest, run_host
@@ -268,7 +268,7 @@ def psi_party(role: str, path: str, backend_kind: str, conn: Any, barrier: Any, 
     multiplier = ScalarMultiplier(workers=1, chunk_size=options.chunk_size, executor=executor)
     barrier.wait()
     t0 = time.perf_counter()
-    ids = read_ids(path, "id")["id"]
+    ids = read_ids(paths[role], "id")["id"]
     t_read = time.perf_counter() - t0
     if role == "guest":
         result = run_guest(channel, ids, ["host"], options, multiplier=multiplier)
@@ -293,24 +293,9 @@ def run_psi(n: int, backend_kind: str, folder: Path) -> dict[str, Any]:
             ids = pd.Series([f"customer-{i:09d}@example.com" for i in range(start, start + n)])
             pd.DataFrame({"id": ids}).to_parquet(path, index=False, row_group_size=262_144)
         paths[role] = str(path)
-    context = mp.get_context("spawn")
-    left, right = context.Pipe(duplex=True)
-    barrier = context.Barrier(2)
-    out = context.Queue()
-    procs = [
-        context.Process(target=psi_party, args=(role, paths[role], backend_kind, conn, barrier, out))
-        for role, conn in (("guest", left), ("host", right))
-    ]
-    for p in procs:
-        p.start()
-    reports = {}
-    for _ in procs:
-        role, *rest = out.get(timeout=7200)
-        reports[role] = rest
-    for p in procs:
-        p.join()
-        if p.exitcode:
-            raise SystemExit(f"PSI party failed with exit code {p.exitcode}")
+    from _common import run_two_parties
+
+    reports = run_two_parties(psi_party, (paths, backend_kind), timeout=7200.0)
     size = reports["guest"][2]
     assert size == n // 2, f"PSI found {size} shared ids, expected {n // 2}"
     return {"n": n, "backend": backend_kind, "wall": max(r[0] for r in reports.values()), "reports": reports}
