@@ -31,3 +31,19 @@ def segment(
 def quality(parts: list[np.ndarray], labels: np.ndarray, k: int, seed: int = 0) -> Quality:
     data = joined([standardize(p)[0] for p in parts])
     return compare(data, labels, centralized_kmeans(data, k, seed=seed))
+
+
+def predict_segments(job, models: dict, datas: dict, keypairs: dict, policies: dict):
+    """``vfl predict`` with a segment model, every party's role in this process (in-process network);
+    returns the results by party."""
+    from vfl.parties.jobs import RoleContext, run_role
+    from vfl.parties.simulation import run_parties
+    from vfl.transport.local import LocalNetwork
+
+    network = LocalNetwork(list(job.parties))
+    roles = {}
+    for party in job.parties:
+        ctx = RoleContext(job.session(network.channel(party)), job, datas[party], model=models[party],
+                          keypair=keypairs.get(party), segment_policy=policies.get(party))  # fmt: skip
+        roles[party] = lambda ctx=ctx: run_role("predict", ctx)
+    return run_parties(network, roles)

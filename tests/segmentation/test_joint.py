@@ -57,6 +57,21 @@ def test_small_local_clusters_are_dissolved():
     np.testing.assert_allclose(merged.centroids, means, atol=1e-12)
 
 
+def test_dissolving_leaves_every_row_in_its_nearest_remaining_cluster():
+    """After dissolving, the remaining clusters settle: every row's label is its nearest centroid (what a
+    segment model recomputes for it) and every centroid the mean of its rows."""
+    from sklearn.datasets import make_blobs
+
+    x, _ = make_blobs(n_samples=2000, centers=6, cluster_std=2.5, n_features=3, random_state=5)
+    local = cluster_locally(x, 24, seed=0, standardized=True)
+    merged = merge_small_clusters(local, x, 70)
+    assert merged.k < local.k and merged.sizes.min() >= 70
+    brute = ((x[:, None, :] - merged.centroids[None]) ** 2).sum(axis=2).argmin(axis=1)
+    np.testing.assert_array_equal(merged.labels, brute)
+    means = np.stack([x[merged.labels == c].mean(axis=0) for c in range(merged.k)])
+    np.testing.assert_allclose(merged.centroids, means, atol=1e-9)
+
+
 def test_marginals_and_means_against_numpy():
     lookup = np.array([[0, 1, -1], [1, 1, 0]])
     weights = np.array([[2.0, 3.0, 5.0], [1.0, 4.0, 6.0]])

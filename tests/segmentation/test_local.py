@@ -73,3 +73,17 @@ def test_every_training_row_is_in_its_nearest_local_cluster():
         sizes = np.bincount(local.labels, minlength=16)
         means = np.stack([x[local.labels == c].mean(axis=0) for c in range(16) if sizes[c]])
         np.testing.assert_allclose(local.centroids[sizes > 0], means, atol=1e-9)
+
+
+def test_nearest_centroid_against_numpy_ties_first_and_the_same_in_any_batch() -> None:
+    from vfl.segmentation.local import nearest
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(5000, 5))
+    c = rng.normal(size=(17, 5))
+    got = nearest(x, c)
+    np.testing.assert_array_equal(got, ((x[:, None, :] - c[None]) ** 2).sum(axis=2).argmin(axis=1))
+    rows = rng.permutation(len(x))[:37]
+    np.testing.assert_array_equal(nearest(x[rows], c), got[rows])  # a row's cluster is its own
+    ties = nearest(np.array([[0.0, 0.0], [1.0, 0.0]]), np.array([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0]]))
+    np.testing.assert_array_equal(ties, [0, 0])  # equidistant: the first centroid, as argmin

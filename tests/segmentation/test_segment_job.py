@@ -24,6 +24,8 @@ from vfl.segmentation.quality import centralized_kmeans, compare, joined
 from vfl.segmentation.synthetic import vertical_blobs
 from vfl.transport import decode_table
 
+from .helpers import predict_segments
+
 RELEASE = {"release_membership": True, "share_means": True}
 
 
@@ -210,10 +212,7 @@ def test_outputs_report_and_model_files(tmp_path, keypairs):
 
 def test_a_segment_model_assigns_new_shared_customers_through_predict(tmp_path, keypairs):
     from vfl.parties.common import Job
-    from vfl.parties.jobs import RoleContext, run_role
-    from vfl.parties.simulation import run_parties
     from vfl.segmentation.model import SegmentModel
-    from vfl.transport.local import LocalNetwork
 
     data = vertical_blobs(1000, [2, 3], centers=3, seed=8)
     frames = frames_of(data.parts)
@@ -225,16 +224,10 @@ def test_a_segment_model_assigns_new_shared_customers_through_predict(tmp_path, 
     datas = {"guest": frames[0], "host1": frames[1]}
 
     def run(policy):
-        network = LocalNetwork(list(job.parties))
-        roles = {}
-        for party in job.parties:
-            ctx = RoleContext(job.session(network.channel(party)), job, datas[party], model=models[party],
-                              keypair=keypairs[0], segment_policy=policy)  # fmt: skip
-            roles[party] = lambda ctx=ctx: run_role("predict", ctx)
-        return run_parties(network, roles), network
+        return predict_segments(job, models, datas, dict.fromkeys(job.parties, keypairs[0]),
+                                dict.fromkeys(job.parties, policy))  # fmt: skip
 
-    out, network = run(SegmentPolicy(release_membership=True))
-    segments = out["guest"].result
+    segments = run(SegmentPolicy(release_membership=True))["guest"].result
     assert len(segments) == 1000
     # the customers of the segment job get the segment they got there
     known = sim.guest.labels.set_index("id")["segment"]

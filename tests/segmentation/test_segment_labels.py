@@ -25,6 +25,7 @@ from vfl.segmentation.synthetic import vertical_blobs
 from vfl.transport import decode_table
 from vfl.transport.local import LocalNetwork
 
+from .helpers import predict_segments
 from .test_segment_job import RELEASE, _assert_no_raw_values, assignment, frames_of
 
 
@@ -45,13 +46,13 @@ def test_select_picks_each_rows_weights_by_its_encrypted_cluster(keypairs):
     np.testing.assert_array_equal(got, weights[np.arange(n), clusters])
 
 
-def _chain(keypairs, n_hosts: int, n: int = 120, seed: int = 1):
-    """Run the chain alone on random local clusters; return the guest's labels, the truth, the transcript."""
+def _chain(keypairs, n_hosts: int, n: int = 120, seed: int = 1, ks=None, lookup=None, clusters=None):
+    """Run the chain alone on (random) local clusters; return the guest's labels, the truth, the transcript."""
     rng = np.random.default_rng(seed)
     hosts = tuple(f"host{i + 1}" for i in range(n_hosts))
-    ks = [5, *([3, 4, 2][:n_hosts])]
-    clusters = [rng.integers(0, k, n) for k in ks]
-    lookup = rng.integers(-1, 6, ks)  # -1: a withheld cell
+    ks = ks or [5, *([3, 4, 2][:n_hosts])]
+    clusters = [rng.integers(0, k, n) for k in ks] if clusters is None else clusters
+    lookup = rng.integers(-1, 6, ks) if lookup is None else lookup  # -1: a withheld cell
     job = Job("chain", "guest", hosts, kind="segment")
     network = LocalNetwork(list(job.parties))
 
@@ -68,6 +69,37 @@ def _chain(keypairs, n_hosts: int, n: int = 120, seed: int = 1):
     roles = {"guest": guest, **{h: (lambda i=i: host(i)) for i, h in enumerate(hosts)}}
     out = run_parties(network, roles)
     return out["guest"], lookup[tuple(clusters)], network
+
+
+def _adversarial_lookup(ks: list[int], n_segments: int, seed: int) -> np.ndarray:
+    """Every segment ``0..K-1`` in some cell (the largest id too: the widest entry and mask), the rest
+    random, a tenth of the cells withheld (-1), the first and last cell the extremes."""
+    rng = np.random.default_rng(seed)
+    cells = int(np.prod(ks))
+    flat = np.where(rng.random(cells) < 0.1, -1, rng.integers(0, n_segments, cells))
+    flat[0], flat[-1] = n_segments - 1, -1
+    inner = 1 + rng.permutation(cells - 2)
+    flat[inner[:n_segments]] = np.arange(n_segments)
+    return flat.reshape(ks)
+
+
+@pytest.mark.parametrize(
+    ("ks", "n_segments", "n"),
+    [([32, 24], 500, 2000), ([10, 8, 5], 250, 1200)],
+    ids=["1 host", "2 hosts"],
+)
+def test_the_chain_equals_the_lookup_on_thousands_of_rows_and_an_adversarial_table(
+    keypairs, ks, n_segments, n
+):
+    """Many local clusters, large K with every segment used, withheld cells: the chain's label of every
+    row is exactly the lookup of its local clusters (in row order)."""
+    lookup = _adversarial_lookup(ks, n_segments, seed=len(ks))
+    rng = np.random.default_rng(7)
+    cells = np.concatenate([np.arange(lookup.size), rng.integers(0, lookup.size, n - lookup.size)])
+    clusters = list(np.unravel_index(rng.permutation(cells), ks))  # every cell in some row, rows shuffled
+    got, truth, _ = _chain(keypairs, len(ks) - 1, ks=ks, lookup=lookup, clusters=clusters)
+    assert set(truth) == set(range(-1, n_segments))  # the rows reach every segment and a withheld cell
+    np.testing.assert_array_equal(got, truth)
 
 
 @pytest.mark.parametrize("n_hosts", [1, 2, 3])
@@ -129,7 +161,6 @@ def test_membership_release_with_two_hosts(keypairs):
 
 @pytest.mark.slow  # a segment job and two scoring jobs of three parties: ~10 s idle, 25+ s on a loaded machine
 def test_a_segment_model_of_three_parties_assigns_new_customers(tmp_path, keypairs):
-    from vfl.parties.jobs import RoleContext, run_role
     from vfl.segmentation.model import SegmentModel
 
     data = vertical_blobs(400, [2, 2, 2], centers=3, seed=8)
@@ -141,16 +172,10 @@ def test_a_segment_model_of_three_parties_assigns_new_customers(tmp_path, keypai
     parties = ("guest", "host1", "host2")
     models = {p: SegmentModel.load(tmp_path / p / "segment_model.json") for p in parties}
     datas = dict(zip(parties, frames, strict=True))
-    keys = {"guest": None, "host1": keypairs[0], "host2": keypairs[1]}
+    keys = {"host1": keypairs[0], "host2": keypairs[1]}
 
     def run(policies):
-        network = LocalNetwork(list(job.parties))
-        roles = {}
-        for party in job.parties:
-            ctx = RoleContext(job.session(network.channel(party)), job, datas[party], model=models[party],
-                              keypair=keys[party], segment_policy=policies.get(party))  # fmt: skip
-            roles[party] = lambda ctx=ctx: run_role("predict", ctx)
-        return run_parties(network, roles)
+        return predict_segments(job, models, datas, keys, policies)
 
     allow = SegmentPolicy(release_membership=True)
     segments = run({"host1": allow, "host2": allow})["guest"].result
@@ -173,3 +198,33 @@ def test_a_segment_model_scores_only_with_the_hosts_it_was_made_with():
     job = Job("assign", "guest", ("host1",), kind="predict", model="seg")
     with pytest.raises(ConfigError, match=r"made with 2 host\(s\), this job has 1"):
         assign_guest(None, job, pd.DataFrame({"id": [1], "x": [0.0]}), model)
+
+
+def test_the_released_segments_are_what_predict_and_the_saved_models_give_every_row(tmp_path, keypairs):
+    """Real data whose local clusters get dissolved (breast cancer, min rows 20): the membership release
+    of the segment job, ``vfl predict`` with the saved models on the same customers (in another order)
+    and the lookup of the models' own local clusters agree on every row."""
+    import pandas as pd
+
+    from vfl import datasets
+    from vfl.segmentation.model import SegmentModel
+
+    guest = pd.read_csv(datasets.path("breast_hetero_guest.csv")).drop(columns=["y"])
+    host = pd.read_csv(datasets.path("breast_hetero_host.csv")).sample(frac=1.0, random_state=1)
+    sim = simulate_segment(guest, host, id="id", k=3, key_bits=1024, keypairs=keypairs[:1], min_size=40,
+                           membership="guest", policies=[RELEASE], output_dir=tmp_path)  # fmt: skip
+    released = sim.guest.labels.set_index("id")["segment"]
+    assert len(released) == 569
+    models = {p: SegmentModel.load(tmp_path / p / "segment_model.json") for p in ("guest", "host1")}
+    ids = released.index
+    direct = models["guest"].lookup[
+        models["guest"].local_clusters(guest.set_index("id").loc[ids]),
+        models["host1"].local_clusters(host.set_index("id").loc[ids]),
+    ]
+    np.testing.assert_array_equal(released.to_numpy(), direct)
+    job = Job("assign", "guest", ("host1",), kind="predict", model="segment-simulation")
+    datas = {"guest": guest.sample(frac=1.0, random_state=2), "host1": host.iloc[::-1]}
+    allow = {"host1": SegmentPolicy(release_membership=True)}
+    predicted = predict_segments(job, models, datas, {"host1": keypairs[0]}, allow)["guest"].result
+    again = predicted.set_index("id")["segment"].reindex(ids)
+    np.testing.assert_array_equal(again.to_numpy(), released.to_numpy())

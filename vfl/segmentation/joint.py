@@ -23,7 +23,7 @@ import numpy as np
 
 from vfl.errors import DataError
 from vfl.segmentation.grid import party_distances
-from vfl.segmentation.local import LocalClustering, group_sums
+from vfl.segmentation.local import LocalClustering, by_size, nearest, settle
 
 #: Standardized values are clipped at this many standard deviations before local k-means (and when a
 #: segment model assigns new rows): it bounds what one customer adds to any mean that crosses.
@@ -31,10 +31,14 @@ CLIP_SIGMA = 5.0
 
 
 def merge_small_clusters(local: LocalClustering, matrix: np.ndarray, min_rows: int) -> LocalClustering:
-    """Dissolve local clusters below ``min_rows`` rows into the nearest remaining centroid (recomputed means).
+    """Dissolve local clusters below ``min_rows`` rows into the nearest remaining centroids.
 
-    ``matrix`` is the standardized data the clustering was fitted on. Clusters are re-numbered by size
-    (largest first) as :func:`vfl.segmentation.local.cluster_locally` does.
+    ``matrix`` is the standardized data the clustering was fitted on. After each dissolution the
+    remaining clusters settle again (:func:`vfl.segmentation.local.settle`: centroids the means of their
+    rows, every row in its nearest cluster), so the labels used in the job are what a segment model
+    recomputes for the same rows; settling can shrink a cluster below ``min_rows``, which the next round
+    dissolves. Clusters are re-numbered by size (largest first) as
+    :func:`vfl.segmentation.local.cluster_locally` does.
     """
     labels = local.labels.copy()
     centroids = local.centroids.copy()
@@ -43,22 +47,11 @@ def merge_small_clusters(local: LocalClustering, matrix: np.ndarray, min_rows: i
         alive = np.flatnonzero(sizes >= min_rows)
         if alive.size == centroids.shape[0] or alive.size == 0:
             break
-        d = party_distances(matrix, centroids[alive])
-        labels = alive[np.argmin(d, axis=1)]
-        remap = np.full(centroids.shape[0], -1, dtype=np.int64)
-        remap[alive] = np.arange(alive.size)
-        labels = remap[labels]
-        k = alive.size
-        sums = group_sums(labels, matrix, k)
-        sizes = np.bincount(labels, minlength=k)
-        centroids = np.where(sizes[:, None] > 0, sums / np.maximum(sizes, 1)[:, None], centroids[alive])
-    k = centroids.shape[0]
-    sizes = np.bincount(labels, minlength=k)
-    order = np.lexsort((np.arange(k), -sizes))
-    rank = np.empty(k, dtype=np.int64)
-    rank[order] = np.arange(k)
+        kept = centroids[alive]
+        labels, centroids = settle(matrix, nearest(matrix, kept), kept)
+    labels, centroids = by_size(matrix, labels, centroids)
     inertia = float(((matrix - centroids[labels]) ** 2).sum())
-    return LocalClustering(rank[labels], centroids[order], inertia, local.scaler)
+    return LocalClustering(labels, centroids, inertia, local.scaler)
 
 
 def squared_distances(points: np.ndarray) -> np.ndarray:

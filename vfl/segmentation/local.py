@@ -33,7 +33,6 @@ import pandas as pd
 from sklearn.cluster import KMeans
 
 from vfl.errors import ConfigError, DataError
-from vfl.segmentation.grid import party_distances
 
 #: Default minimum of the mean number of rows per grid cell when choosing ``k_p``.
 MIN_MEAN_CELL = 5.0
@@ -160,25 +159,61 @@ class LocalClustering:
         return np.bincount(self.labels, minlength=self.k)
 
 
+def nearest(matrix: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """The nearest centroid (squared Euclidean, the first on a tie) of every row of ``matrix``.
+
+    Computed column by column with elementwise operations only, so a row's answer does not depend on
+    which other rows are assigned with it (a matrix product's rounding can depend on the batch): training
+    (:func:`settle`) and scoring (``SegmentModel.local_clusters``) give a row the same cluster.
+    """
+    matrix = np.asarray(matrix, dtype=float)
+    centroids = np.asarray(centroids, dtype=float)
+    n = matrix.shape[0]
+    columns = [np.ascontiguousarray(matrix[:, j]) for j in range(matrix.shape[1])]
+    best = np.full(n, np.inf)
+    arg = np.zeros(n, dtype=np.int64)
+    dist, term = np.empty(n), np.empty(n)
+    for i, centre in enumerate(centroids):
+        dist.fill(0.0)
+        for column, value in zip(columns, centre, strict=True):
+            np.subtract(column, value, out=term)
+            np.multiply(term, term, out=term)
+            dist += term
+        closer = dist < best
+        best[closer] = dist[closer]
+        arg[closer] = i
+    return arg
+
+
 def settle(
     matrix: np.ndarray, labels: np.ndarray, fallback: np.ndarray, rounds: int = 100
 ) -> tuple[np.ndarray, np.ndarray]:
     """Lloyd steps from scikit-learn's result to the fixed point: every centroid the exact mean of its
-    rows (the grid step relies on cluster means) and every row's label its nearest centroid, which is
-    how ``SegmentModel.local_clusters`` assigns rows later -- so a training row scored again gets the
-    cluster it had. scikit-learn stops at a tolerance, where a few boundary rows can disagree.
-    ``fallback``: the centroid of a cluster that lost all its rows."""
+    rows (the grid step relies on cluster means) and every row's label its nearest centroid
+    (:func:`nearest`, which is how ``SegmentModel.local_clusters`` assigns rows later -- so a training row
+    scored again gets the cluster it had). scikit-learn stops at a tolerance, where a few boundary rows
+    can disagree. ``fallback``: the centroid of a cluster that lost all its rows."""
     k = len(fallback)
     for _ in range(rounds):
         sizes = np.bincount(labels, minlength=k)
         centers = np.where(
             sizes[:, None] > 0, group_sums(labels, matrix, k) / np.maximum(sizes, 1)[:, None], fallback
         )
-        nearest = np.argmin(party_distances(matrix, centers), axis=1).astype(np.int64)
-        if np.array_equal(nearest, labels):
+        closest = nearest(matrix, centers)
+        if np.array_equal(closest, labels):
             break
-        labels = nearest
-    return nearest, centers  # nearest to the centers returned, converged or not
+        labels = closest
+    return closest, centers  # nearest to the centers returned, converged or not
+
+
+def by_size(matrix: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Clusters re-numbered by size (largest first, so ids do not depend on scikit-learn's internal
+    order); every row's label is then recomputed as its nearest re-numbered centroid, so that even a row
+    exactly between two centroids gets the cluster scoring will give it."""
+    k = centroids.shape[0]
+    order = np.lexsort((np.arange(k), -np.bincount(labels, minlength=k)))
+    centroids = centroids[order]
+    return nearest(matrix, centroids), centroids
 
 
 def cluster_locally(
@@ -205,15 +240,6 @@ def cluster_locally(
         raise ConfigError(f"{party}: cannot make {k} local clusters from {matrix.shape[0]} rows")
     model = KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter, random_state=seed).fit(matrix)
     labels, centers = settle(matrix, model.labels_.astype(np.int64), model.cluster_centers_)
-    sizes = np.bincount(labels, minlength=k)
+    labels, centers = by_size(matrix, labels, centers)
     inertia = float(((matrix - centers[labels]) ** 2).sum())
-    # Re-number clusters by size (largest first) so that ids do not depend on scikit-learn's internal order.
-    order = np.lexsort((np.arange(k), -sizes))
-    rank = np.empty(k, dtype=np.int64)
-    rank[order] = np.arange(k)
-    return LocalClustering(
-        labels=rank[labels],
-        centroids=centers[order],
-        inertia=inertia,
-        scaler=scaler,
-    )
+    return LocalClustering(labels=labels, centroids=centers, inertia=inertia, scaler=scaler)

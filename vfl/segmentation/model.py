@@ -16,9 +16,8 @@ import numpy as np
 import pandas as pd
 
 from vfl.errors import ConfigError, DataError
-from vfl.segmentation.grid import party_distances
 from vfl.segmentation.joint import CLIP_SIGMA
-from vfl.segmentation.local import as_matrix
+from vfl.segmentation.local import as_matrix, nearest
 
 MODEL_FILE = "segment_model.json"
 CLIP = CLIP_SIGMA
@@ -70,4 +69,4 @@ class SegmentModel:
             )
         matrix, _ = as_matrix(frame[list(self.columns)], party=self.party)
         x = np.clip((matrix - self.mean) / self.std, -CLIP, CLIP)
-        return np.argmin(party_distances(x, self.centroids), axis=1).astype(np.int64)
+        return nearest(x, self.centroids)
