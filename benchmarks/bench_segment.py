@@ -165,7 +165,8 @@ def main() -> None:
             if not args.parallel:
                 res[mode] = _result(procs[mode])
         for mode, proc in procs.items():
-            res.setdefault(mode, _result(proc))
+            if mode not in res:  # (setdefault would read a finished child's closed pipe again)
+                res[mode] = _result(proc)
         xt, seg = res["crosstab"], res["segment"]
         print(
             f"{n:>8} {str(seg['k_g']) + 'x' + str(seg['k_h']):>9} {xt['seconds']:>11.1f} {seg['seconds']:>10.1f} "
