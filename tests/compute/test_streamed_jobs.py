@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.compute.test_streamed_training import _as_folder, _stream, _train
+from tests.compute.test_streamed_training import _as_folder, _stream, _train, run_over_flight
 from tests.faults.helpers import Fed, guest_frame, host_frame, make_federation
 from vfl.config import JobConfig
 from vfl.crypto import WorkerPool
@@ -113,6 +113,11 @@ def test_predict_screen_segment_streamed_give_the_in_memory_results(tmp_path: Pa
     scores = mem["score"]["guest"].result
     assert len(scores) == 150
     pd.testing.assert_frame_equal(st["score"]["guest"].result, scores, rtol=0, atol=1e-9)
+    run_over_flight(streamed, _job(streamed, "score-flight", "predict", predict={"model": "job-1"}))
+    over_flight = pd.read_csv(
+        streamed.party("guest").output_dir / "score-flight" / "scores.csv", dtype={"id": str}
+    )
+    pd.testing.assert_frame_equal(over_flight, scores, rtol=0, atol=1e-9)  # vfl run's own path: the same
     assert st["score"]["host"].result == mem["score"]["host"].result == 150
     pd.testing.assert_frame_equal(st["screen"]["guest"].result.iv, mem["screen"]["guest"].result.iv)
     pd.testing.assert_frame_equal(st["screen"]["guest"].result.woe, mem["screen"]["guest"].result.woe)
