@@ -214,3 +214,27 @@ def test_a_bad_column_gives_the_same_error_streamed(tmp_path: Path, problem: str
             )
         errors.append(str(caught.value))
     assert errors[0] == errors[1] and errors[0].startswith("host:")
+
+
+def test_witness_rows_show_what_the_whole_column_shows() -> None:
+    """``column_checks.witness``: text, missing values, infinities, minimum and maximum, as the column."""
+    from vfl.column_checks import summarize, witness
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=500)
+    columns = {
+        "plain": pd.Series(x),
+        "missing": pd.Series(np.where(np.arange(500) == 480, np.nan, x)),
+        "infinite": pd.Series(np.where(np.arange(500) == 7, -np.inf, x)),
+        "text": pd.Series(rng.choice(["u", "v"], 500), dtype=object),
+        "empty": pd.Series([np.nan] * 500),
+        "ints": pd.Series(rng.integers(0, 9, 500)),
+    }
+    for name, column in columns.items():
+        shown = witness(summarize(column), len(column))
+        assert len(shown) == 3, name
+        assert pd.api.types.is_numeric_dtype(shown) == pd.api.types.is_numeric_dtype(column), name
+        assert shown.isna().any() == column.isna().any(), name
+        if pd.api.types.is_numeric_dtype(column) and column.notna().any():
+            assert np.nanmin(shown) == np.nanmin(column) and np.nanmax(shown) == np.nanmax(column), name
+            assert np.isinf(shown).any() == np.isinf(column).any(), name
