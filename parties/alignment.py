@@ -3,6 +3,7 @@ checks every job makes on what it found (the minimum intersection, a serving par
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -71,6 +72,25 @@ def align_for_training(
     result = run_psi(session, job, ids, job.training_psi, column=column, workers=workers)
     session.guard(lambda: require_intersection(result))
     return result.rows, {"size": result.size, "set_sizes": dict(result.set_sizes)}
+
+
+def checked_view(data: pd.DataFrame, streamed: Any, values: Sequence[str] | None = None) -> pd.DataFrame:
+    """What a role's checks before any peer is contacted look at: its table, or for a large file read in
+    batches (``streamed``, a ``StreamedTable``: ``data`` holds the id and what is needed up front) a few
+    rows with every column of the file, ``values`` (None: all) carrying what one streamed pass found, so
+    the same checks give the same one-line errors (``StreamedTable.witness``)."""
+    return data if streamed is None else streamed.witness(data, values)
+
+
+def aligned_rows(
+    result: PsiResult, data: pd.DataFrame, streamed: Any, columns: Sequence[str]
+) -> pd.DataFrame:
+    """This party's rows in the shared order: ``result.align(data)``, or for a streamed file (``streamed``)
+    ``data``'s columns and ``columns`` read from the file, only the shared rows."""
+    if streamed is None:
+        return result.align(data)
+    rows = result.rows if result.rows_revealed else np.empty(0, dtype=np.int64)
+    return streamed.aligned(data, rows, columns)
 
 
 def psi_multiplier(workers: Any, options: PsiOptions) -> ScalarMultiplier | None:

@@ -37,7 +37,7 @@ class RoleContext:
     model: ModelShard | None = None
     keypair: tuple[PublicKey, PrivateKey] | None = None
     source: str | None = None  # the data file's name, for the report's provenance
-    streamed: Any = None  # training on a large file: its StreamedTable (data holds the id and label only)
+    streamed: Any = None  # a large file: its StreamedTable (data holds the id and what is needed up front)
     segment_policy: Any = None  # segment jobs: this party's [segment] policy from party.toml
     budget: Any = None  # audience and segment jobs: the party's PrivacyBudget (None: no budget is kept)
     disable_noise_for_tests: bool = False  # audience jobs: exactness tests only; no option maps to it

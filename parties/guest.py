@@ -23,7 +23,13 @@ from vfl.model import ModelShard
 from vfl.model_reports import kind_report_html
 from vfl.models.kinds import from_name as model_kind
 from vfl.optim import max_rounds
-from vfl.parties.alignment import align_for_training, require_min_intersection, run_psi
+from vfl.parties.alignment import (
+    align_for_training,
+    aligned_rows,
+    checked_view,
+    require_min_intersection,
+    run_psi,
+)
 from vfl.parties.common import (
     Job,
     checkpointing,
@@ -428,18 +434,16 @@ def score(
     *,
     id_column: str,
     workers: WorkerPool | None = None,
+    streamed: Any = None,
 ) -> pd.DataFrame:
     """Score new ids with a trained model: PSI on the new ids, then joint scoring. Returns id and score."""
     exposure_column = [shard.extras["exposure"]] if shard.extras.get("exposure") else []
-    session.guard(
-        lambda: require_columns(
-            data, [id_column, *shard.scaler().input_names, *exposure_column], what="the guest's data"
-        )
-    )
+    needed = [id_column, *shard.scaler().input_names, *exposure_column]
+    session.guard(lambda: require_columns(checked_view(data, streamed, ()), needed, what="the guest's data"))
     session.guard(lambda: session.agree(job.settings()))
     result = run_psi(session, job, data[id_column], job.psi, column=id_column, workers=workers)
     session.guard(result.require_nonempty)
-    aligned = result.align(data)
+    aligned = aligned_rows(result, data, streamed, needed)
 
     def partial() -> np.ndarray:
         matrix = shard.scaler().transform(aligned)

@@ -15,7 +15,13 @@ from vfl.data import check_columns, require_columns
 from vfl.ledger import Ledger
 from vfl.model import ModelShard
 from vfl.optim import max_rounds
-from vfl.parties.alignment import align_for_training, require_min_intersection, run_psi
+from vfl.parties.alignment import (
+    align_for_training,
+    aligned_rows,
+    checked_view,
+    require_min_intersection,
+    run_psi,
+)
 from vfl.parties.common import (
     Job,
     checkpointing,
@@ -141,15 +147,16 @@ def train(ctx: RoleContext) -> HostOutcome:
 
 def score(
     session: Session, job: Job, data: pd.DataFrame, shard: ModelShard, *, id_column: str,
-    workers: WorkerPool | None = None,
+    workers: WorkerPool | None = None, streamed: Any = None,
 ) -> int:  # fmt: skip
     """A host's side of scoring new ids: PSI, then its partial scores. Returns the number of rows scored."""
     needed = [id_column, *shard.scaler().input_names]
-    session.guard(lambda: require_columns(data, needed, what=f"host '{session.party}' data"))
+    view = checked_view(data, streamed, ())
+    session.guard(lambda: require_columns(view, needed, what=f"host '{session.party}' data"))
     session.guard(lambda: session.agree(job.settings()))
     result = run_psi(session, job, data[id_column], job.psi, column=id_column, workers=workers)
     session.guard(result.require_nonempty)
-    aligned = result.align(data)
+    aligned = aligned_rows(result, data, streamed, needed)
     partial = session.guard(lambda: shard.scaler().transform(aligned) @ shard.weight_vector)
     plan = predict.ScoringPlan(job.guest, job.hosts, job.scoring_reveal, stage="predict")
     session.guard(lambda: predict.send_partial_matrix(session, plan, partial))

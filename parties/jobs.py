@@ -120,7 +120,7 @@ def _predict_guest(ctx: RoleContext) -> Outcome:
     assert ctx.model is not None
     if isinstance(ctx.model, SegmentModel):
         return _assign_guest(ctx)
-    scores = _call(guest_party.score, ctx, "id_column", "workers", shard="model")
+    scores = _call(guest_party.score, ctx, "id_column", "workers", "streamed", shard="model")
     outputs: dict[str, Path] = {}
     if ctx.output_dir is not None:
         outputs["scores"] = atomic_write_text(ctx.output_dir / "scores.csv", scores.to_csv(index=False))
@@ -134,7 +134,7 @@ def _predict_host(ctx: RoleContext) -> Outcome:
     assert ctx.model is not None
     if isinstance(ctx.model, SegmentModel):
         return _assign_host(ctx)
-    rows = _call(host_party.score, ctx, "id_column", "workers", shard="model")
+    rows = _call(host_party.score, ctx, "id_column", "workers", "streamed", shard="model")
     notes = host_party.revealed_notes(ctx.job)
     outputs = write_outputs(ctx.output_dir, None, ledger_for(ctx.session, notes))
     return Outcome(outputs, {"rows": rows}, rows)
@@ -144,7 +144,9 @@ def _predict_host(ctx: RoleContext) -> Outcome:
 
 
 def _segment_io(ctx: RoleContext) -> segment_party.PartyIO:
-    return segment_party.PartyIO(ctx.id_column, ctx.columns, ctx.output_dir, ctx.workers, ctx.budget)
+    return segment_party.PartyIO(
+        ctx.id_column, ctx.columns, ctx.output_dir, ctx.workers, ctx.budget, ctx.streamed
+    )
 
 
 def _segment_guest(ctx: RoleContext) -> Outcome:

@@ -86,14 +86,34 @@ def build_job(config: JobConfig, federation: Federation) -> Job:
     )
 
 
+STREAMED_KINDS = ("train", "predict", "screen", "segment", "audience")  # PSI jobs read the ids only
+
+
+def _kept_columns(party: PartyConfig, job: Job) -> list[str]:
+    """What a streamed job keeps in memory for every row: the id, and what the role needs up front
+    (the guest's label and exposure for training, its label for screening, its outcome for segmenting;
+    an audience job's own segment and metric columns, since its cross-tab takes every row)."""
+    guest = party.role == "guest"
+    if job.kind == "audience" and job.audience is not None:
+        segments, metrics = job.audience.columns_of(party.id)
+        up_front = [party.label_column if guest else None, *segments, *metrics]
+    else:
+        up_front = {
+            "train": [party.label_column, job.options.exposure] if guest else [],
+            "screen": [party.label_column] if guest else [],
+            "segment": [job.segment.outcome] if guest and job.segment is not None else [],
+        }.get(job.kind, [])
+    return [party.id_column, *(c for c in up_front if c)]
+
+
 def _load_data(
     party: PartyConfig, job: Job, data: Path | None, *, with_label: bool
 ) -> tuple[pd.DataFrame, StreamedTable | None]:
     """Load and check this party's data before any peer is contacted: columns, ids, labels.
 
-    A training job on a file of at least ``[compute] stream_bytes`` loads only the id (and the
-    guest's label and exposure) and checks its feature columns in one streamed pass; its
-    ``StreamedTable`` reads the aligned rows after the PSI.
+    A job on a file of at least ``[compute] stream_bytes`` loads only the id and what the role needs
+    of every row up front (``_kept_columns``) and checks the other columns in one streamed pass; its
+    ``StreamedTable`` reads the job's columns of the aligned rows after the PSI.
     """
     source = data or party.data
     if source is None:
@@ -102,15 +122,14 @@ def _load_data(
         )
     streamed = (
         StreamedTable.open(source, party.id_column, batch_rows=party.batch_rows)
-        if job.kind == "train" and should_stream(source, party.stream_bytes)
+        if job.kind in STREAMED_KINDS and should_stream(source, party.stream_bytes)
         else None
     )
     # A PSI job reads only the ids, streamed in batches: memory bounded by the ids, not the table.
     if job.kind == "psi":
         frame = read_ids(source, party.id_column)
     elif streamed is not None:
-        kept = [party.id_column, party.label_column or "", job.options.exposure or ""]
-        frame = streamed.load(kept if party.role == "guest" else kept[:1])
+        frame = streamed.load(_kept_columns(party, job))
     else:
         frame = load_table(source, id_column=party.id_column)
     header = streamed.header() if streamed is not None else frame
@@ -199,7 +218,8 @@ def run_party(
     if kind.precheck is not None:  # before anything is written
         kind.precheck(job, party.id, frame, party.id_column, party.label_column, party.columns)
     out = _prepare_output(out, force=force, restart=restart)
-    model = _load_model(party, job, frame, models) if kind.needs_model else None
+    header = streamed.header() if streamed is not None else frame
+    model = _load_model(party, job, header, models) if kind.needs_model else None
     # Jobs that release noised aggregates spend this party's privacy budget (vfl/analytics/budget.py).
     budget = (
         open_budget(party.workspace, party.budget) if kind.spends_budget and party.role != "arbiter" else None

@@ -24,7 +24,7 @@ from vfl.io import atomic_write_json, atomic_write_text
 from vfl.ledger import Ledger
 from vfl.model_reports import screen_report_html
 from vfl.options import ScreenOptions
-from vfl.parties.alignment import run_psi
+from vfl.parties.alignment import aligned_rows, checked_view, run_psi
 from vfl.parties.common import Job, feature_columns, ledger_for, write_outputs
 from vfl.parties.context import Outcome, RoleContext
 from vfl.protocols import screen as protocol
@@ -87,15 +87,16 @@ def guest(ctx: RoleContext) -> Outcome:
     o = _options(job)
 
     def check() -> tuple[list[str], str]:
-        require_columns(data, [id_column, label], what="the guest's data")
-        features = feature_columns(data, id_column, label, columns) if o.guest_columns else []
+        view = checked_view(data, ctx.streamed, ())  # the column checks ran when the file was loaded
+        require_columns(view, [id_column, label], what="the guest's data")
+        features = feature_columns(view, id_column, label, columns) if o.guest_columns else []
         binary_labels(data[label], column=label, positive=positive)
         return features, positive_class(data[label], column=label, positive=positive)
 
     features, positive_label = session.guard(check)
     session.guard(lambda: session.agree(job.settings()))
     result = _align(session, job, data, id_column)
-    aligned = result.align(data)
+    aligned = aligned_rows(result, data, ctx.streamed, features)
     labels = session.guard(lambda: binary_labels(aligned[label], column=label, positive=positive_label))
     session.guard(lambda: _two_classes(labels))
     numeric, skipped = protocol.numeric_columns(aligned[features])
@@ -166,10 +167,11 @@ def host(ctx: RoleContext) -> Outcome:
     """A host's role of a screening job: per-bin counts and encrypted label sums of its columns."""
     session, job, data, id_column, output_dir = ctx.session, ctx.job, ctx.data, ctx.id_column, ctx.output_dir
     assert data is not None
-    features = session.guard(lambda: feature_columns(data, id_column, None, ctx.columns))
+    view = checked_view(data, ctx.streamed, ())  # the column checks ran when the file was loaded
+    features = session.guard(lambda: feature_columns(view, id_column, None, ctx.columns))
     session.guard(lambda: session.agree(job.settings()))
     result = _align(session, job, data, id_column)
-    aligned = result.align(data)
+    aligned = aligned_rows(result, data, ctx.streamed, features)
     numeric, skipped = protocol.numeric_columns(aligned[features])
     shared = session.guard(lambda: protocol.run_host(session, _plan(job), aligned[numeric]))
     session.barrier("screen")

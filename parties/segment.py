@@ -30,7 +30,7 @@ from vfl.crypto import PrivateKey, PublicKey, WorkerPool, generate_keypair
 from vfl.errors import ConfigError, DataError
 from vfl.io import atomic_write_text
 from vfl.ledger import Ledger
-from vfl.parties.alignment import run_psi
+from vfl.parties.alignment import aligned_rows, checked_view, run_psi
 from vfl.parties.budget import reserve_budget as _reserve
 from vfl.parties.common import Job, ledger_for, write_outputs
 from vfl.protocols import segment as protocol
@@ -162,6 +162,7 @@ class PartyIO:
     output_dir: Path | None = None
     workers: WorkerPool | None = None
     budget: PrivacyBudget | None = None
+    streamed: Any = None  # a large file read in batches (StreamedTable): data holds the id and outcome
 
 
 def run_guest(
@@ -169,11 +170,12 @@ def run_guest(
 ) -> SegmentRun:
     options: SegmentOptions = job.segment
     exclude = [c for c in (label, options.outcome) if c]
-    columns = session.guard(lambda: segment_columns(data, io.id_column, io.offered, exclude, session.party))
+    view = checked_view(data, io.streamed, io.offered)
+    columns = session.guard(lambda: segment_columns(view, io.id_column, io.offered, exclude, session.party))
     if options.outcome:
         session.guard(lambda: check_outcome(data, options.outcome, session.party))
     aligned_psi = _prepare(session, job, data, io.id_column)
-    aligned = aligned_psi.align(data)
+    aligned = aligned_rows(aligned_psi, data, io.streamed, columns)
     n = len(aligned)
     k_rule = local_k(options, len(job.hosts) + 1, n)
     _reserve(session, job, io.budget, dict.fromkeys(job.hosts, options.epsilon))
@@ -238,9 +240,10 @@ def run_host(
 ) -> SegmentRun:
     options: SegmentOptions = job.segment
     policy = policy or SegmentPolicy()
-    columns = session.guard(lambda: segment_columns(data, io.id_column, io.offered, (), session.party))
+    view = checked_view(data, io.streamed, io.offered)
+    columns = session.guard(lambda: segment_columns(view, io.id_column, io.offered, (), session.party))
     aligned_psi = _prepare(session, job, data, io.id_column)
-    aligned = aligned_psi.align(data)
+    aligned = aligned_rows(aligned_psi, data, io.streamed, columns)
     n = len(aligned)
     k_rule = local_k(options, len(job.hosts) + 1, n)
     local, _ = session.guard(lambda: _local(aligned, columns, options, k_rule, session.party))
@@ -406,14 +409,14 @@ def simulate_segment(
 
 
 def _score_clusters(
-    session: Session, job: Job, data: pd.DataFrame, model: SegmentModel, id_column: str
+    session: Session, job: Job, data: pd.DataFrame, model: SegmentModel, io: PartyIO
 ) -> tuple[PsiResult, np.ndarray]:
     """Check the data against the model, agree, PSI on the new ids, and every aligned row's local cluster."""
-    session.guard(lambda: model.local_clusters(data))
+    session.guard(lambda: model.local_clusters(checked_view(data, io.streamed, model.columns)))
     session.guard(lambda: session.agree(job.settings()))
-    result = run_psi(session, job, data[id_column], job.psi, column=id_column)
+    result = run_psi(session, job, data[io.id_column], job.psi, column=io.id_column)
     session.guard(result.require_nonempty)
-    return result, model.local_clusters(result.align(data))
+    return result, model.local_clusters(aligned_rows(result, data, io.streamed, model.columns))
 
 
 def assign_guest(
@@ -427,7 +430,7 @@ def assign_guest(
             f"the segment model of job '{model.job_id}' was made with {model.lookup.ndim - 1} host(s), "
             f"this job has {len(job.hosts)}; score with the same parties as the segment job"
         )
-    result, labels = _score_clusters(session, job, data, model, io.id_column)
+    result, labels = _score_clusters(session, job, data, model, io)
     seg = protocol.assign_guest(session, list(job.hosts), labels, model.lookup, workers=io.workers)
     session.barrier("segment-assign")
     out = pd.DataFrame({io.id_column: result.ids.to_numpy(), "segment": seg})
@@ -450,7 +453,7 @@ def assign_host(
 ) -> int:
     """Scoring at a host: its local cluster of every new shared customer goes, encrypted, into the chain."""
     policy = policy or SegmentPolicy()
-    result, labels = _score_clusters(session, job, data, model, io.id_column)
+    result, labels = _score_clusters(session, job, data, model, io)
     keypair = keypair or generate_keypair(int(model.options.get("key_bits", 2048)))
     k_h = model.centroids.shape[0]
     protocol.assign_host(

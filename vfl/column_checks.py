@@ -4,7 +4,8 @@ A column's :class:`ColumnSummary` (values present, text or numeric, infinities, 
 magnitude, the distinct values of a text column) is computed for one batch by :func:`summarize`
 and merged with :func:`merge`, so the checks of ``vfl.data.check_columns`` run the same on a table
 in memory (one batch) and on a file streamed in record batches (``vfl.streaming``), and give the
-same one-line problems (:func:`column_problem`).
+same one-line problems (:func:`column_problem`). :func:`witness` turns a summary back into a few
+values with the same problems, for checks written against a frame (a streamed job's pre-contact checks).
 """
 
 from __future__ import annotations
@@ -87,3 +88,19 @@ def column_problem(name: str, s: ColumnSummary, max_categories: int) -> str | No
             f"(at most {MAX_MAGNITUDE:.0e}); rescale it"
         )
     return None
+
+
+def witness(s: ColumnSummary, rows: int, length: int = 3) -> pd.Series:
+    """``length`` values that show what ``s`` (a column of ``rows`` rows) shows a check: text, missing
+    values, infinities, its minimum and maximum. A pure function; the checks of a frame give the same
+    answer on these values as on the whole column."""
+    if s.text:
+        categories = sorted(s.categories, key=str)
+        values: list = [categories[i % len(categories)] for i in range(length)]
+        if s.values < rows:
+            values[-1] = None
+        return pd.Series(values, dtype=object)
+    seen = [s.low, s.high] if s.values else []
+    shown = ([math.nan] if s.values < rows else []) + seen
+    padding = seen[0] if seen else math.nan
+    return pd.Series((shown + [padding] * length)[:length], dtype=float)

@@ -139,7 +139,7 @@ class PartyConfig:
     positive: str | None = None  # guest: the label value that is the positive class (needed unless 0/1)
     compute: str = "local"  # [compute] backend: "local" (a process pool here) or "dask://HOST:PORT"
     compute_workers: int | None = None  # [compute] workers: local pool size (default: every core)
-    # [compute] stream_bytes: a training party's data file at least this large is streamed, not loaded
+    # [compute] stream_bytes: a party's data file at least this large is streamed, not loaded
     # (vfl.streamed_table; -1: never); batch_rows: the rows of one streamed batch
     stream_bytes: int = 256 * 1024 * 1024
     batch_rows: int = 262_144

@@ -1,10 +1,11 @@
 """A party's large data file used without loading it: the columns it needs now, the rest streamed.
 
-For a training job on a file above ``[compute] stream_bytes`` (``DEFAULT_STREAM_BYTES``), a party
-keeps in memory only its id column (and, at the guest, the label and the exposure); the local
-checks of its feature columns run in one streamed pass (``column_summaries``: the same checks and
-one-line errors as ``vfl.data.check_columns``), and after the PSI its aligned rows are read with
-``vfl.streaming.take_rows`` -- only the shared rows, in the shared order.
+For a job on a file above ``[compute] stream_bytes`` (``DEFAULT_STREAM_BYTES``), a party keeps in
+memory only its id column and what it needs of every row up front (the guest's label, say); the local
+checks of its other columns run in one streamed pass (``column_summaries``: the same checks and
+one-line errors as ``vfl.data.check_columns``; ``witness`` gives checks written against a frame a few
+rows that carry the same problems), and after the PSI its aligned rows are read with
+``vfl.streaming.take_rows`` -- only the shared rows, in the shared order, only the job's columns.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from vfl.column_checks import ColumnSummary, column_problem, merge, summarize
+from vfl.column_checks import ColumnSummary, column_problem, merge, summarize, witness
 from vfl.data import MAX_CATEGORIES, report_problems
 from vfl.errors import DataError
 from vfl.streaming import DEFAULT_BATCH_ROWS, _to_pandas, iter_batches, open_dataset, take_rows
 
 DEFAULT_STREAM_BYTES = 256 * 1024 * 1024  # files (or Parquet folders) at least this large are streamed
+WITNESS_ROWS = 3  # rows of ``StreamedTable.witness``: a column's missing value, minimum and maximum
 
 
 def data_bytes(source: str | Path) -> int:
@@ -59,6 +61,7 @@ class StreamedTable:
     id_column: str
     batch_rows: int = DEFAULT_BATCH_ROWS
     checked: dict[tuple[str, ...], str] = field(default_factory=dict)
+    summarized: dict[str, ColumnSummary] = field(default_factory=dict)
 
     @classmethod
     def open(
@@ -84,20 +87,48 @@ class StreamedTable:
         pa.default_memory_pool().release_unused()
         return frame
 
+    def summaries(self, columns: Sequence[str]) -> dict[str, ColumnSummary]:
+        """The :class:`ColumnSummary` of each of ``columns``; those not summarized yet in one streamed pass."""
+        todo = [c for c in dict.fromkeys(columns) if c not in self.summarized]
+        if todo:
+            self.summarized.update(column_summaries(self.source, todo, batch_rows=self.batch_rows))
+            pa.default_memory_pool().release_unused()
+        return {c: self.summarized[c] for c in columns}
+
     def check(self, features: Sequence[str], what: str) -> None:
         """``vfl.data.check_columns`` of ``features``, from one streamed pass (done once per list)."""
         key = tuple(features)
         if key not in self.checked:
-            summaries = column_summaries(self.source, features, batch_rows=self.batch_rows)
+            summaries = self.summaries(features)
             problems = [column_problem(n, summaries[n], MAX_CATEGORIES) for n in features]
             self.checked[key] = "; ".join(p for p in problems if p)
-            pa.default_memory_pool().release_unused()
         report_problems([self.checked[key]] if self.checked[key] else [], what)
+
+    def witness(self, loaded: pd.DataFrame, values: Sequence[str] | None = None) -> pd.DataFrame:
+        """A few rows with every column of the file, for the checks a job makes before any peer is
+        contacted: ``loaded``'s columns (every row in memory) as its first rows, the ``values`` columns
+        (None: all the others) as values that carry what their streamed summaries found (text,
+        missing, infinite, minimum and maximum: ``column_checks.witness``); other columns are empty."""
+        rows = len(loaded)
+        others = [c for c in self.names if c not in loaded.columns]
+        summaries = self.summaries(others if values is None else [c for c in values if c in others])
+        head = np.arange(WITNESS_ROWS) % max(rows, 1)
+        columns = {}
+        for name in self.names:
+            if name in loaded.columns:
+                columns[name] = loaded[name].iloc[head].reset_index(drop=True)
+            elif name in summaries:
+                columns[name] = witness(summaries[name], rows, WITNESS_ROWS)
+            else:
+                columns[name] = pd.Series([np.nan] * WITNESS_ROWS)
+        return pd.DataFrame(columns)
 
     def aligned(self, frame: pd.DataFrame, rows: np.ndarray, features: Sequence[str]) -> pd.DataFrame:
         """The aligned rows: ``frame``'s columns and ``features`` read from the file (only those rows)."""
         kept = frame.iloc[rows].reset_index(drop=True)
-        extra = [c for c in features if c not in kept.columns]
+        extra = [c for c in dict.fromkeys(features) if c not in kept.columns]
+        if not extra:
+            return kept
         taken = take_rows(self.source, np.asarray(rows), extra, batch_rows=self.batch_rows)
         pa.default_memory_pool().release_unused()  # the decoded batches: keep only the aligned rows
         return pd.concat([kept, taken], axis=1)

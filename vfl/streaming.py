@@ -149,7 +149,18 @@ def take_rows(
     del kept
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))
-    return _to_pandas(table.take(pa.array(rank)))
+    return _take_columns(table, pa.array(rank))
+
+
+def _take_columns(table: pa.Table, indices: pa.Array) -> pd.DataFrame:
+    """``_to_pandas(table.take(indices))`` one column at a time: each column of ``table`` is let go once
+    taken, so the peak is the kept rows plus one column, not two more copies of them."""
+    columns = {}
+    for name in table.column_names:
+        taken = table.column(0).take(indices)
+        table = table.remove_column(0)
+        columns[name] = _to_pandas(pa.table({name: taken}))[name]
+    return pd.DataFrame(columns, copy=False)
 
 
 def _to_pandas(table: pa.Table) -> pd.DataFrame:

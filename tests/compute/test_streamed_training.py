@@ -44,12 +44,13 @@ def _as_folder(fed: Fed, name: str) -> None:
     party.save()
 
 
-def _train(fed: Fed) -> dict[str, np.ndarray]:
+def run_over_flight(fed: Fed, job: Path) -> None:
+    """Every party of the federation runs ``job`` with ``run_party``, in threads over Flight + TLS."""
     errors: list[BaseException] = []
 
     def body(name: str) -> None:
         try:
-            run_party(fed.ws[name], fed.job, settings=FAST, workers=1)
+            run_party(fed.ws[name], job, settings=FAST, workers=1)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -59,6 +60,10 @@ def _train(fed: Fed) -> dict[str, np.ndarray]:
     for t in threads:
         t.join(timeout=240)
     assert not errors, errors
+
+
+def _train(fed: Fed) -> dict[str, np.ndarray]:
+    run_over_flight(fed, fed.job)
     weights = {}
     for name in ("guest", "host"):
         shard = json.loads((fed.party(name).output_dir / "job-1" / "model.json").read_text())
