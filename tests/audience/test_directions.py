@@ -10,6 +10,7 @@ import pytest
 import vfl
 from tests.audience.conftest import audience_options
 from tests.audience.test_exactness import _check, _expected
+from tests.audience.test_transcript import assert_no_raw_values
 from vfl.analytics.crosstab import Layout
 from vfl.crypto import generate_keypair
 from vfl.crypto.arrow import table_ciphertexts
@@ -68,6 +69,12 @@ def test_guest_encrypts_exactly_one_host(market, host_keypairs, guest_keypair):
     assert len(rows) == (len(b) + 1) // 2 and len(set(rows)) == len(rows)
     keys_sent = [m for m in names["session.public-key"] if m.sender == "retailer"]
     assert len(keys_sent) == 1 and keys_sent[0].receiver == "bank"
+    assert_no_raw_values(result.network.transcript, (("retailer", "spend", r), ("bank", "balance", b)))
+    # the host sends back as many ciphertexts as accumulators (two halves each: per host cell, not per row)
+    (sealed,) = names["audience.guest-sealed"]
+    layout = _layout(names, "bank")
+    assert decode_table(sealed.payload).num_rows == layout.accumulators == 2 * len(layout.accumulator_specs())
+    assert layout.guest_cells == 45 and layout.host_cells == 6  # written from the folding party's side
 
 
 def test_two_hosts_one_in_each_direction(market, host_keypairs, guest_keypair):
@@ -75,9 +82,7 @@ def test_two_hosts_one_in_each_direction(market, host_keypairs, guest_keypair):
     r, frames, result = _run(market, keys, ("bank", "publisher"))
     names = _messages(result)
     assert {m.receiver for m in names["audience.guest-rows"]} == {"bank"}
-    assert {m.sender for m in names["audience.rows"]} == {
-        "publisher"
-    }  # the host encrypts, two rows a plaintext
+    assert {m.sender for m in names["audience.rows"]} == {"publisher"}  # two rows a plaintext
     p = frames["publisher"]
     layout = _layout(names, "publisher")
     assert layout.pair_bits and len(_ciphertexts(names, "audience.rows")) == (len(p) + 1) // 2
