@@ -248,11 +248,10 @@ def _guest_plan(
     layout = ct.verify_layout(
         received, options, guest=folder, host=encryptor, key_bits=key_bits, max_rows=shared
     )
-    ours = direction.plan(
-        options, guest=me, host=host, rows=layout.rows, key_bits=key_bits,
-        guest_categories=layout.guest_categories if encrypts == direction.HOST else layout.host_categories,
-        host_categories=layout.host_categories if encrypts == direction.HOST else layout.guest_categories,
-    )  # fmt: skip
+    mine, theirs = layout.guest_categories, layout.host_categories
+    if encrypts == direction.GUEST:
+        mine, theirs = theirs, mine
+    ours = direction.plan(options, (me, mine), (host, theirs), rows=layout.rows, key_bits=key_bits)
     if ours.encrypts != encrypts or ours.layout.to_dict() != layout.to_dict():
         raise ProtocolError(f"party '{host}' chose a direction that does not follow from the layouts")
     return ours
@@ -397,9 +396,12 @@ def run_host(
     except (json.JSONDecodeError, AttributeError, TypeError) as exc:
         raise ProtocolError(f"party '{guest}' sent unreadable segment categories") from exc
     plan = direction.plan(
-        options, guest=guest, host=me, guest_categories=guest_categories,
-        host_categories=shared.categories, rows=shared.shared, key_bits=public_key.bits,
-    )  # fmt: skip
+        options,
+        (guest, guest_categories),
+        (me, shared.categories),
+        rows=shared.shared,
+        key_bits=public_key.bits,
+    )
     layout, parts = plan.layout, row_parts(plan.layout, shared.count)
     layout_msg = {"layout": [json.dumps(layout.to_dict())], "parts": [parts], "encrypts": [plan.encrypts]}
     session.send(LAYOUT, guest, pa.table(layout_msg), host=me)

@@ -292,8 +292,11 @@ def test_an_audience_job_sends_only_declared_messages(keypair_1024):
     options = AudienceJobOptions.from_dict(
         {
             # bank: 5 x 9 cells, the retailer's rows are cheaper and it encrypts; publisher: the host encrypts
-            "segments": {"retailer": ["channel"], "bank": ["income_band", "products_held"],
-                         "publisher": ["interest_segment"]},  # fmt: skip
+            "segments": {
+                "retailer": ["channel"],
+                "bank": ["income_band", "products_held"],
+                "publisher": ["interest_segment"],
+            },
             "metrics": {"retailer": ["spend"], "bank": ["balance"]},
             "bounds": {"spend": [0, 300], "balance": [0, 20000]},
             "key_bits": 1024,

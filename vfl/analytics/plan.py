@@ -18,6 +18,7 @@ from vfl.analytics.dp import AudienceOptions
 from vfl.analytics.layout import Layout, make_layout
 
 HOST, GUEST = "host", "guest"
+Side = tuple[str, Mapping[str, Sequence]]  # a party's name and its segment categories
 
 
 @dataclass(frozen=True)
@@ -29,27 +30,18 @@ class Plan:
     table: Layout  # guest cells x host cells: labels, measures and epsilon of the released table
 
 
-def plan(
-    options: AudienceOptions,
-    *,
-    guest: str,
-    host: str,
-    guest_categories: Mapping[str, Sequence],
-    host_categories: Mapping[str, Sequence],
-    rows: int,
-    key_bits: int,
-) -> Plan:
-    """Both directions' layouts (rows paired where two fit a plaintext); the cheaper one to encrypt."""
-    common = {"rows": rows, "key_bits": key_bits, "pair": True}
-    today = make_layout(options, guest=guest, host=host, guest_categories=guest_categories,
-                        host_categories=host_categories, **common)  # fmt: skip
-    swapped = make_layout(options, guest=host, host=guest, guest_categories=host_categories,
-                          host_categories=guest_categories, **common)  # fmt: skip
-    table = make_layout(options, guest=guest, host=host, guest_categories=guest_categories,
-                        host_categories=host_categories, rows=rows, key_bits=key_bits)  # fmt: skip
+def plan(options: AudienceOptions, guest: Side, host: Side, *, rows: int, key_bits: int) -> Plan:
+    """Both directions' layouts (rows paired where two fit a plaintext); the cheaper one to encrypt.
+    ``guest``, ``host``: each party's name and segment categories."""
+
+    def layout(folder: Side, encryptor: Side, pair: bool) -> Layout:
+        return make_layout(options, guest=folder[0], host=encryptor[0], guest_categories=folder[1],
+                           host_categories=encryptor[1], rows=rows, key_bits=key_bits, pair=pair)  # fmt: skip
+
+    today, swapped = layout(guest, host, True), layout(host, guest, True)
     if swapped.ciphertexts_per_row < today.ciphertexts_per_row:
-        return Plan(GUEST, swapped, table)
-    return Plan(HOST, today, table)
+        return Plan(GUEST, swapped, layout(guest, host, False))
+    return Plan(HOST, today, layout(guest, host, False))
 
 
 def oriented(table: CrossTab, plan: Plan) -> CrossTab:

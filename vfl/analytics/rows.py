@@ -212,32 +212,21 @@ def fold_task(layout: Layout) -> Callable[..., Partial]:
     return pair_fold_kernel if layout.pair_bits else fold_kernel
 
 
-def pair_fold_kernel(
-    cts: list[mpz],
-    cells: np.ndarray,
-    qs: list[np.ndarray],
-    g_cells: int,
-    n_blocks: int,
-    count_blocks: int,
-    n2: mpz,
-) -> Partial:
+def pair_fold_kernel(cts: list[mpz], cells: np.ndarray, qs: list[np.ndarray], *fold: Any) -> Partial:
     """Partial accumulators of a range of paired rows (rows ``2j``, ``2j + 1`` in ciphertext ``j``), in
     :meth:`Layout.sealed_specs` order: each ciphertext folded into the low-half accumulators of row ``2j``'s
-    cell and the high-half accumulators of row ``2j + 1``'s (one modmul per row)."""
+    cell and the high-half accumulators of row ``2j + 1``'s (one modmul per row). ``fold``: the trailing
+    arguments of :func:`fold_kernel` (:func:`fold_args`)."""
     cells = np.asarray(cells, dtype=np.int64)
-    n_cts = len(cts) // n_blocks
+    n_cts = len(cts) // fold[1]
     halves = []
     for start in (0, 1):
-        pick = cells[start::2]
-        c = np.full(n_cts, -1, dtype=np.int64)
-        c[: len(pick)] = pick
-        q_half = []
-        for q in qs:
-            v = np.zeros(n_cts, dtype=np.int64)
-            part = np.asarray(q, dtype=np.int64)[start::2]
-            v[: len(part)] = part
-            q_half.append(v)
-        halves.append(fold_kernel(cts, c, q_half, g_cells, n_blocks, count_blocks, n2))
+        half = [np.asarray(a, dtype=np.int64)[start::2] for a in (cells, *qs)]
+        padded = [np.zeros(n_cts, dtype=np.int64) for _ in half]
+        padded[0] -= 1  # a missing last row (odd count) is left out
+        for dst, src in zip(padded, half, strict=True):
+            dst[: len(src)] = src
+        halves.append(fold_kernel(cts, padded[0], padded[1:], *fold))
     return halves[0][0] + halves[1][0], halves[0][1] + halves[1][1]
 
 
