@@ -242,9 +242,9 @@ def seal(
     kept, state = _kept_masks(acc.layout, int(n), uniform)
     rands = few_randomizers(pk, len(specs)) if randomness is None else randomness.take(len(specs))
     out = []
-    for i, (c, spec, r, rnd) in enumerate(zip(acc.ciphertexts, specs, kept, rands, strict=True)):
-        z = noise[i] if i < len(noise) else 0
-        m = mpz((z << spec.shift if z >= 0 else -((-z) << spec.shift)) + _mask(spec, r)) % n
+    noise += [0] * (len(specs) - len(noise))  # paired: the noise share sits in the low halves (bit 0)
+    for c, spec, z, r, rnd in zip(acc.ciphertexts, specs, noise, kept, rands, strict=True):
+        m = mpz(z + _mask(spec, r)) % n
         c = c + n * (m * c % n)  # c (1 + m n) mod n^2
         if c >= n2:
             c -= n2
