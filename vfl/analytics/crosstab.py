@@ -1,6 +1,8 @@
 """Encrypted cross-tabs: counts and sums of shared customers by (guest cell) x (host cell).
 
-The host owns the Paillier key. All numbers travel as *signed integers in slots* of a plaintext:
+Written for the host encrypting under its own Paillier key and the guest folding; the guest may as well
+encrypt and the host fold (:mod:`vfl.analytics.plan`: the layout is then written from the host's side,
+"guest" meaning the folding party). All numbers travel as *signed integers in slots* of a plaintext:
 
 * a **host cell** is one combination of the host's segment columns (mixed radix over each column's
   declared categories; no segment columns = one cell); a **guest cell** likewise for the guest's;
@@ -20,11 +22,20 @@ each negative digit) are exactly the slot values. Sums of plaintexts are sums of
 slot ever overflows into a neighbour.
 
 **Blocks.** Count slots come first. Without guest metrics, host-metric slots follow in the same block.
-With guest metrics, if counts and host metrics fit one plaintext with the host-metric slots sized for
-the products ``R Q_g Q_h`` (plus a 64-bit mask), they share one **mixed** block (one ciphertext per row)
-and the guest-metric accumulators are **truncated**: masked so that the host's decryption is uniform
-in their count bits and statistically hidden above (:func:`seal`), and the host returns the count bits
-alone (:func:`respond`); otherwise count slots get blocks of their own.
+With guest metrics, if counts and host metrics fit one plaintext with room above for the products
+``R Q_g Q_h`` that carry out of the host-metric slots (the block's extent, plus a 64-bit mask), they
+share one **mixed** block (one ciphertext per row) and the guest-metric accumulators are **truncated**:
+masked so that the host's decryption is uniform in their count bits and statistically hidden above
+(:func:`seal`), and the host returns the count bits alone (:func:`respond`); otherwise count slots get
+blocks of their own.
+
+**Pairs.** When two rows fit (``Layout.pair_bits``), rows ``2j`` and ``2j + 1`` share plaintext ``j``
+(:func:`pair_plaintexts`); the fold puts each ciphertext into the low-half accumulator of row ``2j``'s
+cell and the high-half one of row ``2j + 1``'s; every accumulator is truncated to its own half, the
+other half statistically masked, and the decryptor returns one value per pair of halves (their kept
+bits summed), so each noise share is added once. ``seal(uniform=False)`` is for a decryptor that is the
+table's recipient (the guest, when it encrypted): no mask on the kept bits, masks ``r`` and ``-r`` on a
+pair's halves.
 
 **Flow** (``[[.]]`` under the host's key; see the report/DESIGN.md for the message table)::
 
