@@ -5,8 +5,9 @@ loopback ``PipeChannel`` of ``bench_psi.py``). Both hold the same ``n`` customer
 guest a 10-category segment column and one metric, the host a 20-category segment column and one
 metric (2 metric columns, 2048-bit key, epsilon 1, k = 20). Each party runs the real role runtime
 (``vfl.parties.audience.run_guest`` / ``run_host``: local checks, agreement, PSI, cross-tab, release),
-then, on the same session, the PSI alone on the same ids (the baseline). The host's key is generated
-before the clock starts (its time is printed apart). The table shows wall time (the slower party,
+then, on the same session, the PSI alone on the same ids (the baseline). Each party's key is generated
+before the clock starts (its time is printed apart); the layout decides which party encrypts (here the
+guest, two rows a plaintext: DESIGN.md §13). The table shows wall time (the slower party,
 from a barrier both pass), each party's peak resident memory (main
 process; pool workers apart), and the ratio audience / PSI measured in the same run.
 
@@ -126,17 +127,16 @@ def party(
     session = job.session(channel)
     keygen = 0.0
     keypair = None
-    floor = floor_costs(key_bits) if role == "host" else {}
-    if role == "host":
-        t = time.perf_counter()
-        keypair = generate_keypair(key_bits)
-        keygen = time.perf_counter() - t
+    floor = floor_costs(key_bits) if role == _plan(n, key_bits, owners)[0] else {}  # the encrypting party
+    t = time.perf_counter()
+    keypair = generate_keypair(key_bits)  # each party's own key (the encrypting party's is used)
+    keygen = time.perf_counter() - t
     with WorkerPool(workers) as pool:
         list(pool.executor.map(_worker_rss, range(workers)))  # start the workers before the clock starts
         barrier.wait()
         t0 = time.perf_counter()
         if role == "guest":
-            run = audience.run_guest(session, job, data, id_column="id", workers=pool)
+            run = audience.run_guest(session, job, data, id_column="id", workers=pool, keypair=keypair)
             cells = int((~run.crosstabs["host"]["suppressed"].astype(bool)).sum())
         else:
             run = audience.run_host(session, job, data, id_column="id", workers=pool, keypair=keypair)
@@ -160,13 +160,19 @@ def run_sizes(n: int, workers: int, key_bits: int, owners: str) -> dict[str, tup
     return run_two_parties(party, (n, workers, key_bits, owners))
 
 
-def step_table(n: int, blocks: int, workers: int, guest: dict, host: dict, floor: dict) -> list[str]:
+def step_table(
+    n: int, plan: tuple[str, float], workers: int, guest: dict, host: dict, floor: dict
+) -> list[str]:
     """Where the time goes, with the arithmetic floor of the CPU-bound steps (on ``workers`` cores)."""
-    enc_floor = n * blocks * floor["encrypt"]
+    encrypts, per_row = plan
+    folds = "host" if encrypts == "guest" else "guest"
+    cts = int(np.ceil(n * per_row))
+    blocks = int(np.ceil(per_row))  # modmuls per row: one per block (a paired ciphertext: one per half)
+    enc_floor = cts * floor["encrypt"]
     fold_floor = n * blocks * floor["modmul"]
     floors = {
-        "host: encrypt (cpu)": (enc_floor, f"{{per:.0f}} us per ciphertext, floor {floor['encrypt'] * 1e6:.0f} us", n * blocks),
-        "guest: fold (cpu)": (fold_floor, f"{{per:.1f}} us per row, floor {blocks} modmul = {blocks * floor['modmul'] * 1e6:.1f} us", n),
+        f"{encrypts}: encrypt (cpu)": (enc_floor, f"{{per:.0f}} us per ciphertext, floor {floor['encrypt'] * 1e6:.0f} us", cts),
+        f"{folds}: fold (cpu)": (fold_floor, f"{{per:.1f}} us per row, floor {blocks} modmul = {blocks * floor['modmul'] * 1e6:.1f} us", n),
     }  # fmt: skip
     lines = [f"    {'step':<44} | {'seconds':>8} | {'floor s':>8} | note"]
     lines.append(f"    {'PSI (audience-psi, wall)':<44} | {host.get('psi', 0.0):8.2f} | {'':>8} |")
@@ -178,8 +184,8 @@ def step_table(n: int, blocks: int, workers: int, guest: dict, host: dict, floor
         lines.append(f"    {name:<44} | {value:8.2f} | {cell:>8} | {note.format(per=value / units * 1e6)}")
     lines.append(
         f"    floor of the cross-tab on {workers} cores: encryption {enc_floor / workers:.2f} s + fold "
-        f"{fold_floor / workers:.2f} s ({n:,} rows x {blocks} ciphertext(s)); (cpu) rows and the floor are CPU "
-        "seconds summed over the workers, the others wall-clock seconds"
+        f"{fold_floor / workers:.2f} s ({n:,} rows, {per_row:g} ciphertext(s) a row, the {encrypts} encrypts); "
+        "(cpu) rows and the floor are CPU seconds summed over the workers, the others wall-clock seconds"
     )
     return lines
 
@@ -214,13 +220,13 @@ def main() -> None:
             assert g[2] == n and h[2] == n, f"PSI found {g[2]} shared ids, expected {n}"
             wall_audience, wall_psi = max(g[0], h[0]), max(g[1], h[1])
             rows.append((n, who, wall_audience, wall_psi, g, h))
-            blocks = _blocks(n, args.key_bits, who)
+            plan = _plan(n, args.key_bits, who)
             print(
-                f"  {n:>9,} ({who} metrics, {blocks} ciphertext(s) per row): audience {wall_audience:.1f} s, "
-                f"PSI alone {wall_psi:.1f} s, load {os.getloadavg()[0]:.1f}",
+                f"  {n:>9,} ({who} metrics, the {plan[0]} encrypts, {plan[1]:g} ciphertext(s) per row): audience "
+                f"{wall_audience:.1f} s, PSI alone {wall_psi:.1f} s, load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
-            print("\n".join(step_table(n, blocks, args.workers, g[7], h[7], h[8])), flush=True)
+            print("\n".join(step_table(n, plan, args.workers, g[7], h[7], g[8] or h[8])), flush=True)
     header = (
         f"{'shared':>10} | {'metrics':>7} | {'audience s':>10} | {'PSI alone s':>11} | {'ratio':>6} | {'guest MB':>8} | "
         f"{'host MB':>7} | {'worker MB':>9} | {'keygen s':>8} | {'released cells':>14}"
@@ -231,7 +237,7 @@ def main() -> None:
     for n, who, wa, wp, g, h in rows:
         print(
             f"{n:>10,} | {who:>7} | {wa:10.1f} | {wp:11.1f} | {wa / wp:5.2f}x | {g[3]:8.0f} | {h[3]:7.0f} | "
-            f"{max(g[4], h[4]):9.0f} | {h[5]:8.1f} | {g[6]:>14}"
+            f"{max(g[4], h[4]):9.0f} | {max(g[5], h[5]):8.1f} | {g[6]:>14}"
         )
     print(
         "\nratio = audience job wall time (its own PSI + the encrypted cross-tab + release) / the PSI alone on the "
@@ -240,21 +246,19 @@ def main() -> None:
     )
 
 
-def _blocks(n: int, key_bits: int, owners: str) -> int:
-    """Ciphertexts per shared row of the benchmark's layout."""
-    from vfl.analytics.crosstab import make_layout
+def _plan(n: int, key_bits: int, owners: str) -> tuple[str, float]:
+    """Which party encrypts the benchmark's rows, and how many ciphertexts a row costs it."""
     from vfl.analytics.options import AudienceJobOptions
+    from vfl.analytics.plan import plan
 
     metrics, bounds = metric_table(owners)
     options = AudienceJobOptions.from_dict(
         {"segments": {"guest": ["gseg"], "host": ["hseg"]}, "metrics": metrics, "bounds": bounds,
          "max_categories": max(GUEST_SEGMENTS, HOST_SEGMENTS)}
     ).mechanism  # fmt: skip
-    layout = make_layout(
-        options, guest="guest", host="host", guest_categories={"gseg": tuple(range(GUEST_SEGMENTS))},
-        host_categories={"hseg": tuple(range(HOST_SEGMENTS))}, rows=n, key_bits=key_bits,
-    )  # fmt: skip
-    return len(layout.blocks)
+    guest = ("guest", {"gseg": tuple(range(GUEST_SEGMENTS))})
+    chosen = plan(options, guest, ("host", {"hseg": tuple(range(HOST_SEGMENTS))}), rows=n, key_bits=key_bits)
+    return chosen.encrypts, chosen.layout.ciphertexts_per_row
 
 
 if __name__ == "__main__":

@@ -198,8 +198,11 @@ def run_guest(
     output_dir: Path | None = None,
     workers: Any = None,
     budget: PrivacyBudget | None = None,
+    keypair: Any = None,
     disable_noise_for_tests: bool = False,
 ) -> AudienceRun:
+    """The guest: PSI and cross-tab with each host. ``keypair`` (optional) is its own Paillier key, used when
+    a layout has the guest encrypt its rows (generated when needed if not given)."""
     options, categories = _start(session, job, data, id_column, label, offered, output_dir, budget)
     mech, me = options.mechanism, session.party
     timings: dict[str, float] = {}
@@ -225,7 +228,7 @@ def run_guest(
                 lambda host=host, by_row=by_row, cells=cells: protocol.run_guest(
                     session, host, mech, key_bits=options.key_bits, guest_categories=categories,
                     guest_cells=cells, guest_metrics=by_row if metrics else None, workers=workers,
-                    disable_noise_for_tests=disable_noise_for_tests, timings=timings,
+                    keypair=keypair, disable_noise_for_tests=disable_noise_for_tests, timings=timings,
                 )
             )  # fmt: skip
         session.barrier("audience")

@@ -203,7 +203,7 @@ def _audience(ctx: RoleContext, role: Callable[..., Any], *fields: str) -> Outco
 
 
 def _audience_guest(ctx: RoleContext) -> Outcome:
-    return _audience(ctx, audience_party.run_guest, "label")
+    return _audience(ctx, audience_party.run_guest, "label", "keypair")
 
 
 def _audience_host(ctx: RoleContext) -> Outcome:

@@ -291,7 +291,12 @@ def test_an_audience_job_sends_only_declared_messages(keypair_1024):
     d = marketing(400, seed=2)
     options = AudienceJobOptions.from_dict(
         {
-            "segments": {"retailer": ["channel"], "bank": ["income_band"], "publisher": ["interest_segment"]},
+            # bank: 5 x 9 cells, the retailer's rows are cheaper and it encrypts; publisher: the host encrypts
+            "segments": {
+                "retailer": ["channel"],
+                "bank": ["income_band", "products_held"],
+                "publisher": ["interest_segment"],
+            },
             "metrics": {"retailer": ["spend"], "bank": ["balance"]},
             "bounds": {"spend": [0, 300], "balance": [0, 20000]},
             "key_bits": 1024,
@@ -306,7 +311,8 @@ def test_an_audience_job_sends_only_declared_messages(keypair_1024):
     outcome = run_parties(network, roles)
     seen = assert_all_declared(network, job)
     assert {"audience.cells", "audience.layout", "audience.rows", "audience.sealed", "audience.reply",
-            "audience.release", "psi.result", "session.public-key", "session.done"} <= seen  # fmt: skip
+            "audience.guest-rows", "audience.guest-sealed", "audience.release", "psi.result",
+            "session.public-key", "session.done"} <= seen  # fmt: skip
     assert set(outcome["retailer"].summary["overlap"]) == {
         "retailer ∩ bank",
         "retailer ∩ publisher",

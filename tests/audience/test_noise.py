@@ -13,23 +13,36 @@ from vfl.datasets import marketing
 from vfl.protocols.audience import frame_from_json
 from vfl.transport import decode_table
 
-OPTIONS = {
-    "segments": {"retailer": ["age_band", "region"], "bank": ["income_band"]},
-    "key_bits": 1024,
-    "k": 2,
-    "epsilon": 1.0,  # counts only: every count gets epsilon 1 (parallel over the disjoint cells)
+# counts only: every count gets epsilon 1 (parallel over the disjoint cells)
+SEGMENTS = {
+    # 30 guest cells x 5 host cells: the host's rows are the cheaper ones, it encrypts (two rows a plaintext)
+    "host encrypts": {"retailer": ["age_band", "region"], "bank": ["income_band"]},
+    # 3 guest cells x 45 host cells: the guest encrypts, under its own key
+    "guest encrypts": {"retailer": ["channel"], "bank": ["income_band", "products_held"]},
 }
-KEYS = ["age_band", "region", "income_band"]
+RUNS = {"host encrypts": 3, "guest encrypts": 4}  # jobs pooled per view: > 240 cells that are never withheld
 
 
-@pytest.fixture(scope="module")
-def big():
+@pytest.fixture(
+    scope="module",
+    params=["host encrypts", pytest.param("guest encrypts", marks=pytest.mark.slow)],  # ~35 s: slow
+)
+def big(request):
     d = marketing(6000, seed=5)
+    d["bank"]["products_held"] = d["bank"]["products_held"].astype(
+        str
+    )  # its labels as the cross-tab shows them
+    keys = [*SEGMENTS[request.param]["retailer"], *SEGMENTS[request.param]["bank"]]
     joined = d["retailer"].merge(d["bank"], on="id")
-    exact = joined.groupby(KEYS, observed=False).size().rename("exact").reset_index()
-    for c in KEYS:
+    exact = joined.groupby(keys, observed=False).size().rename("exact").reset_index()
+    for c in keys:
         exact[c] = exact[c].astype(str)
-    return d, exact
+    options = {"segments": SEGMENTS[request.param], "key_bits": 1024, "k": 2, "epsilon": 1.0}
+    guest_rows = any(
+        "guest-rows" in m.tag for m in _run(d, {}, options, off=("retailer", "bank")).network.transcript
+    )
+    assert guest_rows == (request.param == "guest encrypts")
+    return d, exact, keys, options, RUNS[request.param]
 
 
 def _released_to_host(result) -> pd.DataFrame:
@@ -40,29 +53,30 @@ def _released_to_host(result) -> pd.DataFrame:
 
 def _errors(released: pd.DataFrame, exact: pd.DataFrame) -> np.ndarray:
     got = released.copy()
-    for c in KEYS:
+    keys = [c for c in exact.columns if c != "exact"]
+    for c in keys:
         got[c] = got[c].astype(str)
-    m = exact.merge(got, on=KEYS, validate="1:1")
+    m = exact.merge(got, on=keys, validate="1:1")
     big_cells = m["exact"] >= 15  # never withheld at k = 2 with this noise
     assert not m.loc[big_cells, "suppressed"].any()
     return (m.loc[big_cells, "count"] - m.loc[big_cells, "exact"]).to_numpy(dtype=float)
 
 
-def _run(d, keys, off=()):
+def _run(d, keys, options, off=()):
     return vfl.simulate_audience(
         d["retailer"], {"bank": d["bank"]}, id="id", guest_name="retailer", keypairs=keys, workers=1,
-        _noise_off_for_tests=off, **OPTIONS,
+        _noise_off_for_tests=off, **options,
     )  # fmt: skip
 
 
 def test_each_party_sees_noise_it_did_not_add(big, host_keypairs):
-    d, exact = big
+    d, exact, _, options, runs = big
 
     def view(
         off: tuple[str, ...],
     ) -> np.ndarray:  # three jobs pooled: ~300 cells, so the bounds below are tight
         return np.concatenate(
-            [_errors(_released_to_host(_run(d, host_keypairs, off=off)), exact) for _ in range(3)]
+            [_errors(_released_to_host(_run(d, host_keypairs, options, off=off)), exact) for _ in range(runs)]
         )
 
     # The guest adds no noise: what it sees (and forwards) still differs from the truth by the host's share.
@@ -81,13 +95,17 @@ def test_each_party_sees_noise_it_did_not_add(big, host_keypairs):
         spread = 4.5 * np.sqrt((6.54 - 1) / n)
         assert 1 - spread < seen.var() / one_share < 1 + spread < 2
     # and with the hook on both sides, nothing is noised (the hook is what makes the views above one-sided)
-    assert not _errors(_released_to_host(_run(d, host_keypairs, off=("retailer", "bank"))), exact).any()
+    assert not _errors(
+        _released_to_host(_run(d, host_keypairs, options, off=("retailer", "bank"))), exact
+    ).any()
 
 
 @pytest.mark.slow
 def test_released_noise_has_the_variance_of_two_shares_at_epsilon(big, host_keypairs):
-    d, exact = big
-    errors = np.concatenate([_errors(_released_to_host(_run(d, host_keypairs)), exact) for _ in range(8)])
+    d, exact, _, options, _ = big
+    errors = np.concatenate(
+        [_errors(_released_to_host(_run(d, host_keypairs, options)), exact) for _ in range(8)]
+    )
     two_shares = 2 * noise_variance(1.0)
     assert abs(errors.mean()) < 4 * np.sqrt(two_shares / len(errors))
     assert 0.8 < errors.var() / two_shares < 1.25, (errors.var(), two_shares, len(errors))

@@ -14,6 +14,15 @@ from vfl.protocols.catalog import ALL_PROTOCOLS, find
 from vfl.transport import decode_table
 
 
+def assert_no_raw_values(transcript, owners) -> None:
+    """Raw float64 bytes of per-row metric values never appear in what their owner sends."""
+    for party, column, frame in owners:
+        blob = b"".join(m.payload for m in transcript if m.sender == party)
+        values = frame[column].to_numpy(dtype=np.float64)
+        hits = sum(np.float64(v).tobytes() in blob for v in values[:300])
+        assert hits == 0, (party, column)
+
+
 def test_no_per_row_value_or_segment_leaves_its_owner(market, host_keypairs):
     r, b = market["retailer"], market["bank"]
     result = vfl.simulate_audience(
@@ -29,15 +38,7 @@ def test_no_per_row_value_or_segment_leaves_its_owner(market, host_keypairs):
     assert {"audience.cells", "audience.layout", "audience.rows", "audience.sealed", "audience.reply",
             "audience.release"} <= set(names)  # fmt: skip
 
-    # raw float64 bytes of per-row metric values never appear in what their owner sends
-    def sent_by(party):
-        return b"".join(m.payload for m in transcript if m.sender == party)
-
-    for party, column, frame in (("retailer", "spend", r), ("bank", "balance", b)):
-        blob = sent_by(party)
-        values = frame[column].to_numpy(dtype=np.float64)
-        hits = sum(np.float64(v).tobytes() in blob for v in values[:300])
-        assert hits == 0, (party, column)
+    assert_no_raw_values(transcript, (("retailer", "spend", r), ("bank", "balance", b)))
 
     layout = Layout.from_dict(
         json.loads(decode_table(names["audience.layout"][0].payload)["layout"][0].as_py())
@@ -46,9 +47,10 @@ def test_no_per_row_value_or_segment_leaves_its_owner(market, host_keypairs):
     results = names["psi.result"]
     assert results and all(m.receiver == "bank" and decode_table(m.payload).num_rows == 0 for m in results)
     assert layout.rows == shared  # the slots are sized by the size it learned
-    # host -> guest: ciphertexts, one per host row (all of them, in its PSI order) and block, all distinct
+    # host -> guest: ciphertexts, one per two host rows (all of them, in its PSI order) and block, all distinct
     rows = [c for m in names["audience.rows"] for c in decode_table(m.payload)["ciphertext"].to_pylist()]
-    assert len(rows) == len(b) * len(layout.blocks) and len(set(rows)) == len(rows)
+    assert layout.pair_bits and len(rows) == layout.ciphertexts(len(b)) == (len(b) + 1) // 2
+    assert len(set(rows)) == len(rows)
     # guest -> host: as many ciphertexts as accumulators (per guest cell, not per row), then one released table
     (sealed,) = names["audience.sealed"]
     assert decode_table(sealed.payload).num_rows == layout.accumulators < shared

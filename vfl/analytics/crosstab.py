@@ -1,6 +1,8 @@
 """Encrypted cross-tabs: counts and sums of shared customers by (guest cell) x (host cell).
 
-The host owns the Paillier key. All numbers travel as *signed integers in slots* of a plaintext:
+Written for the host encrypting under its own Paillier key and the guest folding; the guest may as well
+encrypt and the host fold (:mod:`vfl.analytics.plan`: the layout is then written from the host's side,
+"guest" meaning the folding party). All numbers travel as *signed integers in slots* of a plaintext:
 
 * a **host cell** is one combination of the host's segment columns (mixed radix over each column's
   declared categories; no segment columns = one cell); a **guest cell** likewise for the guest's;
@@ -20,11 +22,20 @@ each negative digit) are exactly the slot values. Sums of plaintexts are sums of
 slot ever overflows into a neighbour.
 
 **Blocks.** Count slots come first. Without guest metrics, host-metric slots follow in the same block.
-With guest metrics, if counts and host metrics fit one plaintext with the host-metric slots sized for
-the products ``R Q_g Q_h`` (plus a 64-bit mask), they share one **mixed** block (one ciphertext per row)
-and the guest-metric accumulators are **truncated**: masked so that the host's decryption is uniform
-in their count bits and statistically hidden above (:func:`seal`), and the host returns the count bits
-alone (:func:`respond`); otherwise count slots get blocks of their own.
+With guest metrics, if counts and host metrics fit one plaintext with room above for the products
+``R Q_g Q_h`` that carry out of the host-metric slots (the block's extent, plus a 64-bit mask), they
+share one **mixed** block (one ciphertext per row) and the guest-metric accumulators are **truncated**:
+masked so that the host's decryption is uniform in their count bits and statistically hidden above
+(:func:`seal`), and the host returns the count bits alone (:func:`respond`); otherwise count slots get
+blocks of their own.
+
+**Pairs.** When two rows fit (``Layout.pair_bits``), rows ``2j`` and ``2j + 1`` share plaintext ``j``
+(:func:`pair_plaintexts`); the fold puts each ciphertext into the low-half accumulator of row ``2j``'s
+cell and the high-half one of row ``2j + 1``'s; every accumulator is truncated to its own half, the
+other half statistically masked, and the decryptor returns one value per pair of halves (their kept
+bits summed), so each noise share is added once. ``seal(uniform=False)`` is for a decryptor that is the
+table's recipient (the guest, when it encrypted): no mask on the kept bits, masks ``r`` and ``-r`` on a
+pair's halves.
 
 **Flow** (``[[.]]`` under the host's key; see the report/DESIGN.md for the message table)::
 
@@ -65,6 +76,7 @@ from vfl.analytics.rows import encrypt_rows as encrypt_rows
 from vfl.analytics.rows import fold as fold
 from vfl.analytics.rows import fold_args as fold_args
 from vfl.analytics.rows import fold_kernel as fold_kernel
+from vfl.analytics.rows import fold_task as fold_task
 from vfl.analytics.rows import guest_exponents as guest_exponents
 from vfl.analytics.rows import timed_call as timed_call
 from vfl.crypto.keys import PrivateKey, PublicKey
@@ -103,7 +115,17 @@ def encode_rows(
     for m in layout.host_metrics:
         if host_metrics is None or m not in host_metrics.columns:
             raise DataError(f"host metric column {m!r} is missing")
-        qs[m] = quantize(host_metrics[m], layout.bounds[m], layout.fraction_bits, m).tolist()
+        qs[m] = quantize(host_metrics[m], layout.bounds[m], layout.fraction_bits, m)
+    return encode_cells(cells, qs, layout)
+
+
+def encode_cells(cells: np.ndarray, qs: Mapping[str, np.ndarray], layout: Layout) -> list[int]:
+    """Signed plaintexts of rows given by their (encrypting side's) cell codes and quantized metrics, a
+    row with cell ``-1`` all zeros (a row the encrypting party does not share, under ``guest-only``);
+    two rows a plaintext when the layout pairs them (:func:`pair_plaintexts`)."""
+    cells = np.asarray(cells, dtype=np.int64)
+    n_rows = len(cells)
+    qs = {m: np.asarray(q, dtype=np.int64).tolist() for m, q in qs.items()}
     pos = layout.positions()
     n_blocks = len(layout.blocks)
     # per host cell: where its count and metric slots are
@@ -113,10 +135,27 @@ def encode_rows(
     ]
     out: list[int] = [0] * (n_rows * n_blocks)
     for i, h in enumerate(cells.tolist()):
+        if h < 0:
+            continue
         base = i * n_blocks
         for (b, shift), m in plan[h]:
             v = 1 if m is None else qs[m][i]
             out[base + b] += v << shift if v >= 0 else -((-v) << shift)
+    return pair_plaintexts(out, layout)
+
+
+def pair_plaintexts(plains: Sequence[int], layout: Layout) -> list[int]:
+    """Rows ``2j`` and ``2j + 1`` in one plaintext per block, the second from bit ``pair_bits`` (an odd
+    last row alone); unchanged when the layout does not pair rows."""
+    if not layout.pair_bits:
+        return list(plains)
+    nb, w = len(layout.blocks), layout.pair_bits
+    n_rows = len(plains) // nb
+    out = []
+    for j in range(0, n_rows, 2):
+        low = plains[j * nb : (j + 1) * nb]
+        high = plains[(j + 1) * nb : (j + 2) * nb] if j + 1 < n_rows else [0] * nb
+        out.extend(a + (b << w if b >= 0 else -((-b) << w)) for a, b in zip(low, high, strict=True))
     return out
 
 
@@ -129,7 +168,8 @@ def _pack(values: Sequence[int], widths: Sequence[int]) -> int:
 
 
 def _noise_packed(layout: Layout, disable_noise_for_tests: bool) -> list[int]:
-    """One party's packed noise share per accumulator (independent draws for every slot)."""
+    """One party's packed noise share per accumulator (independent draws for every slot; once per pair
+    of row-halves)."""
     out = []
     for spec in layout.accumulator_specs():
         draws = [
@@ -144,47 +184,83 @@ def _noise_packed(layout: Layout, disable_noise_for_tests: bool) -> list[int]:
 
 @dataclass(frozen=True, eq=False)
 class SealState:
-    """What the guest keeps to unmask the host's reply (the uniform masks)."""
+    """What the folding party keeps to unmask the reply: per reply value the uniform mask of its kept bits."""
 
     layout: Layout
     masks: tuple[int, ...] = field(repr=False)
     n: int = field(repr=False)
 
 
-def _mask(spec: Accumulator, n: int) -> int:
-    """A uniform mask mod ``n``; for a truncated accumulator uniform mod ``2^kept`` in the kept bits and,
-    above them, uniform in ``[2^high, 2^(high + 64))`` (statistically hides the discarded part, no wrap mod n)."""
+def unmasked_state(layout: Layout, n: int) -> SealState:
+    """The decoding state of a decryptor that is the table's recipient (:func:`seal` with ``uniform=False``)."""
+    return SealState(layout, (0,) * len(layout.accumulator_specs()), n)
+
+
+def _statistical(bits: int) -> int:
+    """Uniform in ``[2^bits, 2^(bits + 64))``: added to a value below ``2^bits`` in magnitude it hides it
+    (statistical distance 2^-63) and keeps it positive."""
+    return (1 << bits) + secrets.randbelow((1 << (bits + TRUNCATION_MASK_BITS)) - (1 << bits))
+
+
+def _mask(spec: Accumulator, kept: int) -> int:
+    """The whole mask of a sealed value whose kept bits get ``kept``: for a truncated accumulator the
+    discarded parts below (paired: the other row-half) and above are statistically masked."""
     if spec.kept_bits is None:
-        return secrets.randbelow(n)
-    high = (1 << spec.high_bits) + secrets.randbelow(
-        (1 << (spec.high_bits + TRUNCATION_MASK_BITS)) - (1 << spec.high_bits)
-    )
-    return secrets.randbelow(1 << spec.kept_bits) + (high << spec.kept_bits)
+        return kept
+    low = _statistical(spec.low_bits) if spec.shift else 0
+    return low + (kept << spec.shift) + (_statistical(spec.high_bits) << (spec.shift + spec.kept_bits))
+
+
+def _kept_masks(layout: Layout, n: int, uniform: bool) -> tuple[list[int], list[int]]:
+    """Per sealed value the mask of its kept bits, and per reply value their sum (what decoding removes).
+
+    ``uniform``: uniform masks (the decryptor learns nothing). Otherwise the decryptor is the table's
+    recipient and learns the noised sum: no mask, and a pair's two halves get masks that cancel (``r``,
+    ``-r``), so each half alone is uniform and only their sum shows.
+    """
+    base = layout.accumulator_specs()
+    if not layout.pair_bits:
+        kept = [
+            secrets.randbelow(n if s.kept_bits is None else 1 << s.kept_bits) if uniform else 0 for s in base
+        ]
+        return kept, kept
+    mods = [1 << s.kept_bits for s in base]  # every accumulator is truncated when rows are paired
+    low = [secrets.randbelow(m) for m in mods]
+    high = [secrets.randbelow(m) if uniform else -r % m for r, m in zip(low, mods, strict=True)]
+    return low + high, [(a + b) % m for a, b, m in zip(low, high, mods, strict=True)]
 
 
 def seal(
-    acc: Accumulators, *, disable_noise_for_tests: bool = False, randomness: RandomnessPool | None = None
+    acc: Accumulators,
+    *,
+    disable_noise_for_tests: bool = False,
+    randomness: RandomnessPool | None = None,
+    uniform: bool = True,
 ) -> tuple[list[mpz], SealState]:
-    """Add the guest's noise share and a mask under encryption, and rerandomize.
+    """Add the folding party's noise share and masks under encryption, and rerandomize.
 
-    The host decrypts ``v + Z_guest + R mod n`` with ``R`` uniform in ``[0, n)``: a uniform value, so it
-    learns nothing (not even suppressed cells); the fresh randomizer hides which rows were folded where.
-    A truncated accumulator (a guest metric over a mixed block) is masked by :func:`_mask`: the host
-    sees its kept bits uniform and returns only those.
+    With ``uniform`` the decryptor sees ``v + Z_fold + R mod n`` with ``R`` uniform in ``[0, n)``: a uniform
+    value, so it learns nothing (not even suppressed cells); without, the decryptor is the table's recipient
+    and sees ``v + Z_fold`` (a noise share it does not know). The fresh randomizer hides which rows were folded
+    where. A truncated accumulator (a guest metric over a mixed block; every one when rows are paired) is
+    masked by :func:`_mask`: its discarded parts statistically, its kept bits as above; its noise share sits
+    in its low half only.
     """
     pk = acc.public_key
     n, n2 = pk.n, pk.n_square
     noise = _noise_packed(acc.layout, disable_noise_for_tests)
-    masks = tuple(_mask(spec, int(n)) for spec in acc.layout.accumulator_specs())
-    rands = few_randomizers(pk, len(masks)) if randomness is None else randomness.take(len(masks))
+    specs = acc.layout.sealed_specs()
+    kept, state = _kept_masks(acc.layout, int(n), uniform)
+    rands = few_randomizers(pk, len(specs)) if randomness is None else randomness.take(len(specs))
     out = []
-    for c, z, r, rnd in zip(acc.ciphertexts, noise, masks, rands, strict=True):
-        m = mpz(z + r) % n
+    noise += [0] * (len(specs) - len(noise))  # paired: the noise share sits in the low halves (bit 0)
+    for c, spec, z, r, rnd in zip(acc.ciphertexts, specs, noise, kept, rands, strict=True):
+        m = mpz(z + _mask(spec, r)) % n
         c = c + n * (m * c % n)  # c (1 + m n) mod n^2
         if c >= n2:
             c -= n2
         out.append(c * rnd % n2)
-    return out, SealState(acc.layout, masks, int(n))
+    return out, SealState(acc.layout, tuple(state), int(n))
 
 
 def few_randomizers(public_key: PublicKey, count: int) -> list[mpz]:
@@ -202,17 +278,24 @@ FEW_RANDOMIZERS = 500
 def respond(
     private_key: PrivateKey, sealed: Sequence[mpz], layout: Layout, *, disable_noise_for_tests: bool = False
 ) -> list[int]:
-    """Host: decrypt the (masked) accumulators and add its own noise share; reply in ``[0, n)``
-    (a truncated accumulator: its kept bits only, in ``[0, 2^kept)``)."""
+    """Decryptor: decrypt the (masked) accumulators and add its own noise share; reply in ``[0, n)``
+    (a truncated accumulator: its kept bits only, in ``[0, 2^kept)``; paired: the sum of both halves' kept bits)."""
     if len(sealed) != layout.accumulators:
         raise IntegrityError(f"expected {layout.accumulators} accumulators, got {len(sealed)}")
     n = int(private_key.public_key.n)
     noise = _noise_packed(layout, disable_noise_for_tests)
     plain = private_key.decrypt_raw(list(sealed))
+    kept = [
+        int(p) if s.kept_bits is None else (int(p) >> s.shift) & ((1 << s.kept_bits) - 1)
+        for s, p in zip(layout.sealed_specs(), plain, strict=True)
+    ]
+    base = layout.accumulator_specs()
+    if layout.pair_bits:
+        kept = [a + b for a, b in zip(kept[: len(base)], kept[len(base) :], strict=True)]
     out = []
-    for spec, p, z in zip(layout.accumulator_specs(), plain, noise, strict=True):
+    for spec, p, z in zip(base, kept, noise, strict=True):
         modulus = n if spec.kept_bits is None else 1 << spec.kept_bits
-        out.append((int(p) + z) % modulus)
+        out.append((p + z) % modulus)
     return out
 
 
@@ -297,7 +380,6 @@ def decode(state: SealState, reply: Sequence[int]) -> CrossTab:
     sums = {
         m: np.zeros((g_cells, h_cells), dtype=object) for m in (*layout.host_metrics, *layout.guest_metrics)
     }
-    per_g = len(layout.blocks) + len(layout.guest_metrics) * layout.count_blocks
     for a, (spec, value, mask) in enumerate(zip(layout.accumulator_specs(), reply, state.masks, strict=True)):
         modulus = n if spec.kept_bits is None else 1 << spec.kept_bits
         if not 0 <= int(value) < modulus:
@@ -305,7 +387,7 @@ def decode(state: SealState, reply: Sequence[int]) -> CrossTab:
         v = (int(value) - mask) % modulus
         if v > modulus // 2:
             v -= modulus
-        g = a // per_g
+        g = spec.cell
         for s, d in zip(spec.slots, unpack_widths(v, spec.widths), strict=True):
             if s[0] == "count":
                 counts[g, s[1]] = d

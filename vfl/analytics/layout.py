@@ -7,6 +7,8 @@ slot-width bound).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import math
 from collections.abc import Mapping, Sequence
@@ -115,6 +117,7 @@ class Layout:
     count_blocks: int = 1
     metric_bits: int = 0  # width of a host-metric slot (0: no host metric)
     mixed: bool = False  # one block per row: guest-metric accumulators are truncated to the count slots
+    pair_bits: int = 0  # two rows a plaintext: the second row's offset (0: one row a plaintext)
 
     # -- sizes -------------------------------------------------------------------------------
     @property
@@ -137,8 +140,23 @@ class Layout:
 
     @property
     def accumulators(self) -> int:
-        """Ciphertexts the guest sends back: per guest cell, every block and each guest metric's count blocks."""
-        return self.guest_cells * (len(self.blocks) + len(self.guest_metrics) * self.count_blocks)
+        """Sealed ciphertexts: per guest cell, every block and each guest metric's count blocks (twice if paired)."""
+        return len(self.sealed_specs())
+
+    @property
+    def ciphertexts_per_row(self) -> float:
+        """What the encrypting party pays per row: blocks, halved when two rows share a plaintext."""
+        return len(self.blocks) / (2 if self.pair_bits else 1)
+
+    def ciphertexts(self, rows: int) -> int:
+        """Ciphertexts that carry ``rows`` rows (per block; two rows each when paired)."""
+        return len(self.blocks) * (-(-rows // 2) if self.pair_bits else rows)
+
+    @functools.cached_property
+    def extent(self) -> int:
+        """Bits of the largest signed value one row-half of an accumulator can hold, discarded parts included:
+        the slots, or in a mixed block the guest metric's products ``R Q_g Q_h`` in the host-metric slots."""
+        return max(_extent(self, b) for b in range(len(self.blocks)))
 
     def width(self, slot: Slot) -> int:
         return self.slot_bits if slot[0] == "count" else self.metric_bits
@@ -147,16 +165,34 @@ class Layout:
         """Every accumulator in :func:`fold`'s order: its slots (guest-metric sums as ``("sum", m, h)``),
         their widths, and for a truncated one the bits kept (the count slots of a mixed block)."""
         out: list[Accumulator] = []
-        for _g in range(self.guest_cells):
-            out.extend(Accumulator(b, tuple(self.width(s) for s in b)) for b in self.blocks)
+        for g in range(self.guest_cells):
+            for block in self.blocks:
+                widths = tuple(self.width(s) for s in block)
+                kept = sum(widths) if self.pair_bits else None
+                out.append(Accumulator(block, widths, kept, self.extent - sum(widths), cell=g))
             for m in self.guest_metrics:
                 for b in range(self.count_blocks):
                     counts = tuple(s for s in self.blocks[b] if s[0] == "count")
-                    kept = len(counts) * self.slot_bits if self.mixed else None
-                    high = sum(self.width(s) for s in self.blocks[b]) - (kept or 0) if self.mixed else 0
+                    kept = len(counts) * self.slot_bits if (self.mixed or self.pair_bits) else None
+                    high = self.extent - (kept or 0) if kept is not None else 0
                     slots = tuple(("sum", m, s[1]) for s in counts)
-                    out.append(Accumulator(slots, (self.slot_bits,) * len(counts), kept, high))
+                    out.append(Accumulator(slots, (self.slot_bits,) * len(counts), kept, high, cell=g))
         return out
+
+    def sealed_specs(self) -> list[Accumulator]:
+        """The ciphertexts the folding party seals, in :func:`fold`'s order: one per accumulator, or when
+        paired every accumulator's low half (its rows at even positions) then every high half (odd positions)
+        at bit ``pair_bits``, the other half below or above it discarded (statistically masked)."""
+        base = self.accumulator_specs()
+        if not self.pair_bits:
+            return base
+        w, top = self.pair_bits, self.pair_bits + self.extent
+        low = [dataclasses.replace(a, high_bits=top - a.kept_bits) for a in base]
+        high = [
+            dataclasses.replace(a, shift=w, low_bits=self.extent, high_bits=self.extent - a.kept_bits)
+            for a in base
+        ]
+        return low + high
 
     def accumulator_slots(self) -> list[tuple[Slot, ...]]:
         """The slots of every accumulator in :func:`fold`'s order (guest-metric blocks as ``("sum", m, h)``)."""
@@ -193,6 +229,7 @@ class Layout:
             "slot_bits": self.slot_bits,
             "metric_bits": self.metric_bits,
             "mixed": self.mixed,
+            "pair_bits": self.pair_bits,
         }
 
     @classmethod
@@ -208,12 +245,15 @@ class Layout:
             {c: (float(b[0]), float(b[1])) for c, b in data["bounds"].items()},
             int(data["fraction_bits"]),
             {m: float(e) for m, e in data["epsilon"].items()},
+            pair=bool(data.get("pair_bits", 0)),
         )
-        for name in ("slot_bits", "metric_bits", "mixed"):
+        for name in ("slot_bits", "metric_bits", "mixed", "pair_bits"):
             if getattr(layout, name) != type(getattr(layout, name))(data[name]):
-                what = {"slot_bits": "slot width", "metric_bits": "metric slot width"}.get(
-                    name, "block layout"
-                )
+                what = {
+                    "slot_bits": "slot width",
+                    "metric_bits": "metric slot width",
+                    "pair_bits": "row pairing",
+                }.get(name, "block layout")
                 raise IntegrityError(f"layout: {what} {data[name]} does not follow from its settings")
         return layout
 
@@ -228,11 +268,13 @@ def make_layout(
     rows: int,
     key_bits: int,
     tables: int = 1,
+    pair: bool = False,
 ) -> Layout:
     """The layout of the cross-tab of ``guest`` x ``host`` for at most ``rows`` shared rows.
 
     Segment columns and metrics come from ``options`` (``options.segments[party]``,
-    ``options.metrics[party]``); the categories are each party's declared or observed values.
+    ``options.metrics[party]``); the categories are each party's declared or observed values. With
+    ``pair``, two rows share a plaintext whenever both fit (``pair_bits``).
     """
     for party, cats in ((guest, guest_categories), (host, host_categories)):
         want = list(options.segments.get(party, ()))
@@ -258,6 +300,7 @@ def make_layout(
         bounds,
         options.fraction_bits,
         eps,
+        pair=pair,
     )
 
 
@@ -294,6 +337,7 @@ def verify_layout(
         rows=theirs.rows,
         key_bits=key_bits,
         tables=tables,
+        pair=theirs.pair_bits > 0,
     )
     a, b = ours.to_dict(), theirs.to_dict()
     differ = sorted(k for k in a if a[k] != b[k])
@@ -312,6 +356,8 @@ def _build(
     bounds: dict[str, tuple[float, float]],
     fraction_bits: int,
     epsilon: dict[str, float],
+    *,
+    pair: bool = False,
 ) -> Layout:
     if rows < 1:
         raise DataError("a cross-tab needs at least one shared row")
@@ -326,10 +372,13 @@ def _build(
     h_cells = probe.host_cells
     count_slots = [("count", h) for h in range(h_cells)]
     metric_slots = [("sum", m, h) for m in host_metrics for h in range(h_cells)]
-    mixed_bits = h_cells * widths.count + len(metric_slots) * widths.mixed_metric + TRUNCATION_MASK_BITS + 1
-    if guest_metrics and metric_slots and mixed_bits <= room:  # one ciphertext per row
-        blocks, count_blocks = [tuple(count_slots + metric_slots)], 1
-        metric_bits, mixed = widths.mixed_metric, True
+    mixed_block = tuple(count_slots + metric_slots)
+    mixed_bits = _block_extent(mixed_block, widths.count, widths.metric, widths.products, True)
+    if (
+        guest_metrics and metric_slots and mixed_bits + TRUNCATION_MASK_BITS + 1 <= room
+    ):  # one ciphertext a row
+        blocks, count_blocks = [mixed_block], 1
+        metric_bits, mixed = widths.metric, True
     elif guest_metrics:  # count slots apart: the guest raises them to its metric values
         count_part = _chunk(count_slots, widths.count, room)
         blocks = count_part + _chunk(metric_slots, widths.metric, room)
@@ -338,9 +387,33 @@ def _build(
         blocks = _chunk(count_slots, widths.count, room, then=(metric_slots, widths.metric))
         count_blocks = sum(1 for b in blocks if any(s[0] == "count" for s in b))
         metric_bits, mixed = widths.metric, False
-    return Layout(key_bits, rows, guest_categories, host_categories, host_metrics, guest_metrics, bounds,
-                  fraction_bits, epsilon, widths.count, room // widths.count, tuple(blocks), count_blocks,
-                  metric_bits if metric_slots else 0, mixed)  # fmt: skip
+    layout = Layout(key_bits, rows, guest_categories, host_categories, host_metrics, guest_metrics, bounds,
+                    fraction_bits, epsilon, widths.count, room // widths.count, tuple(blocks), count_blocks,
+                    metric_bits if metric_slots else 0, mixed)  # fmt: skip
+    half = layout.extent + TRUNCATION_MASK_BITS + 1  # a discarded low half plus its mask never carries
+    if pair and half + layout.extent + TRUNCATION_MASK_BITS + 1 <= room:
+        layout = dataclasses.replace(layout, pair_bits=half)
+    return layout
+
+
+def _block_extent(
+    block: Sequence[Slot], count_bits: int, metric_bits: int, products: int, mixed: bool
+) -> int:
+    """Bits of a block's largest signed accumulator value: its slots; in a mixed block also the products
+    ``R Q_g Q_h`` that a guest metric leaves in the host-metric slots (below ``2^(offset + bitlen + 1)``)."""
+    widths = [count_bits if s[0] == "count" else metric_bits for s in block]
+    extent = sum(widths)
+    if mixed and products and any(s[0] != "count" for s in block):
+        last = max(i for i, s in enumerate(block) if s[0] != "count")
+        extent = max(extent, sum(widths[:last]) + products.bit_length() + 2)
+    return extent
+
+
+def _extent(layout: Layout, b: int) -> int:
+    widths = slot_widths(layout)
+    return _block_extent(
+        layout.blocks[b], layout.slot_bits, layout.metric_bits, widths.products, layout.mixed
+    )
 
 
 TRUNCATION_MASK_BITS = 64
@@ -353,8 +426,11 @@ class Accumulator:
 
     slots: tuple[Slot, ...]
     widths: tuple[int, ...]
-    kept_bits: int | None = None  # truncated: only the low ``kept_bits`` come back decrypted
+    kept_bits: int | None = None  # truncated: only ``kept_bits`` (from bit ``shift``) come back decrypted
     high_bits: int = 0  # truncated: bits of the discarded part above them
+    cell: int = 0  # the folding party's cell it belongs to
+    shift: int = 0  # paired: where its kept bits start (the other row-half's discarded part below them)
+    low_bits: int = 0  # paired: bits of the discarded part below them
 
 
 @dataclass(frozen=True)
@@ -363,14 +439,15 @@ class SlotWidths:
 
     count: int  # counts, and a guest metric's sums (they land in the count slots)
     metric: int  # a host metric's sums
-    mixed_metric: int  # a host metric slot that a guest metric also multiplies (the discarded products)
+    products: int  # the largest product sum ``R Q_g Q_h`` a guest metric leaves in a host-metric slot
 
 
 def slot_widths(layout: Layout) -> SlotWidths:
     """``bitlen(max |slot value|) + 2`` per kind of slot: ``R Q_m + 2 T_m`` after the fold and both shares.
 
-    In a mixed block a guest metric raises the host-metric slots too: they must hold ``R Q_g Q_h``
-    (those products are never decrypted in the clear: the host returns the count slots only).
+    In a mixed block a guest metric raises the host-metric slots too: the products ``R Q_g Q_h`` carry into
+    the slots above them (never decrypted: the host returns the count slots only); ``products`` sizes that
+    discarded part (:attr:`Layout.extent`).
     """
     rows = layout.rows
 
@@ -388,7 +465,7 @@ def slot_widths(layout: Layout) -> SlotWidths:
         ),
         default=0,
     )
-    return SlotWidths(count.bit_length() + 2, metric.bit_length() + 2, max(metric, products).bit_length() + 2)
+    return SlotWidths(count.bit_length() + 2, metric.bit_length() + 2, products)
 
 
 def _chunk(

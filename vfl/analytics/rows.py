@@ -144,16 +144,17 @@ def guest_exponents(guest_metrics: pd.DataFrame | None, layout: Layout, n_rows: 
     return out
 
 
-def check_cells(cells: np.ndarray, layout: Layout) -> None:
+def check_cells(cells: np.ndarray, layout: Layout, *, side: str = "guest") -> None:
+    """At most ``layout.rows`` rows with a cell (the slots are sized for that many), every code of the
+    layout's ``side`` cells or -1 (a row left out)."""
     folded = int((cells >= 0).sum())
     if folded > layout.rows:
         raise DataError(
             f"{folded} rows to fold exceed the layout's {layout.rows} (slots are sized for that many)"
         )
-    if len(cells) and (cells.max() >= layout.guest_cells or cells.min() < -1):
-        raise DataError(
-            f"guest cell codes must be in [-1, {layout.guest_cells}), got {cells.min()}..{cells.max()}"
-        )
+    n_cells = layout.guest_cells if side == "guest" else layout.host_cells
+    if len(cells) and (cells.max() >= n_cells or cells.min() < -1):
+        raise DataError(f"{side} cell codes must be in [-1, {n_cells}), got {cells.min()}..{cells.max()}")
 
 
 def fold_args(layout: Layout, public_key: PublicKey) -> tuple[int, int, int, mpz]:
@@ -179,27 +180,54 @@ def fold(
     """
     cells = np.asarray(guest_cells, dtype=np.int64)
     n_rows, n_blocks = len(cells), len(layout.blocks)
-    if len(encrypted_rows) != n_rows * n_blocks:
+    if len(encrypted_rows) != layout.ciphertexts(n_rows):
         raise IntegrityError(
-            f"expected {n_rows * n_blocks} row ciphertexts ({n_rows} rows x {n_blocks} blocks), got {len(encrypted_rows)}"
+            f"expected {layout.ciphertexts(n_rows)} row ciphertexts ({n_rows} rows x {n_blocks} blocks), got {len(encrypted_rows)}"
         )
     check_cells(cells, layout)
     gq = guest_exponents(guest_metrics, layout, n_rows)
     args = fold_args(layout, public_key)
+    kernel = fold_task(layout)
+    per = 2 if layout.pair_bits else 1  # rows a ciphertext
+    n_cts = len(encrypted_rows) // n_blocks
     if workers is not None and workers.should_split(n_rows * n_blocks, weight=0.01 * (1 + 2 * len(gq))):
-        parts = max(1, min(workers.workers, n_rows))
-        edges = [n_rows * i // parts for i in range(parts + 1)]
+        parts = max(1, min(workers.workers, n_cts))
+        edges = [n_cts * i // parts for i in range(parts + 1)]
         futures = [
             workers.submit(
-                fold_kernel, list(encrypted_rows[lo * n_blocks : hi * n_blocks]), cells[lo:hi],
-                [q[lo:hi] for q in gq], *args,
+                kernel, list(encrypted_rows[lo * n_blocks : hi * n_blocks]), cells[lo * per : hi * per],
+                [q[lo * per : hi * per] for q in gq], *args,
             )
             for lo, hi in itertools.pairwise(edges)
         ]  # fmt: skip
         partials = [f.result() for f in futures]
     else:
-        partials = [fold_kernel(list(encrypted_rows), cells, gq, *args)]
+        partials = [kernel(list(encrypted_rows), cells, gq, *args)]
     return combine(partials, layout, public_key)
+
+
+def fold_task(layout: Layout) -> Callable[..., Partial]:
+    """The worker task that folds a range of rows of this layout: :func:`fold_kernel`, or
+    :func:`pair_fold_kernel` when two rows share a plaintext."""
+    return pair_fold_kernel if layout.pair_bits else fold_kernel
+
+
+def pair_fold_kernel(cts: list[mpz], cells: np.ndarray, qs: list[np.ndarray], *fold: Any) -> Partial:
+    """Partial accumulators of a range of paired rows (rows ``2j``, ``2j + 1`` in ciphertext ``j``), in
+    :meth:`Layout.sealed_specs` order: each ciphertext folded into the low-half accumulators of row ``2j``'s
+    cell and the high-half accumulators of row ``2j + 1``'s (one modmul per row). ``fold``: the trailing
+    arguments of :func:`fold_kernel` (:func:`fold_args`)."""
+    cells = np.asarray(cells, dtype=np.int64)
+    n_cts = len(cts) // fold[1]
+    halves = []
+    for start in (0, 1):
+        half = [np.asarray(a, dtype=np.int64)[start::2] for a in (cells, *qs)]
+        padded = [np.zeros(n_cts, dtype=np.int64) for _ in half]
+        padded[0] -= 1  # a missing last row (odd count) is left out
+        for dst, src in zip(padded, half, strict=True):
+            dst[: len(src)] = src
+        halves.append(fold_kernel(cts, padded[0], padded[1:], *fold))
+    return halves[0][0] + halves[1][0], halves[0][1] + halves[1][1]
 
 
 def combine(partials: Sequence[Partial], layout: Layout, public_key: PublicKey) -> Accumulators:
