@@ -123,8 +123,8 @@ class TrainOptions(OptionsTable):
     # "round": each party continues from (and keeps) the mean of its weights over the round's batches.
     averaging: str = "round"
     # "arbiter": the key owner streams DJN randomizers (CRT, ~1.8x cheaper) to each data party. Off by
-    # default: measured here (three processes on 2 shared cores) it cost time, since the arbiter's
-    # work competes for the same cores; it is for an arbiter on its own machine.
+    # default: on 2 shared cores the arbiter's work competes with the data parties' (measured slower
+    # once, 7-24 % faster in a later run at load 10-20; DESIGN.md §6); for an arbiter on its own machine.
     randomizer_stream: str = "none"
 
     _option_label: ClassVar[str] = "job option"
