@@ -240,12 +240,13 @@ def precondition_features(
 ) -> tuple[np.ndarray, Whitening]:
     """The training matrix the protocol sees and how to map its weights back to this party's columns.
 
-    With ``precondition = "whiten"`` (the default) the party whitens its own columns on its own
+    With ``precondition = "whiten"`` (``"auto"``, the default, on large data) the party whitens its own columns on its own
     training rows (``Whitening``, a block-Jacobi preconditioner of the joint Taylor loss): local,
     no communication, nothing new sent. The saved model, its reports and scoring use
     ``whitening.to_original(weights)`` on the unwhitened ``matrix``.
     """
     skip = 1 if intercept else 0
+    options = options.at_rows(len(train_rows))  # precondition = "auto": decided by the training rows
     if options.precondition == "none":
         return matrix[train_rows], Whitening(np.eye(matrix.shape[1]))
     whitening = Whitening.fit(matrix[train_rows], skip=skip)

@@ -337,7 +337,7 @@ class _Arbiter:
             )
             loss = self.plan.objective.loss(float(decrypt(self.private_key, q)[0]), rows)
         losses = [*state.losses, loss]
-        stop = EarlyStopping.replay(o, losses)
+        stop = EarlyStopping.replay(o.at_rows(state.n_rows), losses)
         log.info("epoch %d: loss %.6f%s", epoch + 1, loss, " (stop)" if stop else "")
         session.send(
             CONTROL, self.plan.guest, pa.table({"stop": [stop], "loss": [loss]}), gen=gen, epoch=epoch
@@ -348,7 +348,7 @@ class _Arbiter:
     def finished(self, state: ArbiterState) -> bool:
         o = self.plan.options
         return state.epoch >= max_rounds(state.n_rows, o) or (
-            bool(state.losses) and EarlyStopping.replay(o, state.losses)
+            bool(state.losses) and EarlyStopping.replay(o.at_rows(state.n_rows), state.losses)
         )
 
 

@@ -173,6 +173,7 @@ class RoundSteps:
     ``loss_checks`` rounds per pass a round is a share of a pass) and the round's iterate average."""
 
     def __init__(self, options: TrainOptions, state: PartyState, n_rows: int, intercept_index: int | None):
+        options = options.at_rows(n_rows)  # precondition = "auto" picks the step rule by the rows
         self.options, self.epoch = options, state.epoch
         self.optimizer = ShardOptimizer(options, len(state.weights), intercept_index)
         self.optimizer.load_state(state.optimizer)

@@ -165,7 +165,7 @@ def run_guest(
         t = sum_of_parts(replies, loss_masks, party.bits, extra_bound=extra)[0]
         q = plain_q + math.ldexp(t, 4 * LOSS_EXPONENT)
         losses = [*state.losses, obj.loss(q, steps.rows)]
-        stop = EarlyStopping.replay(o, losses)
+        stop = EarlyStopping.replay(steps.options, losses)  # precondition = "auto" decided by the rows
         log.info("round %d: loss %.6f%s", epoch + 1, losses[-1], " (stop)" if stop else "")
         session.broadcast(STOP, plan.hosts, pa.table({"stop": [stop]}), gen=gen, epoch=epoch)
         if progress:

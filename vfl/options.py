@@ -4,11 +4,16 @@ Every party applies the same options (optimizer, schedule, penalty, batch order,
 its own weights, so that the joint model equals centralized training on the Taylor loss. The
 defaults are chosen to need no tuning on standardized, clipped data and to reach the best model in
 few encrypted passes over the rows without losing AUC on any binary FATE example dataset or on
-synthetic heavy-tailed data (benchmarks/bench_converge.py --sweep): Adam at 0.2 with inverse-time
-decay (lr / (1 + 0.5 passes)), mini-batches of 512 rows, L2 of 1e-4, the weights averaged over each
-round, the loss checked twice per pass (``loss_checks``), and early stopping once it moves less than
-0.2 % for two checks in a row. ``FAST_CONVERGENCE`` (local whitening, SGD at 1.0) needs fewer passes
-still on large data but loses a little AUC on the smallest FATE sets.
+synthetic heavy-tailed data (benchmarks/bench_converge.py --sweep): mini-batches of 512 rows, L2 of
+1e-4, the weights averaged over each round, the loss checked twice per pass (``loss_checks``), and
+``precondition = "auto"``, which picks the step rule by the number of training rows (every party knows
+it, so all pick the same; the digest covers the rule's name): on fewer than ``LARGE_DATA_ROWS``
+(10,000), Adam at 0.2 with inverse-time decay (lr / (1 + 0.5 passes)) and early stopping once the loss
+moves less than 0.2 % for two checks in a row; on more, ``LARGE_DATA``: each party whitens its own
+columns (Ledoit-Wolf-shrunk, local, nothing sent), SGD at 2.0 with decay 0.25, and stopping after one
+check within 0.2 % (default_credit: 1.5 passes instead of 2.5, the same AUC). Whitening from few rows
+per column costs AUC (ionosphere, breast), hence the threshold. ``FAST_CONVERGENCE`` applies the
+large-data profile on any number of rows.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ PENALTIES = ("none", "l2", "l1")
 INITS = ("zeros", "random")
 KEY_BITS = (1024, 2048, 3072)
 PREDICT_REVEALS = ("sum", "partial")
-PRECONDITIONS = ("whiten", "none")
+PRECONDITIONS = ("auto", "whiten", "none")
 AVERAGINGS = ("round", "none")
 RANDOMIZER_STREAMS = ("arbiter", "none")
 CALIBRATIONS = ("platt", "isotonic", "none")
@@ -51,19 +56,25 @@ _FRACTION = Interval(float, 0, 1, closed="left")  # a decay rate of a moving ave
 
 MIN_INTERSECTION_FLOOR = 10  # the documented floor of min_intersection (DESIGN.md §6)
 
-#: Binary-lr training in the fewest encrypted passes on large data (benchmarks/bench_converge.py
-#: --sweep: 1.5 passes on default_credit against 2.5 with the defaults and 5 with the defaults before
-#: round averaging; DESIGN.md §6), for both topologies. Opt-in: each party whitening its own columns
-#: costs AUC where a party has few rows per column (ionosphere -0.005, breast -0.0007 against the defaults).
-FAST_CONVERGENCE: dict[str, Any] = {
+#: ``precondition = "auto"`` (the default) trains a binary-lr job on at least this many training rows
+#: with ``LARGE_DATA``, on fewer without preconditioning (every party knows the number of aligned
+#: training rows, so every party decides the same; DESIGN.md §6).
+LARGE_DATA_ROWS = 10000
+#: The large-data profile (benchmarks/bench_converge.py --sweep: 1.5 passes on default_credit against
+#: 2.5 with the small-data defaults, the same or better AUC on default_credit and heavy-tailed data):
+#: each party whitens its own columns, and a whitened block takes near-Newton SGD steps. It replaces
+#: only the options left at their defaults (an explicitly chosen optimizer or tol is kept). On small
+#: data whitening costs AUC (ionosphere -0.013, breast -0.0007), hence the row threshold.
+LARGE_DATA: dict[str, Any] = {
     "precondition": "whiten",
     "optimizer": "sgd",
-    "learning_rate": 1.0,
-    "tol": 3e-3,
+    "learning_rate": 2.0,
+    "decay": 0.25,
+    "tol": 2e-3,
     "patience": 1,
-    "loss_checks": 2,
-    "averaging": "round",
 }
+#: ``LARGE_DATA`` on any number of rows (opt-in; benchmarks/bench_converge.py's ``fast`` config).
+FAST_CONVERGENCE: dict[str, Any] = {**LARGE_DATA, "loss_checks": 2, "averaging": "round"}
 
 
 @dataclass(frozen=True)
@@ -104,15 +115,16 @@ class TrainOptions(OptionsTable):
     exposure: str | None = None
     # Local block-Jacobi preconditioning: each party whitens its own columns on its training rows
     # (Ledoit-Wolf-shrunk second moments); its weights are mapped back to its columns for the model.
-    precondition: str = "none"
+    # "auto": LARGE_DATA on at least LARGE_DATA_ROWS training rows of a binary-lr job, else "none".
+    precondition: str = "auto"
     # Rounds per pass over the rows: the arbiter checks the loss (and parties checkpoint) after each
     # (fewer on small data: every round has at least vfl.optim.MIN_ROUND_ROWS rows).
     loss_checks: int = 2
     # "round": each party continues from (and keeps) the mean of its weights over the round's batches.
     averaging: str = "round"
     # "arbiter": the key owner streams DJN randomizers (CRT, ~1.8x cheaper) to each data party. Off by
-    # default: measured here (three processes on 2 shared cores) it cost time, since the arbiter's
-    # work competes for the same cores; it is for an arbiter on its own machine.
+    # default: on 2 shared cores the arbiter's work competes with the data parties' (measured slower
+    # once, 7-24 % faster in a later run at load 10-20; DESIGN.md §6); for an arbiter on its own machine.
     randomizer_stream: str = "none"
 
     _option_label: ClassVar[str] = "job option"
@@ -175,6 +187,20 @@ class TrainOptions(OptionsTable):
                 'to the federation, or set topology = "arbiter-free" in [train]'
             )
         return self
+
+    def at_rows(self, n_rows: int) -> TrainOptions:
+        """The options a job on ``n_rows`` training rows trains with: ``precondition = "auto"`` decided.
+
+        Every party (and the arbiter, from ``lr.setup``) knows ``n_rows``, so all decide the same."""
+        if self.precondition != "auto":
+            return self
+        if self.model != "binary-lr" or n_rows < LARGE_DATA_ROWS:
+            return dataclasses.replace(self, precondition="none")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        chosen = {
+            k: v for k, v in LARGE_DATA.items() if k == "precondition" or getattr(self, k) == defaults[k]
+        }
+        return dataclasses.replace(self, **chosen)
 
     def differences(self, other: dict[str, Any]) -> list[str]:
         """Names of the options whose values differ from ``other`` (a peer's ``to_dict()``)."""

@@ -31,7 +31,7 @@ def training_blocks(result, frames, id_column="id", label="y"):
             x = np.hstack([np.ones((len(x), 1)), x])
         # The party's own preconditioner, fitted on its training rows as the party does (DESIGN.md §6).
         whitening = Whitening.fit(x[train], skip=1 if shard.has_intercept else 0)
-        if TrainOptions(**shard.options).precondition == "none":
+        if TrainOptions(**shard.options).at_rows(int(train.sum())).precondition == "none":
             whitening = Whitening(np.eye(x.shape[1]))
         blocks.append(prepare_matrix(whitening.apply(x[train])).dequantized)
         maps.append(whitening)

@@ -1,5 +1,7 @@
 """The local parts of fast convergence: whitening, rounds of a pass, iterate averaging (DESIGN.md §6)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from sklearn.covariance import ledoit_wolf_shrinkage
@@ -15,7 +17,7 @@ from vfl.optim import (
     passes,
     rounds_per_pass,
 )
-from vfl.options import FAST_CONVERGENCE, TrainOptions
+from vfl.options import FAST_CONVERGENCE, LARGE_DATA, LARGE_DATA_ROWS, TrainOptions
 
 
 def _correlated(rng, n=2000, k=5):
@@ -103,3 +105,42 @@ def test_the_fast_profile_converges_in_fewer_passes_than_the_defaults():
     old_passes, new_passes = len(old_losses), len(new_losses) / rounds_per_pass(4000, new)
     assert new_passes < old_passes
     assert new_losses[-1] <= old_losses[-1] + 1e-3
+
+
+def test_auto_precondition_picks_the_large_data_profile_by_training_rows():
+    o = TrainOptions()
+    assert o.precondition == "auto"
+    small = o.at_rows(LARGE_DATA_ROWS - 1)
+    assert small == dataclasses.replace(o, precondition="none")  # the Adam defaults, unwhitened
+    large = o.at_rows(LARGE_DATA_ROWS)
+    assert {k: getattr(large, k) for k in LARGE_DATA} == LARGE_DATA
+    assert {k for k in o.to_dict() if getattr(o, k) != getattr(large, k)} <= set(LARGE_DATA)
+    assert large.at_rows(LARGE_DATA_ROWS) == large  # decided once: "whiten" stays what it is
+    # Options chosen explicitly (away from their defaults) are kept; only the rest follow the profile.
+    mine = TrainOptions(optimizer="momentum", tol=1e-3).at_rows(50_000)
+    assert (mine.optimizer, mine.tol, mine.precondition, mine.learning_rate) == (
+        "momentum",
+        1e-3,
+        "whiten",
+        2.0,
+    )
+    # Other model kinds are never whitened by "auto"; "none" and "whiten" are never changed.
+    assert TrainOptions(model="linear").at_rows(50_000) == TrainOptions(model="linear", precondition="none")
+    for fixed in ("none", "whiten"):
+        assert TrainOptions(precondition=fixed).at_rows(50_000) == TrainOptions(precondition=fixed)
+
+
+def test_the_reference_trainer_applies_the_auto_rule():
+    """``precondition = "auto"`` in the reference trainer equals the profile it resolves to."""
+    rng = np.random.default_rng(6)
+    n = LARGE_DATA_ROWS
+    xg = np.hstack([np.ones((n, 1)), _correlated(rng, n, 3)])
+    xh = _correlated(rng, n, 3)
+    y = (rng.random(n) < 0.4).astype(float)
+    auto = TrainOptions(max_epochs=1, tol=0.0)
+    got, _ = train_reference([xg, xh], y, auto, ["g", "h"])
+    want, _ = train_reference([xg, xh], y, auto.at_rows(n), ["g", "h"])
+    adam, _ = train_reference([xg, xh], y, dataclasses.replace(auto, precondition="none"), ["g", "h"])
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(got[1], adam[1])

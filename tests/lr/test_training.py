@@ -224,3 +224,31 @@ def test_bad_inputs_are_clear_errors(breast, keypair):
         vfl.simulate(guest, [host], label="y", epochs=3, id="id")
     with pytest.raises(VflError):
         vfl.simulate(guest.assign(x1="abc"), [host], label="y", **run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("topology", ["coordinated", "arbiter-free"])
+def test_auto_on_large_data_whitens_and_equals_the_reference(credit, keypair, topology):
+    """The defaults on 10,000+ training rows: each party whitens, SGD 2.0 (``LARGE_DATA``), same model as numpy."""
+    guest, host = credit
+    guest, host = guest.iloc[:12600], host.iloc[:12600]
+    keys = (
+        {"keypair": keypair}
+        if topology == "coordinated"
+        else {"keypairs": {"guest": keypair, "host1": generate_keypair(1024)}}
+    )
+    options = dict(max_epochs=1, tol=0.0)
+    result = vfl.simulate(
+        guest, [host], id="id", label="y", key_bits=1024, topology=topology, **keys, **options
+    )
+    blocks, y, names, maps = training_blocks(result, [guest, host])
+    resolved = TrainOptions(key_bits=1024, **options).at_rows(len(y))
+    assert len(y) >= 10000 and resolved.precondition == "whiten" and resolved.optimizer == "sgd"
+    assert not np.allclose(maps[1].matrix, np.eye(len(maps[1].matrix)))  # the host whitened its columns
+    expected, losses = train_reference(blocks, y, TrainOptions(key_bits=1024, **options), names)
+    for name, w, whitening in zip(names, expected, maps, strict=True):
+        np.testing.assert_allclose(
+            result.shards[name].weight_vector, whitening.to_original(w), rtol=1e-6, atol=1e-9
+        )
+    np.testing.assert_allclose(result.losses, losses, rtol=1e-4)
+    assert result.epochs == 2  # two loss checks per pass

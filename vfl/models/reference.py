@@ -46,6 +46,7 @@ def _train(
     residual_and_loss: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]],
 ) -> tuple[Weights, list[float]]:
     """The shared epoch loop: ``update(block, w, grad, passes)`` steps one block's weights."""
+    options = options.at_rows(n)
     stopper = EarlyStopping(options)
     losses: list[float] = []
     for epoch in range(max_rounds(n, options)):
@@ -76,6 +77,7 @@ def _train_single(
     residual_and_loss: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]],
     intercept_start: float = 0.0,
 ) -> tuple[Weights, list[float]]:
+    options = options.at_rows(n)  # precondition = "auto" picks the step rule by the training rows
     weights = [initial_weights(b.shape[1], options, p) for b, p in zip(blocks, parties, strict=True)]
     weights[0][0] += intercept_start  # block 0 starts with the guest's intercept column
     optimizers = [ShardOptimizer(options, b.shape[1], 0 if i == 0 else None) for i, b in enumerate(blocks)]
