@@ -90,12 +90,15 @@ def _timed(fn: Any) -> float:
 
 
 def _backend_pids(backend: Any) -> list[int]:
-    """The processes doing a backend's work besides this one: pool workers, or Dask workers and their nannies."""
+    """The processes doing a backend's work besides this one: pool workers, or Dask workers and their nannies.
+
+    A ``LocalCluster``'s nannies run in this process (the workers' parent), which ``_cpu`` counts once.
+    """
     import psutil
 
     if isinstance(backend, DaskBackend):
         workers = list(backend.client.run(os.getpid).values())
-        return workers + [psutil.Process(p).ppid() for p in workers]
+        return sorted(set(workers + [psutil.Process(p).ppid() for p in workers]) - {os.getpid()})
     return backend.pids()
 
 
