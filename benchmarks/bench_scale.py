@@ -21,7 +21,7 @@ Four parts, each measured against its baseline in the same run on the same machi
     python benchmarks/bench_scale.py                  # everything (PSI at 1M x 1M)
     python benchmarks/bench_scale.py --quick          # small sizes, ~3 min
     python benchmarks/bench_scale.py --parts kernels --rounds 5
-    python benchmarks/bench_scale.py --parts epoch --rows 100000,200000   # ~40 CPU-min at 1M: --rows 1000000
+    python benchmarks/bench_scale.py --parts epoch --rows 100000,200000   # 1M: --rows 1000000 (~20 CPU-min)
 
 Target: Dask per-core throughput >= 0.9x the local pool's (little overhead).
 """
