@@ -180,6 +180,28 @@ def pack(values: Any) -> Packed | None:
     return Packed(data, width, "mpz" if kind is mpz else "int")
 
 
+class LastPacked:
+    """:func:`pack` that gives its last result again for an equal list (compared, not assumed): the
+    ciphertexts that every task of a column split receives are packed once."""
+
+    def __init__(self) -> None:
+        self._last: tuple[list[Any], Packed] | None = None
+
+    def __call__(self, values: Any) -> Packed | None:
+        last = self._last
+        if (
+            last is not None
+            and isinstance(values, list)
+            and len(values) == len(last[0])
+            and values == last[0]
+        ):
+            return last[1]
+        packed = pack(values)
+        if packed is not None:
+            self._last = (list(values), packed)
+        return packed
+
+
 def call_packed(fn: Callable[..., Any], *args: Any) -> Any:
     """On a Dask worker: ``fn`` with :class:`Packed` arguments unpacked, a list-of-integers result packed."""
     out = fn(*(a.unpack() if isinstance(a, Packed) else a for a in args))
@@ -247,7 +269,7 @@ class DaskBackend(Chunked):
         self.min_items = max(1, int(min_items))
         self.retries = max(0, int(retries))
         self._scattered: dict[Any, Any] = {}
-        self._last_packed: tuple[list[Any], Packed] | None = None
+        self._pack = LastPacked()
         self._worker_list: list[str] = []
         self._workers_at = -float("inf")
         self._turn = 0
@@ -338,7 +360,7 @@ class DaskBackend(Chunked):
         """
         if self._closed:
             raise RuntimeError("this DaskBackend has been closed")
-        shared = [self._packed(a) or self._shared(a) for a in args]
+        shared = [self._pack(a) or self._shared(a) for a in args]
         worker = self._next_worker()
         try:
             future = self.client.submit(
@@ -348,16 +370,6 @@ class DaskBackend(Chunked):
         except (OSError, TimeoutError) as exc:
             raise self.lost(exc) from exc
         return _DaskFuture(future, self)
-
-    def _packed(self, arg: Any) -> Packed | None:
-        """``pack(arg)``, reusing the last result when an equal list comes again (checked, not assumed)."""
-        last = self._last_packed
-        if last is not None and isinstance(arg, list) and len(arg) == len(last[0]) and arg == last[0]:
-            return last[1]
-        packed = pack(arg)
-        if packed is not None:
-            self._last_packed = (list(arg), packed)
-        return packed
 
     def _next_worker(self) -> list[str] | None:
         """The next worker in turn (None: let the scheduler choose, when it reports none).
@@ -403,7 +415,7 @@ class DaskBackend(Chunked):
         if self._closed:
             return
         self._closed = True
-        self._last_packed = None
+        self._pack = LastPacked()
         refs, self._scattered = [r for r in self._scattered.values() if not isinstance(r, mpz)], {}
         try:
             for ref in refs:
