@@ -250,9 +250,11 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _rss_probe(_: Any = None) -> float:
+def _rss_probe(_: Any = None) -> tuple[float, float]:
+    """(peak resident MB, CPU seconds) of the process it runs in (a pool or Dask worker)."""
     time.sleep(0.2)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def psi_party(role: str, paths: dict[str, str], backend_kind: str, conn: Any, barrier: Any, out: Any) -> None:
@@ -289,14 +291,17 @@ def psi_party(role: str, paths: dict[str, str], backend_kind: str, conn: Any, ba
     else:
         result = run_host(channel, ids, "guest", options, multiplier=multiplier)
     elapsed = time.perf_counter() - t0
+    cpu = sum(os.times()[:2])
     if cluster is not None:
-        wrss = max(backend.client.run(_rss_probe).values())
+        probes = list(backend.client.run(_rss_probe).values())
         backend.close()
         cluster.close()
     else:
-        wrss = max(pool.map(_rss_probe, range(2)))
+        probes = list(pool.map(_rss_probe, range(1)))  # the one worker
         pool.shutdown()
-    out.put((role, elapsed, t_read, result.size, _maxrss_mb(), wrss))
+    wrss = max(p[0] for p in probes)
+    cpu += sum(p[1] for p in probes)
+    out.put((role, elapsed, t_read, result.size, _maxrss_mb(), wrss, cpu))
 
 
 def run_psi(n: int, backend_kind: str, folder: Path) -> dict[str, Any]:
@@ -328,7 +333,7 @@ def bench_psi(args: argparse.Namespace) -> None:
     )
     _header(
         f"{'n x n':>21} | {'backend':<7} | {'wall s':>7} | {'us/id':>6} | {'read s':>6} | "
-        f"{'peak MB guest':>13} | {'peak MB host':>12} | {'worker MB':>9}"
+        f"{'peak MB guest':>13} | {'peak MB host':>12} | {'worker MB':>9} | {'CPU us/id':>9}"
     )
     for run in rows:
         g, h = run["reports"]["guest"], run["reports"]["host"]
@@ -336,9 +341,12 @@ def bench_psi(args: argparse.Namespace) -> None:
         print(
             f"{size:>21} | {run['backend']:<7} | {run['wall']:7.1f} | "
             f"{run['wall'] / run['n'] * 1e6:6.1f} | {max(g[1], h[1]):6.2f} | {g[3]:13.0f} | {h[3]:12.0f} | "
-            f"{max(g[4], h[4]):9.0f}"
+            f"{max(g[4], h[4]):9.0f} | {max(g[5], h[5]) / run['n'] * 1e6:9.1f}"
         )
-    print("us/id = wall time / ids per party; peak MB = max resident memory of the party's main process")
+    print(
+        "us/id = wall time / ids per party; peak MB = max resident memory of the party's main process;\n"
+        "CPU us/id = CPU seconds of the busier party (its process and its worker) / ids: what load does not distort"
+    )
 
 
 # --- 3. one epoch -----------------------------------------------------------------------------------
