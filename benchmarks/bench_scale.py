@@ -13,14 +13,15 @@ Four parts, each measured against its baseline in the same run on the same machi
    reading its ids from its own Parquet file in batches (``vfl.streaming.read_ids``), 50 % overlap;
    wall time, time per id and peak resident memory of each party's main process and of its workers.
    (Streamed preprocessing, through a real job's load/check/prepare steps: ``bench_stream_load.py``.)
-3. **epoch**: one training epoch at 2048 bits, 10 + 10 columns, on a subsample (``--epoch-rows``),
-   all three parties in this process sharing one backend: epoch time = (2 epochs) - (1 epoch),
-   extrapolated linearly to 1M training rows (batches have a fixed size, so an epoch's cost is
-   proportional to its rows).
+3. **epoch**: one training epoch at 2048 bits, 10 + 10 columns, default options, guest, host and
+   arbiter in three real processes (``run_party`` over Flight + TLS on loopback, ``_epoch.py``), the
+   data Parquet files streamed: wall time, CPU seconds and peak memory per party at each ``--rows``
+   size, fitted linearly and extrapolated to 1M rows, and the first size with 1 worker per party.
 
     python benchmarks/bench_scale.py                  # everything (PSI at 1M x 1M)
     python benchmarks/bench_scale.py --quick          # small sizes, ~3 min
     python benchmarks/bench_scale.py --parts kernels --rounds 5
+    python benchmarks/bench_scale.py --parts epoch --rows 100000,200000   # 1M: --rows 1000000 (~20 CPU-min)
 
 Target: Dask per-core throughput >= 0.9x the local pool's (little overhead).
 """
@@ -90,12 +91,15 @@ def _timed(fn: Any) -> float:
 
 
 def _backend_pids(backend: Any) -> list[int]:
-    """The processes doing a backend's work besides this one: pool workers, or Dask workers and their nannies."""
+    """The processes doing a backend's work besides this one: pool workers, or Dask workers and their nannies.
+
+    A ``LocalCluster``'s nannies run in this process (the workers' parent), which ``_cpu`` counts once.
+    """
     import psutil
 
     if isinstance(backend, DaskBackend):
         workers = list(backend.client.run(os.getpid).values())
-        return workers + [psutil.Process(p).ppid() for p in workers]
+        return sorted(set(workers + [psutil.Process(p).ppid() for p in workers]) - {os.getpid()})
     return backend.pids()
 
 
@@ -147,15 +151,14 @@ def bench_kernels(args: argparse.Namespace) -> None:
         ]
 
     local = WorkerPool(2)
-    c2, c1 = _cluster(2), _cluster(1)
-    dask2, dask1 = _dask(c2, 2), _dask(c1, 1)
-    for b in (local, dask2, dask1):
+    c2 = _cluster(2)
+    dask2 = _dask(c2, 2)
+    for b in (local, dask2):
         b.warm_up(pk)
     backends = {"local pool": local, "dask": dask2}
     idle = {name: _measure(b, lambda: time.sleep(2.0)) for name, b in backends.items()}
     background = {name: cpu / wall for name, (wall, cpu) in idle.items()}  # heartbeats, nannies: CPU-s per s
     engine: dict[str, list[list[tuple[float, float]]]] = {name: [] for name in backends}
-    scale: dict[str, list[list[tuple[float, float]]]] = {"dask, 1 worker": [], "dask, 2 workers": []}
     for r in range(args.rounds):
         for name, b in backends.items():
             engine[name].append(
@@ -164,10 +167,21 @@ def bench_kernels(args: argparse.Namespace) -> None:
                     _measure(b, lambda b=b: d.rdot(prepared, workers=b)),
                 ]
             )
+        print(f"  kernels round {r + 1}/{args.rounds} done (load {os.getloadavg()[0]:.1f})", flush=True)
+    local.close()
+    # 1 vs 2 workers after the engine rounds: the other cluster's scheduler and nannies live in this
+    # process, whose CPU every measurement counts, so it is not running while local and Dask are compared
+    c1 = _cluster(1)
+    dask1 = _dask(c1, 1)
+    dask1.warm_up(pk)
+    scale: dict[str, list[list[tuple[float, float]]]] = {"dask, 1 worker": [], "dask, 2 workers": []}
+    for r in range(args.rounds):
         scale["dask, 1 worker"].append(chunked(dask1))
         scale["dask, 2 workers"].append(chunked(dask2))
-        print(f"  kernels round {r + 1}/{args.rounds} done (load {os.getloadavg()[0]:.1f})", flush=True)
-    for b in (local, dask2, dask1):
+        print(
+            f"  1 vs 2 workers round {r + 1}/{args.rounds} done (load {os.getloadavg()[0]:.1f})", flush=True
+        )
+    for b in (dask2, dask1):
         b.close()
     c2.close()
     c1.close()
@@ -236,9 +250,11 @@ def _maxrss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _rss_probe(_: Any = None) -> float:
+def _rss_probe(_: Any = None) -> tuple[float, float]:
+    """(peak resident MB, CPU seconds) of the process it runs in (a pool or Dask worker)."""
     time.sleep(0.2)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def psi_party(role: str, paths: dict[str, str], backend_kind: str, conn: Any, barrier: Any, out: Any) -> None:
@@ -275,14 +291,17 @@ def psi_party(role: str, paths: dict[str, str], backend_kind: str, conn: Any, ba
     else:
         result = run_host(channel, ids, "guest", options, multiplier=multiplier)
     elapsed = time.perf_counter() - t0
+    cpu = sum(os.times()[:2])
     if cluster is not None:
-        wrss = max(backend.client.run(_rss_probe).values())
+        probes = list(backend.client.run(_rss_probe).values())
         backend.close()
         cluster.close()
     else:
-        wrss = max(pool.map(_rss_probe, range(2)))
+        probes = list(pool.map(_rss_probe, range(1)))  # the one worker
         pool.shutdown()
-    out.put((role, elapsed, t_read, result.size, _maxrss_mb(), wrss))
+    wrss = max(p[0] for p in probes)
+    cpu += sum(p[1] for p in probes)
+    out.put((role, elapsed, t_read, result.size, _maxrss_mb(), wrss, cpu))
 
 
 def run_psi(n: int, backend_kind: str, folder: Path) -> dict[str, Any]:
@@ -314,7 +333,7 @@ def bench_psi(args: argparse.Namespace) -> None:
     )
     _header(
         f"{'n x n':>21} | {'backend':<7} | {'wall s':>7} | {'us/id':>6} | {'read s':>6} | "
-        f"{'peak MB guest':>13} | {'peak MB host':>12} | {'worker MB':>9}"
+        f"{'peak MB guest':>13} | {'peak MB host':>12} | {'worker MB':>9} | {'CPU us/id':>9}"
     )
     for run in rows:
         g, h = run["reports"]["guest"], run["reports"]["host"]
@@ -322,96 +341,86 @@ def bench_psi(args: argparse.Namespace) -> None:
         print(
             f"{size:>21} | {run['backend']:<7} | {run['wall']:7.1f} | "
             f"{run['wall'] / run['n'] * 1e6:6.1f} | {max(g[1], h[1]):6.2f} | {g[3]:13.0f} | {h[3]:12.0f} | "
-            f"{max(g[4], h[4]):9.0f}"
+            f"{max(g[4], h[4]):9.0f} | {max(g[5], h[5]) / run['n'] * 1e6:9.1f}"
         )
-    print("us/id = wall time / ids per party; peak MB = max resident memory of the party's main process")
+    print(
+        "us/id = wall time / ids per party; peak MB = max resident memory of the party's main process;\n"
+        "CPU us/id = CPU seconds of the busier party (its process and its worker) / ids: what load does not distort"
+    )
 
 
 # --- 3. one epoch -----------------------------------------------------------------------------------
 
 
-def timed_epochs(
-    guest: pd.DataFrame, host: pd.DataFrame, backend: Any, keypair: Any, epochs: int
-) -> list[float]:
-    """Train a guest + host + arbiter federation in this process; the time at which each epoch ended."""
-    from vfl.options import TrainOptions
-    from vfl.parties.common import Job
-    from vfl.parties.jobs import RoleContext, run_role
-    from vfl.parties.simulation import run_parties
-    from vfl.psi.options import PsiOptions
-    from vfl.transport.local import LocalNetwork
-
-    options = TrainOptions.from_dict(
-        dict(key_bits=2048, batch_size=512, tol=0.0, patience=10, max_epochs=epochs, seed=3)
+def _epoch_line(r: dict[str, Any]) -> str:
+    """One row of the epoch table."""
+    cpu, pm = sum(r["cpu"].values()), r["party_mb"]
+    return (
+        f"{r['rows']:>9,} | {r['workers']:>7} | {r['epoch']:7.1f} | {r['cpu']['guest']:11.1f} | "
+        f"{r['cpu']['host']:7.1f} | {r['cpu']['arbiter']:7.1f} | {cpu / r['rows'] * 1e3:10.3f} | "
+        f"{pm['guest']:13.0f} | {pm['host']:5.0f} | {pm['arbiter']:7.0f} | {max(r['worker_mb'].values()):9.0f} | "
+        f"{r['setup']:7.1f} | {r['load']:4.1f}"
     )
-    job = Job(
-        id="bench", guest="guest", hosts=("host",), arbiter="arbiter", options=options, psi=PsiOptions()
-    )
-    network = LocalNetwork(list(job.parties))
-    ends: list[float] = []
-
-    def progress(stage: str, done: int, total: int, note: str) -> None:
-        if stage == "train" and note.startswith("loss"):
-            ends.append(time.perf_counter())
-
-    def context(party: str, frame: pd.DataFrame | None = None) -> RoleContext:
-        return RoleContext(
-            job.session(network.channel(party)), job, frame, id_column="id", label="y" if party == "guest" else None,
-            workers=backend, keypair=keypair, progress=progress if party == "guest" else None,
-        )  # fmt: skip
-
-    contexts = {
-        "guest": context("guest", guest),
-        "host": context("host", host),
-        "arbiter": context("arbiter"),
-    }
-    run_parties(network, {p: (lambda c=c: run_role("train", c)) for p, c in contexts.items()})
-    return ends
 
 
 def bench_epoch(args: argparse.Namespace) -> None:
-    rng = np.random.default_rng(1)
-    n = args.epoch_rows
-    x = rng.normal(size=(n, 20))
-    y = (x[:, :5].sum(axis=1) + rng.normal(size=n) > 0).astype(int)
-    ids = [f"c{i}" for i in range(n)]
-    guest = pd.DataFrame({"id": ids, "y": y, **{f"g{j}": x[:, j] for j in range(10)}})
-    host = pd.DataFrame({"id": ids, **{f"h{j}": x[:, 10 + j] for j in range(10)}})
-    keypair = generate_keypair(2048)
-    cluster = _cluster(2)
-    dask2 = _dask(cluster, 2)
-    local = WorkerPool(2)
-    for b in (local, dask2):
-        b.warm_up(keypair[0])
-        b.warm_up(keypair[1])
-    times: dict[str, list[float]] = {"local pool": [], "dask": []}
-    for _ in range(args.epoch_rounds):
-        for name, b in (("local pool", local), ("dask", dask2)):
-            ends = timed_epochs(guest, host, b, keypair, 3)
-            times[name].extend(np.diff(ends).tolist())  # epochs 2 and 3: steady state
-            print(f"  epoch on {name}: {np.diff(ends).round(1).tolist()} s", flush=True)
-    local.close()
-    dask2.close()
-    cluster.close()
-    train_rows = n - int(round(n * 0.2))
+    from _epoch import linear_fit, run_epoch
+
+    plan = [(n, args.epoch_workers[0]) for n in args.rows]
+    plan += [(args.rows[0], w) for w in args.epoch_workers[1:]]
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="vfl-epoch-") as tmp:
+        for i, (n, w) in enumerate(plan):
+            print(
+                f"  epoch of {n:,} rows, {w} worker(s) per party: started, load {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+            run = run_epoch(Path(tmp) / f"run{i}", n, w, args.key_bits)
+            print(f"  ... {_epoch_line(run)} (job {run['wall']:.0f} s)", flush=True)
+            runs.append(run)
     print(
-        f"\n3. one training epoch, 2048-bit key, 10 + 10 columns, batches of 512, {train_rows:,} training rows"
+        f"\n3. one training epoch, {args.key_bits}-bit key, 10 + 10 columns, defaults (batches of 512, 20 % held out),"
+        "\n   guest, host and arbiter in 3 processes over Flight + TLS, Parquet input streamed"
     )
     _header(
-        f"{'backend':<10} | {'epoch s':>7} | {'ms/row':>6} | {'1M rows, h (extrapolated)':>25} | {'ratio':>5}"
+        f"{'rows':>9} | {'workers':>7} | {'epoch s':>7} | {'CPU-s guest':>11} | {'host':>7} | {'arbiter':>7} | "
+        f"{'CPU ms/row':>10} | {'peak MB guest':>13} | {'host':>5} | {'arbiter':>7} | {'worker MB':>9} | "
+        f"{'setup s':>7} | {'load':>4}"
     )
-    base = None
-    for name, runs in times.items():
-        epoch = statistics.median(runs)
-        per_row = epoch / train_rows
-        base = base or per_row
-        print(
-            f"{name:<10} | {epoch:7.1f} | {per_row * 1e3:6.2f} | {per_row * 1e6 / 3600:25.2f} | {base / per_row:4.2f}x"
-        )
+    for r in runs:
+        print(_epoch_line(r))
     print(
-        "epoch s = median of epochs 2 and 3 (guest, host and arbiter share one backend and the machine's 2 cores);\n"
-        "1M rows = ms/row x 1,000,000 (an epoch's cost is linear in its rows: fixed 512-row batches)"
+        "epoch s = wall time at the guest from the end of the PSI to the end of training (1 pass; reading and\n"
+        "standardizing the aligned rows included); CPU-s = that window's CPU seconds of each party's process\n"
+        "tree (party + pool workers); peak MB = the party process's VmHWM over the whole job (worker MB: its\n"
+        "largest pool worker); setup = start to end of the PSI (keys, PSI); load = 1-min load average at the end"
     )
+    first = [r for r in runs if r["workers"] == args.epoch_workers[0]]
+    if len(first) >= 2:
+        xs = [r["rows"] for r in first]
+        for what, key in (("epoch wall s", "epoch"), ("CPU-s, 3 parties", None)):
+            ys = [r[key] if key else sum(r["cpu"].values()) for r in first]
+            a, b = linear_fit(xs, ys)
+            print(
+                f"linear fit of {what}: {a:,.1f} + {b * 1e3:.3f} ms x rows -> 1,000,000 rows: "
+                f"{(a + b * 1e6) / 60:,.1f} min ({', '.join(f'{y / x * 1e3:.3f}' for x, y in zip(xs, ys, strict=True))} ms/row)"
+            )
+        peak = {p: linear_fit(xs, [r["party_mb"][p] for r in first]) for p in ("guest", "host")}
+        print(
+            "peak MB at 1M rows (linear): "
+            + ", ".join(f"{p} {a + b * 1e6:,.0f}" for p, (a, b) in peak.items())
+        )
+    by_workers = {r["workers"]: r for r in runs if r["rows"] == args.rows[0]}
+    if len(by_workers) > 1:
+        one = by_workers.get(1)
+        print(
+            f"{args.rows[0]:,} rows: "
+            + ", ".join(
+                f"{w} worker(s) {r['epoch']:.1f} s, {sum(r['cpu'].values()):.1f} CPU-s"
+                + (f" ({one['epoch'] / r['epoch']:.2f}x)" if one and w != 1 else "")
+                for w, r in sorted(by_workers.items())
+            )
+        )
 
 
 def main() -> None:
@@ -425,12 +434,19 @@ def main() -> None:
     parser.add_argument("--rdot-rows", type=int, default=2048, help="rows of X^T[[d]] per round")
     parser.add_argument("--psi-sizes", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--psi-backends", nargs="+", default=["local", "dask"], choices=["local", "dask"])
-    parser.add_argument("--epoch-rows", type=int, default=2560, help="rows of the training subsample")
-    parser.add_argument("--epoch-rounds", type=int, default=1)
+    parser.add_argument(
+        "--rows", type=lambda t: [int(v) for v in t.split(",")], default=[100_000, 200_000],
+        help="rows of the epoch part, comma-separated (e.g. 1000000 on an idle machine)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--epoch-workers", type=lambda t: [int(v) for v in t.split(",")], default=[2, 1],
+        help="pool workers per party: every size with the first, the first size with the others",
+    )  # fmt: skip
+    parser.add_argument("--key-bits", type=int, default=2048, help="key of the epoch part")
     args = parser.parse_args()
     if args.quick:
         args.enc, args.rdot_rows, args.rounds = 1000, 1024, 2
-        args.psi_sizes, args.epoch_rows = [100_000], 1280
+        args.psi_sizes, args.rows = [100_000], [5_000, 10_000]
     print(f"bench_scale: {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at start", flush=True)
     if "kernels" in args.parts:
         bench_kernels(args)

@@ -179,6 +179,22 @@ def test_key_material_is_scattered_once_and_randomness_never_repeats(backend, ke
     assert len(set(first) | set(second)) == 1200  # identical tasks are not merged (pure=False)
 
 
+def test_the_tasks_of_one_call_go_to_every_worker(backend, keypair):
+    """Tasks sharing a scattered key (which Dask may keep on one worker only) still spread over both."""
+    from vfl.crypto import _kernels
+
+    pk, _ = keypair
+    values = [pk.n + i for i in range(64)]
+    backend.submit(_kernels.product, values, pk.n_square).result()  # scatters n^2 to both workers
+    time.sleep(2.5)  # Dask's memory manager drops the extra replica (every 2 s): n^2 is on one worker
+    for _ in range(3):
+        futures = [backend.submit(_kernels.product, values, pk.n_square) for _ in range(4)]
+        results = {f.result() for f in futures}
+        assert results == {_kernels.product(values, pk.n_square)}
+        holders = backend.client.who_has([f._future for f in futures])
+        assert len({w for ws in holders.values() for w in ws}) == 2, holders
+
+
 def test_psi_on_dask_aligns_like_the_local_pool(backend):
     rng = np.random.default_rng(0)
     guest_ids = [f"u{i}" for i in rng.permutation(3000)]

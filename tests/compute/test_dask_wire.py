@@ -6,7 +6,7 @@ import random
 
 from gmpy2 import mpz
 
-from vfl.compute import PACK_MIN_ITEMS, Packed, call_packed, pack
+from vfl.compute import PACK_MIN_ITEMS, LastPacked, Packed, call_packed, pack
 from vfl.crypto import _kernels
 
 
@@ -19,6 +19,20 @@ def test_lists_of_mpz_or_int_pack_to_one_buffer_and_back():
         assert len(packed.data) == packed.width * len(values)
         back = packed.unpack()
         assert back == values and all(type(v) is kind for v in back)
+
+
+def test_a_list_given_again_is_packed_once_and_a_changed_one_again():
+    rng = random.Random(3)
+    values = [mpz(rng.getrandbits(4096)) for _ in range(64)]
+    packer = LastPacked()
+    first = packer(values)
+    assert packer(values) is first and packer(list(values)) is first  # the same values: the same buffer
+    changed = values[:-1] + [values[-1] + 1]
+    again = packer(changed)
+    assert again is not first and again.unpack() == changed
+    values[0] += 1  # a list changed in place is packed again, not taken from the cache
+    assert packer(values).unpack() == values
+    assert packer([mpz(1)] * 3) is None and packer(values).unpack() == values
 
 
 def test_what_cannot_be_packed_travels_as_it_is():
