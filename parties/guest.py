@@ -23,6 +23,7 @@ from vfl.model import ModelShard
 from vfl.model_reports import kind_report_html
 from vfl.models.kinds import from_name as model_kind
 from vfl.optim import max_rounds
+from vfl.options import TrainOptions
 from vfl.parties.alignment import (
     align_for_training,
     aligned_rows,
@@ -359,6 +360,13 @@ def _save(outcome: GuestOutcome, job: Job, output_dir: Path | None, store: Any) 
     return outcome
 
 
+def trained_options(job: Job, scores: pd.DataFrame) -> TrainOptions:
+    """The options the job trained with: ``precondition = "auto"`` decided by its training rows (the
+    rows of ``scores`` not held out), so the report names the optimizer and step rule that ran."""
+    n_train = int((~scores["held_out"].astype(bool)).sum()) if "held_out" in scores else 0
+    return job.options.at_rows(n_train)
+
+
 def write_guest_outputs(directory: Path, outcome: GuestOutcome, job: Job) -> dict[str, Path]:
     """Model shard, ledger, scores, metrics, the report's data and the HTML report, each written atomically."""
     if outcome.evaluation is None:
@@ -395,7 +403,7 @@ def write_guest_outputs(directory: Path, outcome: GuestOutcome, job: Job) -> dic
         baseline=outcome.baseline,
         calibrator=outcome.calibrator,
         data_files=outcome.data_files,
-        options=job.options.to_dict(),
+        options=trained_options(job, outcome.scores).to_dict(),
         parties={"guest": job.guest, "hosts": list(job.hosts), "arbiter": job.members.arbiter},
         epochs=outcome.epochs,
         intersection_size=outcome.intersection_size,

@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.covariance import ledoit_wolf_shrinkage
 
@@ -144,3 +145,16 @@ def test_the_reference_trainer_applies_the_auto_rule():
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.allclose(got[1], adam[1])
+
+
+def test_the_report_names_the_options_the_job_trained_with():
+    """The guest's report and report.json show the profile ``"auto"`` resolved to, not ``"auto"``."""
+    from vfl.parties.common import Job
+    from vfl.parties.guest import trained_options
+
+    job = Job("t", "guest", ("host",), "arbiter")
+    big = pd.DataFrame({"held_out": [False] * LARGE_DATA_ROWS + [True] * 10})
+    small = big.iloc[-20:]
+    assert trained_options(job, big).optimizer == "sgd"
+    assert trained_options(job, big).precondition == "whiten"
+    assert trained_options(job, small) == dataclasses.replace(job.options, precondition="none")
