@@ -140,7 +140,9 @@ def encode_cells(cells: np.ndarray, qs: Mapping[str, np.ndarray], layout: Layout
         base = i * n_blocks
         for (b, shift), m in plan[h]:
             v = 1 if m is None else qs[m][i]
-            out[base + b] += v << shift if v >= 0 else -((-v) << shift)
+            out[base + b] += (
+                v << shift
+            )  # Python shifts negative integers arithmetically: -v << s == -(v << s)
     return pair_plaintexts(out, layout)
 
 
@@ -155,14 +157,14 @@ def pair_plaintexts(plains: Sequence[int], layout: Layout) -> list[int]:
     for j in range(0, n_rows, 2):
         low = plains[j * nb : (j + 1) * nb]
         high = plains[(j + 1) * nb : (j + 2) * nb] if j + 1 < n_rows else [0] * nb
-        out.extend(a + (b << w if b >= 0 else -((-b) << w)) for a, b in zip(low, high, strict=True))
+        out.extend(a + (b << w) for a, b in zip(low, high, strict=True))
     return out
 
 
 def _pack(values: Sequence[int], widths: Sequence[int]) -> int:
     total, shift = 0, 0
     for v, w in zip(values, widths, strict=True):
-        total += v << shift if v >= 0 else -((-v) << shift)
+        total += v << shift
         shift += w
     return total
 

@@ -140,8 +140,7 @@ class PreparedMatrix:
         best = choose_window(self.bits, max(q.shape[0], 1))
         if rows is None or best >= self.window:
             return digits, q, self.window
-        exponents = q.astype(np.int64) + np.where(self.offsets, 1 << (self.bits - 1), 0)[None, :]
-        return window_digits(exponents, self.bits, best), q, best
+        return window_digits(offset_exponents(q, self.offsets, self.bits), self.bits, best), q, best
 
     def modmul_count(self, rows: int) -> int:
         """Modmuls (including squarings) ``rdot`` needs for ``rows`` rows, without re-randomization."""
@@ -194,12 +193,18 @@ def prepare_matrix(
         shifts[j] = min(s, MAX_SCALE_BITS)
     q = np.rint(np.ldexp(x, shifts[None, :])).astype(np.int64) if m else np.zeros((0, k), dtype=np.int64)
     offsets = (q < 0).any(axis=0) if m else np.zeros(k, dtype=bool)
-    shifted = q + np.where(offsets, 1 << (bits - 1), 0)[None, :]
+    shifted = offset_exponents(q, offsets, bits)
     w = window if window is not None else choose_window(bits, rows_hint if rows_hint else max(m, 1))
     if not 1 <= w <= 16:
         raise CryptoError(f"window must be 1..16 bits, got {w}")
     digits = window_digits(shifted, bits, w)
     return PreparedMatrix((m, k), bits, w, shifts, q.astype(np.int32), offsets, digits)
+
+
+def offset_exponents(q: np.ndarray, offsets: np.ndarray, bits: int) -> np.ndarray:
+    """Quantized entries ``(m, k)`` as non-negative exponents: a column with negative entries (``offsets``)
+    shifted up by ``2^(bits - 1)`` (``rdot`` removes the shift with one shared product)."""
+    return q.astype(np.int64) + np.where(offsets, 1 << (bits - 1), 0)[None, :]
 
 
 def window_digits(exponents: np.ndarray, bits: int, window: int) -> np.ndarray:
