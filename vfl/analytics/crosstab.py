@@ -140,9 +140,8 @@ def encode_cells(cells: np.ndarray, qs: Mapping[str, np.ndarray], layout: Layout
         base = i * n_blocks
         for (b, shift), m in plan[h]:
             v = 1 if m is None else qs[m][i]
-            out[base + b] += (
-                v << shift
-            )  # Python shifts negative integers arithmetically: -v << s == -(v << s)
+            # a signed slot: Python shifts negative integers arithmetically (-v << s == -(v << s))
+            out[base + b] += v << shift
     return pair_plaintexts(out, layout)
 
 
